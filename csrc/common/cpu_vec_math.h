@@ -1,0 +1,43 @@
+// Vector overloads of the hd_* functions for at::vec::Vectorized, so that the
+// element math of an op-family header (written once, as a template over T)
+// runs SIMD-wide in the CPU kernels. Include this *before* the family header:
+// the family's templates find these overloads by ordinary lookup.
+//
+// Only the per-ISA *_cpu_vec.cpp files include this (they are compiled with
+// CPU_CAPABILITY set, see cmake/ManifoldExtCpuIsa.cmake).
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include "common/hd_math.h"
+
+namespace manifold_ext {
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+template <typename T>
+inline Vec<T> hd_exp(const Vec<T>& v) { return v.exp(); }
+template <typename T>
+inline Vec<T> hd_log1p(const Vec<T>& v) { return v.log1p(); }
+template <typename T>
+inline Vec<T> hd_tanh(const Vec<T>& v) { return v.tanh(); }
+template <typename T>
+inline Vec<T> hd_abs(const Vec<T>& v) { return v.abs(); }
+template <typename T>
+inline Vec<T> hd_min(const Vec<T>& a, const Vec<T>& b) { return at::vec::minimum(a, b); }
+
+// `mask` comes from a lane-wise comparison (all bits set where true).
+template <typename T>
+inline Vec<T> hd_where(const Vec<T>& mask, const Vec<T>& if_true, const Vec<T>& if_false) {
+  return Vec<T>::blendv(if_false, if_true, mask);
+}
+
+// Horizontal sum of the lanes, in the accumulation type.
+template <typename T>
+inline T hd_lane_sum(const Vec<T>& v) {
+  return at::vec::vec_reduce_all<T>([](Vec<T>& a, Vec<T>& b) { return a + b; }, v);
+}
+
+}  // namespace manifold_ext

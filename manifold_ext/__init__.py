@@ -1,0 +1,14 @@
+"""manifold_ext: fused C++/CUDA PyTorch operators for probabilistic and
+geometric descriptions of image manifolds, and the models built on them.
+
+Importing the package loads the compiled operators into the dispatcher as
+``torch.ops.manifold_ext.*``; ``manifold_ext.ops`` holds their Python wrappers.
+"""
+from manifold_ext._extension import build_info, load_extension
+
+load_extension()
+
+from manifold_ext import ops  # noqa: E402  (needs the operators registered)
+
+__version__ = "0.1.0"
+__all__ = ["ops", "build_info", "__version__"]

@@ -1,0 +1,9 @@
+"""Thin Python wrappers of the compiled operators.
+
+Each module registers, for its ``torch.ops.manifold_ext`` operators, a fake
+(meta) kernel so ``torch.compile``/``torch.export`` can trace them and the
+autograd formula (backed by a compiled backward operator).
+"""
+from manifold_ext.ops.affine_coupling import COUPLING_LAYOUTS, COUPLING_SCALES, affine_coupling
+
+__all__ = ["affine_coupling", "COUPLING_SCALES", "COUPLING_LAYOUTS"]
