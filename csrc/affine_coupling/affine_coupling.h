@@ -53,14 +53,14 @@ ME_HD ScaleTerms<T> scale_terms(T raw, T clamp) {
     k.scale = numerator / one_plus_e;
     k.inv_scale = one_plus_e / numerator;
     k.dlog_scale = hd_where(z_nonneg, e, T(1)) / one_plus_e;  // 1 - sigmoid(z)
-    if constexpr (kWantLog) k.log_scale = hd_min(z, T(0)) - hd_log1p(e);
+    if constexpr (kWantLog) k.log_scale = hd_min(z, T(0)) - log1p_unit_interval(e);
   } else if constexpr (kScale == CouplingScale::Exp) {
     k.scale = hd_exp(raw);
     k.inv_scale = T(1) / k.scale;
     k.dlog_scale = T(1);
     if constexpr (kWantLog) k.log_scale = raw;
   } else {  // SoftClamp: log s = c tanh(r / c), so |log s| < c
-    const T th = hd_tanh(raw / clamp);
+    const T th = tanh_series_or_exp(raw / clamp);
     const T log_scale = clamp * th;
     k.scale = hd_exp(log_scale);
     k.inv_scale = T(1) / k.scale;

@@ -1,7 +1,11 @@
 // Vector overloads of the hd_* functions for at::vec::Vectorized, so that the
-// element math of an op-family header (written once, as a template over T)
-// runs SIMD-wide in the CPU kernels. Include this *before* the family header:
-// the family's templates find these overloads by ordinary lookup.
+// element math written once as templates over T (common/hd_math.h and the
+// op-family headers) runs SIMD-wide in the CPU kernels.
+//
+// Include this first: the overloads are declared *before* hd_math.h and the
+// family headers are parsed, because those templates find them by ordinary
+// lookup (they live in our namespace, so argument-dependent lookup on
+// at::vec types would not see them).
 //
 // Only the per-ISA *_cpu_vec.cpp files include this (they are compiled with
 // CPU_CAPABILITY set, see cmake/ManifoldExtCpuIsa.cmake).
@@ -9,8 +13,6 @@
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
-
-#include "common/hd_math.h"
 
 namespace manifold_ext {
 
@@ -34,10 +36,19 @@ inline Vec<T> hd_where(const Vec<T>& mask, const Vec<T>& if_true, const Vec<T>& 
   return Vec<T>::blendv(if_false, if_true, mask);
 }
 
-// Horizontal sum of the lanes, in the accumulation type.
+// Horizontal sum of the lanes.
 template <typename T>
 inline T hd_lane_sum(const Vec<T>& v) {
   return at::vec::vec_reduce_all<T>([](Vec<T>& a, Vec<T>& b) { return a + b; }, v);
 }
 
+template <typename T>
+struct HdScalarOf;
+template <typename T>
+struct HdScalarOf<at::vec::Vectorized<T>> {
+  using type = T;
+};
+
 }  // namespace manifold_ext
+
+#include "common/hd_math.h"

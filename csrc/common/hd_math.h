@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define ME_HD __host__ __device__ __forceinline__
@@ -40,6 +41,71 @@ ME_HD double hd_min(double a, double b) { return a < b ? a : b; }
 template <typename T>
 ME_HD T hd_where(bool condition, T if_true, T if_false) {
   return condition ? if_true : if_false;
+}
+
+// The scalar type behind T (T itself for scalars; cpu_vec_math.h adds the
+// vector case), so generic code can pick a float- or double-accurate formula.
+template <typename T>
+struct HdScalarOf {
+  using type = T;
+};
+template <typename T>
+inline constexpr bool hd_is_double_v = std::is_same_v<typename HdScalarOf<T>::type, double>;
+
+// ---------------------------------------------------------------------------
+// Range-specialised functions. General-purpose log1p and tanh (libm, Sleef)
+// handle every input and cost several times an exp; the kernels only need
+// them on known ranges, where a short, exact-coefficient series or a single
+// expm1 is as accurate (a few ulp in float) and much cheaper. float64 keeps
+// the library functions.
+// ---------------------------------------------------------------------------
+
+// log(1 + e) for e in [0, 1] (log-sigmoid needs it for e = exp(-|z|)).
+// log(1 + e) = 2 atanh(w) with w = e / (2 + e) in [0, 1/3], and
+// atanh(w) = w (1 + w^2/3 + w^4/5 + ...); with w^2 <= 1/9 the terms up to
+// w^13 leave a relative truncation error below 2e-8, under float's half-ulp.
+template <typename T>
+ME_HD T log1p_unit_interval(T e) {
+  if constexpr (hd_is_double_v<T>) {
+    return hd_log1p(e);
+  } else {
+    const T w = e / (T(2) + e);
+    const T w2 = w * w;
+    T series = T(1.0f / 13.0f);
+    series = series * w2 + T(1.0f / 11.0f);
+    series = series * w2 + T(1.0f / 9.0f);
+    series = series * w2 + T(1.0f / 7.0f);
+    series = series * w2 + T(1.0f / 5.0f);
+    series = series * w2 + T(1.0f / 3.0f);
+    series = series * w2 + T(1.0f);
+    return T(2) * w * series;
+  }
+}
+
+// tanh(a) from one exp: for |a| >= 0.45, tanh|a| = (1 - e) / (1 + e) with
+// e = exp(-2|a|) <= 0.41, so 1 - e has no cancellation; below 0.45 the odd
+// Taylor series a (1 - a^2/3 + 2a^4/15 - ...) through a^15 is exact to 2e-9
+// relative. Both are computed and the right one is selected per lane.
+template <typename T>
+ME_HD T tanh_series_or_exp(T a) {
+  if constexpr (hd_is_double_v<T>) {
+    return hd_tanh(a);
+  } else {
+    const T abs_a = hd_abs(a);
+    const T e = hd_exp(T(-2) * abs_a);
+    const T from_exp = (T(1) - e) / (T(1) + e);
+    const T a2 = abs_a * abs_a;
+    T series = T(-929569.0f / 638512875.0f);
+    series = series * a2 + T(21844.0f / 6081075.0f);
+    series = series * a2 + T(-1382.0f / 155925.0f);
+    series = series * a2 + T(62.0f / 2835.0f);
+    series = series * a2 + T(-17.0f / 315.0f);
+    series = series * a2 + T(2.0f / 15.0f);
+    series = series * a2 + T(-1.0f / 3.0f);
+    series = series * a2 + T(1.0f);
+    const T magnitude = hd_where(abs_a < T(0.45f), abs_a * series, from_exp);
+    return hd_where(a < T(0), -magnitude, magnitude);
+  }
 }
 
 }  // namespace manifold_ext

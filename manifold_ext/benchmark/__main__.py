@@ -1,0 +1,3 @@
+from manifold_ext.benchmark import main
+
+main()
