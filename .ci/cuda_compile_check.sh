@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Compile the CUDA kernels against CUDA torch and check they registered.
+# Usage: .ci/cuda_compile_check.sh VENV TORCH_SPEC "ARCH;LIST"
+# Works without a GPU: kernels compile and register, they just cannot run.
+set -euo pipefail
+venv=$1; torch_spec=$2; archs=$3
+repo=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-python3.11}
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/pip" install --quiet "$torch_spec" "scikit-build-core>=0.10" "cmake>=3.30" ninja
+echo "-- building with MANIFOLD_EXT_CUDA=ON TORCH_CUDA_ARCH_LIST=$archs against $("$venv/bin/python" -c 'import torch; print(torch.__version__)')"
+cd "$repo"
+MANIFOLD_EXT_CUDA=ON TORCH_CUDA_ARCH_LIST="$archs" \
+  "$venv/bin/pip" install --quiet --no-build-isolation -C build-dir=build/cuda-check ".[test]"
+
+# Outside the source tree, so the installed package is imported.
+cd "$(mktemp -d)"
+"$venv/bin/python" - <<'PY'
+import torch
+import manifold_ext
+
+info = manifold_ext.build_info()
+print("-- build:", info)
+assert info["cuda"], "the extension was built without its CUDA kernels"
+ops = sorted(name for name in torch._C._dispatch_get_all_op_names() if name.startswith("manifold_ext::"))
+missing = [op for op in ops
+           if torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU")
+           and not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")]
+print(f"-- {len(ops)} manifold_ext ops registered; CUDA kernels for all with CPU kernels: {not missing}")
+assert not missing, f"ops without a CUDA kernel: {missing}"
+PY
+echo "-- test suite under $torch_spec (CPU paths of the C++20 build)"
+"$venv/bin/python" -m pytest "$repo/python_tests" -q -p no:cacheprovider --rootdir "$repo"

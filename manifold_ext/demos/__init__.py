@@ -1,0 +1,11 @@
+"""Reproductions and demos, run as ``manifold-ext demo <name>``.
+
+Each demo module defines ``NAME``, ``DESCRIPTION``, ``add_arguments(parser)``
+and ``run(args) -> summary dict``; it writes PNG figures and ``summary.json``
+to its ``--out`` folder and has a ``--quick`` mode for tests and CI.
+"""
+from __future__ import annotations
+
+from manifold_ext.demos import coupling_flow
+
+DEMOS = {module.NAME: module for module in (coupling_flow,)}
