@@ -21,6 +21,19 @@ def _inputs(shape, device, dtype, requires_grad):
     return x, h
 
 
+def _case(name, shape, dtype, make, tensors_moved):
+    """A coupling case whose fused kernels move `tensors_moved` x-sized tensors."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return BenchCase(
+        family="coupling",
+        name=name,
+        shape="x " + "x".join(map(str, shape)),
+        dtype=str(dtype).replace("torch.", ""),
+        make=make,
+        bytes_moved=tensors_moved * torch.Size(shape).numel() * itemsize,
+    )
+
+
 def _forward_case(name, shape, device, dtype, scale="glow", layout="cross"):
     def make():
         x, h = _inputs(shape, device, dtype, requires_grad=False)
@@ -32,16 +45,8 @@ def _forward_case(name, shape, device, dtype, scale="glow", layout="cross"):
             "ours": lambda: affine_coupling(x, h, **kwargs),
         }
 
-    numel = torch.Size(shape).numel()
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return BenchCase(
-        family="coupling",
-        name=f"{name} fwd+logdet ({scale}, {layout})",
-        shape="x " + "x".join(map(str, shape)),
-        dtype=str(dtype).replace("torch.", ""),
-        make=make,
-        bytes_moved=4 * numel * itemsize,  # read x and h (2x), write y
-    )
+    # read x and h (2x), write y
+    return _case(f"{name} fwd+logdet ({scale}, {layout})", shape, dtype, make, tensors_moved=4)
 
 
 def _forward_backward_case(name, shape, device, dtype, scale="glow", layout="cross"):
@@ -61,17 +66,8 @@ def _forward_backward_case(name, shape, device, dtype, scale="glow", layout="cro
             "ours": lambda: step(affine_coupling),
         }
 
-    numel = torch.Size(shape).numel()
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return BenchCase(
-        family="coupling",
-        name=f"{name} fwd+bwd ({scale}, {layout})",
-        shape="x " + "x".join(map(str, shape)),
-        dtype=str(dtype).replace("torch.", ""),
-        make=make,
-        # forward: read x, h (2x), write y; backward: read grad_y, x, h (2x), write grad_x, grad_h (2x)
-        bytes_moved=(4 + 7) * numel * itemsize,
-    )
+    # forward: read x, h (2x), write y; backward: read grad_y, x, h (2x), write grad_x, grad_h (2x)
+    return _case(f"{name} fwd+bwd ({scale}, {layout})", shape, dtype, make, tensors_moved=4 + 7)
 
 
 def cases(device: torch.device, quick: bool = False) -> list[BenchCase]:
