@@ -8,7 +8,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3.11}
 
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-"$venv/bin/pip" install --quiet "$torch_spec" "scikit-build-core>=0.10" "cmake>=3.30" ninja
+"$venv/bin/pip" install --quiet "$torch_spec" numpy "scikit-build-core>=0.10" "cmake>=3.30" ninja
 echo "-- building with MANIFOLD_EXT_CUDA=ON TORCH_CUDA_ARCH_LIST=$archs against $("$venv/bin/python" -c 'import torch; print(torch.__version__)')"
 cd "$repo"
 MANIFOLD_EXT_CUDA=ON TORCH_CUDA_ARCH_LIST="$archs" \
