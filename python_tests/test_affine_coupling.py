@@ -248,6 +248,14 @@ def test_torch_compile_fullgraph(device):
         torch.testing.assert_close(g_c, g_e, rtol=1e-4, atol=1e-5)
 
 
+def test_torch_export():
+    module = _CouplingModule(3).eval()
+    passive, active = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    exported = torch.export.export(module, (passive, active))
+    assert any("manifold_ext.affine_coupling" in str(node.target) for node in exported.graph.nodes)
+    torch.testing.assert_close(exported.module()(passive, active), module(passive, active))
+
+
 def test_torch_compile_dynamic_shapes():
     fn = torch.compile(lambda x, h: affine_coupling(x, h, scale="exp"), fullgraph=True, dynamic=True, backend="aot_eager")
     for batch, side in ((2, 4), (3, 6), (5, 3)):
