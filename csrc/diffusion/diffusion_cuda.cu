@@ -62,8 +62,9 @@ CoefArray<Coef> allocate_coefficients(int64_t batch, const at::Tensor& like) {
   CoefArray<Coef> array;
   constexpr int64_t kFields = static_cast<int64_t>(sizeof(Coef) / sizeof(acc_t));
   const at::ScalarType dtype = std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat;
-  array.storage = at::empty({batch * kFields}, like.options().dtype(dtype));
-  array.data = reinterpret_cast<Coef*>(array.storage.mutable_data_ptr<acc_t>());
+  at::Tensor storage = at::empty({batch * kFields}, like.options().dtype(dtype));
+  array.data = reinterpret_cast<Coef*>(storage.mutable_data_ptr<acc_t>());
+  array.storage = storage;
   return array;
 }
 

@@ -87,17 +87,19 @@ class NoiseSchedule:
         return cls.from_betas(torch.tensor(payload["betas"], dtype=torch.float64), payload.get("name", "custom"))
 
 
-def linear_schedule(T: int, beta_start: float = 1e-4, beta_end: float = 0.02, scale_to_T: bool = True) -> NoiseSchedule:
+def linear_schedule(T: int, beta_start: float = 1e-4, beta_end: float = 0.02, scale_to_T: bool = True,
+                    max_beta: float = 0.999) -> NoiseSchedule:
     """DDPM's linear betas (Ho et al. 2020: 1e-4 to 0.02 over T = 1000).
 
     With ``scale_to_T`` (default) both ends are multiplied by 1000 / T (Nichol &
     Dhariwal 2021), so the data is diffused to about the same noise level
-    (abar_T ~ 4e-5) for any T; T = 100 then runs from 1e-3 to 0.2.
+    (abar_T ~ 4e-5) for any T; T = 100 then runs from 1e-3 to 0.2. Betas are
+    clipped at ``max_beta`` (for T < 20 the scaled end would reach 1).
     """
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
     scale = 1000.0 / T if scale_to_T else 1.0
-    betas = torch.linspace(beta_start * scale, beta_end * scale, T, dtype=torch.float64)
+    betas = torch.linspace(beta_start * scale, beta_end * scale, T, dtype=torch.float64).clamp(max=max_beta)
     return NoiseSchedule.from_betas(betas, name=f"linear(T={T})")
 
 
