@@ -46,13 +46,15 @@ std::vector<Coef> per_sample_coefficients(const AbarPair& pair, Fn&& coefficient
   std::vector<Coef> out(static_cast<size_t>(batch));
   const double* a = pair.a_values.const_data_ptr<double>();
   const double* b = pair.b_values.const_data_ptr<double>();
-  for (int64_t i = 0; i < batch; ++i) {
-    if (i > 0 && a[i] == a[i - 1] && b[i] == b[i - 1]) {
-      out[i] = out[i - 1];
-    } else {
-      out[i] = cast_coefficients<scalar_t>(coefficients_of(a[i], b[i]));
+  at::parallel_for(0, batch, 2048, [&](int64_t first, int64_t last) {
+    for (int64_t i = first; i < last; ++i) {
+      if (i > first && a[i] == a[i - 1] && b[i] == b[i - 1]) {
+        out[i] = out[i - 1];
+      } else {
+        out[i] = cast_coefficients<scalar_t>(coefficients_of(a[i], b[i]));
+      }
     }
-  }
+  });
   return out;
 }
 
