@@ -139,11 +139,11 @@ def run(args: argparse.Namespace) -> dict:
 
 def format_table(table: dict, reference: dict) -> str:
     lines = ["manifold distance (mean to the Swiss-roll curve) / sliced W1 to held-out data:",
-             f"{'sampler':<12}" + "".join(f"{'dt=' + str(dt):>18}" for dt in DTS)]
+             f"{'sampler':<12}" + "".join(f"{'dt=' + str(dt):>20}" for dt in DTS)]
     for name, rows in table.items():
         cells = [f"{rows[dt]['manifold_distance']:.3g} / {rows[dt]['sliced_wasserstein']:.3g}" if dt in rows else "-"
                  for dt in DTS]
-        lines.append(f"{name:<12}" + "".join(f"{c:>18}" for c in cells))
+        lines.append(f"{name:<12}" + "".join(f"{c:>20}" for c in cells))
     lines.append(f"held-out data: {reference['held_out_data_manifold_distance']:.3f} / "
                  f"{reference['held_out_vs_held_out_sliced_wasserstein']:.3f}")
     return "\n".join(lines)
