@@ -11,12 +11,14 @@ from pathlib import Path
 import torch
 
 from manifold_ext.benchmark import coupling
+from manifold_ext.benchmark import diffusion as diffusion_bench
 from manifold_ext.benchmark.harness import IMPLS, BenchSettings, environment, machine_name, run_cases, write_results
 
 # family name -> function(device, quick) -> list[BenchCase]
 FAMILIES = {
     "coupling": coupling.cases,
 }
+FAMILIES["diffusion"] = diffusion_bench.cases
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

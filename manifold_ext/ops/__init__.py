@@ -5,5 +5,25 @@ Each module registers, for its ``torch.ops.manifold_ext`` operators, a fake
 autograd formula (backed by a compiled backward operator).
 """
 from manifold_ext.ops.affine_coupling import COUPLING_LAYOUTS, COUPLING_SCALES, affine_coupling
+from manifold_ext.ops.diffusion import (
+    ddim_step,
+    ddpm_step,
+    diffusion_forward_step,
+    diffusion_nll_step,
+    diffusion_nll_step_and_forward,
+    large_step,
+    rk4_combine,
+    rk4_update,
+)
 
 __all__ = ["affine_coupling", "COUPLING_SCALES", "COUPLING_LAYOUTS"]
+__all__ += [
+    "diffusion_nll_step",
+    "diffusion_nll_step_and_forward",
+    "diffusion_forward_step",
+    "ddpm_step",
+    "ddim_step",
+    "large_step",
+    "rk4_combine",
+    "rk4_update",
+]

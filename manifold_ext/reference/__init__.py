@@ -5,5 +5,25 @@ compiled kernels against them, and the benchmarks time them as "eager" and,
 compiled with ``torch.compile``, as "compile". One reference per op, no copies.
 """
 from manifold_ext.reference.affine_coupling import affine_coupling_reference
+from manifold_ext.reference.diffusion import (
+    ddim_step_reference,
+    ddpm_step_reference,
+    diffusion_forward_step_reference,
+    diffusion_nll_step_and_forward_reference,
+    diffusion_nll_step_reference,
+    large_step_reference,
+    rk4_combine_reference,
+    rk4_update_reference,
+)
 
 __all__ = ["affine_coupling_reference"]
+__all__ += [
+    "diffusion_nll_step_reference",
+    "diffusion_nll_step_and_forward_reference",
+    "diffusion_forward_step_reference",
+    "ddpm_step_reference",
+    "ddim_step_reference",
+    "large_step_reference",
+    "rk4_combine_reference",
+    "rk4_update_reference",
+]

@@ -1,0 +1,444 @@
+// CPU kernels of the diffusion ops (families 2 and 3): validation, output
+// allocation, per-sample coefficients, and the parallel walk over chunks. The
+// per-element work happens in the vectorised row loops (diffusion_cpu_vec.cpp,
+// one copy per ISA).
+//
+// Determinism: every per-sample sum is computed by one task over a fixed
+// partition of the sample's elements and combined in a fixed order, so results
+// do not depend on the number of threads.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "common/cpu_capability.h"
+#include "diffusion/diffusion_cpu_rows.h"
+#include "diffusion/diffusion_host.h"
+
+namespace manifold_ext {
+namespace diffusion {
+namespace {
+
+// Elements per task chunk: 4096 keeps a chunk's operands in L1/L2.
+constexpr int64_t kChunkLen = 4096;
+
+void check_cpu(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.device().is_cpu(), op, ": expected CPU tensors, got ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+              ": the CPU kernel supports float32 and float64, got ", x.scalar_type(),
+              " (float16/bfloat16 are supported on CUDA)");
+}
+
+int64_t per_sample_len(const at::Tensor& x) { return x.size(0) == 0 ? 0 : x.numel() / x.size(0); }
+
+// Per-sample coefficients in double, computed once per run of equal abar
+// pairs (batches usually hold a few distinct times), then cast to scalar_t.
+template <typename Coef, typename scalar_t, typename Fn>
+std::vector<Coef> per_sample_coefficients(const AbarPair& pair, Fn&& coefficients_of) {
+  const int64_t batch = pair.a_values.size(0);
+  std::vector<Coef> out(static_cast<size_t>(batch));
+  const double* a = pair.a_values.const_data_ptr<double>();
+  const double* b = pair.b_values.const_data_ptr<double>();
+  at::parallel_for(0, batch, 2048, [&](int64_t first, int64_t last) {
+    for (int64_t i = first; i < last; ++i) {
+      if (i > first && a[i] == a[i - 1] && b[i] == b[i - 1]) {
+        out[i] = out[i - 1];
+      } else {
+        out[i] = cast_coefficients<scalar_t>(coefficients_of(a[i], b[i]));
+      }
+    }
+  });
+  return out;
+}
+
+template <typename Coef, typename scalar_t, typename Fn>
+std::vector<Coef> coefficients_for(const AbarPair& pair, Fn&& coefficients_of) {
+  if (pair.per_sample) return per_sample_coefficients<Coef, scalar_t>(pair, coefficients_of);
+  return {cast_coefficients<scalar_t>(coefficients_of(pair.a, pair.b))};
+}
+
+// ---------------------------------------------------------------------------
+// Linear steps (forward step Eq. 17, DDPM, DDIM, large step Eq. 12)
+// ---------------------------------------------------------------------------
+at::Tensor linear_step_cpu(const char* op, StepKind kind, const at::Tensor& x_in, const at::Tensor& eps_in,
+                           const std::optional<at::Tensor>& noise_in, const at::Tensor& abar_a,
+                           const at::Tensor& abar_b, double eta, const char* x_name, const char* eps_name,
+                           const char* name_a, const char* name_b) {
+  check_batched(x_in, op, x_name);
+  check_like(eps_in, x_in, op, eps_name, x_name);
+  if (noise_in) check_like(*noise_in, x_in, op, "noise", x_name);
+  check_cpu(x_in, op);
+  const AbarPair pair = read_abar_pair(abar_a, abar_b, x_in, step_rule(kind), op, name_a, name_b);
+  const at::Tensor x = x_in.contiguous();      // [B, *]
+  const at::Tensor eps = eps_in.contiguous();  // [B, *]
+  const at::Tensor noise = noise_in ? noise_in->contiguous() : at::Tensor();
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const int64_t batch = x.size(0);
+  const int64_t len = per_sample_len(x);
+  const CpuIsa isa = cpu_isa();
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffusion_linear_step_cpu", [&] {
+    using Coef = StepCoefficients<scalar_t>;
+    const std::vector<Coef> coef = coefficients_for<Coef, scalar_t>(
+        pair, [&](double a, double b) { return step_coefficients(kind, a, b, eta); });
+    const scalar_t* x_data = x.const_data_ptr<scalar_t>();
+    const scalar_t* eps_data = eps.const_data_ptr<scalar_t>();
+    const scalar_t* noise_data = noise.defined() ? noise.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
+    auto rows_at = [&](int64_t offset, int64_t rows, int64_t row_len, int64_t first_coef, int64_t stride) {
+      return LinearStepRows<scalar_t>{x_data + offset, eps_data + offset,
+                                      noise_data ? noise_data + offset : nullptr, out_data + offset,
+                                      coef.data() + first_coef, stride, rows, row_len};
+    };
+    if (!pair.per_sample) {
+      // One set of coefficients: a flat elementwise pass in chunks.
+      const int64_t numel = x.numel();
+      at::parallel_for(0, (numel + kChunkLen - 1) / kChunkLen, 8, [&](int64_t first, int64_t last) {
+        for (int64_t chunk = first; chunk < last; ++chunk) {
+          const int64_t begin = chunk * kChunkLen;
+          const int64_t n = std::min(kChunkLen, numel - begin);
+          MANIFOLD_EXT_CALL_CPU_ISA(isa, linear_step_rows, rows_at(begin, 1, n, 0, 0));
+        }
+      });
+    } else {
+      const int64_t grain = std::max<int64_t>(1, 8 * kChunkLen / std::max<int64_t>(1, len));
+      at::parallel_for(0, batch, grain, [&](int64_t first, int64_t last) {
+        MANIFOLD_EXT_CALL_CPU_ISA(isa, linear_step_rows, rows_at(first * len, last - first, len, first, 1));
+      });
+    }
+  });
+  return out;
+}
+
+at::Tensor diffusion_forward_step_cpu(const at::Tensor& x_t, const at::Tensor& noise, const at::Tensor& abar_t,
+                                      const at::Tensor& abar_next) {
+  return linear_step_cpu("diffusion_forward_step", StepKind::Forward, x_t, noise, std::nullopt, abar_t, abar_next,
+                         0.0, "x_t", "noise", "abar_t", "abar_next");
+}
+
+at::Tensor ddpm_step_cpu(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& abar_t,
+                         const at::Tensor& abar_prev, const std::optional<at::Tensor>& noise) {
+  return linear_step_cpu("ddpm_step", StepKind::Ddpm, x_t, eps, noise, abar_t, abar_prev, 0.0, "x_t", "eps",
+                         "abar_t", "abar_prev");
+}
+
+at::Tensor ddim_step_cpu(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& abar_t,
+                         const at::Tensor& abar_prev, double eta, const std::optional<at::Tensor>& noise) {
+  check_eta(eta, "ddim_step");
+  return linear_step_cpu("ddim_step", StepKind::Ddim, x_t, eps, noise, abar_t, abar_prev, eta, "x_t", "eps",
+                         "abar_t", "abar_prev");
+}
+
+at::Tensor large_step_cpu(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& abar_t,
+                          const at::Tensor& abar_prev, const std::optional<at::Tensor>& noise) {
+  return linear_step_cpu("large_step", StepKind::Large, x_t, eps, noise, abar_t, abar_prev, 0.0, "x_t", "eps",
+                         "abar_t", "abar_prev");
+}
+
+// Gradients of out = cx x + ce eps + cn noise: (cx g, ce g, cn g).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> diffusion_step_backward_cpu(const at::Tensor& grad_in,
+                                                                        c10::string_view step,
+                                                                        const at::Tensor& abar_a,
+                                                                        const at::Tensor& abar_b, double eta) {
+  const char* op = "diffusion_step_backward";
+  const StepKind kind = parse_step(step);
+  if (kind == StepKind::Ddim) check_eta(eta, op);
+  check_batched(grad_in, op, "grad");
+  check_cpu(grad_in, op);
+  const AbarPair pair = read_abar_pair(abar_a, abar_b, grad_in, step_rule(kind), op, "abar_a", "abar_b");
+  const at::Tensor grad = grad_in.contiguous();
+  at::Tensor grad_x = at::empty_like(grad, at::MemoryFormat::Contiguous);
+  at::Tensor grad_eps = at::empty_like(grad, at::MemoryFormat::Contiguous);
+  at::Tensor grad_noise = at::empty_like(grad, at::MemoryFormat::Contiguous);
+  const int64_t batch = grad.size(0);
+  const int64_t len = per_sample_len(grad);
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "diffusion_step_backward_cpu", [&] {
+    using Coef = StepCoefficients<scalar_t>;
+    const std::vector<Coef> coef = coefficients_for<Coef, scalar_t>(
+        pair, [&](double a, double b) { return step_coefficients(kind, a, b, eta); });
+    const int64_t stride = pair.per_sample ? 1 : 0;
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
+    scalar_t* ge = grad_eps.mutable_data_ptr<scalar_t>();
+    scalar_t* gn = grad_noise.mutable_data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, kChunkLen / std::max<int64_t>(1, len));
+    at::parallel_for(0, batch, grain, [&](int64_t first, int64_t last) {
+      for (int64_t b = first; b < last; ++b) {
+        const Coef c = coef[b * stride];
+        for (int64_t i = b * len; i < (b + 1) * len; ++i) {  // auto-vectorised
+          gx[i] = c.x * g[i];
+          ge[i] = c.eps * g[i];
+          gn[i] = c.noise * g[i];
+        }
+      }
+    });
+  });
+  return {grad_x, grad_eps, grad_noise};
+}
+
+// ---------------------------------------------------------------------------
+// Log-likelihood step (Eq. 15-20), optionally fused with the next forward step
+// ---------------------------------------------------------------------------
+struct NllInputs {
+  at::Tensor acc, x_t, x_next, eps;
+  AbarPair pair;
+  int64_t batch, len;
+};
+
+NllInputs prepare_nll(const char* op, const at::Tensor& acc, const at::Tensor& x_t, const at::Tensor& x_next,
+                      const at::Tensor& eps, const at::Tensor& abar_t, const at::Tensor& abar_next) {
+  check_batched(x_t, op, "x_t");
+  check_like(x_next, x_t, op, "x_next", "x_t");
+  check_like(eps, x_t, op, "eps", "x_t");
+  check_accumulator(acc, x_t, op);
+  check_cpu(x_t, op);
+  NllInputs in;
+  in.pair = read_abar_pair(abar_t, abar_next, x_t, ScheduleRule::Likelihood, op, "abar_t", "abar_next");
+  in.acc = acc.contiguous();
+  in.x_t = x_t.contiguous();
+  in.x_next = x_next.contiguous();
+  in.eps = eps.contiguous();
+  in.batch = x_t.size(0);
+  in.len = per_sample_len(x_t);
+  return in;
+}
+
+// Runs the row loops over all samples and returns per-sample sums (double).
+// Samples up to kChunkLen elements are processed whole, several per task;
+// longer samples are cut into kChunkLen pieces whose partial sums are added in
+// order afterwards.
+template <typename scalar_t>
+std::vector<double> nll_sums(const NllInputs& in, const std::vector<NllCoefficients<scalar_t>>& coef,
+                             const scalar_t* noise, scalar_t* x_after,
+                             const std::vector<StepCoefficients<scalar_t>>* forward_coef) {
+  const CpuIsa isa = cpu_isa();
+  const int64_t len = in.len;
+  const int64_t stride = in.pair.per_sample ? 1 : 0;
+  const scalar_t* x_t = in.x_t.const_data_ptr<scalar_t>();
+  const scalar_t* x_next = in.x_next.const_data_ptr<scalar_t>();
+  const scalar_t* eps = in.eps.const_data_ptr<scalar_t>();
+  const StepCoefficients<scalar_t>* fc = forward_coef ? forward_coef->data() : nullptr;
+  auto rows_at = [&](int64_t offset, int64_t rows, int64_t row_len, int64_t first_coef, double* sums) {
+    return NllRows<scalar_t>{x_t + offset,
+                             x_next + offset,
+                             eps + offset,
+                             coef.data() + first_coef * stride,
+                             noise ? noise + offset : nullptr,
+                             x_after ? x_after + offset : nullptr,
+                             fc ? fc + first_coef * stride : nullptr,
+                             stride,
+                             rows,
+                             row_len,
+                             sums};
+  };
+  std::vector<double> sums(static_cast<size_t>(in.batch), 0.0);
+  if (len <= kChunkLen) {
+    const int64_t samples_per_chunk = std::max<int64_t>(1, kChunkLen / std::max<int64_t>(1, len));
+    const int64_t chunks = (in.batch + samples_per_chunk - 1) / samples_per_chunk;
+    at::parallel_for(0, chunks, 4, [&](int64_t first, int64_t last) {
+      for (int64_t chunk = first; chunk < last; ++chunk) {
+        const int64_t b0 = chunk * samples_per_chunk;
+        const int64_t rows = std::min(samples_per_chunk, in.batch - b0);
+        MANIFOLD_EXT_CALL_CPU_ISA(isa, nll_rows, rows_at(b0 * len, rows, len, b0, sums.data() + b0));
+      }
+    });
+  } else {
+    const int64_t pieces = (len + kChunkLen - 1) / kChunkLen;
+    std::vector<double> partial(static_cast<size_t>(in.batch * pieces));
+    at::parallel_for(0, in.batch * pieces, 4, [&](int64_t first, int64_t last) {
+      for (int64_t k = first; k < last; ++k) {
+        const int64_t b = k / pieces;
+        const int64_t begin = (k % pieces) * kChunkLen;
+        const int64_t n = std::min(kChunkLen, len - begin);
+        NllRows<scalar_t> rows = rows_at(b * len + begin, 1, n, b, partial.data() + k);
+        MANIFOLD_EXT_CALL_CPU_ISA(isa, nll_rows, rows);
+      }
+    });
+    for (int64_t b = 0; b < in.batch; ++b) {
+      double sum = 0;
+      for (int64_t p = 0; p < pieces; ++p) sum += partial[b * pieces + p];
+      sums[b] = sum;
+    }
+  }
+  return sums;
+}
+
+// acc_new[b] = acc[b] + D * log_norm_b + sums[b]
+template <typename input_t>
+at::Tensor finish_accumulator(const NllInputs& in, const std::vector<NllCoefficients<input_t>>& coef,
+                              const std::vector<double>& sums) {
+  at::Tensor acc_new = at::empty_like(in.acc, at::MemoryFormat::Contiguous);
+  const int64_t stride = in.pair.per_sample ? 1 : 0;
+  AT_DISPATCH_FLOATING_TYPES(in.acc.scalar_type(), "diffusion_nll_finish", [&] {
+    using acc_t = scalar_t;
+    const acc_t* acc = in.acc.const_data_ptr<acc_t>();
+    acc_t* out = acc_new.mutable_data_ptr<acc_t>();
+    for (int64_t b = 0; b < in.batch; ++b) {
+      const double log_norm = static_cast<double>(coef[b * stride].log_norm);
+      out[b] = static_cast<acc_t>(static_cast<double>(acc[b]) + static_cast<double>(in.len) * log_norm + sums[b]);
+    }
+  });
+  return acc_new;
+}
+
+at::Tensor diffusion_nll_step_cpu(const at::Tensor& acc, const at::Tensor& x_t, const at::Tensor& x_next,
+                                  const at::Tensor& eps, const at::Tensor& abar_t, const at::Tensor& abar_next) {
+  const NllInputs in = prepare_nll("diffusion_nll_step", acc, x_t, x_next, eps, abar_t, abar_next);
+  at::Tensor acc_new;
+  AT_DISPATCH_FLOATING_TYPES(in.x_t.scalar_type(), "diffusion_nll_step_cpu", [&] {
+    using Coef = NllCoefficients<scalar_t>;
+    const std::vector<Coef> coef = coefficients_for<Coef, scalar_t>(in.pair, nll_coefficients);
+    const std::vector<double> sums = nll_sums<scalar_t>(in, coef, nullptr, nullptr, nullptr);
+    acc_new = finish_accumulator(in, coef, sums);
+  });
+  return acc_new;
+}
+
+std::tuple<at::Tensor, at::Tensor> diffusion_nll_step_and_forward_cpu(
+    const at::Tensor& acc, const at::Tensor& x_t, const at::Tensor& x_next, const at::Tensor& eps,
+    const at::Tensor& noise_in, const at::Tensor& abar_t, const at::Tensor& abar_next,
+    const at::Tensor& abar_after) {
+  const char* op = "diffusion_nll_step_and_forward";
+  const NllInputs in = prepare_nll(op, acc, x_t, x_next, eps, abar_t, abar_next);
+  check_like(noise_in, x_t, op, "noise", "x_t");
+  const AbarPair forward_pair =
+      read_abar_pair(abar_next, abar_after, x_t, ScheduleRule::Forward, op, "abar_next", "abar_after");
+  // Both pairs share one layout of coefficients: per sample if either is.
+  AbarPair nll_pair = in.pair;
+  AbarPair fwd_pair = forward_pair;
+  if (nll_pair.per_sample != fwd_pair.per_sample) {
+    auto expand = [&](AbarPair& p) {
+      if (p.per_sample) return;
+      p.per_sample = true;
+      p.a_values = at::full({in.batch}, p.a, in.x_t.options().dtype(at::kDouble));
+      p.b_values = at::full({in.batch}, p.b, in.x_t.options().dtype(at::kDouble));
+    };
+    expand(nll_pair);
+    expand(fwd_pair);
+  }
+  NllInputs in2 = in;
+  in2.pair = nll_pair;
+  const at::Tensor noise = noise_in.contiguous();
+  at::Tensor x_after = at::empty_like(in.x_next, at::MemoryFormat::Contiguous);
+  at::Tensor acc_new;
+  AT_DISPATCH_FLOATING_TYPES(in.x_t.scalar_type(), "diffusion_nll_step_and_forward_cpu", [&] {
+    using Coef = NllCoefficients<scalar_t>;
+    using FCoef = StepCoefficients<scalar_t>;
+    const std::vector<Coef> coef = coefficients_for<Coef, scalar_t>(nll_pair, nll_coefficients);
+    const std::vector<FCoef> forward_coef = coefficients_for<FCoef, scalar_t>(fwd_pair, forward_step_coefficients);
+    const std::vector<double> sums = nll_sums<scalar_t>(in2, coef, noise.const_data_ptr<scalar_t>(),
+                                                        x_after.mutable_data_ptr<scalar_t>(), &forward_coef);
+    acc_new = finish_accumulator(in2, coef, sums);
+  });
+  return {acc_new, x_after};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> diffusion_nll_step_backward_cpu(
+    const at::Tensor& grad_acc_in, const at::Tensor& x_t, const at::Tensor& x_next, const at::Tensor& eps,
+    const at::Tensor& abar_t, const at::Tensor& abar_next) {
+  const char* op = "diffusion_nll_step_backward";
+  TORCH_CHECK(grad_acc_in.dim() == 1 && grad_acc_in.size(0) == x_t.size(0), op, ": grad_acc must have shape [B] = [",
+              x_t.size(0), "], got ", grad_acc_in.sizes());
+  const NllInputs in = prepare_nll(op, grad_acc_in.to(at::kDouble), x_t, x_next, eps, abar_t, abar_next);
+  at::Tensor grad_x_t = at::empty_like(in.x_t, at::MemoryFormat::Contiguous);
+  at::Tensor grad_x_next = at::empty_like(in.x_t, at::MemoryFormat::Contiguous);
+  at::Tensor grad_eps = at::empty_like(in.x_t, at::MemoryFormat::Contiguous);
+  const CpuIsa isa = cpu_isa();
+  AT_DISPATCH_FLOATING_TYPES(in.x_t.scalar_type(), "diffusion_nll_step_backward_cpu", [&] {
+    using Coef = NllCoefficients<scalar_t>;
+    const std::vector<Coef> coef = coefficients_for<Coef, scalar_t>(in.pair, nll_coefficients);
+    const at::Tensor grad = in.acc.to(in.x_t.scalar_type()).contiguous();
+    const int64_t stride = in.pair.per_sample ? 1 : 0;
+    const int64_t len = in.len;
+    const int64_t grain = std::max<int64_t>(1, kChunkLen / std::max<int64_t>(1, len));
+    at::parallel_for(0, in.batch, grain, [&](int64_t first, int64_t last) {
+      const int64_t offset = first * len;
+      const NllBackwardRows<scalar_t> rows{grad.const_data_ptr<scalar_t>() + first,
+                                           in.x_t.const_data_ptr<scalar_t>() + offset,
+                                           in.x_next.const_data_ptr<scalar_t>() + offset,
+                                           in.eps.const_data_ptr<scalar_t>() + offset,
+                                           coef.data() + first * stride,
+                                           grad_x_t.mutable_data_ptr<scalar_t>() + offset,
+                                           grad_x_next.mutable_data_ptr<scalar_t>() + offset,
+                                           grad_eps.mutable_data_ptr<scalar_t>() + offset,
+                                           stride,
+                                           last - first,
+                                           len};
+      MANIFOLD_EXT_CALL_CPU_ISA(isa, nll_backward_rows, rows);
+    });
+  });
+  return {grad_x_t, grad_x_next, grad_eps};
+}
+
+// ---------------------------------------------------------------------------
+// Runge-Kutta combination (Eq. 33, Eq. 39)
+// ---------------------------------------------------------------------------
+at::Tensor rk4_cpu(const char* op, const at::Tensor* x_in, const at::Tensor& k1_in, const at::Tensor& k2_in,
+                   const at::Tensor& k3_in, const at::Tensor& k4_in, double h) {
+  const at::Tensor& like = x_in ? *x_in : k1_in;
+  const char* like_name = x_in ? "x" : "k1";
+  check_floating(like, op, like_name);
+  if (x_in) check_like(k1_in, like, op, "k1", like_name);
+  check_like(k2_in, like, op, "k2", like_name);
+  check_like(k3_in, like, op, "k3", like_name);
+  check_like(k4_in, like, op, "k4", like_name);
+  TORCH_CHECK_VALUE(std::isfinite(h), op, ": the step h must be finite, got ", h);
+  check_cpu(like, op);
+  const at::Tensor x = x_in ? x_in->contiguous() : at::Tensor();
+  const at::Tensor k1 = k1_in.contiguous(), k2 = k2_in.contiguous(), k3 = k3_in.contiguous(),
+                   k4 = k4_in.contiguous();
+  at::Tensor out = at::empty_like(k1, at::MemoryFormat::Contiguous);
+  const int64_t numel = k1.numel();
+  const CpuIsa isa = cpu_isa();
+  AT_DISPATCH_FLOATING_TYPES(k1.scalar_type(), "rk4_cpu", [&] {
+    at::parallel_for(0, (numel + kChunkLen - 1) / kChunkLen, 8, [&](int64_t first, int64_t last) {
+      for (int64_t chunk = first; chunk < last; ++chunk) {
+        const int64_t begin = chunk * kChunkLen;
+        const Rk4Span<scalar_t> span{x.defined() ? x.const_data_ptr<scalar_t>() + begin : nullptr,
+                                     k1.const_data_ptr<scalar_t>() + begin,
+                                     k2.const_data_ptr<scalar_t>() + begin,
+                                     k3.const_data_ptr<scalar_t>() + begin,
+                                     k4.const_data_ptr<scalar_t>() + begin,
+                                     out.mutable_data_ptr<scalar_t>() + begin,
+                                     static_cast<scalar_t>(h),
+                                     std::min(kChunkLen, numel - begin)};
+        MANIFOLD_EXT_CALL_CPU_ISA(isa, rk4_span, span);
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor rk4_combine_cpu(const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& k3, const at::Tensor& k4) {
+  return rk4_cpu("rk4_combine", nullptr, k1, k2, k3, k4, 1.0);
+}
+
+at::Tensor rk4_update_cpu(const at::Tensor& x, const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& k3,
+                          const at::Tensor& k4, double h) {
+  return rk4_cpu("rk4_update", &x, k1, k2, k3, k4, h);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(manifold_ext, CPU, m) {
+  m.impl("diffusion_nll_step", &diffusion_nll_step_cpu);
+  m.impl("diffusion_nll_step_backward", &diffusion_nll_step_backward_cpu);
+  m.impl("diffusion_nll_step_and_forward", &diffusion_nll_step_and_forward_cpu);
+  m.impl("diffusion_forward_step", &diffusion_forward_step_cpu);
+  m.impl("ddpm_step", &ddpm_step_cpu);
+  m.impl("ddim_step", &ddim_step_cpu);
+  m.impl("large_step", &large_step_cpu);
+  m.impl("diffusion_step_backward", &diffusion_step_backward_cpu);
+  m.impl("rk4_combine", &rk4_combine_cpu);
+  m.impl("rk4_update", &rk4_update_cpu);
+}
+
+}  // namespace diffusion
+}  // namespace manifold_ext

@@ -1,0 +1,95 @@
+// Interface between the CPU entry points (diffusion_cpu.cpp, compiled once) and
+// the vectorised row loops (diffusion_cpu_vec.cpp, compiled once per
+// instruction set into namespaces cpu_default / cpu_avx2 / cpu_avx512).
+// Only raw pointers cross this boundary.
+//
+// A "row" is a run of contiguous elements sharing one set of coefficients: a
+// whole sample when the coefficients are per sample, or any run of elements
+// when they are shared by the batch. Coefficient pointers advance by
+// `coef_stride` (0: one set for all rows, 1: one set per row).
+#pragma once
+
+#include <cstdint>
+
+#include "diffusion/diffusion.h"
+
+namespace manifold_ext {
+namespace diffusion {
+
+// out = x * c.x + eps * c.eps (+ noise * c.noise)
+template <typename scalar_t>
+struct LinearStepRows {
+  const scalar_t* x;       // [rows * len]
+  const scalar_t* eps;     // [rows * len]
+  const scalar_t* noise;   // [rows * len] or nullptr (no noise term)
+  scalar_t* out;           // [rows * len]
+  const StepCoefficients<scalar_t>* coef;
+  int64_t coef_stride;
+  int64_t rows;
+  int64_t len;
+};
+
+// sums[r] = sum over row r of nll_element(x_t, x_next, eps); when `noise` is
+// given, also x_after = forward step of x_next (the fused variant).
+template <typename scalar_t>
+struct NllRows {
+  const scalar_t* x_t;     // [rows * len]
+  const scalar_t* x_next;  // [rows * len]
+  const scalar_t* eps;     // [rows * len]
+  const NllCoefficients<scalar_t>* coef;
+  const scalar_t* noise;   // [rows * len] or nullptr
+  scalar_t* x_after;       // [rows * len] or nullptr
+  const StepCoefficients<scalar_t>* forward_coef;
+  int64_t coef_stride;
+  int64_t rows;
+  int64_t len;
+  double* sums;            // [rows]
+};
+
+// Gradients of the likelihood step for rows whose sample-term gradient is grad[r].
+template <typename scalar_t>
+struct NllBackwardRows {
+  const scalar_t* grad;    // [rows], one upstream gradient per row
+  const scalar_t* x_t;
+  const scalar_t* x_next;
+  const scalar_t* eps;
+  const NllCoefficients<scalar_t>* coef;
+  scalar_t* grad_x_t;
+  scalar_t* grad_x_next;
+  scalar_t* grad_eps;
+  int64_t coef_stride;
+  int64_t rows;
+  int64_t len;
+};
+
+// out = x + h (k1 + 2 k2 + 2 k3 + k4) / 6 over n elements (x == nullptr: h = 1, no x).
+template <typename scalar_t>
+struct Rk4Span {
+  const scalar_t* x;
+  const scalar_t* k1;
+  const scalar_t* k2;
+  const scalar_t* k3;
+  const scalar_t* k4;
+  scalar_t* out;
+  scalar_t h;
+  int64_t n;
+};
+
+#define MANIFOLD_EXT_DECLARE_DIFFUSION_ROWS(ns)                   \
+  namespace ns {                                                  \
+  void linear_step_rows(const LinearStepRows<float>& r);          \
+  void linear_step_rows(const LinearStepRows<double>& r);         \
+  void nll_rows(const NllRows<float>& r);                         \
+  void nll_rows(const NllRows<double>& r);                        \
+  void nll_backward_rows(const NllBackwardRows<float>& r);        \
+  void nll_backward_rows(const NllBackwardRows<double>& r);       \
+  void rk4_span(const Rk4Span<float>& s);                         \
+  void rk4_span(const Rk4Span<double>& s);                        \
+  }
+
+MANIFOLD_EXT_DECLARE_DIFFUSION_ROWS(cpu_default)
+MANIFOLD_EXT_DECLARE_DIFFUSION_ROWS(cpu_avx2)
+MANIFOLD_EXT_DECLARE_DIFFUSION_ROWS(cpu_avx512)
+
+}  // namespace diffusion
+}  // namespace manifold_ext

@@ -1,0 +1,156 @@
+// Host-side pieces of the diffusion ops shared by the CPU and CUDA entry
+// points: reading the abar arguments (one value for the batch, or one per
+// sample), validating schedules and inputs. Checks live here once so both
+// backends raise the same errors.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "diffusion/diffusion.h"
+
+namespace manifold_ext {
+namespace diffusion {
+
+// Which inequality a pair (a, b) of abar values must satisfy.
+enum class ScheduleRule {
+  Likelihood,  // (abar_t, abar_next):  0 < abar_next < abar_t <= 1   (Eq. 17-20)
+  Forward,     // (abar_t, abar_next):  0 < abar_next <= abar_t <= 1  (Eq. 17)
+  Backward,    // (abar_t, abar_prev):  0 < abar_t < 1, abar_t <= abar_prev <= 1  (Eq. 12, DDPM, DDIM)
+};
+
+inline bool schedule_ok(ScheduleRule rule, double a, double b) {
+  switch (rule) {
+    case ScheduleRule::Likelihood: return b > 0 && b < a && a <= 1;
+    case ScheduleRule::Forward: return b > 0 && b <= a && a <= 1;
+    default: return a > 0 && a < 1 && a <= b && b <= 1;
+  }
+}
+
+inline std::string schedule_requirement(ScheduleRule rule, const char* name_a, const char* name_b) {
+  const std::string a(name_a), b(name_b);
+  switch (rule) {
+    case ScheduleRule::Likelihood:
+      return "need 0 < " + b + " < " + a + " <= 1 (Eq. 17-20: the noise level must grow strictly from t to t + dt)";
+    case ScheduleRule::Forward:
+      return "need 0 < " + b + " <= " + a + " <= 1 (Eq. 17: noise can only be added going forward)";
+    default:
+      return "need 0 < " + a + " < 1 and " + a + " <= " + b + " <= 1 (a backward step goes from a noisier time to "
+             "a cleaner one)";
+  }
+}
+
+// The abar arguments of one call: either one pair for the whole batch, or one
+// pair per sample.
+struct AbarPair {
+  bool per_sample = false;
+  double a = 0, b = 0;   // shared values
+  at::Tensor a_values;   // [B] float64 on the inputs' device, when per_sample
+  at::Tensor b_values;   // [B]
+};
+
+inline void check_abar_tensor(const at::Tensor& abar, int64_t batch, const at::Tensor& x, const char* op,
+                              const char* name) {
+  TORCH_CHECK(at::isFloatingType(abar.scalar_type()), op, ": ", name,
+              " must be a float or a floating-point tensor, got dtype ", abar.scalar_type());
+  TORCH_CHECK(abar.dim() == 0 || (abar.dim() == 1 && abar.size(0) == batch), op, ": ", name,
+              " must be a float, a 0-dim tensor or a per-sample tensor of shape [B] = [", batch, "], got shape ",
+              abar.sizes());
+  TORCH_CHECK(abar.dim() == 0 || abar.device() == x.device(), op, ": a per-sample ", name,
+              " must be on the device of the inputs (", x.device(), "), got ", abar.device());
+}
+
+inline AbarPair read_abar_pair(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x, ScheduleRule rule,
+                               const char* op, const char* name_a, const char* name_b) {
+  const int64_t batch = x.size(0);
+  check_abar_tensor(a, batch, x, op, name_a);
+  check_abar_tensor(b, batch, x, op, name_b);
+  AbarPair pair;
+  if (a.dim() == 0 && b.dim() == 0) {
+    pair.a = a.item<double>();
+    pair.b = b.item<double>();
+    TORCH_CHECK_VALUE(schedule_ok(rule, pair.a, pair.b), op, ": invalid schedule, got ", name_a, " = ", pair.a,
+                      " and ", name_b, " = ", pair.b, "; ", schedule_requirement(rule, name_a, name_b));
+    return pair;
+  }
+  const auto options = x.options().dtype(at::kDouble);
+  pair.per_sample = true;
+  pair.a_values = a.to(options).expand({batch}).contiguous();
+  pair.b_values = b.to(options).expand({batch}).contiguous();
+  if (batch == 0) return pair;
+  // One reduction over [B] (a device sync on CUDA); on failure, name the first bad sample.
+  const at::Tensor& av = pair.a_values;
+  const at::Tensor& bv = pair.b_values;
+  at::Tensor ok;
+  switch (rule) {
+    case ScheduleRule::Likelihood: ok = (bv > 0).logical_and_(bv < av).logical_and_(av <= 1); break;
+    case ScheduleRule::Forward: ok = (bv > 0).logical_and_(bv <= av).logical_and_(av <= 1); break;
+    default: ok = (av > 0).logical_and_(av < 1).logical_and_(av <= bv).logical_and_(bv <= 1); break;
+  }
+  if (!ok.all().item<bool>()) {
+    const int64_t bad = ok.logical_not().nonzero().select(1, 0)[0].item<int64_t>();
+    TORCH_CHECK_VALUE(false, op, ": invalid schedule at sample ", bad, ", got ", name_a, " = ",
+                      av[bad].item<double>(), " and ", name_b, " = ", bv[bad].item<double>(), "; ",
+                      schedule_requirement(rule, name_a, name_b));
+  }
+  return pair;
+}
+
+inline void check_floating(const at::Tensor& x, const char* op, const char* name) {
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": expected a floating-point dtype for ", name, ", got ",
+              x.scalar_type());
+}
+
+// `other` must match x in shape, dtype and device.
+inline void check_like(const at::Tensor& other, const at::Tensor& x, const char* op, const char* name,
+                       const char* x_name) {
+  TORCH_CHECK(other.sizes() == x.sizes(), op, ": ", name, " must have the shape of ", x_name, " ", x.sizes(),
+              ", got ", other.sizes());
+  TORCH_CHECK(other.device() == x.device(), op, ": ", name, " must be on the device of ", x_name, " (", x.device(),
+              "), got ", other.device());
+  TORCH_CHECK(other.scalar_type() == x.scalar_type(), op, ": ", name, " must have the dtype of ", x_name, " (",
+              x.scalar_type(), "), got ", other.scalar_type());
+}
+
+inline void check_batched(const at::Tensor& x, const char* op, const char* name) {
+  TORCH_CHECK(x.dim() >= 1, op, ": ", name, " must have a batch dimension ([B, *]), got a 0-dim tensor");
+  check_floating(x, op, name);
+}
+
+// acc: [B] float32 or float64, on x's device.
+inline void check_accumulator(const at::Tensor& acc, const at::Tensor& x, const char* op) {
+  TORCH_CHECK(acc.dim() == 1 && acc.size(0) == x.size(0), op, ": acc must have shape [B] = [", x.size(0),
+              "], got ", acc.sizes());
+  TORCH_CHECK(acc.scalar_type() == at::kFloat || acc.scalar_type() == at::kDouble, op,
+              ": acc must be float32 or float64 (the log-likelihood is accumulated in float32 or wider), got ",
+              acc.scalar_type());
+  TORCH_CHECK(acc.device() == x.device(), op, ": acc must be on the device of x_t (", x.device(), "), got ",
+              acc.device());
+}
+
+inline StepKind parse_step(std::string_view step) {
+  if (step == "forward") return StepKind::Forward;
+  if (step == "ddpm") return StepKind::Ddpm;
+  if (step == "ddim") return StepKind::Ddim;
+  if (step == "large_step") return StepKind::Large;
+  TORCH_CHECK_VALUE(false, "diffusion_step_backward: unknown step '", std::string(step),
+                    "'; expected 'forward', 'ddpm', 'ddim' or 'large_step'");
+  return StepKind::Forward;
+}
+
+inline ScheduleRule step_rule(StepKind kind) {
+  return kind == StepKind::Forward ? ScheduleRule::Forward : ScheduleRule::Backward;
+}
+
+inline void check_eta(double eta, const char* op) {
+  TORCH_CHECK_VALUE(std::isfinite(eta) && eta >= 0 && eta <= 1, op,
+                    ": eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM posterior variance), got ", eta);
+}
+
+}  // namespace diffusion
+}  // namespace manifold_ext

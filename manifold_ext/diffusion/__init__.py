@@ -1,0 +1,40 @@
+"""Diffusion models on the fused likelihood and sampler-step ops (paper 000 §2.2).
+
+* :mod:`~manifold_ext.diffusion.schedules`: linear (DDPM) and cosine schedules.
+* :mod:`~manifold_ext.diffusion.models`: eps-networks for 2-D points and small images.
+* :mod:`~manifold_ext.diffusion.training`: seeded DDPM training, atomic checkpoints.
+* :mod:`~manifold_ext.diffusion.likelihood`: ``log_likelihood`` by Eq. 15.
+* :mod:`~manifold_ext.diffusion.samplers`: DDPM, DDIM, large-step, RK4, probability-flow ODE.
+"""
+from manifold_ext.diffusion.likelihood import chain_nll, log_likelihood, log_mean_exp
+from manifold_ext.diffusion.models import PointEpsNet, SmallUNet, build_model, timestep_embedding
+from manifold_ext.diffusion.samplers import SAMPLERS, sample
+from manifold_ext.diffusion.schedules import NoiseSchedule, cosine_schedule, linear_schedule, make_schedule
+from manifold_ext.diffusion.training import (
+    TrainConfig,
+    load_checkpoint,
+    noisy_batch,
+    save_checkpoint,
+    train_eps_model,
+)
+
+__all__ = [
+    "NoiseSchedule",
+    "linear_schedule",
+    "cosine_schedule",
+    "make_schedule",
+    "PointEpsNet",
+    "SmallUNet",
+    "build_model",
+    "timestep_embedding",
+    "TrainConfig",
+    "train_eps_model",
+    "noisy_batch",
+    "save_checkpoint",
+    "load_checkpoint",
+    "log_likelihood",
+    "chain_nll",
+    "log_mean_exp",
+    "sample",
+    "SAMPLERS",
+]
