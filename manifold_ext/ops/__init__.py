@@ -5,5 +5,7 @@ Each module registers, for its ``torch.ops.manifold_ext`` operators, a fake
 autograd formula (backed by a compiled backward operator).
 """
 from manifold_ext.ops.affine_coupling import COUPLING_LAYOUTS, COUPLING_SCALES, affine_coupling
+from manifold_ext.ops.closest_centre_kl import closest_centre_kl, nearest_centre_kl
 
 __all__ = ["affine_coupling", "COUPLING_SCALES", "COUPLING_LAYOUTS"]
+__all__ += ["closest_centre_kl", "nearest_centre_kl"]
