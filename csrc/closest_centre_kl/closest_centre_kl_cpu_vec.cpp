@@ -130,6 +130,29 @@ scalar_t sum_run(const scalar_t* values, int64_t n) {
   return hd_lane_sum(acc);
 }
 
+// out[r] = 1/2 * (sum of row r of terms) (Eq. 27's 1/2); the short rows of
+// low-dimensional latents get loops with a compile-time length.
+template <int kLen, typename scalar_t>
+void sum_short_rows(const scalar_t* terms, int64_t rows, scalar_t* out) {
+  for (int64_t r = 0; r < rows; ++r, terms += kLen) {
+    scalar_t sum = terms[0];
+    for (int i = 1; i < kLen; ++i) sum += terms[i];
+    out[r] = scalar_t(0.5) * sum;
+  }
+}
+
+template <typename scalar_t>
+void sum_rows(const scalar_t* terms, int64_t rows, int64_t n, scalar_t* out) {
+  switch (n) {
+    case 1: return sum_short_rows<1>(terms, rows, out);
+    case 2: return sum_short_rows<2>(terms, rows, out);
+    case 3: return sum_short_rows<3>(terms, rows, out);
+    case 4: return sum_short_rows<4>(terms, rows, out);
+    default:
+      for (int64_t r = 0; r < rows; ++r) out[r] = scalar_t(0.5) * sum_run(terms + r * n, n);
+  }
+}
+
 template <CentreSource kSource, bool kStoreCentre, typename scalar_t>
 void forward_rows_impl(const ForwardRows<scalar_t>& rows, const KlParams& params) {
   alignas(64) scalar_t terms[kBlock];
@@ -142,9 +165,7 @@ void forward_rows_impl(const ForwardRows<scalar_t>& rows, const KlParams& params
                                        rows.mask ? rows.mask + offset : nullptr,
                                        kStoreCentre ? rows.centre + offset : nullptr, terms, span.count, params);
     if (n <= kBlock) {
-      for (int64_t r = 0; r < span.rows; ++r) {
-        rows.kl[span.first_row + r] = scalar_t(0.5) * sum_run(terms + r * n, n);  // Eq. 27's 1/2
-      }
+      sum_rows(terms, span.rows, n, rows.kl + span.first_row);
     } else {
       long_row_sum = (span.begin == 0 ? scalar_t(0) : long_row_sum) + sum_run(terms, span.count);
       if (span.begin + span.count == n) rows.kl[span.first_row] = scalar_t(0.5) * long_row_sum;
