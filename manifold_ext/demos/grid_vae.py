@@ -29,7 +29,7 @@ DESCRIPTION = "GridVAE (2-D latent, 6x6 grid prior) on two-digit 0-5 composites:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, NAME)
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default 4000, quick 600)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default 4000, quick 1000)")
     parser.add_argument("--kl", choices=("closest", "mc"), default="closest",
                         help="KL term: 'closest' (Eq. 27, fused op) or 'mc' (Eq. 25, full mixture); default closest")
     parser.add_argument("--guidance", choices=("none", "first", "both"), default="none",
@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=int, default=None, help="KL warm-up steps (default: a tenth of the steps)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for training (default 1: the networks are small, and more threads only "
+                             "add synchronisation; on a busy machine OpenMP spin-waits can make them 10x slower)")
     parser.add_argument("--mnist", default=None, metavar="PATH",
                         help="folder with a local MNIST copy: use 28x56 MNIST composites instead of the 8x8 digits")
 
@@ -63,6 +66,8 @@ def _guidance(args, train):
 
 def _figure(path, model, test, mu_test, summary):
     plt = pyplot()
+    from matplotlib.colors import ListedColormap
+
     prior = model.prior
     axis = prior.axis.cpu().numpy()
     mu = mu_test.cpu().numpy()
@@ -70,7 +75,9 @@ def _figure(path, model, test, mu_test, summary):
     # Fig. 11: the test set's latent means, coloured by each digit, with the cell boundaries.
     for panel, (name, digit) in enumerate((("first", test.first), ("second", test.second))):
         ax = fig.add_subplot(1, 3, panel + 1)
-        scatter = ax.scatter(mu[:, 0], mu[:, 1], c=digit.numpy(), cmap="tab10", vmin=0, vmax=9, s=4, alpha=0.7)
+        colours = ListedColormap(plt.get_cmap("tab10").colors[:test.num_digits])
+        scatter = ax.scatter(mu[:, 0], mu[:, 1], c=digit.numpy(), cmap=colours, vmin=-0.5,
+                             vmax=test.num_digits - 0.5, s=4, alpha=0.7)
         for b in np.concatenate([[axis[0] - 0.5], (axis[:-1] + axis[1:]) / 2, [axis[-1] + 0.5]]):
             ax.axvline(b, color="red", lw=0.6)
             ax.axhline(b, color="red", lw=0.6)
@@ -85,7 +92,7 @@ def _figure(path, model, test, mu_test, summary):
     centres = torch.cartesian_prod(prior.axis, prior.axis).to(mu_test.device)  # (d1, d2) pairs
     images = model.sample_at(centres, per_centre=1, spread=0.0)[:, 0, 0].cpu().numpy()  # [36, H, W]
     m, (h, w) = len(axis), images.shape[1:]
-    mosaic = np.ones((m * (h + 1), m * (w + 1)))
+    mosaic = np.zeros((m * (h + 1), m * (w + 1)))  # white separators
     for k, image in enumerate(images):
         i, j = divmod(k, m)  # i: index along dimension 1, j: along dimension 2
         mosaic[j * (h + 1):j * (h + 1) + h, i * (w + 1):i * (w + 1) + w] = image
@@ -105,7 +112,16 @@ def _figure(path, model, test, mu_test, summary):
 def run(args: argparse.Namespace) -> dict:
     generator = seed_everything(args.seed)
     device = torch.device(args.device)
-    steps = args.steps or (600 if args.quick else 4000)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        return _run(args, generator, device)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(args: argparse.Namespace, generator: torch.Generator, device: torch.device) -> dict:
+    steps = args.steps or (1000 if args.quick else 4000)
     warmup = args.warmup if args.warmup is not None else steps // 10
     train, test = _data(args)
     attributes, mask = _guidance(args, train)
