@@ -28,6 +28,8 @@ inline Vec<T> hd_tanh(const Vec<T>& v) { return v.tanh(); }
 template <typename T>
 inline Vec<T> hd_abs(const Vec<T>& v) { return v.abs(); }
 template <typename T>
+inline Vec<T> hd_round(const Vec<T>& v) { return v.round(); }  // ties to even
+template <typename T>
 inline Vec<T> hd_min(const Vec<T>& a, const Vec<T>& b) { return at::vec::minimum(a, b); }
 
 // `mask` comes from a lane-wise comparison (all bits set where true).

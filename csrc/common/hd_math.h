@@ -34,6 +34,10 @@ ME_HD double hd_tanh(double v) { return ::tanh(v); }
 ME_HD float hd_abs(float v) { return ::fabsf(v); }
 ME_HD double hd_abs(double v) { return ::fabs(v); }
 
+// Round to the nearest integer, ties to even (as torch.round).
+ME_HD float hd_round(float v) { return ::nearbyintf(v); }
+ME_HD double hd_round(double v) { return ::nearbyint(v); }
+
 ME_HD float hd_min(float a, float b) { return a < b ? a : b; }
 ME_HD double hd_min(double a, double b) { return a < b ? a : b; }
 

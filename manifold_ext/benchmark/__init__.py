@@ -10,15 +10,16 @@ from pathlib import Path
 
 import torch
 
-from manifold_ext.benchmark import coupling
+from manifold_ext.benchmark import coupling, vae
 from manifold_ext.benchmark import diffusion as diffusion_bench
 from manifold_ext.benchmark.harness import IMPLS, BenchSettings, environment, machine_name, run_cases, write_results
 
 # family name -> function(device, quick) -> list[BenchCase]
 FAMILIES = {
     "coupling": coupling.cases,
+    "diffusion": diffusion_bench.cases,
+    "vae": vae.cases,
 }
-FAMILIES["diffusion"] = diffusion_bench.cases
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ from manifold_ext.ops.diffusion import (
     rk4_combine,
     rk4_update,
 )
+from manifold_ext.ops.closest_centre_kl import closest_centre_kl, nearest_centre_kl
 
 __all__ = ["affine_coupling", "COUPLING_SCALES", "COUPLING_LAYOUTS"]
 __all__ += [
@@ -27,3 +28,4 @@ __all__ += [
     "rk4_combine",
     "rk4_update",
 ]
+__all__ += ["closest_centre_kl", "nearest_centre_kl"]

@@ -15,6 +15,7 @@ from manifold_ext.reference.diffusion import (
     rk4_combine_reference,
     rk4_update_reference,
 )
+from manifold_ext.reference.closest_centre_kl import closest_centre_kl_reference, nearest_centre_kl_reference
 
 __all__ = ["affine_coupling_reference"]
 __all__ += [
@@ -27,3 +28,4 @@ __all__ += [
     "rk4_combine_reference",
     "rk4_update_reference",
 ]
+__all__ += ["closest_centre_kl_reference", "nearest_centre_kl_reference"]

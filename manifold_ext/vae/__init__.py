@@ -1,0 +1,28 @@
+"""Grid-prior VAEs and GMM-regularised autoencoders (paper 000 §4; theses 003/004).
+
+* ``GridVAE`` / ``GridPrior``: VAE with a grid mixture-of-Gaussians prior (Eq. 24),
+  KL by Eq. 25 (full mixture) or Eq. 27 (closest centre, fused op), guided and
+  partially guided training, latent traversal, sampling from chosen centres.
+* ``networks``: reusable encoder/decoder blocks for small images.
+* ``metrics``: cluster accuracy/purity and per-dimension control of factors.
+"""
+from manifold_ext.vae.grid_vae import GridPrior, GridVAE, train_grid_vae
+from manifold_ext.vae.metrics import cluster_report, dimension_control, majority_map, purity
+from manifold_ext.vae.networks import (
+    ConvDecoder,
+    ConvEncoder,
+    MLPDecoder,
+    MLPEncoder,
+    ResidualBlock,
+    decoder_mean,
+    make_decoder,
+    make_encoder,
+    reconstruction_nll,
+)
+
+__all__ = [
+    "GridPrior", "GridVAE", "train_grid_vae",
+    "cluster_report", "dimension_control", "majority_map", "purity",
+    "ConvEncoder", "ConvDecoder", "MLPEncoder", "MLPDecoder", "ResidualBlock",
+    "make_encoder", "make_decoder", "reconstruction_nll", "decoder_mean",
+]

@@ -1,0 +1,245 @@
+"""Regularised deterministic autoencoders with ex-post density estimation, and a
+GMM classifier with rejection (thesis 004, ch. 3 and 4).
+
+* ``RAE`` (thesis 004 Eq. 3.11): a deterministic autoencoder trained on
+  L = L_REC + beta * 1/2 ||z||^2 + lambda * L_REG, with L_REG the decoder's
+  weight decay (RAE-L2) or the gradient penalty ||grad_z D(z)||^2 (RAE-GP).
+* ``ExPostGMM`` (§3.6): a Gaussian mixture fitted to the codes after training
+  (scikit-learn ``GaussianMixture``), giving the RAE a sampler and a log-density.
+* ``GMMClassifier`` (ch. 4, Eq. 4.6): one fixed latent centre per class; trained
+  on ||x - g(f(x) + eps)||^2 + alpha ||f(x) - mu_y||^2 with constant-variance
+  noise eps; predicts the nearest centre (the ``nearest_centre_kl`` op) and
+  rejects inputs whose code is too far from it (Mahalanobis distance against a
+  chi-square quantile) or whose reconstruction is too poor (§4.6).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from manifold_ext.ops import closest_centre_kl, nearest_centre_kl
+from manifold_ext.vae.networks import decoder_mean, make_decoder, make_encoder, reconstruction_nll
+
+
+class RAE(nn.Module):
+    """Regularised autoencoder (thesis 004 Eq. 3.11).
+
+    Args:
+        image_shape: (C, H, W); latent_dim: code size.
+        beta: weight of L_Z = 1/2 ||z||^2 (bounds the latent space).
+        regulariser: ``"l2"`` (decoder weight decay), ``"gp"`` (decoder gradient penalty) or ``"none"``.
+        lam: weight of the regulariser.
+        net, hidden, likelihood, encoder, decoder: as for ``GridVAE``.
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 8, *, beta: float = 1e-2,
+                 regulariser: str = "l2", lam: float = 1e-4, net: str = "conv", hidden: int = 32,
+                 likelihood: str = "bernoulli", encoder: nn.Module | None = None, decoder: nn.Module | None = None):
+        super().__init__()
+        if regulariser not in ("l2", "gp", "none"):
+            raise ValueError(f"regulariser must be 'l2', 'gp' or 'none', got {regulariser!r}")
+        self.image_shape = tuple(image_shape)
+        self.latent_dim = latent_dim
+        self.beta, self.lam, self.regulariser, self.likelihood = beta, lam, regulariser, likelihood
+        self.encoder = encoder if encoder is not None else make_encoder(net, image_shape, latent_dim, hidden)
+        self.decoder = decoder if decoder is not None else make_decoder(net, latent_dim, image_shape, hidden)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        return decoder_mean(self.decoder(z), self.likelihood)
+
+    def regularisation(self, z: torch.Tensor) -> torch.Tensor:
+        """L_REG of Eq. 3.11 (a scalar)."""
+        if self.regulariser == "l2":
+            return sum(p.square().sum() for p in self.decoder.parameters())
+        if self.regulariser == "gp":
+            z = z.detach().requires_grad_()
+            out = self.decoder(z)
+            (grad,) = torch.autograd.grad(out.sum(), z, create_graph=True)
+            return grad.square().sum(1).mean()
+        return z.new_zeros(())
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.encode(x)
+        recon = reconstruction_nll(self.decoder(z), x, self.likelihood)
+        code_penalty = 0.5 * z.square().sum(1)
+        reg = self.regularisation(z)
+        loss = (recon + self.beta * code_penalty).mean() + self.lam * reg
+        return {"loss": loss, "recon": recon, "code_penalty": code_penalty, "regulariser": reg, "z": z}
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        return torch.cat([self.encode(chunk) for chunk in x.split(batch_size)])
+
+    @torch.no_grad()
+    def reconstruction_error(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """Per-sample squared error ||x - D(E(x))||^2, [B]."""
+        return torch.cat([(self.decode_mean(self.encode(c)) - c).square().flatten(1).sum(1) for c in x.split(batch_size)])
+
+
+class ExPostGMM:
+    """Ex-post density estimate q_delta(z) of codes (thesis 004 §3.6): a scikit-learn
+    ``GaussianMixture``, with torch in and out."""
+
+    def __init__(self, n_components: int = 10, covariance_type: str = "full", seed: int = 0, **kwargs):
+        from sklearn.mixture import GaussianMixture
+
+        self.gmm = GaussianMixture(n_components=n_components, covariance_type=covariance_type,
+                                   random_state=seed, **kwargs)
+
+    def fit(self, codes: torch.Tensor) -> "ExPostGMM":
+        codes = codes.detach().cpu().double().numpy()
+        if len(codes) < self.gmm.n_components:
+            raise ValueError(f"need at least {self.gmm.n_components} codes to fit {self.gmm.n_components} components, "
+                             f"got {len(codes)}")
+        self.gmm.fit(codes)
+        return self
+
+    def log_prob(self, codes: torch.Tensor) -> torch.Tensor:
+        """log q_delta(z), [B] float64."""
+        return torch.from_numpy(self.gmm.score_samples(codes.detach().cpu().double().numpy()))
+
+    def sample(self, count: int) -> torch.Tensor:
+        """``count`` codes drawn from the mixture, [count, d] float32 (shuffled: scikit-learn
+        returns them grouped by component)."""
+        codes, _ = self.gmm.sample(count)
+        order = np.random.default_rng(self.gmm.random_state).permutation(count)
+        return torch.from_numpy(codes[order]).float()
+
+
+def train_autoencoder(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None, *, steps: int = 1000,
+                      batch_size: int = 128, lr: float = 1e-3, device: torch.device | str = "cpu",
+                      progress: bool = True, desc: str = "training") -> list[float]:
+    """Adam on ``model(x)["loss"]`` (or ``model(x, y)["loss"]`` with labels); returns the losses."""
+    device = torch.device(device)
+    model.to(device).train()
+    images = images.to(device)
+    labels = labels.to(device) if labels is not None else None
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps, eta_min=lr * 0.05)
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc=desc, unit="step", mininterval=0.5, disable=not progress)
+    for step in bar:
+        batch = torch.randint(0, len(images), (batch_size,), device=device)
+        out = model(images[batch]) if labels is None else model(images[batch], labels[batch])
+        optimiser.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimiser.step()
+        schedule.step()
+        losses.append(out["loss"].item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+    model.eval()
+    return losses
+
+
+class GMMClassifier(nn.Module):
+    """Classifier with a Gaussian-mixture latent space and rejection (thesis 004 ch. 4).
+
+    Each class y owns a fixed latent centre mu_y (default: the one-hot vectors
+    scaled by ``centre_scale``, so ``latent_dim = num_classes``). Training loss
+    (Eq. 4.6): ||x - g(f(x) + eps)||^2 + alpha ||f(x) - mu_y||^2, eps ~ N(0, noise_std^2 I);
+    the second term is 2 noise_std^2 times the guided closest-centre KL of a
+    constant-variance posterior (``closest_centre_kl`` with ``target = mu_y``).
+
+    After training, ``calibrate`` fits per class the covariance of the training
+    codes around mu_y (ex post) and the two thresholds: tau_enc, the chi-square
+    quantile of the squared Mahalanobis distance (``df = latent_dim``; the
+    default 0.997 is the univariate 3-sigma rule), and tau_dec, the same
+    quantile of the training reconstruction errors.
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, *, latent_dim: int | None = None,
+                 centres: torch.Tensor | None = None, centre_scale: float = 3.0, noise_std: float = 0.5,
+                 alpha: float = 1.0, net: str = "conv", hidden: int = 32, likelihood: str = "bernoulli",
+                 encoder: nn.Module | None = None, decoder: nn.Module | None = None):
+        super().__init__()
+        if centres is None:
+            latent_dim = latent_dim or num_classes
+            if latent_dim < num_classes:
+                raise ValueError("one-hot centres need latent_dim >= num_classes; pass centres for a smaller latent")
+            centres = centre_scale * torch.eye(num_classes, latent_dim)
+        if centres.shape[0] != num_classes:
+            raise ValueError(f"centres must have one row per class ({num_classes}), got shape {tuple(centres.shape)}")
+        self.num_classes = num_classes
+        self.latent_dim = centres.shape[1]
+        self.noise_std, self.alpha, self.likelihood = noise_std, alpha, likelihood
+        self.register_buffer("centres", centres.float())
+        self.encoder = encoder if encoder is not None else make_encoder(net, image_shape, self.latent_dim, hidden)
+        self.decoder = decoder if decoder is not None else make_decoder(net, self.latent_dim, image_shape, hidden)
+        self.register_buffer("precision", torch.eye(self.latent_dim).repeat(num_classes, 1, 1))  # [C, d, d]
+        self.tau_enc = math.inf
+        self.tau_dec = math.inf
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        return decoder_mean(self.decoder(z), self.likelihood)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.encode(x)
+        recon = reconstruction_nll(self.decoder(z + self.noise_std * torch.randn_like(z)), x, self.likelihood)
+        # alpha ||f(x) - mu_y||^2 as the guided KL of N(f(x), noise_std^2 I) to N(mu_y, noise_std^2 I):
+        # that KL is ||f(x) - mu_y||^2 / (2 noise_std^2).
+        logvar = torch.full_like(z, 2.0 * math.log(self.noise_std))
+        kl, _ = closest_centre_kl(z, logvar, sigma0=self.noise_std, target=self.centres[y])
+        centre_term = 2.0 * self.noise_std**2 * kl
+        return {"loss": (recon + self.alpha * centre_term).mean(), "recon": recon, "centre": centre_term, "z": z}
+
+    @torch.no_grad()
+    def nearest_class(self, z: torch.Tensor) -> torch.Tensor:
+        """The class of the nearest centre (Euclidean), via the fused nearest-centre op."""
+        _, index = nearest_centre_kl(z, torch.zeros_like(z), self.centres.to(z.dtype), 1.0)
+        return index
+
+    @torch.no_grad()
+    def scores(self, x: torch.Tensor, batch_size: int = 1024) -> dict[str, torch.Tensor]:
+        """Per sample: ``label`` (nearest centre), ``mahalanobis2`` (squared Mahalanobis distance
+        of the code to that class's centre), ``recon_error`` (squared error of the reconstruction)."""
+        labels, distances, errors = [], [], []
+        for chunk in x.split(batch_size):
+            z = self.encode(chunk)
+            label = self.nearest_class(z)
+            diff = z - self.centres[label]
+            distances.append(torch.einsum("bi,bij,bj->b", diff, self.precision[label], diff))
+            errors.append((self.decode_mean(z) - chunk).square().flatten(1).sum(1))
+            labels.append(label)
+        return {"label": torch.cat(labels), "mahalanobis2": torch.cat(distances), "recon_error": torch.cat(errors)}
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor, y: torch.Tensor, quantile: float = 0.997, shrinkage: float = 1e-3) -> dict:
+        """Fit the per-class code covariances and the rejection thresholds on training data."""
+        from scipy.stats import chi2
+
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+        z = torch.cat([self.encode(chunk) for chunk in x.split(1024)])
+        eye = torch.eye(self.latent_dim, device=z.device)
+        for c in range(self.num_classes):
+            diff = z[y == c] - self.centres[c]
+            if len(diff) <= self.latent_dim:
+                raise ValueError(f"class {c} has {len(diff)} samples: too few to fit a {self.latent_dim}-D covariance")
+            cov = diff.T @ diff / len(diff)
+            cov = cov + shrinkage * cov.diagonal().mean() * eye  # keeps it invertible
+            self.precision[c] = torch.linalg.inv(cov)
+        self.tau_enc = float(chi2.ppf(quantile, df=self.latent_dim))
+        errors = self.scores(x)["recon_error"]
+        self.tau_dec = float(torch.quantile(errors.double(), quantile))
+        return {"tau_enc": self.tau_enc, "tau_dec": self.tau_dec}
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``scores`` plus ``rejected_latent`` (mahalanobis2 > tau_enc), ``rejected_recon``
+        (recon_error > tau_dec) and ``rejected`` (either)."""
+        out = self.scores(x)
+        out["rejected_latent"] = out["mahalanobis2"] > self.tau_enc
+        out["rejected_recon"] = out["recon_error"] > self.tau_dec
+        out["rejected"] = out["rejected_latent"] | out["rejected_recon"]
+        return out

@@ -1,0 +1,273 @@
+"""manifold_ext.vae (GridVAE, grid prior, RAE, GMM classifier), the two-digit datasets and the gridvae demo."""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import struct
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from manifold_ext.cli import main
+from manifold_ext.datasets import load_mnist, two_digit_digits, two_digit_mnist
+from manifold_ext.ops import closest_centre_kl
+from manifold_ext.vae import (
+    ConvDecoder,
+    ConvEncoder,
+    GridPrior,
+    GridVAE,
+    cluster_report,
+    dimension_control,
+    majority_map,
+    purity,
+    train_grid_vae,
+)
+from manifold_ext.vae.rae import RAE, ExPostGMM, GMMClassifier, train_autoencoder
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small models: one thread avoids OpenMP spin-waiting on a shared 2-core machine.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ---------------------------------------------------------------------------
+# Grid prior (Eq. 24)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_factorised_log_prob_equals_the_k_component_mixture(dim):
+    prior = GridPrior(dim)
+    z = torch.randn(200, dim) * 2 + 0.5
+    torch.testing.assert_close(prior.log_prob(z), prior.log_prob_components(z), rtol=1e-5, atol=1e-5)
+    assert prior.num_components == 6**dim and prior.centres().shape == (6**dim, dim)
+
+
+def test_prior_grid_helpers():
+    prior = GridPrior(2)
+    assert (prior.spacing, prior.low, prior.high, prior.sigma) == (1.0, -2.0, 3.0, 1 / 3)
+    z = torch.tensor([[-9.0, 0.4], [2.6, 3.49]])
+    index = prior.nearest_index(z)
+    assert index.tolist() == [[0, 2], [5, 5]]
+    assert prior.coordinates(index).tolist() == [[-2.0, 0.0], [3.0, 3.0]]
+    assert torch.equal(prior.centres()[prior.component_index(index)], prior.coordinates(index))
+    samples = prior.sample(5000, torch.Generator().manual_seed(0))
+    assert samples.shape == (5000, 2)
+    assert (prior.nearest_index(samples).flatten().bincount(minlength=6) > 600).all()  # every row/column used
+    with pytest.raises(ValueError, match="evenly spaced and increasing"):
+        GridPrior(2, axis=(0, 1, 3))
+    with pytest.raises(ValueError, match="sigma must be a finite number > 0"):
+        GridPrior(2, sigma=0.0)
+    with pytest.raises(ValueError, match=r"grid indices must be in 0..5"):
+        prior.coordinates(torch.tensor([6]))
+
+
+# ---------------------------------------------------------------------------
+# GridVAE
+# ---------------------------------------------------------------------------
+def test_closest_kl_is_the_op_on_the_prior_grid():
+    model = GridVAE((1, 8, 16), 2, kl="closest")
+    mu, logvar = torch.randn(9, 2) * 2, torch.randn(9, 2) - 2
+    expected, _ = closest_centre_kl(mu, logvar, sigma0=1 / 3, spacing=1.0, offset=-2.0, low=-2.0, high=3.0)
+    torch.testing.assert_close(model.kl_divergence(mu, logvar), expected)
+    target = torch.tensor([[1.0, -2.0]]).repeat(9, 1)
+    expected_guided, _ = closest_centre_kl(mu, logvar, sigma0=1 / 3, target=target)
+    torch.testing.assert_close(model.kl_divergence(mu, logvar, target=target), expected_guided)
+
+
+def test_mc_kl_agrees_with_closest_centre_kl_near_a_centre():
+    """Near a centre, the mixture is its one component weighted 1/K (neighbours weigh
+    e^-4.5), so the Monte-Carlo estimate of Eq. 25 averages to Eq. 27's closed form + log K."""
+    mc, closest = GridVAE((1, 8, 16), 2, kl="mc"), GridVAE((1, 8, 16), 2, kl="closest")
+    mu = torch.tensor([[1.02, -0.99]]).repeat(20000, 1)
+    logvar = torch.full_like(mu, math.log(0.1**2))
+    z = mu + 0.1 * torch.randn_like(mu)
+    estimate = mc.kl_divergence(mu, logvar, z).mean()
+    exact = closest.kl_divergence(mu[:1], logvar[:1])[0] + math.log(36)
+    assert -0.1 < exact - estimate < 0.1  # the neighbours add ~0.05 nats of prior mass
+    # guided: the single component of the target, exactly as the op computes it
+    target = torch.tensor([[1.0, 0.0]]).repeat(20000, 1)
+    estimate = mc.kl_divergence(mu, logvar, z, target=target).mean()
+    exact = closest.kl_divergence(mu[:1], logvar[:1], target=target[:1])[0]
+    assert abs(estimate - exact) < 0.02 * exact
+
+
+@pytest.mark.parametrize("kl", ["closest", "mc"])
+@pytest.mark.parametrize("net", ["mlp", "conv"])
+def test_loss_backpropagates_to_encoder_and_decoder(kl, net):
+    model = GridVAE((1, 8, 16), 2, kl=kl, net=net, hidden=8)
+    x = torch.rand(4, 1, 8, 16)
+    target, mask = torch.tensor([[0.0, 1.0]]).repeat(4, 1), torch.tensor([True, False])
+    for kwargs in ({}, dict(target=target), dict(target=target, mask=mask)):
+        out = model(x, **kwargs)
+        assert out["recon"].shape == (4,) and out["kl"].shape == (4,) and torch.isfinite(out["loss"])
+        model.zero_grad()
+        out["loss"].backward()
+        for part in (model.encoder, model.decoder):
+            assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in part.parameters())
+
+
+def test_traverse_sample_and_shapes():
+    model = GridVAE((1, 28, 28), 3, net="conv", hidden=8)
+    assert model.encode(torch.rand(2, 1, 28, 28))[0].shape == (2, 3)
+    images = model.traverse(torch.zeros(3), dim=1, values=[-2, -1, 0, 1, 2, 3])
+    assert images.shape == (6, 1, 28, 28) and (images >= 0).all() and (images <= 1).all()
+    assert model.sample_at(torch.zeros(4, 3), per_centre=2).shape == (4, 2, 1, 28, 28)
+    assert model.sample(5).shape == (5, 1, 28, 28)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        ConvEncoder((1, 8, 10), 4)
+    with pytest.raises(ValueError, match="kl must be 'closest'"):
+        GridVAE(kl="full")
+    assert ConvDecoder(2, (1, 8, 16))(torch.zeros(3, 2)).shape == (3, 1, 8, 16)
+
+
+def test_guided_training_places_attributes_on_their_centres():
+    """Guided GridVAE (§4.2.2): the latent mean of each image sits in its attributes' grid cell."""
+    train = two_digit_digits("train", per_class=40)
+    test = two_digit_digits("test", per_class=15)
+    torch.manual_seed(0)
+    model = GridVAE(train.image_shape, 2, net="mlp", hidden=16)
+    train_grid_vae(model, train.images, steps=500, lr=2e-3, attributes=train.attributes, progress=False)
+    index = model.eval().cluster(test.images)
+    assert (index == test.attributes).all(1).float().mean() > 0.6  # 36 classes: chance 0.028
+
+
+def test_unsupervised_training_beats_chance_clustering_by_a_wide_margin():
+    train = two_digit_digits("train", per_class=80)
+    test = two_digit_digits("test", per_class=30)
+    torch.manual_seed(0)
+    model = GridVAE(train.image_shape, 2, net="mlp", hidden=16)
+    train_grid_vae(model, train.images, steps=600, lr=2e-3, warmup_steps=60, progress=False)
+    model.eval()
+    tr, te = model.cluster(train.images), model.cluster(test.images)
+    report = cluster_report(model.prior.component_index(tr), train.labels, model.prior.component_index(te),
+                            test.labels, 36)
+    assert report["accuracy"] > 6 * report["chance_accuracy"], report
+    assert report["nmi"] > 0.35, report
+
+
+# ---------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------
+def test_two_digit_digits():
+    train, test = two_digit_digits("train", per_class=10), two_digit_digits("test", per_class=4)
+    assert train.images.shape == (360, 1, 8, 16) and test.images.shape == (144, 1, 8, 16)
+    assert train.images.min() >= 0 and train.images.max() <= 1
+    assert torch.equal(train.labels.bincount(), torch.full((36,), 10))
+    assert train.attributes.shape == (360, 2) and train.labels.max() == 35
+    # each half is a real digit image of its label, and train and test halves never share an image
+    digits = load_digits()
+    bank = {tuple((img / 16.0).astype(np.float32).round(6).ravel()): label for img, label in
+            zip(digits.images, digits.target)}
+    halves = {}
+    for split, data in (("train", train), ("test", test)):
+        keys = set()
+        for image, first, second in zip(data.images[:, 0].numpy(), data.first, data.second):
+            left, right = tuple(image[:, :8].round(6).ravel()), tuple(image[:, 8:].round(6).ravel())
+            assert bank[left] == first and bank[right] == second
+            keys |= {left, right}
+        halves[split] = keys
+    assert not halves["train"] & halves["test"]
+    with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
+        two_digit_digits("val")
+
+
+def _write_idx(path, array):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_from_a_local_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not download"):
+        load_mnist(tmp_path)
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, count in (("train", 60), ("t10k", 30)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (count, 28, 28)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", np.arange(count) % 10)
+    images, labels = load_mnist(tmp_path, "test")
+    assert images.shape == (30, 28, 28) and images.max() <= 1 and labels.tolist() == [i % 10 for i in range(30)]
+    pairs = two_digit_mnist(tmp_path, "train", per_class=2)
+    assert pairs.images.shape == (72, 1, 28, 56) and pairs.labels.bincount().tolist() == [2] * 36
+
+
+# ---------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------
+def test_metrics_on_known_assignments():
+    clusters, labels = [0, 0, 0, 1, 1, 2], [5, 5, 4, 3, 3, 3]
+    assert majority_map(clusters, labels) == {0: 5, 1: 3, 2: 3}
+    assert purity(clusters, labels) == pytest.approx(5 / 6)
+    report = cluster_report(clusters, labels, [0, 1, 7], [5, 4, 3], num_classes=6)
+    assert report["accuracy"] == pytest.approx(1 / 3) and report["occupied_centres"] == 3
+    factors = torch.tensor([[a, b] for a in range(6) for b in range(6)] * 3)
+    control = dimension_control(factors, factors, factors, factors)  # index = factors: perfect control
+    assert control["best_dimension"] == [0, 1]
+    assert control["accuracy"][0][0] == 1.0 and control["accuracy"][0][1] == pytest.approx(1 / 6)
+
+
+# ---------------------------------------------------------------------------
+# RAE with ex-post GMM, GMM classifier with rejection (thesis 004 ch. 3-4)
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def single_digits():
+    digits = load_digits()
+    x = torch.tensor(digits.images / 16.0, dtype=torch.float32)[:, None]
+    y = torch.tensor(digits.target)
+    return x[:1400], y[:1400], x[1400:], y[1400:]
+
+
+def test_rae_ex_post_gmm_density_and_samples(single_digits):
+    x_train, _, x_test, _ = single_digits
+    torch.manual_seed(0)
+    rae = RAE((1, 8, 8), 8, net="mlp", hidden=16)
+    losses = train_autoencoder(rae, x_train, steps=400, progress=False)
+    assert np.mean(losses[-50:]) < 0.7 * np.mean(losses[:50])
+    gmm = ExPostGMM(n_components=10).fit(rae.embed(x_train))
+    noise = torch.rand(200, 1, 8, 8)
+    assert gmm.log_prob(rae.embed(x_test)).mean() > gmm.log_prob(rae.embed(noise)).mean() + 5
+    samples = rae.decode_mean(gmm.sample(16))
+    assert samples.shape == (16, 1, 8, 8) and (samples >= 0).all() and (samples <= 1).all()
+    for regulariser in ("gp", "none"):
+        out = RAE((1, 8, 8), 4, net="mlp", hidden=8, regulariser=regulariser)(x_train[:8])
+        out["loss"].backward()
+        assert torch.isfinite(out["loss"])
+
+
+def test_gmm_classifier_classifies_and_rejects_noise(single_digits):
+    x_train, y_train, x_test, y_test = single_digits
+    torch.manual_seed(0)
+    clf = GMMClassifier((1, 8, 8), 10, net="mlp", hidden=16)
+    train_autoencoder(clf, x_train, y_train, steps=500, progress=False)
+    thresholds = clf.calibrate(x_train, y_train, quantile=0.997)
+    assert thresholds["tau_enc"] == pytest.approx(26.61, abs=0.02)  # chi-square 0.997 quantile, 10 dof
+    clean = clf.predict(x_test)
+    assert (clean["label"] == y_test).float().mean() > 0.85
+    assert clean["rejected"].float().mean() < 0.35
+    noise = clf.predict(torch.rand(300, 1, 8, 8))
+    assert noise["rejected"].float().mean() > 0.95
+    with pytest.raises(ValueError, match="one row per class"):
+        GMMClassifier((1, 8, 8), 3, centres=torch.zeros(2, 2))
+
+
+# ---------------------------------------------------------------------------
+# The demo
+# ---------------------------------------------------------------------------
+def test_gridvae_demo_quick(tmp_path):
+    # quick mode with the fused closest-centre KL (Eq. 27); the full-mixture default needs the full run
+    assert main(["demo", "gridvae", "--quick", "--kl", "closest", "--steps", "1000", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (tmp_path / "grid_vae.png").stat().st_size > 20_000
+    clusters = summary["clusters"]
+    assert clusters["accuracy"] > 6 * clusters["chance_accuracy"]
+    control = summary["dimension_control"]
+    # each digit is predicted far above chance by some single latent dimension
+    accuracy = control["accuracy[digit][dimension]"]
+    assert max(accuracy[0]) > 2 * control["chance_accuracy"] and max(accuracy[1]) > 2 * control["chance_accuracy"]
