@@ -5,5 +5,6 @@ Each module registers, for its ``torch.ops.manifold_ext`` operators, a fake
 autograd formula (backed by a compiled backward operator).
 """
 from manifold_ext.ops.affine_coupling import COUPLING_LAYOUTS, COUPLING_SCALES, affine_coupling
+from manifold_ext.ops.gaussian_elbo import gaussian_elbo
 
-__all__ = ["affine_coupling", "COUPLING_SCALES", "COUPLING_LAYOUTS"]
+__all__ = ["affine_coupling", "COUPLING_SCALES", "COUPLING_LAYOUTS", "gaussian_elbo"]

@@ -5,5 +5,6 @@ compiled kernels against them, and the benchmarks time them as "eager" and,
 compiled with ``torch.compile``, as "compile". One reference per op, no copies.
 """
 from manifold_ext.reference.affine_coupling import affine_coupling_reference
+from manifold_ext.reference.gaussian_elbo import gaussian_elbo_reference
 
-__all__ = ["affine_coupling_reference"]
+__all__ = ["affine_coupling_reference", "gaussian_elbo_reference"]
