@@ -41,7 +41,7 @@ from manifold_ext.attacks._checks import (
     check_step,
     check_steps,
 )
-from manifold_ext.attacks.steps import nag_momentum_update, projected_sign_step
+from manifold_ext.attacks.steps import nag_momentum_update, projected_step
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PIXEL_RANGE = (0.0, 1.0)
@@ -104,7 +104,7 @@ def fgsm(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, loss_
     for part in _chunks(x.shape[0], batch_size):
         x0 = x[part].detach()
         grad = input_gradient(model, x0, y[part], loss_fn, targeted)
-        out[part] = projected_sign_step(x0, grad, x0, step=eps, eps=eps, low=low, high=high)
+        out[part] = projected_step(x0, grad, x0, step=eps, eps=eps, low=low, high=high)
     return out
 
 
@@ -147,7 +147,7 @@ def pgd_linf(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, s
             x0, x_adv, labels = x[part], start[part].clone(), y[part]
             for _ in range(steps):
                 grad = input_gradient(model, x_adv, labels, loss_fn, targeted)
-                x_adv = projected_sign_step(x_adv, grad, x0, step=step, eps=eps, low=low, high=high)
+                x_adv = projected_step(x_adv, grad, x0, step=step, eps=eps, low=low, high=high)
                 bar.update(1)
             out[part] = x_adv
     return out
@@ -238,7 +238,7 @@ def _patch_attack(who, model, x, y, mask, *, step, steps, momentum, random_start
                     grad = input_gradient(model, look_ahead, labels, loss_fn, targeted)
                     velocity = nag_momentum_update(velocity, grad, patch, momentum)
                     direction = velocity
-                x_adv = projected_sign_step(x_adv, direction, x0, step=step, eps=None, low=low, high=high, mask=patch)
+                x_adv = projected_step(x_adv, direction, x0, step=step, eps=None, low=low, high=high, mask=patch)
                 bar.update(1)
             out[part] = x_adv
     return out

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from manifold_ext.attacks._checks import check_batch_size, check_clip, check_eps, check_images, check_step, check_steps
-from manifold_ext.attacks.steps import projected_sign_step
+from manifold_ext.attacks.steps import STEP_RULES, projected_step
 
 
 class ELBOClassifier(Protocol):
@@ -62,8 +62,9 @@ def elbo_input_gradient(model: ELBOClassifier, x: torch.Tensor, *, samples: int 
 
 
 def purify(model: ELBOClassifier, x: torch.Tensor, *, steps: int = 256, step: float = 1 / 255,
-           eps: float | None = None, clip: tuple[float, float] = (0.0, 1.0), samples: int = 1, seed: int = 0,
-           eval_samples: int = 16, batch_size: int | None = None, progress: bool = True) -> PurificationResult:
+           eps: float | None = None, rule: str = "scaled", clip: tuple[float, float] = (0.0, 1.0), samples: int = 1,
+           seed: int = 0, eval_samples: int = 16, batch_size: int | None = None,
+           progress: bool = True) -> PurificationResult:
     """Purify images by signed-gradient ascent of the ELBO (Eq. 22), then classify them.
 
     Args:
@@ -73,6 +74,10 @@ def purify(model: ELBOClassifier, x: torch.Tensor, *, steps: int = 256, step: fl
         step: signed step size (paper: 1/255, the attack's step).
         eps: l_inf purification budget eps_th around ``x``; ``None`` (default)
             removes it, as the paper does for patch attacks.
+        rule: ``"scaled"`` (default) steps along the ELBO gradient scaled so the
+            most-changed pixel moves by ``step``; ``"sign"`` moves every pixel
+            by ``step`` along the gradient's sign (the PGD rule). See the module
+            docstring for why the default is "scaled".
         samples: reparameterised draws per ELBO gradient (>= 1).
         seed: seed of the draws (the result does not depend on ``batch_size``
             only when ``batch_size`` is None or covers the input).
@@ -87,6 +92,8 @@ def purify(model: ELBOClassifier, x: torch.Tensor, *, steps: int = 256, step: fl
     if samples < 1 or eval_samples < 1:
         raise ValueError(f"{who}: samples and eval_samples must be >= 1, got {samples} and {eval_samples}")
     check_batch_size(batch_size, who)
+    if rule not in STEP_RULES:
+        raise ValueError(f"{who}: unknown rule {rule!r}; expected one of {', '.join(STEP_RULES)}")
     if not hasattr(model, "elbo"):
         raise TypeError(f"{who}: model must have an elbo(x, samples=, generator=) method (e.g. a VAEClassifier)")
     low, high = check_clip(clip, who)
@@ -102,7 +109,7 @@ def purify(model: ELBOClassifier, x: torch.Tensor, *, steps: int = 256, step: fl
             x_pfy = x_start.clone()
             for _ in range(steps):
                 grad = elbo_input_gradient(model, x_pfy, samples=samples, generator=generator)
-                x_pfy = projected_sign_step(x_pfy, grad, x_start, step=step, eps=eps, low=low, high=high)
+                x_pfy = projected_step(x_pfy, grad, x_start, step=step, eps=eps, low=low, high=high, rule=rule)
                 bar.update(1)
             out[part] = x_pfy
     with torch.no_grad():
