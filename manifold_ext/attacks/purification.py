@@ -2,15 +2,24 @@
 
 Given a (possibly attacked) image x_adv, Eq. 22 looks for a correction
 eps_pfy = argmax_{eps in C_pfy} ELBO(x_adv + eps) and classifies x_adv + eps_pfy.
-As in the paper the maximisation runs signed-gradient ascent from eps = 0,
-256 steps of size 1/255 by default:
+The maximisation is projected gradient ascent from eps = 0, by default 256
+steps of size 1/255 (the paper's setting, "the same step size" as the attack):
 
-    x_{t+1} = Proj_{C_pfy}(x_t + step * sign(d ELBO(x_t) / d x_t)),
+    x_{t+1} = Proj_{C_pfy}(x_t + step * direction(d ELBO(x_t) / d x_t)),
 
 with C_pfy = {x_adv + eps in the pixel range, ||eps||_inf <= eps_th}. For
 patch (l_0) attacks the paper drops the budget (``eps=None``, the default): the
 whole image may move, only the pixel range binds. The defender does not know
 where a patch is, so the ascent never uses the attack's mask.
+
+The paper does not state the update rule. ``rule="sign"`` is the PGD rule
+(direction = sign of the gradient): every pixel moves by ``step`` each
+iteration, so 256 steps can repaint a small image toward the decoder's picture
+of the attacked (wrong) class. ``rule="scaled"`` (default) follows the
+gradient itself, scaled so the most-changed pixel moves by ``step``; the
+change then concentrates where the ELBO is worst, on the off-manifold patch.
+On the 8x8 digits demo this restores 70% accuracy under Patch-PGD against 43%
+with "sign" (README, "Demos").
 
 The ELBO is estimated with ``samples`` reparameterised draws per step, from a
 generator seeded with ``seed``. ``elbo_start``/``elbo_end`` in the result use
