@@ -87,10 +87,9 @@ def broadcast_mask(mask: torch.Tensor, x: torch.Tensor, who: str) -> torch.Tenso
     if x.dim() < 3:
         raise ValueError(f"{who}: patch attacks need images [B, C, H, W] (or [B, H, W]), got shape {tuple(x.shape)}")
     spatial = tuple(x.shape[-2:])
-    ok = mask.dim() >= 2 and mask.dim() <= x.dim() and tuple(mask.shape[-2:]) == spatial
+    ok = 2 <= mask.dim() <= x.dim() and tuple(mask.shape[-2:]) == spatial
     if ok:
         try:
-            torch.broadcast_shapes(mask.shape, x.shape)
             ok = torch.broadcast_shapes(mask.shape, x.shape) == x.shape
         except RuntimeError:
             ok = False

@@ -130,7 +130,9 @@ def pgd_linf(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, s
     check_images(x, clip, who)
     check_labels(x, y, who)
     eps = check_eps(eps, who)
-    step = check_step(eps / 4 if step is None and eps > 0 else (step if step is not None else 1.0), who)
+    if step is None:
+        step = eps / 4 if eps > 0 else 1.0  # with eps = 0 the projection keeps x whatever the step
+    step = check_step(step, who)
     steps = check_steps(steps, who)
     check_batch_size(batch_size, who)
     low, high = check_clip(clip, who)
