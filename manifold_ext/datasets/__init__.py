@@ -1,6 +1,11 @@
-"""Datasets for the demos and tests. Everything ships or is generated; real-image
-sets (MNIST) load from a local folder the user points at. Nothing downloads."""
+"""Datasets for the demos and tests. Everything ships with the package's
+dependencies or is generated; real-image sets (MNIST, CelebA) load from a local
+folder the user points at. Nothing downloads."""
 from manifold_ext.datasets.digits import TwoDigitData, compose_pairs, two_digit_digits, two_digit_mnist
+from manifold_ext.datasets.digits_binary import ImageSplit, load_celeba_gender, load_digits_binary
 from manifold_ext.datasets.mnist import load_mnist
 
-__all__ = ["TwoDigitData", "compose_pairs", "two_digit_digits", "two_digit_mnist", "load_mnist"]
+__all__ = [
+    "TwoDigitData", "compose_pairs", "two_digit_digits", "two_digit_mnist", "load_mnist",
+    "ImageSplit", "load_digits_binary", "load_celeba_gender",
+]

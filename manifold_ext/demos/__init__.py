@@ -6,7 +6,9 @@ to its ``--out`` folder and has a ``--quick`` mode for tests and CI.
 """
 from __future__ import annotations
 
-from manifold_ext.demos import coupling_flow
-from manifold_ext.demos import diffusion_likelihood, diffusion_sampling, grid_vae
+from manifold_ext.demos import attack, coupling_flow, diffusion_likelihood, diffusion_sampling, grid_vae
 
-DEMOS = {module.NAME: module for module in (coupling_flow, diffusion_likelihood, diffusion_sampling, grid_vae)}
+DEMOS = {
+    module.NAME: module
+    for module in (coupling_flow, diffusion_likelihood, diffusion_sampling, grid_vae, attack)
+}

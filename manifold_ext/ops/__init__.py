@@ -16,6 +16,7 @@ from manifold_ext.ops.diffusion import (
     rk4_update,
 )
 from manifold_ext.ops.closest_centre_kl import closest_centre_kl, nearest_centre_kl
+from manifold_ext.ops.gaussian_elbo import gaussian_elbo
 
 __all__ = ["affine_coupling", "COUPLING_SCALES", "COUPLING_LAYOUTS"]
 __all__ += [
@@ -29,3 +30,4 @@ __all__ += [
     "rk4_update",
 ]
 __all__ += ["closest_centre_kl", "nearest_centre_kl"]
+__all__ += ["gaussian_elbo"]

@@ -16,6 +16,7 @@ from manifold_ext.reference.diffusion import (
     rk4_update_reference,
 )
 from manifold_ext.reference.closest_centre_kl import closest_centre_kl_reference, nearest_centre_kl_reference
+from manifold_ext.reference.gaussian_elbo import gaussian_elbo_reference
 
 __all__ = ["affine_coupling_reference"]
 __all__ += [
@@ -29,3 +30,4 @@ __all__ += [
     "rk4_update_reference",
 ]
 __all__ += ["closest_centre_kl_reference", "nearest_centre_kl_reference"]
+__all__ += ["gaussian_elbo_reference"]

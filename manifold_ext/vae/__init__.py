@@ -5,7 +5,11 @@
   partially guided training, latent traversal, sampling from chosen centres.
 * ``networks``: reusable encoder/decoder blocks for small images.
 * ``metrics``: cluster accuracy/purity and per-dimension control of factors.
+* ``VAEClassifier`` (``vae/classifier.py``): a VAE whose latent code feeds a
+  classifier, trained on ELBO + lambda * CE (Eq. 21); its ``elbo`` is what
+  ``manifold_ext.attacks.purify`` maximises (Eq. 22).
 """
+from manifold_ext.vae.classifier import TrainingHistory, VAEClassifier, train_vae_classifier
 from manifold_ext.vae.grid_vae import GridPrior, GridVAE, train_grid_vae
 from manifold_ext.vae.metrics import cluster_report, dimension_control, majority_map, purity
 from manifold_ext.vae.networks import (
@@ -22,6 +26,7 @@ from manifold_ext.vae.networks import (
 
 __all__ = [
     "GridPrior", "GridVAE", "train_grid_vae",
+    "VAEClassifier", "train_vae_classifier", "TrainingHistory",
     "cluster_report", "dimension_control", "majority_map", "purity",
     "ConvEncoder", "ConvDecoder", "MLPEncoder", "MLPDecoder", "ResidualBlock",
     "make_encoder", "make_decoder", "reconstruction_nll", "decoder_mean",
