@@ -5,5 +5,19 @@ compiled kernels against them, and the benchmarks time them as "eager" and,
 compiled with ``torch.compile``, as "compile". One reference per op, no copies.
 """
 from manifold_ext.reference.affine_coupling import affine_coupling_reference
+from manifold_ext.reference.relu_patterns import (
+    activation_bits_reference,
+    activation_patterns_reference,
+    hamming_distance_bits_reference,
+    hamming_distance_reference,
+    hamming_topk_bits_reference,
+    hamming_topk_reference,
+    pack_patterns_reference,
+    region_system_reference,
+    unpack_patterns_reference,
+)
 
 __all__ = ["affine_coupling_reference"]
+__all__ += ["activation_bits_reference", "activation_patterns_reference", "hamming_distance_bits_reference",
+            "hamming_distance_reference", "hamming_topk_bits_reference", "hamming_topk_reference",
+            "pack_patterns_reference", "region_system_reference", "unpack_patterns_reference"]
