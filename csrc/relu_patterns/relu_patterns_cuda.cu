@@ -20,6 +20,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 
 #include "common/cuda_utils.cuh"
@@ -49,8 +50,10 @@ __global__ void __launch_bounds__(kThreads) pack_layer_and_relu_kernel(
     scalar_t* pre_row = pre + n * units;
     packed[n * words + w] |= static_cast<int64_t>(layer_bits_of_word(pre_row, layer_offset, units, w));
     if (apply_relu) {
-      const int64_t unit_begin = max(w * kBitsPerWord, layer_offset) - layer_offset;
-      const int64_t unit_end = min((w + 1) * kBitsPerWord, layer_offset + units) - layer_offset;
+      const int64_t word_begin = w * kBitsPerWord;
+      const int64_t word_end = word_begin + kBitsPerWord;
+      const int64_t unit_begin = (word_begin > layer_offset ? word_begin : layer_offset) - layer_offset;
+      const int64_t unit_end = (word_end < layer_offset + units ? word_end : layer_offset + units) - layer_offset;
       for (int64_t u = unit_begin; u < unit_end; ++u) {
         if (!preactivation_is_active(pre_row[u])) pre_row[u] = scalar_t(0);  // Eq. 2
       }
@@ -159,7 +162,8 @@ __global__ void __launch_bounds__(kThreads) hamming_distance_kernel(
 #pragma unroll
   for (int qi = 0; qi < kDistanceQueries; ++qi) acc[qi] = 0;
   for (int64_t w_begin = 0; w_begin < words; w_begin += kStagedWords) {
-    const int64_t chunk = min<int64_t>(kStagedWords, words - w_begin);
+    const int64_t remaining = words - w_begin;
+    const int64_t chunk = remaining < kStagedWords ? remaining : int64_t(kStagedWords);
     for (int i = threadIdx.x; i < kDistanceQueries * kStagedWords; i += kThreads) {
       const int qi = i / kStagedWords;
       const int wi = i % kStagedWords;
@@ -201,7 +205,7 @@ at::Tensor hamming_distance_cuda(const at::Tensor& a_in, const at::Tensor& b_in)
   const int64_t ref_blocks = (num_b + kThreads - 1) / kThreads;
   // gridDim.y is limited to 65535: launch query groups in slices.
   for (int64_t group_begin = 0; group_begin < query_groups; group_begin += 65535) {
-    const int64_t groups = min<int64_t>(65535, query_groups - group_begin);
+    const int64_t groups = std::min<int64_t>(65535, query_groups - group_begin);
     const int64_t q_offset = group_begin * kDistanceQueries;
     const dim3 grid(static_cast<unsigned>(ref_blocks), static_cast<unsigned>(groups));
     hamming_distance_kernel<<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
