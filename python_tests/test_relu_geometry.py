@@ -368,3 +368,39 @@ def test_hamming_nearest_neighbour_matches_brute_force():
     assert clf.score(net.patterns(X_train), y_train) == 1.0 or len(np.unique(bits_train, axis=0)) < 300
     with pytest.raises(ValueError, match="packed patterns int64"):
         clf.predict(X_test)
+
+
+# ---------------------------------------------------------------------------
+# The demo, short
+# ---------------------------------------------------------------------------
+def test_relu_demo_short_run_is_exact(tmp_path):
+    import json
+
+    from manifold_ext.cli import main
+
+    assert main(["demo", "relu", "--quick", "--steps", "300", "--seeds", "1", "--grid", "300",
+                 "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    toy = summary["toy_2x10"]
+    check = toy["sampling_check"]
+    assert check["sampled_but_not_enumerated"] == 0 and check["interior_points_have_their_pattern"]
+    assert toy["regions_in_box"] >= check["distinct_patterns_sampled"] > 10
+    assert toy["regions_in_R2"] == toy["bounded_in_R2"] + toy["unbounded_in_R2"] >= toy["regions_in_box"]
+    assert toy["failed_lps"] == 0
+    assert [r["mean"] for r in summary["table1"] if r["nodes"] == 5 and r["layers"] != 3][0] > 0
+    assert summary["digits"]["test_accuracy"] > 0.8
+    assert (tmp_path / "relu_polyhedra.png").stat().st_size > 20_000
+
+
+@pytest.mark.slow
+def test_relu_demo_full(tmp_path):
+    import json
+
+    from manifold_ext.cli import main
+
+    assert main(["demo", "relu", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["toy_2x10"]["sampling_check"]["sampled_but_not_enumerated"] == 0
+    table = summary["table1"]
+    width = sorted((r for r in table if r["layers"] == 3), key=lambda r: r["nodes"])
+    assert all(a["mean"] < b["mean"] for a, b in zip(width, width[1:]))  # more nodes, more regions
