@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common/hd_math.h"
 
@@ -33,10 +34,15 @@ ME_HD bool unit_is_active(const int64_t* words, int64_t unit) {
   return (static_cast<uint64_t>(words[unit / kBitsPerWord]) >> (unit % kBitsPerWord)) & 1u;
 }
 
-// Eq. 3: s = 1 iff the pre-activation is > 0.
+// Eq. 3: s = 1 iff the pre-activation is > 0. float16/bfloat16 (and bool, for packing
+// given bits) compare as float; double as double.
 template <typename T>
 ME_HD bool preactivation_is_active(T pre) {
-  return pre > T(0);
+  if constexpr (std::is_same_v<T, double>) {
+    return pre > 0.0;
+  } else {
+    return static_cast<float>(pre) > 0.0f;
+  }
 }
 
 // The bits that word `word` of a pattern row receives from one layer whose

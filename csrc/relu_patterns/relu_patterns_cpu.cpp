@@ -32,6 +32,13 @@ namespace {
 constexpr int64_t kRefTile = 512;
 // Queries compared against one tile before moving on (the tile is reused from cache).
 constexpr int64_t kQueryBlock = 16;
+// Least work (XOR + popcount of one word pair) per parallel task: below it, waking
+// threads costs more than the work (and, on an oversubscribed machine, a whole time slice).
+constexpr int64_t kGrainWordPairs = 1 << 18;
+
+int64_t query_block_grain(int64_t num_ref, int64_t words) {
+  return std::max<int64_t>(1, kGrainWordPairs / std::max<int64_t>(1, kQueryBlock * num_ref * words));
+}
 
 void check_cpu_float(const at::Tensor& t, const char* op) {
   TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", t.device());
@@ -56,7 +63,7 @@ void pack_layer_and_relu(at::Tensor& pre, at::Tensor& packed, int64_t layer_offs
   int64_t* packed_data = packed.mutable_data_ptr<int64_t>();
   const int64_t first_word = layer_offset / kBitsPerWord;
   const int64_t last_word = (layer_offset + units - 1) / kBitsPerWord;
-  const int64_t grain = std::max<int64_t>(1, 32768 / units);
+  const int64_t grain = std::max<int64_t>(1, 65536 / units);
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       scalar_t* pre_row = pre_data + n * units;
@@ -150,7 +157,7 @@ at::Tensor hamming_distance_cpu(const at::Tensor& a_in, const at::Tensor& b_in) 
   int32_t* dist_data = dist.mutable_data_ptr<int32_t>();
   const CpuIsa isa = cpu_isa();
   const int64_t query_blocks = (num_a + kQueryBlock - 1) / kQueryBlock;
-  at::parallel_for(0, query_blocks, 1, [&](int64_t first_block, int64_t last_block) {
+  at::parallel_for(0, query_blocks, query_block_grain(num_b, words), [&](int64_t first_block, int64_t last_block) {
     for (int64_t block = first_block; block < last_block; ++block) {
       const int64_t q_begin = block * kQueryBlock;
       const int64_t q_end = std::min(num_a, q_begin + kQueryBlock);
@@ -183,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& query_in, 
   int64_t* top_index_data = top_index.mutable_data_ptr<int64_t>();
   const CpuIsa isa = cpu_isa();
   const int64_t query_blocks = (num_query + kQueryBlock - 1) / kQueryBlock;
-  at::parallel_for(0, query_blocks, 1, [&](int64_t first_block, int64_t last_block) {
+  at::parallel_for(0, query_blocks, query_block_grain(num_ref, words), [&](int64_t first_block, int64_t last_block) {
     std::vector<int32_t> tile_dist(static_cast<size_t>(kQueryBlock * kRefTile));
     int64_t heap_size[kQueryBlock];
     for (int64_t block = first_block; block < last_block; ++block) {

@@ -55,10 +55,12 @@ def activation_patterns_reference(x: torch.Tensor, weights: Sequence[torch.Tenso
 def hamming_distance_bits_reference(a_bits: torch.Tensor, b_bits: torch.Tensor) -> torch.Tensor:
     """Hamming distances between unpacked 0/1 patterns, as two matrix products (the eager way).
 
-    ``d(a, b) = sum a (1 - b) + (1 - a) b = |a| + |b| - 2 a.b``; float64 keeps it exact.
+    ``d(a, b) = sum a (1 - b) + (1 - a) b = |a| + |b| - 2 a.b``. Sums of 0/1 products are exact in
+    float32 below 2^24 units, in float64 beyond.
     """
-    a = a_bits.to(torch.float64)
-    b = b_bits.to(torch.float64)
+    dtype = torch.float32 if a_bits.shape[1] < 2**24 else torch.float64
+    a = a_bits.to(dtype)
+    b = b_bits.to(dtype)
     dist = a.sum(1, keepdim=True) + b.sum(1).unsqueeze(0) - 2 * (a @ b.T)
     return dist.round().to(torch.int32)
 
