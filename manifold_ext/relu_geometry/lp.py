@@ -155,6 +155,10 @@ def normalise_system(A: np.ndarray, c: np.ndarray, tol: float) -> NormalisedSyst
     key = An @ probe
     order = np.argsort(key, kind="stable")
     window = SAME_HYPERPLANE_TOL * (np.sqrt(d) + 1)
+    close = np.diff(key[order]) <= window
+    if not close.any():  # the usual case: no two rows share a direction
+        return NormalisedSystem(A=An, c=cn, rows=nonzero, groups=[nonzero[i:i + 1] for i in range(len(nonzero))],
+                                dominated=np.flatnonzero(zero).astype(np.int64), infeasible=infeasible)
     parent = np.arange(len(nonzero))
 
     def find(i):
@@ -365,6 +369,56 @@ def _ray_hits(x0: np.ndarray, U: np.ndarray, An: np.ndarray, slack: np.ndarray, 
     return np.where(proven, first, -1)
 
 
+def clip_polygon(lo: np.ndarray, hi: np.ndarray, A: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Vertices ``[k, 2]`` (counter-clockwise) of ``{A x <= c} ∩ [lo, hi]`` in 2-D, by clipping the
+    rectangle with one half-plane after another (Sutherland-Hodgman); ``[0, 2]`` if empty."""
+    poly = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [hi[0], hi[1]], [lo[0], hi[1]]], dtype=np.float64)
+    for a, b in zip(A, c):
+        if len(poly) == 0:
+            break
+        value = poly @ a - b  # <= 0 inside
+        inside = value <= 0
+        if inside.all():
+            continue
+        if not inside.any():
+            return np.zeros((0, 2))
+        out = []
+        for k in range(len(poly)):
+            j = (k + 1) % len(poly)
+            if inside[k]:
+                out.append(poly[k])
+            if inside[k] != inside[j]:
+                t = value[k] / (value[k] - value[j])
+                out.append(poly[k] + t * (poly[j] - poly[k]))
+        poly = np.array(out).reshape(-1, 2)
+    return poly
+
+
+def _vertex_screen(Ac, cc, state, box, x0, tol) -> int:
+    """2-D only: rows whose maximum over the polygon cut out by the facets found so far (and the
+    box) is ``<= c_i + tol`` are redundant (the region lies inside that polygon), the same proof a
+    Clarkson LP gives, without the LP. Without a box it applies only when that polygon is bounded.
+    Marks them in ``state``; returns how many."""
+    facets = np.flatnonzero(state == 1)
+    todo = np.flatnonzero(state == 0)
+    if len(todo) == 0 or len(facets) < 2:
+        return 0
+    if box is not None:
+        lo, hi = box.lo, box.hi
+    else:
+        reach = 1e6 * (1.0 + np.abs(x0).max())
+        lo, hi = x0 - reach, x0 + reach
+    poly = clip_polygon(lo, hi, Ac[facets], cc[facets])
+    if len(poly) == 0:
+        return 0
+    if box is None and np.any(np.isclose(poly, lo, rtol=0, atol=1e-6 * (hi - lo)[0])
+                              | np.isclose(poly, hi, rtol=0, atol=1e-6 * (hi - lo)[0])):
+        return 0  # the facets found so far do not bound a polygon: no proof
+    redundant = todo[(poly @ Ac[todo].T).max(axis=0) <= cc[todo] + tol]
+    state[redundant] = -1
+    return len(redundant)
+
+
 # ---------------------------------------------------------------------------
 # The fast path
 # ---------------------------------------------------------------------------
@@ -407,8 +461,8 @@ def _fail(on_failure: str, message: str, failures: list[str]) -> None:
 def _active_set_highs(A, c, box, tol, on_failure, rng) -> ActiveSet:
     d = A.shape[1]
     system = normalise_system(A, c, tol)
-    screened = {"zero_or_parallel": int(len(system.dominated)), "box": 0, "ray": 0, "lp_redundant": 0,
-                "lp_facet": 0}
+    screened = {"zero_or_parallel": int(len(system.dominated)), "box": 0, "ray": 0, "vertices": 0,
+                "lp_redundant": 0, "lp_facet": 0}
     failures: list[str] = []
     if system.infeasible:
         return _empty_result(0, screened)
@@ -439,13 +493,19 @@ def _active_set_highs(A, c, box, tol, on_failure, rng) -> ActiveSet:
     hits = _ray_hits(x0, U, Ac, slack, box, tol) if len(U) else np.zeros(0, dtype=np.int64)
     state[np.unique(hits[hits >= 0])] = 1
     screened["ray"] = int((state == 1).sum())
+    if d == 2:
+        screened["vertices"] += _vertex_screen(Ac, cc, state, box, x0, tol)
     # 4) Clarkson-style LPs over the facets found so far, in the Chebyshev model with r fixed
     #    to 0 (its box rows become the box) and the rows not proven facets switched off.
     if np.any(state == 0):
         model.set_col_bounds(d, 0.0, 0.0)
         for i in np.flatnonzero(state != 1):
             model.set_row_upper(i, np.inf)
+        facets_when_screened = int((state == 1).sum())
         for i in np.flatnonzero(state == 0):
+            if d == 2 and state[i] == 0 and (state == 1).sum() > facets_when_screened:
+                screened["vertices"] += _vertex_screen(Ac, cc, state, box, x0, tol)  # new facets: re-screen
+                facets_when_screened = int((state == 1).sum())
             while state[i] == 0:
                 model.set_objective(np.append(Ac[i], 0.0))
                 model.set_row_upper(i, cc[i] + 1.0)  # the probe: bounded, and still > c_i + tol if i cuts

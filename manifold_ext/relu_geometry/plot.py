@@ -5,7 +5,7 @@ import colorsys
 
 import numpy as np
 
-from manifold_ext.relu_geometry.lp import as_box
+from manifold_ext.relu_geometry.lp import as_box, clip_polygon
 from manifold_ext.relu_geometry.network import Region
 
 
@@ -15,28 +15,11 @@ def region_polygon(region: Region, box) -> np.ndarray:
     if region.input_dim != 2:
         raise ValueError(f"region_polygon: needs a 2-D input space, got dimension {region.input_dim}")
     box = as_box(box, 2)
-    poly = np.array([[box.lo[0], box.lo[1]], [box.hi[0], box.lo[1]], [box.hi[0], box.hi[1]], [box.lo[0], box.hi[1]]])
-    for a, c in zip(region.A, region.c):
-        if len(poly) == 0:
-            break
-        if not np.any(a):
-            if c < 0:
-                return np.zeros((0, 2))
-            continue
-        value = poly @ a - c  # <= 0 inside
-        inside = value <= 0
-        if inside.all():
-            continue
-        out = []
-        for k in range(len(poly)):
-            j = (k + 1) % len(poly)
-            if inside[k]:
-                out.append(poly[k])
-            if inside[k] != inside[j]:
-                t = value[k] / (value[k] - value[j])
-                out.append(poly[k] + t * (poly[j] - poly[k]))
-        poly = np.array(out).reshape(-1, 2)
-    return poly
+    norms = np.linalg.norm(region.A, axis=1)
+    zero = norms == 0
+    if np.any(region.c[zero] < 0):
+        return np.zeros((0, 2))
+    return clip_polygon(box.lo, box.hi, region.A[~zero], region.c[~zero])
 
 
 def affine_map_colour(W_hat: np.ndarray, b_hat: np.ndarray, scale: float) -> tuple[float, float, float]:
