@@ -84,6 +84,26 @@ TORCH_LIBRARY(manifold_ext, m) {
       "gaussian_elbo_backward(Tensor grad_elbo, Tensor grad_kl, Tensor x, Tensor x_mean, Tensor mu,"
       " Tensor logvar, float decoder_logvar) -> (Tensor grad_x, Tensor grad_x_mean, Tensor grad_mu,"
       " Tensor grad_logvar)");
+
+  // ---- Op family 5: ReLU activation patterns (paper 001, Liu et al., Eq. 3-5) ----
+  // Packed patterns: int64 [N, ceil(H/64)]; hidden unit g is bit g % 64 of word
+  // g / 64 (LSB first), hidden layers concatenated in order; bit = pre-activation > 0.
+  // x: [N, d]; weights[j]: [h_j, h_{j-1}], biases[j]: [h_j], hidden layers only.
+  m.def("activation_patterns(Tensor x, Tensor[] weights, Tensor[] biases) -> Tensor");
+  // packed: [N, ceil(H/64)] -> bool [N, H], and back.
+  m.def("unpack_patterns(Tensor packed, int num_units) -> Tensor");
+  m.def("pack_patterns(Tensor bits) -> Tensor");
+  // a: [Na, W], b: [Nb, W] -> int32 [Na, Nb] popcount(a_i XOR b_j).
+  m.def("hamming_distance(Tensor a, Tensor b) -> Tensor");
+  // query: [Nq, W], ref: [Nr, W] -> int32 dist [Nq, k], int64 index [Nq, k], ascending by
+  // (distance, index); the [Nq, Nr] matrix is never materialised.
+  m.def("hamming_topk(Tensor query, Tensor ref, int k) -> (Tensor dist, Tensor index)");
+  // weights/biases: hidden layers followed by the output layer; patterns: [P, ceil(H/64)].
+  // Returns A [P, H, d], c [P, H] (Eq. 5, one row per hidden unit in pattern order) and the
+  // affine map of the network on each region, W_hat [P, n_out, d], b_hat [P, n_out].
+  m.def(
+      "region_system(Tensor[] weights, Tensor[] biases, Tensor patterns)"
+      " -> (Tensor A, Tensor c, Tensor W_hat, Tensor b_hat)");
 }
 
 namespace {

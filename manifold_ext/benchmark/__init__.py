@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from manifold_ext.benchmark import coupling, gaussian_elbo, vae
+from manifold_ext.benchmark import coupling, gaussian_elbo, relu, vae
 from manifold_ext.benchmark import diffusion as diffusion_bench
 from manifold_ext.benchmark.harness import IMPLS, BenchSettings, environment, machine_name, run_cases, write_results
 
@@ -20,6 +20,7 @@ FAMILIES = {
     "diffusion": diffusion_bench.cases,
     "vae": vae.cases,
     "gaussian_elbo": gaussian_elbo.cases,
+    "relu": relu.cases,
 }
 
 

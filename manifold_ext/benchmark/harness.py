@@ -47,6 +47,10 @@ class BenchCase:
     make: Callable[[], dict[str, Callable[[], Any]]]
     bytes_moved: int | None = None
     note: str = ""
+    # Per-case caps for implementations that take seconds per call (e.g. LP baselines):
+    # at most this many timing rounds, and this many warm-up calls (None: the settings').
+    max_rounds: int | None = None
+    warmup_calls: int | None = None
 
 
 @dataclasses.dataclass
@@ -100,13 +104,15 @@ def copy_bandwidth(nbytes: int, device: torch.device, settings: BenchSettings) -
 
 def run_case(case: BenchCase, device: torch.device, settings: BenchSettings) -> dict:
     impls = {name: fn for name, fn in case.make().items() if name in settings.impls}
+    warmup_calls = settings.warmup_calls if case.warmup_calls is None else case.warmup_calls
+    rounds = settings.rounds if case.max_rounds is None else min(settings.rounds, case.max_rounds)
     for fn in impls.values():  # warm-up; includes torch.compile's compilation
-        for _ in range(settings.warmup_calls):
+        for _ in range(warmup_calls):
             fn()
     calls = {name: _calls_per_round(fn, device, settings.min_round_seconds) for name, fn in impls.items()}
     samples: dict[str, list[float]] = {name: [] for name in impls}
     names = list(impls)
-    for round_index in range(settings.rounds):
+    for round_index in range(rounds):
         # Interleave, rotating the order so no impl always runs first.
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:

@@ -6,9 +6,16 @@ to its ``--out`` folder and has a ``--quick`` mode for tests and CI.
 """
 from __future__ import annotations
 
-from manifold_ext.demos import attack, coupling_flow, diffusion_likelihood, diffusion_sampling, grid_vae
+from manifold_ext.demos import (
+    attack,
+    coupling_flow,
+    diffusion_likelihood,
+    diffusion_sampling,
+    grid_vae,
+    relu_polyhedra,
+)
 
 DEMOS = {
     module.NAME: module
-    for module in (coupling_flow, diffusion_likelihood, diffusion_sampling, grid_vae, attack)
+    for module in (coupling_flow, diffusion_likelihood, diffusion_sampling, grid_vae, attack, relu_polyhedra)
 }

@@ -17,6 +17,14 @@ from manifold_ext.ops.diffusion import (
 )
 from manifold_ext.ops.closest_centre_kl import closest_centre_kl, nearest_centre_kl
 from manifold_ext.ops.gaussian_elbo import gaussian_elbo
+from manifold_ext.ops.relu_patterns import (
+    activation_patterns,
+    hamming_distance,
+    hamming_topk,
+    pack_patterns,
+    region_system,
+    unpack_patterns,
+)
 
 __all__ = ["affine_coupling", "COUPLING_SCALES", "COUPLING_LAYOUTS"]
 __all__ += [
@@ -31,3 +39,5 @@ __all__ += [
 ]
 __all__ += ["closest_centre_kl", "nearest_centre_kl"]
 __all__ += ["gaussian_elbo"]
+__all__ += ["activation_patterns", "unpack_patterns", "pack_patterns", "hamming_distance", "hamming_topk",
+            "region_system"]

@@ -17,6 +17,17 @@ from manifold_ext.reference.diffusion import (
 )
 from manifold_ext.reference.closest_centre_kl import closest_centre_kl_reference, nearest_centre_kl_reference
 from manifold_ext.reference.gaussian_elbo import gaussian_elbo_reference
+from manifold_ext.reference.relu_patterns import (
+    activation_bits_reference,
+    activation_patterns_reference,
+    hamming_distance_bits_reference,
+    hamming_distance_reference,
+    hamming_topk_bits_reference,
+    hamming_topk_reference,
+    pack_patterns_reference,
+    region_system_reference,
+    unpack_patterns_reference,
+)
 
 __all__ = ["affine_coupling_reference"]
 __all__ += [
@@ -31,3 +42,6 @@ __all__ += [
 ]
 __all__ += ["closest_centre_kl_reference", "nearest_centre_kl_reference"]
 __all__ += ["gaussian_elbo_reference"]
+__all__ += ["activation_bits_reference", "activation_patterns_reference", "hamming_distance_bits_reference",
+            "hamming_distance_reference", "hamming_topk_bits_reference", "hamming_topk_reference",
+            "pack_patterns_reference", "region_system_reference", "unpack_patterns_reference"]
