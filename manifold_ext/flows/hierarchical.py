@@ -309,14 +309,13 @@ class HierarchicalFlow(nn.Module):
         """Generate a full-resolution image from a low-resolution one (Fig. 4): with
         ``low`` at level ``k`` (size ``image_size / 2^(k-1)``), sample
         ``z'_i ~ N(0, T^2 I)`` for ``i < k`` and decode top-down conditioned on ``low``."""
-        size = low.shape[-1] if low.dim() == 4 else -1
-        if size < 1 or self.config.image_size % size:
-            raise ValueError(f"HierarchicalFlow.super_resolve: bad low-resolution shape {tuple(low.shape)}")
-        level = int(round(math.log2(self.config.image_size // size)))
-        if level < 1 or level >= self.levels or 2**level * size != self.config.image_size:
+        size = low.shape[-1] if low.dim() == 4 else 0
+        ratio = self.config.image_size // size if size and self.config.image_size % size == 0 else 0
+        level = int(math.log2(ratio)) if ratio and ratio & (ratio - 1) == 0 else 0
+        if level < 1 or level >= self.levels:
             raise ValueError(
                 f"HierarchicalFlow.super_resolve: low-resolution size {size} must be image_size / 2^k "
-                f"for 1 <= k < levels={self.levels}"
+                f"= {self.config.image_size} / 2^k for 1 <= k < levels = {self.levels} (got shape {tuple(low.shape)})"
             )
         self._check_image(low, level)
         coarse = low
