@@ -7,5 +7,6 @@ to its ``--out`` folder and has a ``--quick`` mode for tests and CI.
 from __future__ import annotations
 
 from manifold_ext.demos import coupling_flow
+from manifold_ext.demos import flow as flow_demo
 
-DEMOS = {module.NAME: module for module in (coupling_flow,)}
+DEMOS = {module.NAME: module for module in (coupling_flow, flow_demo)}
