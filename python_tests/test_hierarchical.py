@@ -34,6 +34,11 @@ def test_log_volume_factor_is_log_det_for_square_and_half_log_det_jjt_for_wide()
     wide = torch.randn(3, 4, 9, dtype=torch.float64)
     expected = 0.5 * torch.logdet(wide @ wide.transpose(1, 2))
     torch.testing.assert_close(log_volume_factor(wide), expected)
+    torch.testing.assert_close(log_volume_factor(wide), torch.linalg.svdvals(wide).log().sum(-1))
+    torch.testing.assert_close(log_volume_factor(wide.float()), expected.float(), rtol=1e-5, atol=1e-4)
+    rank_deficient = wide.clone()
+    rank_deficient[:, 1] = rank_deficient[:, 0]
+    assert torch.all(log_volume_factor(rank_deficient) < -20)  # -inf or a tiny singular value's log
 
 
 def test_downsampling_log_volume_closed_form_matches_the_jacobian():

@@ -11,11 +11,13 @@ from pathlib import Path
 import torch
 
 from manifold_ext.benchmark import coupling
+from manifold_ext.benchmark import flows as flow_models
 from manifold_ext.benchmark.harness import IMPLS, BenchSettings, environment, machine_name, run_cases, write_results
 
 # family name -> function(device, quick) -> list[BenchCase]
 FAMILIES = {
     "coupling": coupling.cases,
+    "glow": flow_models.cases,
 }
 
 

@@ -19,6 +19,7 @@ from manifold_ext.flows.glow import (
     dequantize,
     resize_condition,
     standard_normal_log_prob,
+    use_coupling_implementation,
 )
 from manifold_ext.flows.hierarchical import (
     HierarchicalConfig,
@@ -48,6 +49,7 @@ __all__ = [
     "dequantize",
     "resize_condition",
     "standard_normal_log_prob",
+    "use_coupling_implementation",
     # hierarchical autoencoders + flows, Eq. 1-8 (hierarchical.py)
     "HierarchicalConfig",
     "HierarchicalFlow",

@@ -121,6 +121,11 @@ class ConditionalAffineCoupling(AffineCoupling):
     (``condition_channels=0``) this is :class:`AffineCoupling`.
     """
 
+    # The coupling implementation: the fused op. Benchmarks and tests may set an
+    # instance's ``coupling_fn`` to ``manifold_ext.reference.affine_coupling_reference``
+    # to run the same model on eager PyTorch ops.
+    coupling_fn = staticmethod(affine_coupling)
+
     def __init__(
         self,
         channels: int,
@@ -154,7 +159,7 @@ class ConditionalAffineCoupling(AffineCoupling):
             net_input = torch.cat([passive, resize_condition(cond, x.shape[2:])], dim=1)
         elif cond is not None:
             raise ValueError("ConditionalAffineCoupling: built with condition_channels=0 but given a condition")
-        out, logdet = affine_coupling(
+        out, logdet = self.coupling_fn(
             active, self._params(net_input), scale=self.scale, layout=self.layout, clamp=self.clamp, reverse=reverse
         )
         return torch.cat([passive, out], dim=1), logdet
@@ -230,6 +235,8 @@ class GaussianPrior(nn.Module):
     fused coupling op (``scale="exp"``, ``layout="split"``, ``reverse=True``).
     """
 
+    coupling_fn = staticmethod(affine_coupling)  # see ConditionalAffineCoupling.coupling_fn
+
     def __init__(self, channels: int, context_channels: int = 0):
         super().__init__()
         self.channels = channels
@@ -252,11 +259,21 @@ class GaussianPrior(nn.Module):
 
     def standardize(self, z: torch.Tensor, context: torch.Tensor | None = None):
         h = self.mean_and_log_scale_params(z, context)
-        return affine_coupling(z, h, scale="exp", layout="split", reverse=True)
+        return self.coupling_fn(z, h, scale="exp", layout="split", reverse=True)
 
     def destandardize(self, eps: torch.Tensor, context: torch.Tensor | None = None):
         h = self.mean_and_log_scale_params(eps, context)
-        return affine_coupling(eps, h, scale="exp", layout="split", reverse=False)
+        return self.coupling_fn(eps, h, scale="exp", layout="split", reverse=False)
+
+
+def use_coupling_implementation(model: nn.Module, fn) -> nn.Module:
+    """Make every coupling and prior in ``model`` call ``fn`` (same signature as
+    :func:`manifold_ext.ops.affine_coupling`), e.g. the plain-PyTorch reference, to
+    compare the same model on eager ops. Returns ``model``."""
+    for module in model.modules():
+        if isinstance(module, (ConditionalAffineCoupling, GaussianPrior)):
+            module.coupling_fn = fn
+    return model
 
 
 def standard_normal_log_prob(eps: torch.Tensor) -> torch.Tensor:
@@ -501,4 +518,5 @@ __all__ = [
     "dequantize",
     "resize_condition",
     "standard_normal_log_prob",
+    "use_coupling_implementation",
 ]

@@ -29,9 +29,9 @@ The log-likelihood (Eq. 5-8), per level, with everything in nats per image:
   ``sum_k log sigma_k(J_f) = 1/2 log det(J_f J_f^T)``, the sum of the logs of
   its ``d_i`` singular values: how ``f_i`` scales ``d_i``-dimensional volume in
   the directions it does not discard. It is computed exactly from the autograd
-  Jacobian (``torch.func.jacrev``, one row per latent dimension) and
-  ``torch.linalg.svdvals``; cost ``O(d_i)`` backward passes per image, fine for
-  the small images this model is meant for.
+  Jacobian (``torch.func.jacrev``, one row per latent dimension) and the
+  Cholesky factor of ``J_f J_f^T`` in float64; cost ``d_i`` backward passes per
+  image: milliseconds at 8x8, seconds per image at 32x32 (``d_1 = 1024``).
 * Eq. 8: ``log p(x) = sum_j [log p_X(x_j) + 1[j > 1] log|det J_d(x_{j-1})|]``.
   The downsampling ``d`` is linear; its ``D_j x D_{j-1}`` Jacobian has rows of
   four ``1/4`` entries, so ``J_d J_d^T = I / 4`` and the volume factor is
@@ -80,23 +80,41 @@ def downsample_log_volume(x_coarse_numel: int) -> float:
 def log_volume_factor(jacobian: torch.Tensor) -> torch.Tensor:
     """``sum_k log sigma_k(J)`` for a batch of Jacobians ``[B, m, n]``: the
     log-volume factor of a (possibly non-square) linear map, which equals
-    ``log|det J|`` when ``m = n`` and ``1/2 log det(J J^T)`` when ``m < n``."""
+    ``log|det J|`` when ``m = n`` and ``1/2 log det(J J^T)`` when ``m < n``.
+
+    Non-square: the Gram matrix of the smaller side is formed in float64 and its
+    log-determinant taken by Cholesky (several times faster than an SVD of ``J``
+    for ``1024 x 3072`` Jacobians); rank-deficient Jacobians fall back to the SVD
+    (and give ``-inf``)."""
+    m, n = jacobian.shape[-2:]
+    if m == n:
+        return torch.linalg.slogdet(jacobian).logabsdet
+    wide = jacobian.double()
+    gram = wide @ wide.mT if m < n else wide.mT @ wide
+    chol, info = torch.linalg.cholesky_ex(gram)
+    if bool((info == 0).all()):
+        return chol.diagonal(dim1=-2, dim2=-1).log().sum(-1).to(jacobian.dtype)
     return torch.linalg.svdvals(jacobian).log().sum(-1)
 
 
-def jacobian_log_volume(fn, x: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
+def jacobian_log_volume(fn, x: torch.Tensor, rows_per_chunk: int = 2048) -> torch.Tensor:
     """``log_volume_factor`` of the Jacobian of ``fn`` (a per-sample map applied to a
-    batch) at every sample of ``x`` ``[B, ...]``: ``[B]``. Exact, via autograd."""
+    batch) at every sample of ``x`` ``[B, ...]``: ``[B]``. Exact, via autograd: one
+    vector-Jacobian product per output dimension, batched over samples with
+    ``vmap``; about ``rows_per_chunk`` products run at once to bound memory."""
 
     def single(sample: torch.Tensor) -> torch.Tensor:
         return fn(sample.unsqueeze(0)).flatten()
 
+    if len(x) == 0:
+        return x.new_zeros(0)
+    out_dims = single(x[0].detach()).numel()
     jacobian_of = torch.func.vmap(torch.func.jacrev(single))
     out = []
-    for chunk in x.split(chunk_size):
+    for chunk in x.split(max(1, rows_per_chunk // out_dims)):
         jac = jacobian_of(chunk.detach())  # [b, d_out, *x.shape[1:]]
         out.append(log_volume_factor(jac.flatten(2)))
-    return torch.cat(out) if out else x.new_zeros(0)
+    return torch.cat(out)
 
 
 class LevelAutoencoder(nn.Module):
