@@ -73,3 +73,12 @@ def test_local_loaders_read_cifar10_pickles_and_image_folders(tmp_path):
     assert abs(celeba[2].mean().item() - 80) < 2  # JPEG of a flat image stays flat
     with pytest.raises(FileNotFoundError, match="expected the CIFAR-10 python batches"):
         load_cifar10_folder(tmp_path, "train")
+
+
+def test_bench_glow_quick_runs_ours_and_eager(tmp_path):
+    assert main(["bench", "glow", "--quick", "--impls", "eager,ours", "--rounds", "1",
+                 "--out", str(tmp_path), "--machine", "test"]) == 0
+    rows = json.loads((tmp_path / "test.json").read_text())["results"]
+    assert {r["family"] for r in rows} == {"glow"} and len(rows) == 3
+    for row in rows:
+        assert row["ms"]["ours"] > 0 and row["ms"]["eager"] > 0

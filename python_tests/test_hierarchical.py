@@ -140,3 +140,45 @@ def test_fit_trains_in_order_with_atomic_resumable_checkpoints(tmp_path):
     assert second.flow_losses[:30] == first.flow_losses and len(second.flow_losses) == 40
     for a, b in zip(resumed.autoencoders.parameters(), model.autoencoders.parameters()):
         torch.testing.assert_close(a, b)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_fit_resumes_after_interruptions_in_either_phase(tmp_path):
+    """Interrupted during the autoencoder phase, then during the flow phase before its first
+    checkpoint: each call resumes from the last atomic checkpoint and training completes."""
+    from sklearn.datasets import load_digits
+
+    levels = torch.tensor(load_digits().images[:256], dtype=torch.float32).unsqueeze(1)
+    generator = torch.Generator().manual_seed(0)
+
+    def interrupting(after_calls: int):
+        calls = {"n": 0}
+
+        def prepare(batch):
+            calls["n"] += 1
+            if calls["n"] > after_calls:
+                raise _Interrupted
+            return dequantize(batch, 17, generator)
+
+        return prepare
+
+    path = tmp_path / "hflow.pt"
+    kwargs = dict(autoencoder_steps=30, flow_steps=20, batch_size=32, checkpoint=path, checkpoint_every=10,
+                  progress=False)
+    with pytest.raises(_Interrupted):
+        fit(_small_model(levels=2), levels, dequantize_fn=interrupting(15), **kwargs)
+    saved = torch.load(path, weights_only=False)
+    assert (saved["phase"], saved["step"], len(saved["autoencoder_losses"])) == ("autoencoder", 10, 10)
+    # 20 more autoencoder steps, the flows' ActNorm initialisation, then 5 flow steps.
+    with pytest.raises(_Interrupted):
+        fit(_small_model(levels=2), levels, dequantize_fn=interrupting(20 + 1 + 5), **kwargs)
+    saved = torch.load(path, weights_only=False)
+    assert (saved["phase"], saved["step"], saved["optimiser"]) == ("flow", 0, None)
+    model = _small_model(levels=2)
+    result = fit(model, levels, dequantize_fn=interrupting(10**6), **kwargs)
+    assert len(result.autoencoder_losses) == 30 and len(result.flow_losses) == 20
+    assert torch.load(path, weights_only=False)["phase"] == "done"
+    assert all(bool(m.initialized) for m in model.modules() if hasattr(m, "initialized"))

@@ -412,8 +412,10 @@ def fit(
         optimiser_state = saved.get("optimiser")
 
     def save(optimiser):
+        # optimiser=None at the phase change: the flow phase starts with a fresh optimiser.
         if checkpoint is not None:
-            save_checkpoint(checkpoint, {**state, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+            save_checkpoint(checkpoint, {**state, "model": model.state_dict(),
+                                         "optimiser": optimiser.state_dict() if optimiser is not None else None,
                                          "config": dataclasses.asdict(model.config)})
 
     # Phase 1: autoencoders (Eq. 4).
@@ -439,7 +441,7 @@ def fit(
             if checkpoint_every and state["step"] % checkpoint_every == 0:
                 save(optimiser)
         state["phase"], state["step"] = "flow", 0
-        save(optimiser)
+        save(None)
 
     # Phase 2: flows (Eq. 5), autoencoders frozen.
     for p in model.autoencoders.parameters():
