@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DIGITS_BINS = 17  # scikit-learn's digits hold the counts 0..16 of an 4x4-pixel block
+DIGITS_BINS = 17  # scikit-learn's digits hold the counts 0..16 of a 4x4 block of pixels
 
 
 def digits_levels() -> tuple[torch.Tensor, torch.Tensor]:
