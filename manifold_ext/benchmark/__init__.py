@@ -12,6 +12,7 @@ import torch
 
 from manifold_ext.benchmark import coupling, gaussian_elbo, relu, vae
 from manifold_ext.benchmark import diffusion as diffusion_bench
+from manifold_ext.benchmark import flows as flow_models
 from manifold_ext.benchmark.harness import IMPLS, BenchSettings, environment, machine_name, run_cases, write_results
 
 # family name -> function(device, quick) -> list[BenchCase]
@@ -21,6 +22,7 @@ FAMILIES = {
     "vae": vae.cases,
     "gaussian_elbo": gaussian_elbo.cases,
     "relu": relu.cases,
+    "glow": flow_models.cases,
 }
 
 

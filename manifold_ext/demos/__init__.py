@@ -14,8 +14,11 @@ from manifold_ext.demos import (
     grid_vae,
     relu_polyhedra,
 )
+from manifold_ext.demos import flow as flow_demo
 
 DEMOS = {
     module.NAME: module
-    for module in (coupling_flow, diffusion_likelihood, diffusion_sampling, grid_vae, attack, relu_polyhedra)
+    for module in (
+        coupling_flow, flow_demo, diffusion_likelihood, diffusion_sampling, grid_vae, attack, relu_polyhedra
+    )
 }

@@ -9,6 +9,26 @@ from manifold_ext.flows.layers import (
     StandardNormalFlow,
     default_coupling_net,
 )
+from manifold_ext.flows.glow import (
+    ConditionalAffineCoupling,
+    FlowStep,
+    GaussianPrior,
+    MultiScaleGlow,
+    Squeeze,
+    bits_per_dim,
+    dequantize,
+    resize_condition,
+    standard_normal_log_prob,
+    use_coupling_implementation,
+)
+from manifold_ext.flows.hierarchical import (
+    HierarchicalConfig,
+    HierarchicalFlow,
+    LevelAutoencoder,
+    fit,
+    jacobian_log_volume,
+    log_volume_factor,
+)
 
 __all__ = [
     "ActNorm",
@@ -19,4 +39,22 @@ __all__ = [
     "InvertibleConv1x1",
     "StandardNormalFlow",
     "default_coupling_net",
+    # multi-scale Glow, conditional coupling (glow.py)
+    "ConditionalAffineCoupling",
+    "FlowStep",
+    "GaussianPrior",
+    "MultiScaleGlow",
+    "Squeeze",
+    "bits_per_dim",
+    "dequantize",
+    "resize_condition",
+    "standard_normal_log_prob",
+    "use_coupling_implementation",
+    # hierarchical autoencoders + flows, Eq. 1-8 (hierarchical.py)
+    "HierarchicalConfig",
+    "HierarchicalFlow",
+    "LevelAutoencoder",
+    "fit",
+    "jacobian_log_volume",
+    "log_volume_factor",
 ]
