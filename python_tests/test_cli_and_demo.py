@@ -7,6 +7,9 @@ import pytest
 
 from manifold_ext.cli import main
 
+# Tiny models: one thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -25,6 +25,9 @@ from manifold_ext.diffusion import (
 )
 from manifold_ext.diffusion.toy_data import point_set
 
+# Tiny models: one thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # ---------------------------------------------------------------------------
 # Gaussian data with the exact noise predictor: everything has a closed form
 # ---------------------------------------------------------------------------

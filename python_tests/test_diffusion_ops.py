@@ -209,7 +209,6 @@ def test_sampler_step_gradients(device, step, per_sample):
     else:
         cleaner, noisier = 0.7, 0.4
     if step == "forward":
-        fn, args = ops.diffusion_forward_step, (x, noise, cleaner, noisier)
         assert torch.autograd.gradcheck(lambda a, b: ops.diffusion_forward_step(a, b, cleaner, noisier), (x, noise))
         return
     op, reference, kwargs = STEPS[step]

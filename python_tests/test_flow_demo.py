@@ -12,13 +12,8 @@ from manifold_ext.cli import main
 from manifold_ext.datasets import find_local_image_set, load_celeba_folder, load_cifar10_folder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is faster than two on a shared, loaded machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models: one thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_flow_demo_quick(tmp_path):

@@ -13,6 +13,9 @@ from manifold_ext.flows import (
     StandardNormalFlow,
 )
 
+# Tiny models: one thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _randomise(module: torch.nn.Module) -> torch.nn.Module:
     """Move parameters off their identity-like initial values so tests see real maps."""

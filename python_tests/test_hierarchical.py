@@ -11,15 +11,8 @@ from manifold_ext.flows import HierarchicalFlow, dequantize, fit, jacobian_log_v
 from manifold_ext.flows.hierarchical import downsample, downsample_log_volume, total_log_prob
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The models here are tiny: their ops are too small to split across threads, and on a
-    shared, loaded machine a second thread mostly waits (measured: one 8x8 conv net step
-    11 ms on one thread, over 1 s on two under load)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models: one thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small_model(**overrides) -> HierarchicalFlow:

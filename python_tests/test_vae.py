@@ -28,13 +28,8 @@ from manifold_ext.vae import (
 from manifold_ext.vae.rae import RAE, ExPostGMM, GMMClassifier, train_autoencoder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small models: one thread avoids OpenMP spin-waiting on a shared 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models: one thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------

@@ -21,7 +21,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from manifold_ext.demos.common import add_common_arguments, pyplot, seed_everything, write_json
