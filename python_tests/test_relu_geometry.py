@@ -378,7 +378,7 @@ def test_relu_demo_short_run_is_exact(tmp_path):
 
     from manifold_ext.cli import main
 
-    assert main(["demo", "relu", "--quick", "--steps", "300", "--seeds", "1", "--grid", "300",
+    assert main(["demo", "polyhedra", "--quick", "--steps", "300", "--seeds", "1", "--grid", "300",
                  "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     toy = summary["toy_2x10"]

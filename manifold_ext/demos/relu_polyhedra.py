@@ -37,7 +37,7 @@ from manifold_ext.relu_geometry import (
 )
 from manifold_ext.relu_geometry.plot import plot_regions, region_polygon
 
-NAME = "relu"
+NAME = "polyhedra"
 DESCRIPTION = "ReLU polyhedra: 2x10 net on x1^2+x2^2-0.4, regions in [-1,1]^2 and R^2 vs sampling, Table 1 counts"
 
 BOX = (-1.0, 1.0)
