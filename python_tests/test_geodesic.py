@@ -9,6 +9,7 @@ import torch
 from manifold_ext.analysis import (
     diffusion_score_fn,
     gaussian_mixture_log_prob,
+    graph_path,
     path_lengths,
     resample_path,
     score_from_log_prob,
@@ -217,3 +218,21 @@ def test_score_fn_shape_and_diffusion_time_are_checked():
         gaussian_mixture_log_prob(torch.zeros(3), 1.0)
     with pytest.raises(ValueError, match="at least 2 points"):
         path_lengths(a[None], gaussian_mixture_log_prob(torch.zeros(1, 2), 1.0))
+
+
+def test_graph_path_follows_an_arc_of_samples():
+    """Samples on a half circle: the graph path from one end to the other runs along the arc."""
+    angles = torch.linspace(0, math.pi, 400, dtype=F64)
+    points = torch.stack([torch.cos(angles), torch.sin(angles)], 1) + 0.02 * torch.randn(400, 2, dtype=F64)
+    a, b = torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([-1.0, 0.0], dtype=F64)
+    path = graph_path(points, a, b, k=8)
+    torch.testing.assert_close(path[0], a)
+    torch.testing.assert_close(path[-1], b)
+    assert path.norm(dim=1).min() > 0.85  # never cuts across the empty middle
+    # With a closed-form density the same call uses it instead of the kernel estimate.
+    log_prob = gaussian_mixture_log_prob(points, 0.05)
+    torch.testing.assert_close(graph_path(points, a, b, log_prob, k=8).norm(dim=1).min() > 0.85, torch.tensor(True))
+    with pytest.raises(ValueError, match="points must be"):
+        graph_path(points[:, :1], a, b)
+    with pytest.raises(ValueError, match="k must be"):
+        graph_path(points, a, b, k=0)

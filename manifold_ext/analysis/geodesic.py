@@ -271,6 +271,72 @@ def _equal_arclength(flat: torch.Tensor, nodes: int) -> torch.Tensor:
     return out
 
 
+def graph_path(points: torch.Tensor, x_start: torch.Tensor, x_end: torch.Tensor,
+               log_prob_fn: LogProbFn | None = None, *, k: int = 10, power: float = 1.0,
+               bandwidth: float | None = None) -> torch.Tensor:
+    """A global initial path: the d_w-shortest path through a k-nearest-neighbour graph of ``points``.
+
+    Relaxation and shooting are local methods; on curved data (a spiral) the straight line
+    can relax into a local minimum that crosses a gap. The graph over samples (data, or
+    samples drawn from the model) plus the two ends, with every edge weighted by its own
+    weighted length (Simpson's rule: log p at both ends and the middle), gives a path
+    near the global minimum (Dijkstra, scipy). ``log_prob_fn`` gives log p; without it
+    p is a Gaussian kernel density estimate of ``points`` (bandwidth: the mean distance of a
+    point to its k-th nearest neighbour unless ``bandwidth`` is given; Scott's rule is far too
+    wide for data on a thin manifold and bridges gaps), which only serves the initialisation. Returns the path
+    ``[M, *shape]`` from ``x_start`` to ``x_end`` (pass it as ``init_path``).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    x_start, x_end = _check_endpoints(x_start, x_end)
+    shape = tuple(x_start.shape)
+    if points.dim() != len(shape) + 1 or tuple(points.shape[1:]) != shape or points.shape[0] < 1:
+        raise ValueError(f"graph_path: points must be [N, {', '.join(map(str, shape))}], got {list(points.shape)}")
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"graph_path: k must be an integer >= 1, got {k!r}")
+    flat = torch.cat([x_start.reshape(1, -1), x_end.reshape(1, -1), points.detach().reshape(points.shape[0], -1).to(x_start)], 0)
+    n, d = flat.shape
+    k = min(k, n - 1)
+    if log_prob_fn is None:
+        centres = flat[2:].to(torch.float64)
+        if bandwidth is None:  # mean distance to the k-th neighbour: follows a thin manifold (Scott's rule blurs gaps)
+            within = torch.cdist(centres, centres)
+            within.fill_diagonal_(math.inf)
+            bandwidth = float(within.topk(min(k, centres.shape[0] - 1), dim=1, largest=False).values[:, -1].mean()) \
+                if centres.shape[0] > 1 else 1.0
+        h = bandwidth
+
+        def log_prob(x: torch.Tensor) -> torch.Tensor:
+            sq = torch.cdist(x.reshape(x.shape[0], -1).to(torch.float64), centres).square()
+            return torch.logsumexp(-0.5 * sq / h**2, 1) - math.log(centres.shape[0]) - d * math.log(h) - 0.5 * d * math.log(2 * math.pi)
+    else:
+        def log_prob(x: torch.Tensor) -> torch.Tensor:
+            return log_prob_fn(x.reshape(x.shape[0], *shape).to(x_start)).to(torch.float64)
+
+    with torch.no_grad():
+        distances = torch.cdist(flat.to(torch.float64), flat.to(torch.float64))
+        distances.fill_diagonal_(math.inf)
+        neighbour_distance, neighbour = distances.topk(k, dim=1, largest=False)
+        rows = torch.arange(n).repeat_interleave(k)
+        cols = neighbour.reshape(-1)
+        node_log_p = torch.cat([log_prob(chunk) for chunk in flat.split(4096)])
+        mids = 0.5 * (flat[rows] + flat[cols])
+        mid_log_p = torch.cat([log_prob(chunk) for chunk in mids.split(4096)])
+        log_w = _segment_log_weights(node_log_p[rows], mid_log_p, node_log_p[cols], power)
+        log_cost = torch.log(neighbour_distance.reshape(-1)) + log_w
+        # One common scale (float64 keeps the ratios); never 0, which csgraph would read as no edge.
+        cost = torch.exp((log_cost - log_cost.max() + 600.0).clamp_min(-700.0))
+    graph = coo_matrix((cost.numpy(), (rows.numpy(), cols.numpy())), shape=(n, n)).tocsr()
+    _, predecessors = dijkstra(graph, directed=False, indices=0, return_predecessors=True)
+    if predecessors[1] < 0:
+        raise ValueError(f"graph_path: x_end is not connected to x_start in the {k}-nearest-neighbour graph; raise k")
+    order = [1]
+    while order[-1] != 0:
+        order.append(int(predecessors[order[-1]]))
+    return flat[torch.tensor(order[::-1])].reshape(len(order), *shape)
+
+
 # ---------------------------------------------------------------------------
 # Solvers
 # ---------------------------------------------------------------------------
@@ -404,15 +470,27 @@ def _relax(init, density: _Density, power, steps, lr, optimizer, reparam_every, 
     annealing = None if callable(optimizer) else torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     history: list[float] = []
     converged = False
+    # Keep the best iterate: with a learned score (not exactly a gradient field) the Euler-Lagrange
+    # flow need not decrease the measured length monotonically.
+    best_value, best_path = math.inf, None
     bar = tqdm(range(steps), desc="relaxing geodesic", unit="step", disable=not progress, mininterval=0.5)
     for step in bar:
         opt.zero_grad(set_to_none=True)
-        with torch.enable_grad():
-            objective, _ = _log_weighted_length(torch.cat([start, interior, end], 0), density, power)
-            if not torch.isfinite(objective):
-                raise FloatingPointError(f"weighted_geodesic: the weighted length became {objective.item()} at step {step} "
-                                         "(log p not finite on the path?)")
-            objective.backward()
+        path = torch.cat([start, interior, end], 0)
+        if density.relative:
+            # Score only: descend along the Euler-Lagrange residual (the slides' relaxation), not the
+            # line-integral length, whose optimiser would exploit any curl of a learned score.
+            with torch.no_grad():
+                objective, _ = _log_weighted_length(path, density, power)  # monitored, not differentiated
+                interior.grad = -_euler_lagrange_residual(path, density, power)
+        else:
+            with torch.enable_grad():
+                objective, _ = _log_weighted_length(path, density, power)
+                if torch.isfinite(objective):
+                    objective.backward()
+        if not torch.isfinite(objective) or not torch.isfinite(interior.grad).all():
+            raise FloatingPointError(f"weighted_geodesic: the weighted length or its gradient became non-finite "
+                                     f"(log d_w = {objective.item()}) at step {step} (log p not finite on the path?)")
         opt.step()
         if annealing is not None:
             annealing.step()
@@ -420,15 +498,41 @@ def _relax(init, density: _Density, power, steps, lr, optimizer, reparam_every, 
             with torch.no_grad():
                 interior.copy_(_equal_arclength(torch.cat([start, interior, end], 0), n)[1:-1])
         history.append(float(objective.detach()))
+        if history[-1] < best_value:  # the objective was evaluated at the path before this step
+            best_value, best_path = history[-1], path.detach().clone()
         if step % 20 == 0:
             bar.set_postfix(log_dw=f"{history[-1]:.4f}")
         if len(history) > 40 and abs(history[-21] - history[-1]) < tol and abs(history[-41] - history[-21]) < tol:
             converged = True
             break
     with torch.no_grad():
-        final = _equal_arclength(torch.cat([start, interior.detach(), end], 0), n) if reparam_every else \
-            torch.cat([start, interior.detach(), end], 0)
+        final = torch.cat([start, interior.detach(), end], 0)
+        final_value = float(_log_weighted_length(final, density, power)[0])
+        if best_path is not None and best_value < final_value:
+            final = best_path
+        if reparam_every:
+            final = _equal_arclength(final, n)
     return final.reshape(init.shape), converged, history
+
+
+def _euler_lagrange_residual(path: torch.Tensor, density: _Density, power: float) -> torch.Tensor:
+    """gamma'' - (I - T T^T) v at the interior nodes, v = -power * score, weighted by the node's share of length.
+
+    gamma'' (arc length) is the discrete curvature vector 2 (t_next - t_prev) / (h_prev + h_next) of the
+    unit segment directions; at a geodesic the residual vanishes. Its negative, times the node's
+    share (h_prev + h_next) / 2, is the gradient of d_w / w(x_i) (the first variation of Eq. d_w).
+    """
+    segments = path[1:] - path[:-1]
+    lengths = segments.norm(dim=1, keepdim=True).clamp_min(torch.finfo(path.dtype).tiny)
+    directions = segments / lengths
+    share = 0.5 * (lengths[:-1] + lengths[1:])
+    curvature = (directions[1:] - directions[:-1]) / share
+    tangent = directions[1:] + directions[:-1]
+    tangent = tangent / tangent.norm(dim=1, keepdim=True).clamp_min(torch.finfo(path.dtype).tiny)
+    interior = path[1:-1]
+    score = density.score_fn(interior.reshape(interior.shape[0], *density.shape)).reshape(interior.shape)
+    normal_score = score - (score * tangent).sum(1, keepdim=True) * tangent
+    return (curvature + power * normal_score) * share
 
 
 def _geodesic_rhs(score: ScoreFn, shape, power: float):
