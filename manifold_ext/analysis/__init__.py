@@ -2,6 +2,7 @@
 
 * :mod:`~manifold_ext.analysis.geodesic`: probability-weighted geodesics (slides ``002_…``).
 * :mod:`~manifold_ext.analysis.attributes`: KL attribute analysis of a recognition manifold (000 §4.3).
+* :mod:`~manifold_ext.analysis.lmd`: Lift, Map, Detect OOD detection with a diffusion model (``001_…``).
 """
 from manifold_ext.analysis.attributes import (
     AttributeKL,
@@ -12,6 +13,7 @@ from manifold_ext.analysis.attributes import (
     supervised_contrastive_loss,
     train_embedding,
 )
+from manifold_ext.analysis.lmd import checkerboard_mask, inpaint, lmd_scores, mse_distance
 from manifold_ext.analysis.geodesic import (
     GeodesicResult,
     diffusion_score_fn,
@@ -25,6 +27,10 @@ from manifold_ext.analysis.geodesic import (
 )
 
 __all__ = [
+    "checkerboard_mask",
+    "inpaint",
+    "lmd_scores",
+    "mse_distance",
     "attribute_kl",
     "AttributeKL",
     "AttributeKLReport",

@@ -14,6 +14,7 @@ from manifold_ext.demos import (
     diffusion_sampling,
     geodesic,
     grid_vae,
+    liftmap,
     relu_polyhedra,
 )
 from manifold_ext.demos import flow as flow_demo
@@ -22,6 +23,6 @@ DEMOS = {
     module.NAME: module
     for module in (
         coupling_flow, flow_demo, diffusion_likelihood, diffusion_sampling, grid_vae, attack, relu_polyhedra,
-        geodesic, attributes,
+        geodesic, attributes, liftmap,
     )
 }
