@@ -218,8 +218,11 @@ def supervised_contrastive_loss(embeddings: torch.Tensor, identities: torch.Tens
 
 def train_embedding(images: torch.Tensor, identities: torch.Tensor, dim: int = 16, hidden: int = 256,
                     steps: int = 1000, batch_size: int = 256, lr: float = 2e-3, temperature: float = 0.1,
-                    seed: int = 0, progress: bool = True) -> tuple[EmbeddingNet, list[float]]:
-    """Fit an :class:`EmbeddingNet` so that images of one identity cluster (supervised contrastive learning)."""
+                    seed: int = 0, progress: bool = True, augment=None) -> tuple[EmbeddingNet, list[float]]:
+    """Fit an :class:`EmbeddingNet` so that images of one identity cluster (supervised contrastive learning).
+
+    ``augment`` (optional) maps a batch of images to a randomly altered copy before it is embedded.
+    """
     if images.shape[0] != identities.shape[0]:
         raise ValueError(f"train_embedding: {images.shape[0]} images but {identities.shape[0]} identities")
     generator = torch.Generator().manual_seed(seed)
@@ -231,7 +234,8 @@ def train_embedding(images: torch.Tensor, identities: torch.Tensor, dim: int = 1
     bar = tqdm(range(steps), desc="training embedding", unit="step", disable=not progress, mininterval=0.5)
     for step in bar:
         index = torch.randint(0, images.shape[0], (min(batch_size, images.shape[0]),), generator=generator).to(images.device)
-        loss = supervised_contrastive_loss(model(images[index]), identities[index], temperature)
+        batch = images[index] if augment is None else augment(images[index])
+        loss = supervised_contrastive_loss(model(batch), identities[index], temperature)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

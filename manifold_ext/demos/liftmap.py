@@ -106,7 +106,7 @@ def _figure(path, sets, lmd, log_p, recons, aurocs, patches):
     ax.set_ylim(0, 1.05)
     ax.axhline(0.5, color="k", lw=0.5)
     ax.set_title("ROC-AUC, digits 0-7 (test) vs each set")
-    ax.legend()
+    ax.legend(loc="lower left")
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
