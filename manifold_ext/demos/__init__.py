@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from manifold_ext.demos import (
     attack,
+    attributes,
     coupling_flow,
     diffusion_likelihood,
     diffusion_sampling,
+    geodesic,
     grid_vae,
+    liftmap,
     relu_polyhedra,
 )
 from manifold_ext.demos import flow as flow_demo
@@ -19,6 +22,7 @@ from manifold_ext.demos import flow as flow_demo
 DEMOS = {
     module.NAME: module
     for module in (
-        coupling_flow, flow_demo, diffusion_likelihood, diffusion_sampling, grid_vae, attack, relu_polyhedra
+        coupling_flow, flow_demo, diffusion_likelihood, diffusion_sampling, grid_vae, attack, relu_polyhedra,
+        geodesic, attributes, liftmap,
     )
 }
