@@ -11,12 +11,8 @@ from manifold_ext.analysis import attribute_kl, nearest_neighbours, supervised_c
 from manifold_ext.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_nearest_neighbours_never_returns_self_and_matches_brute_force():

@@ -23,12 +23,8 @@ from manifold_ext.flows import FlowSequential, GlowStep, StandardNormalFlow
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def two_blobs(dtype=F64):

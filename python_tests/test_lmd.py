@@ -12,12 +12,8 @@ from manifold_ext.cli import main
 from manifold_ext.diffusion import linear_schedule
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ExactGaussianEps(nn.Module):

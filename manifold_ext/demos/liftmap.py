@@ -112,7 +112,7 @@ def _figure(path, sets, lmd, log_p, recons, aurocs, patches):
 
 
 def run(args: argparse.Namespace) -> dict:
-    generator = seed_everything(args.seed)
+    seed_everything(args.seed)
     device = torch.device(args.device)
     size = "quick" if args.quick else "default"
     steps, per_set, attempts, dt, rounds = SIZES[size]
