@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import platform
 import statistics
 import time
@@ -26,6 +25,8 @@ from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
+
+from manifold_ext._atomic import atomic_write_text
 
 IMPLS = ("eager", "compile", "ours")
 
@@ -226,15 +227,9 @@ def write_results(rows: list[dict], env: dict, out_dir: Path, machine: str) -> t
         previous = json.loads(json_path.read_text()).get("results", [])
     families = {r["family"] for r in rows}
     merged = [r for r in previous if r["family"] not in families] + rows
-    _atomic_write(json_path, json.dumps({"environment": env, "results": merged}, indent=2) + "\n")
-    _atomic_write(md_path, f"# Benchmarks: {machine}\n\n" + markdown_table(merged, env))
+    atomic_write_text(json_path, json.dumps({"environment": env, "results": merged}, indent=2) + "\n")
+    atomic_write_text(md_path, f"# Benchmarks: {machine}\n\n" + markdown_table(merged, env))
     return json_path, md_path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run_cases(cases: list[BenchCase], device: torch.device, settings: BenchSettings) -> list[dict]:

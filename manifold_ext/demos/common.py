@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from manifold_ext._atomic import atomic_write_text
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, default_name: str) -> None:
@@ -29,10 +30,7 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def write_json(path: Path, payload: dict) -> None:
     """Write JSON atomically (a crash never leaves a half-written summary)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def pyplot():

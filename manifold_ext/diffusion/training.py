@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from manifold_ext._atomic import atomic_torch_save
 from manifold_ext.diffusion.models import build_model
 from manifold_ext.diffusion.schedules import NoiseSchedule
 from manifold_ext.ops import diffusion_forward_step
@@ -96,11 +96,7 @@ def train_eps_model(
 
 
 def _atomic_save(payload: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # a crash never leaves a half-written checkpoint
+    atomic_torch_save(payload, path)  # a crash never leaves a half-written checkpoint
 
 
 def _save_training_state(path, model, ema, optimiser, scheduler, generator, step, losses, schedule):

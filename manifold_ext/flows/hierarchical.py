@@ -64,6 +64,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from manifold_ext.flows.glow import MultiScaleGlow, standard_normal_log_prob
+from manifold_ext._atomic import atomic_torch_save
 
 
 def downsample(x: torch.Tensor) -> torch.Tensor:
@@ -355,11 +356,7 @@ def total_log_prob(terms: list[LevelLogProb]) -> torch.Tensor:
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     """``torch.save`` to a temporary file, then an atomic rename: a crash never
     leaves a truncated checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(payload, path)
 
 
 def _batches(data: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
