@@ -209,6 +209,29 @@ def test_executors_give_the_serial_answer():
     assert np.array_equal(serial.patterns, threaded.patterns)
     assert np.array_equal(serial.patterns, processes.patterns)
     np.testing.assert_allclose(serial.radii, processes.radii)
+    assert threaded.used_executor and processes.used_executor
+
+
+def test_default_moves_long_enumerations_to_a_local_process_pool():
+    net = ReLUNetwork.from_module(random_network((6, 6), 2, seed=6))
+    inline = enumerate_regions(net, box=(-1, 1), executor=None, batch_size=8, progress=False)
+    quick = enumerate_regions(net, box=(-1, 1), batch_size=8, progress=False)  # "auto": done before 2 s
+    pooled = enumerate_regions(net, box=(-1, 1), pool_after=0.0, workers=2, batch_size=2, progress=False)
+    assert not inline.used_executor and not quick.used_executor
+    assert pooled.used_executor  # spawned workers, single-threaded each
+    for result in (quick, pooled):
+        assert np.array_equal(inline.patterns, result.patterns)
+        np.testing.assert_allclose(inline.radii, result.radii)
+
+
+def test_bad_executor_arguments_are_refused():
+    net = ReLUNetwork.from_module(random_network((4,), 2, seed=0))
+    with pytest.raises(ValueError, match="executor must be a concurrent.futures.Executor, None or one of"):
+        enumerate_regions(net, box=(-1, 1), executor="threads", progress=False)
+    with pytest.raises(ValueError, match="pool_after must be >= 0 seconds"):
+        enumerate_regions(net, box=(-1, 1), pool_after=-1, progress=False)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        enumerate_regions(net, box=(-1, 1), workers=0, progress=False)
 
 
 def test_max_regions_truncates():

@@ -178,7 +178,7 @@ def _enumeration_case() -> BenchCase:
         box = (-1.0, 1.0)
 
         def ours():
-            return enumerate_regions(net, box=box, progress=False).keys()
+            return enumerate_regions(net, box=box, executor=None, progress=False).keys()
 
         def eager():
             return naive_enumerate(net, box)

@@ -10,13 +10,22 @@ and reports which regions are bounded.
 
 Regions are analysed in batches through any ``concurrent.futures.Executor``
 (``ProcessPoolExecutor``, Dask's ``client.get_executor()``, Ray's executor, ...);
-each wave of the traversal is one round of ``executor.submit`` calls.
+each wave of the traversal is one round of ``executor.submit`` calls. By
+default (``executor="auto"``) batches run in this process until the enumeration
+has taken ``pool_after`` seconds, and the rest goes to a local process pool: a
+small network never pays for starting workers, a large one gets every core.
+Batches are combined in submission order, so the result does not depend on
+where they ran.
 """
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import os
 import time
-from concurrent.futures import Executor
+import warnings
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Iterable
 
 import numpy as np
@@ -81,6 +90,85 @@ def analyse_patterns(network: ReLUNetwork, patterns: np.ndarray, box: Box | None
     return out
 
 
+def _single_threaded_worker() -> None:
+    torch.set_num_threads(1)  # one process per core already
+
+
+class _BatchRunner:
+    """Runs the batches of each wave where ``executor`` says (see :func:`enumerate_regions`)."""
+
+    MODES = ("auto", "process", "inline")
+
+    def __init__(self, executor, pool_after: float, workers: int | None):
+        if isinstance(executor, Executor):
+            self.mode, self.executor = "given", executor
+        elif executor is None or executor in self.MODES:
+            self.mode, self.executor = executor or "inline", None
+        else:
+            raise ValueError(f"enumerate_regions: executor must be a concurrent.futures.Executor, None or one of "
+                             f"{self.MODES}, got {executor!r}")
+        if pool_after < 0:
+            raise ValueError(f"enumerate_regions: pool_after must be >= 0 seconds, got {pool_after}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"enumerate_regions: workers must be >= 1, got {workers}")
+        self.pool_after = pool_after
+        self.workers = workers or os.cpu_count() or 1
+        self.started = time.perf_counter()
+        self.own_pool: ProcessPoolExecutor | None = None
+        self.used_executor = False
+
+    def _pool(self) -> Executor:
+        if self.executor is None:
+            # spawn: forking a process whose torch/OpenMP threads are running is unsafe.
+            self.own_pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_single_threaded_worker)
+            self.executor = self.own_pool
+        return self.executor
+
+    def _use_pool(self, remaining: int) -> bool:
+        if self.mode == "given":
+            return True
+        if self.mode == "inline":
+            return False
+        if self.executor is not None:  # the local pool is running: keep using it
+            return True
+        if remaining < 2 or self.workers < 2:  # nothing to run side by side
+            return False
+        return self.mode == "process" or time.perf_counter() - self.started >= self.pool_after
+
+    def run(self, network, batches: list, *args) -> Iterable:
+        """The analyses of each batch, in order."""
+        i = 0
+        while i < len(batches):
+            if not self._use_pool(len(batches) - i):
+                yield _analyse_batch(network, batches[i], *args)
+                i += 1
+                continue
+            futures = [self._pool().submit(_analyse_batch, network, b, *args) for b in batches[i:]]
+            self.used_executor = True
+            try:
+                for future in futures:
+                    yield future.result()
+                    i += 1
+            except BrokenProcessPool as error:
+                if self.own_pool is None:
+                    raise
+                # E.g. a script without an `if __name__ == "__main__":` guard, which spawned
+                # workers re-run on import: finish in this process instead of failing.
+                warnings.warn(f"enumerate_regions: the local process pool failed ({error}; a script without "
+                              "an `if __name__ == '__main__':` guard?); continuing in this process",
+                              RuntimeWarning, stacklevel=2)
+                self.close()
+                self.mode = "inline"
+
+    def close(self) -> None:
+        if self.own_pool is not None:
+            self.own_pool.shutdown(cancel_futures=True)
+            self.own_pool = None
+            self.executor = None
+
+
+
 def _analyse_batch(network, patterns, box_bounds, tol, check_bounded):
     box = None if box_bounds is None else Box(np.asarray(box_bounds[0]), np.asarray(box_bounds[1]))
     return analyse_patterns(network, patterns, box, tol, check_bounded)
@@ -101,6 +189,7 @@ class EnumerationResult:
     n_lps: int
     seconds: float
     truncated: bool  # stopped at max_regions
+    used_executor: bool = False  # some batches ran through an executor (the one given, or the local pool)
 
     def __len__(self) -> int:
         return len(self.patterns)
@@ -127,7 +216,8 @@ class EnumerationResult:
 
 
 def enumerate_regions(network: ReLUNetwork, box=None, *, start=None, tol: float = DEFAULT_TOL,
-                      executor: Executor | None = None, batch_size: int = 64, max_regions: int | None = None,
+                      executor: Executor | str | None = "auto", pool_after: float = 2.0,
+                      workers: int | None = None, batch_size: int = 64, max_regions: int | None = None,
                       progress: bool = True) -> EnumerationResult:
     """All linear regions of ``network``, in ``box`` or in all of R^d (Algorithm 1).
 
@@ -138,8 +228,14 @@ def enumerate_regions(network: ReLUNetwork, box=None, *, start=None, tol: float 
         start: point(s) ``[d]`` or ``[n, d]`` whose regions seed the traversal (default: the box
             centre, or the origin). The regions of a box are connected, so one seed suffices.
         tol: distance tolerance of the LPs (see :mod:`manifold_ext.relu_geometry.lp`).
-        executor: where batches of regions are analysed; ``None`` runs them in this process
-            (fastest for small networks, where starting worker processes costs more than the LPs).
+        executor: where batches of regions are analysed: any ``concurrent.futures.Executor``
+            (used for every wave); ``"auto"`` (default): in this process until the enumeration
+            has run ``pool_after`` seconds, then in a local process pool started for the rest
+            (small networks finish before a worker would have started); ``"process"``: a local
+            process pool from the first wave with two or more batches; ``None`` or ``"inline"``:
+            always in this process.
+        pool_after: seconds before ``"auto"`` starts its pool.
+        workers: processes of the local pool (default: ``os.cpu_count()``).
         batch_size: regions per task.
         max_regions: stop after this many regions (``truncated`` is then set).
         progress: show a tqdm progress bar.
@@ -167,16 +263,12 @@ def enumerate_regions(network: ReLUNetwork, box=None, *, start=None, tol: float 
     empty = 0
     n_lps = 0
     truncated = False
+    runner = _BatchRunner(executor, pool_after, workers)
     bar = tqdm(desc="enumerating regions", unit="region", disable=not progress, mininterval=0.5)
     try:
         while frontier and not truncated:
             batches = [np.stack(frontier[i:i + batch_size]) for i in range(0, len(frontier), batch_size)]
-            if executor is None:
-                results = (_analyse_batch(network, b, box_bounds, tol, check_bounded) for b in batches)
-            else:
-                futures = [executor.submit(_analyse_batch, network, b, box_bounds, tol, check_bounded)
-                           for b in batches]
-                results = (f.result() for f in futures)
+            results = runner.run(network, batches, box_bounds, tol, check_bounded)
             next_frontier = []
             for batch, analyses in zip(batches, results):
                 for pattern, res in zip(batch, analyses):
@@ -205,6 +297,7 @@ def enumerate_regions(network: ReLUNetwork, box=None, *, start=None, tol: float 
             frontier = next_frontier
     finally:
         bar.close()
+        runner.close()
     words = network.num_words
     return EnumerationResult(
         patterns=np.array(patterns, dtype=np.int64).reshape(-1, words),
@@ -213,7 +306,7 @@ def enumerate_regions(network: ReLUNetwork, box=None, *, start=None, tol: float 
         num_facets=np.array(facets, dtype=np.int64),
         bounded=None if box is not None else np.array([bool(b) for b in bounded], dtype=bool),
         box=box, empty_candidates=empty, failures=failures, n_lps=n_lps,
-        seconds=time.perf_counter() - t0, truncated=truncated,
+        seconds=time.perf_counter() - t0, truncated=truncated, used_executor=runner.used_executor,
     )
 
 
