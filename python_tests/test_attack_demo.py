@@ -11,13 +11,20 @@ from manifold_ext.cli import main
 from manifold_ext.datasets import load_celeba_gender, load_digits_binary
 
 
-def test_attack_demo_quick_shows_collapse_and_recovery(tmp_path):
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One `demo attack --quick` run shared by the tests below: (output folder, summary)."""
+    out = tmp_path_factory.mktemp("attack_demo")
     previous = torch.get_num_threads()
     try:
-        assert main(["demo", "attack", "--quick", "--out", str(tmp_path)]) == 0
+        assert main(["demo", "attack", "--quick", "--out", str(out)]) == 0
     finally:
         torch.set_num_threads(previous)  # the demo runs single-threaded on CPU
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def test_attack_demo_quick_shows_collapse_and_recovery(quick_run):
+    tmp_path, summary = quick_run
     acc = summary["accuracy_percent"]
     # Real outcomes (Table 1's pattern): a good classifier, collapsed by a 9-pixel patch,
     # restored by ELBO purification, which leaves clean accuracy nearly intact.
@@ -32,6 +39,31 @@ def test_attack_demo_quick_shows_collapse_and_recovery(tmp_path):
     assert "| this run |" in summary["table_markdown"]
     for figure in ("table1.png", "examples_patch_pgd.png", "examples_patch_nag.png"):
         assert (tmp_path / figure).stat().st_size > 10_000
+
+
+def test_attack_demo_quick_gmm_classifier_rejects_and_reclassifies(quick_run):
+    """Thesis 004 §4.6-4.7 on the same task and patch: the attacks fool the GMM classifier, its
+    thresholds flag most attacked images (few clean ones) and decoder inversion relabels them."""
+    out, summary = quick_run
+    gmm = summary["gmm_classifier"]
+    table = gmm["percent"]
+    clean = table["clean"]
+    assert clean["accuracy"] > 90 and clean["rejected"] < 10
+    assert clean["accuracy_reclassified"] > clean["accuracy"] - 5  # the defence barely costs clean accuracy
+    for attack in ("patch_pgd", "patch_nag"):
+        row = table[attack]
+        assert row["accuracy"] < clean["accuracy"] - 30, row  # the white-box patch attack works ...
+        assert row["rejected"] > clean["rejected"] + 40, row  # ... but is mostly detected (§4.6)
+        assert row["accuracy_reclassified"] > row["accuracy"] + 20, row  # and reclassification recovers (§4.7)
+        assert row["final_error"] < (100 - row["accuracy"]) - 25, row  # errors with the full defence
+        assert row["final_accuracy"] + row["final_error"] + row["final_rejected"] == pytest.approx(100, abs=0.05)
+        assert row["rejected"] >= max(row["rejected_latent"], row["rejected_recon"])  # either threshold
+    for runs in gmm["reclassify_every_image_accuracy_percent"].values():  # §4.7's multi-start pays off
+        assert runs["all_centres"] > max(runs["start_0"], runs["start_1"]) + 5, runs
+    assert 0 < gmm["thresholds"]["tau_dec"] and gmm["thresholds"]["tau_enc"] == pytest.approx(11.62, abs=0.01)
+    assert "| accuracy, no defence |" in gmm["table_markdown"]
+    for figure in ("gmm_defence.png", "gmm_examples.png"):
+        assert (out / figure).stat().st_size > 10_000
 
 
 def test_digits_binary_split():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_digits
+from torch import nn
 
 from manifold_ext.cli import main
 from manifold_ext.datasets import load_mnist, two_digit_digits, two_digit_mnist
@@ -250,6 +251,169 @@ def test_gmm_classifier_classifies_and_rejects_noise(single_digits):
     assert noise["rejected"].float().mean() > 0.95
     with pytest.raises(ValueError, match="one row per class"):
         GMMClassifier((1, 8, 8), 3, centres=torch.zeros(2, 2))
+
+
+# ---------------------------------------------------------------------------
+# GMM classifier: reclassification by decoder inversion (thesis 004 §4.7, Eq. 4.8)
+# ---------------------------------------------------------------------------
+class _ConstantCode(nn.Module):
+    """An encoder fooled for every input: it always returns the same code."""
+
+    def __init__(self, code: torch.Tensor):
+        super().__init__()
+        self.register_buffer("code", code)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.code.expand(x.shape[0], -1)
+
+
+class _DoubleWellDecoder(nn.Module):
+    """g(z) = f(z_1) v with f(s) = (s^2 - 4)^2 / 16 + 0.3 s: a local minimum of f near s = +2
+    (f ~ 0.6) and the global one near s = -2 (f ~ -0.6), so Eq. 4.8 for the image
+    f_min * v is solved exactly from s = -3 but gets stuck near s = +2 from s = +3."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("v", torch.linspace(0.2, 1.0, 64).view(1, 1, 8, 8))
+
+    @staticmethod
+    def f(s: torch.Tensor) -> torch.Tensor:
+        return (s.square() - 4).square() / 16 + 0.3 * s
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.f(z[:, 0]).view(-1, 1, 1, 1) * self.v
+
+
+def _linear_gmm(seed: int = 0) -> GMMClassifier:
+    """Two classes, centres (3, 0) and (0, 3), a linear Gaussian decoder g(z) = W z (so Eq. 4.8 is
+    least squares) and an encoder that always answers class 0's centre."""
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(64, 2, generator=generator) / 4
+    decoder = nn.Sequential(nn.Linear(2, 64, bias=False), nn.Unflatten(1, (1, 8, 8)))
+    decoder[0].weight.data.copy_(weight)
+    centres = torch.tensor([[3.0, 0.0], [0.0, 3.0]])
+    return GMMClassifier((1, 8, 8), 2, centres=centres, likelihood="gaussian",
+                         encoder=_ConstantCode(centres[0]), decoder=decoder)
+
+
+def test_reclassify_solves_least_squares_for_a_linear_decoder():
+    model = _linear_gmm()
+    weight = model.decoder[0].weight.detach()  # [64, 2]
+    codes = torch.tensor([[2.6, 0.3], [0.2, 3.4], [4.0, -1.0], [-0.5, 2.0]])
+    x = (codes @ weight.T).view(-1, 1, 8, 8) + 0.02 * torch.randn(4, 1, 8, 8)
+    out = model.reclassify(x, steps=400, lr=0.05, reject=False, progress=False)
+    exact = torch.linalg.lstsq(weight, x.flatten(1).T).solution.T  # argmin_z ||W z - x||^2
+    torch.testing.assert_close(out["z"], exact, atol=2e-3, rtol=0)
+    assert out["label"].tolist() == [0, 1, 0, 1]  # the nearest centre of z*, not the encoder's answer
+    expected_error = (exact @ weight.T - x.flatten(1)).square().sum(1)
+    torch.testing.assert_close(out["recon_error"], expected_error, atol=1e-4, rtol=1e-3)
+    # the error is the one scores() reports and tau_dec thresholds: ||g(z*) - x||^2 of the decoder's mean
+    torch.testing.assert_close(out["recon_error"], (model.decode_mean(out["z"]) - x).flatten(1).square().sum(1))
+    # chunks are independent problems: the batch size changes the answer only by rounding
+    one_by_one = model.reclassify(x, steps=400, lr=0.05, reject=False, batch_size=1, progress=False)
+    torch.testing.assert_close(one_by_one["z"], out["z"], atol=1e-4, rtol=0)
+    assert not any(p.grad is not None for p in model.parameters())  # only z is optimised
+    empty = model.reclassify(x[:0], steps=3, reject=False, progress=False)
+    assert empty["z"].shape == (0, 2) and empty["label"].shape == (0,) and empty["rejected"].shape == (0,)
+
+
+def test_reclassify_multi_start_keeps_the_lowest_error_start():
+    centres = torch.tensor([[3.0, 0.0], [-3.0, 0.0]])
+    decoder = _DoubleWellDecoder()
+    model = GMMClassifier((1, 8, 8), 2, centres=centres, likelihood="gaussian",
+                          encoder=_ConstantCode(centres[0]), decoder=decoder)
+    grid = torch.linspace(-3, 3, 60001)
+    f_min = decoder.f(grid).min()
+    x = (f_min * decoder.v).repeat(3, 1, 1, 1)
+    runs = {i: model.reclassify(x, starts=centres[i:i + 1], reject=False, progress=False) for i in range(2)}
+    assert runs[0]["z"][:, 0].sub(2).abs().max() < 0.3  # stuck in the local minimum near +2 ...
+    assert runs[0]["label"].eq(0).all() and runs[0]["recon_error"].min() > 1.0
+    assert runs[1]["recon_error"].max() < 1e-4 and runs[1]["label"].eq(1).all()  # ... the other start is exact
+    both = model.reclassify(x, reject=False, progress=False)  # default: every class centre
+    assert both["start"].eq(1).all() and both["label"].eq(1).all()
+    torch.testing.assert_close(both["recon_error"], torch.minimum(runs[0]["recon_error"], runs[1]["recon_error"]))
+    torch.testing.assert_close(both["z"], runs[1]["z"])
+
+
+def test_reclassify_rejection_semantics():
+    model = _linear_gmm()
+    weight = model.decoder[0].weight.detach()
+    with pytest.raises(ValueError, match="not calibrated.*call calibrate"):
+        model.reclassify(torch.zeros(2, 1, 8, 8), progress=False)
+    model.tau_enc, model.tau_dec = 4.0, 0.5  # precision: identity, so mahalanobis2 = ||z* - mu||^2
+    on_manifold = (torch.tensor([[3.5, 0.5], [0.0, 2.0]]) @ weight.T).view(-1, 1, 8, 8)
+    far_code = (torch.tensor([[9.0, 0.0]]) @ weight.T).view(-1, 1, 8, 8)  # ||z* - mu_0||^2 = 36 > 4
+    orthogonal = torch.randn(1, 64)
+    orthogonal -= (orthogonal @ torch.linalg.pinv(weight).T) @ weight.T  # orthogonal to the decoder's range
+    # g(mu_0) plus a norm-3 offset no code can explain: z* = mu_0 (accepted), error 9 > 0.5 (rejected)
+    off_range = (model.centres[:1] @ weight.T + 3 * orthogonal / orthogonal.norm()).view(1, 1, 8, 8)
+    x = torch.cat([on_manifold, far_code, off_range])
+    out = model.reclassify(x, steps=400, progress=False)
+    assert out["rejected_latent"].tolist() == [False, False, True, False]
+    assert out["rejected_recon"].tolist() == [False, False, False, True]
+    assert out["rejected"].tolist() == [False, False, True, True]
+    assert out["label"].tolist() == [0, 1, 0, 0]
+    assert out["mahalanobis2"][2] == pytest.approx(36.0, abs=0.05)
+    assert out["recon_error"][3] == pytest.approx(9.0, abs=1e-3)
+    kept = model.reclassify(x, steps=400, reject=False, progress=False)  # coverage: label everything (§4.7)
+    assert not kept["rejected"].any() and not kept["rejected_latent"].any() and not kept["rejected_recon"].any()
+    assert kept["label"].tolist() == out["label"].tolist()
+
+
+def test_predict_with_defence_rejects_reclassifies_and_rejects_fooling_samples():
+    model = _linear_gmm()
+    weight = model.decoder[0].weight.detach()
+    with pytest.raises(ValueError, match="predict_with_defence: the model is not calibrated"):
+        model.predict_with_defence(torch.zeros(1, 1, 8, 8), progress=False)
+    model.tau_enc, model.tau_dec = 4.0, 0.5
+    class_0 = (model.centres[:1] @ weight.T).view(1, 1, 8, 8)  # the encoder is right: accepted as is
+    class_1 = (torch.tensor([[0.3, 3.2]]) @ weight.T).view(1, 1, 8, 8)  # the encoder says 0: g(mu_0) is far
+    fooling = torch.full((1, 1, 8, 8), 1.0)  # no code decodes to it
+    x = torch.cat([class_0, class_1, fooling])
+    assert (model.predict(x)["label"] == 0).all()
+    out = model.predict_with_defence(x, steps=400, progress=False)
+    assert out["initial_label"].tolist() == [0, 0, 0]
+    assert out["rejected_initially"].tolist() == [False, True, True]
+    assert out["reclassified"].tolist() == [False, True, True]
+    assert out["label"][:2].tolist() == [0, 1]
+    assert out["label_changed"][:2].tolist() == [False, True]
+    assert out["rejected"].tolist() == [False, False, True]  # the fooling sample stays rejected
+    covered = model.predict_with_defence(x, steps=400, reject_fooling=False, progress=False)
+    assert covered["rejected"].tolist() == [False, False, False]
+    every = model.predict_with_defence(x, steps=400, reclassify_all=True, progress=False)
+    assert every["reclassified"].all() and every["label"][:2].tolist() == [0, 1]
+
+
+def test_reclassify_bad_input_raises_clear_errors():
+    model = _linear_gmm()
+    x = torch.zeros(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
+        model.reclassify(x, steps=0, reject=False)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        model.reclassify(x, lr=0.0, reject=False)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        model.reclassify(x, batch_size=0, reject=False)
+    with pytest.raises(ValueError, match=r"x must be a batch of images \[B, 1, 8, 8\].*got shape \(2, 64\)"):
+        model.reclassify(x.flatten(1), reject=False)
+    with pytest.raises(ValueError, match=r"x must be a batch of images .*got shape \(1, 8, 8\)"):
+        model.reclassify(x[0], reject=False)
+    with pytest.raises(TypeError, match="floating-point dtype"):
+        model.reclassify(x.long(), reject=False)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.reclassify(torch.full_like(x, float("nan")), reject=False)
+    with pytest.raises(ValueError, match=r"starts must be codes \[S, 2\]"):
+        model.reclassify(x, starts=torch.zeros(2, 3), reject=False)
+    with pytest.raises(ValueError, match="predict_with_defence: x must be a batch of images"):
+        model.predict_with_defence(x[:, 0])
+
+
+def test_gmm_logits_rank_like_nearest_centre(single_digits):
+    x_train, y_train, x_test, _ = single_digits
+    clf = GMMClassifier((1, 8, 8), 10, net="mlp", hidden=8)
+    train_autoencoder(clf, x_train, y_train, steps=50, progress=False)
+    logits = clf.logits(x_test[:64])
+    assert logits.shape == (64, 10) and logits.requires_grad
+    assert torch.equal(logits.argmax(1), clf.scores(x_test[:64])["label"])
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,14 @@ Writes ``table1.png`` (accuracies), ``examples_patch_pgd.png`` and
 ``examples_patch_nag.png`` (clean / attacked / purified images with their
 reconstructions and predictions, as in the paper's Fig. 10) and
 ``summary.json``.
+
+A second section (skip it with ``--no-gmm``) runs the same patch attacks
+against the GMM classifier of thesis 004 ch. 4 (``GMMClassifier``: one fixed
+latent centre per class, Eq. 4.6) on the same task and patch, white-box on the
+classifier (cross-entropy on the scores -1/2 ||f(x) - mu_c||^2), and defends it
+as in §4.6-4.7: rejection by the tau_enc / tau_dec thresholds, then
+reclassification of the rejected images by decoder inversion from every class
+centre (Eq. 4.8). Writes ``gmm_defence.png`` and ``gmm_examples.png``.
 """
 from __future__ import annotations
 
@@ -26,9 +34,11 @@ from manifold_ext.attacks import patch_mask, patch_nag, patch_pgd, purify
 from manifold_ext.datasets import load_celeba_gender, load_digits_binary
 from manifold_ext.demos.common import add_common_arguments, pyplot, seed_everything, write_json
 from manifold_ext.vae import VAEClassifier, train_vae_classifier
+from manifold_ext.vae.rae import GMMClassifier, train_autoencoder
 
 NAME = "attack"
-DESCRIPTION = "Table 1: Patch-PGD / Patch-NAG on a VAE-classifier and ELBO test-time purification"
+DESCRIPTION = ("Table 1: Patch-PGD / Patch-NAG on a VAE-classifier and ELBO test-time purification; "
+               "GMM classifier with rejection and reclassification (thesis 004 ch. 4)")
 
 PAPER_TABLE1 = {  # CelebA gender, ResNet-50 VAE-classifier (paper 000, Table 1)
     "clean": 97.86, "patch_pgd": 13.14, "patch_nag": 6.83,
@@ -59,6 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-limit", type=int, default=None,
                         help="evaluate on the first N test images (default: all 540 digits; quick 200)")
     parser.add_argument("--examples", type=int, default=8, help="images shown in the example figures")
+    parser.add_argument("--no-gmm", action="store_true",
+                        help="skip the GMM-classifier section (thesis 004 ch. 4: rejection + reclassification)")
+    parser.add_argument("--gmm-train-steps", type=int, default=None,
+                        help="GMM classifier training steps (default 3000, quick 600)")
+    parser.add_argument("--gmm-latent-dim", type=int, default=2,
+                        help="GMM classifier latent size (default 2 = the number of classes, as the thesis)")
+    parser.add_argument("--reclassify-steps", type=int, default=300, help="Adam steps of Eq. 4.8 (default 300)")
+    parser.add_argument("--reclassify-lr", type=float, default=0.05, help="Adam step size of Eq. 4.8 (default 0.05)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default 1 on CPU: the models are tiny and one thread is fastest)")
 
@@ -225,5 +243,180 @@ def run(args: argparse.Namespace) -> dict:
         "seconds": {k: round(v, 2) for k, v in timings.items()},
         "figures": figures,
     }
+    if not args.no_gmm:
+        if split.name != "digits-binary":
+            summary["gmm_classifier"] = {"skipped": "the GMM-classifier section runs on the 8x8 digits only"}
+        else:
+            summary["gmm_classifier"] = _gmm_defence(args, split, x_test, y_test, mask, attack_step, attack_steps,
+                                                     device, figures)
     write_json(args.out / "summary.json", summary)
     return summary
+
+
+# ---------------------------------------------------------------------------
+# GMM classifier with rejection and reclassification (thesis 004 ch. 4)
+# ---------------------------------------------------------------------------
+GMM_SETS = (("clean", "Clean"), ("patch_pgd", "Patch-PGD"), ("patch_nag", "Patch-NAG"))
+GMM_ROWS = (
+    ("accuracy", "accuracy, no defence"),
+    ("rejected", "rejected by tau_enc / tau_dec (§4.6)"),
+    ("accuracy_reclassified", "accuracy after reclassification (§4.7, all labelled)"),
+    ("accuracy_reclassified_of_rejected", "  of which: accuracy on the rejected ones"),
+    ("final_accuracy", "with fooling rejection: accuracy"),
+    ("final_error", "with fooling rejection: error"),
+    ("final_rejected", "with fooling rejection: rejected"),
+)
+
+
+def _percent(flags: torch.Tensor) -> float | None:
+    """Share of True in percent; None for an empty selection (e.g. no clean image rejected)."""
+    return round(100.0 * flags.float().mean().item(), 2) if flags.numel() else None
+
+
+def gmm_table_markdown(table: dict) -> str:
+    head = "| GMM classifier (%) | " + " | ".join(title for _, title in GMM_SETS) + " |"
+    rule = "|---|" + "---:|" * len(GMM_SETS)
+
+    def cell(value):
+        return "–" if value is None else f"{value:.2f}"
+
+    rows = [f"| {label} | " + " | ".join(cell(table[name][key]) for name, _ in GMM_SETS) + " |"
+            for key, label in GMM_ROWS]
+    return "\n".join([head, rule, *rows])
+
+
+def _gmm_defence(args, split, x_test, y_test, mask, attack_step, attack_steps, device, figures) -> dict:
+    """Train a GMMClassifier, attack it (white box on the classifier), defend it (§4.6-4.7)."""
+    timings = {}
+    seed_everything(args.seed)
+    train_steps = args.gmm_train_steps or (600 if args.quick else 3000)
+    start = time.perf_counter()
+    model = GMMClassifier(split.image_shape, 2, latent_dim=args.gmm_latent_dim, net="mlp", hidden=16).to(device)
+    losses = train_autoencoder(model, split.x_train, split.y_train, steps=train_steps, device=device,
+                               desc="training the GMM classifier")
+    thresholds = model.calibrate(split.x_train.to(device), split.y_train.to(device))
+    timings["train_s"] = time.perf_counter() - start
+
+    # White box on the classifier: the attack maximises the cross-entropy of the
+    # nearest-centre scores -1/2 ||f(x) - mu_c||^2; it does not see the thresholds.
+    attacked = {"clean": x_test}
+    for name, attack in (("patch_pgd", patch_pgd), ("patch_nag", patch_nag)):
+        start = time.perf_counter()
+        attacked[name] = attack(model.logits, x_test, y_test, mask, step=attack_step, steps=attack_steps,
+                                seed=args.seed)
+        timings[f"{name}_s"] = time.perf_counter() - start
+
+    table, defended = {}, {}
+    for name, images in attacked.items():
+        start = time.perf_counter()
+        first = model.predict(images)
+        out = model.predict_with_defence(images, reject_fooling=True, steps=args.reclassify_steps,
+                                         lr=args.reclassify_lr)
+        timings[f"defend_{name}_s"] = time.perf_counter() - start
+        defended[name] = out
+        correct = out["label"] == y_test
+        flagged = out["rejected_initially"]
+        table[name] = {
+            "accuracy": _accuracy(first["label"], y_test),
+            "rejected": _percent(flagged),
+            "rejected_latent": _percent(first["rejected_latent"]),
+            "rejected_recon": _percent(first["rejected_recon"]),
+            "accuracy_reclassified": _percent(correct),
+            "accuracy_reclassified_of_rejected": _percent(correct[flagged]),
+            "final_accuracy": _percent(correct & ~out["rejected"]),
+            "final_error": _percent(~correct & ~out["rejected"]),
+            "final_rejected": _percent(out["rejected"]),
+        }
+
+    # §4.7's multi-start, measured: Eq. 4.8 on every image from one centre vs from all of them
+    start = time.perf_counter()
+    multi_start = {}
+    for name in ("clean", "patch_pgd"):
+        runs = {f"start_{c}": model.centres[c:c + 1] for c in range(model.num_classes)}
+        runs["all_centres"] = model.centres
+        multi_start[name] = {
+            run: _accuracy(model.reclassify(attacked[name], steps=args.reclassify_steps, lr=args.reclassify_lr,
+                                            reject=False, starts=starts, progress=False)["label"], y_test)
+            for run, starts in runs.items()}
+    timings["multi_start_ablation_s"] = time.perf_counter() - start
+
+    figures["gmm_defence"] = str(args.out / "gmm_defence.png")
+    _gmm_bars_figure(figures["gmm_defence"], table)
+    figures["gmm_examples"] = str(args.out / "gmm_examples.png")
+    _gmm_examples_figure(figures["gmm_examples"], model, x_test, attacked["patch_pgd"], y_test, split.class_names,
+                         min(args.examples, x_test.shape[0]), args)
+    return {
+        "model": {"latent_dim": model.latent_dim, "centres": model.centres.tolist(), "noise_std": model.noise_std,
+                  "alpha": model.alpha, "net": "mlp (256, 128)", "likelihood": model.likelihood,
+                  "train_steps": train_steps, "final_loss": round(sum(losses[-50:]) / min(50, len(losses)), 3)},
+        "thresholds": {"quantile": 0.997, "tau_enc": round(thresholds["tau_enc"], 3),
+                       "tau_dec": round(thresholds["tau_dec"], 3)},
+        "attack": "white box on the classifier: Patch-PGD / Patch-NAG maximising the cross-entropy of the "
+                  "scores -1/2 ||f(x) - mu_c||^2 (same patch, steps and step size as above); thresholds unseen",
+        "reclassification": {"steps": args.reclassify_steps, "lr": args.reclassify_lr,
+                             "starts": "all class centres (Eq. 4.8, multi-start)",
+                             "applied_to": "images rejected by tau_enc / tau_dec"},
+        "percent": table,
+        "table_markdown": gmm_table_markdown(table),
+        "reclassify_every_image_accuracy_percent": multi_start,
+        "seconds": {k: round(v, 2) for k, v in timings.items()},
+    }
+
+
+def _gmm_bars_figure(path, table):
+    plt = pyplot()
+    keys = [("accuracy", "accuracy, no defence", "tab:red"), ("rejected", "rejected (§4.6)", "tab:orange"),
+            ("accuracy_reclassified", "accuracy after reclassification (§4.7)", "tab:green"),
+            ("final_accuracy", "accuracy with fooling rejection", "tab:blue")]
+    fig, ax = plt.subplots(figsize=(8.5, 3.8))
+    width = 0.8 / len(keys)
+    for i, (key, label, colour) in enumerate(keys):
+        positions = [p + (i - (len(keys) - 1) / 2) * width for p in range(len(GMM_SETS))]
+        values = [table[name][key] for name, _ in GMM_SETS]
+        ax.bar(positions, values, width=width, label=label, color=colour)
+        for p, v in zip(positions, values):
+            ax.text(p, v + 1, f"{v:.0f}", ha="center", fontsize=7)
+    ax.set_xticks(range(len(GMM_SETS)), [title for _, title in GMM_SETS])
+    ax.set_ylim(0, 115)
+    ax.set_ylabel("% of test images")
+    ax.set_title("GMM classifier (thesis 004 ch. 4): patch attacks, rejection and reclassification", fontsize=10)
+    ax.legend(fontsize=7, loc="upper right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _gmm_examples_figure(path, model, clean, attacked, labels, class_names, n, args):
+    """Clean and Patch-PGD inputs, the encoder's reconstruction g(f(x)) of each, and the
+    reconstruction g(z*) found by reclassification (Eq. 4.8)."""
+    plt = pyplot()
+    clean, attacked, labels = clean[:n], attacked[:n], labels[:n]
+    with torch.no_grad():
+        clean_scores, attacked_scores = model.predict(clean), model.predict(attacked)
+        clean_recon = model.decode_mean(model.encode(clean))
+        attacked_recon = model.decode_mean(model.encode(attacked))
+    inverted = model.reclassify(attacked, steps=args.reclassify_steps, lr=args.reclassify_lr, reject=False,
+                                progress=False)
+    with torch.no_grad():
+        inverted_recon = model.decode_mean(inverted["z"])
+    # (row name, images, scores to title the row with, whether the scores carry a rejection)
+    rows = [("clean", clean, clean_scores, True), ("g(f(clean))", clean_recon, None, False),
+            ("Patch-PGD", attacked, attacked_scores, True), ("g(f(attacked))", attacked_recon, None, False),
+            ("g(z*), Eq. 4.8", inverted_recon, inverted, False)]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.55 * len(rows) + 0.5), squeeze=False)
+    for r, (name, images, scores, rejection) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(images[c].permute(1, 2, 0).squeeze(-1).clamp(0, 1).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if scores is not None:
+                label = int(scores["label"][c])
+                text = class_names[label] + (" (rejected)" if rejection and bool(scores["rejected"][c]) else "")
+                ax.set_title(text, fontsize=6, color="green" if label == int(labels[c]) else "red")
+        axes[r, 0].set_ylabel(name, fontsize=7)
+    fig.suptitle("GMM classifier: predictions (green: correct, red: wrong), reconstructions, and reclassification",
+                 fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

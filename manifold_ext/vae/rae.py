@@ -10,7 +10,10 @@ GMM classifier with rejection (thesis 004, ch. 3 and 4).
   on ||x - g(f(x) + eps)||^2 + alpha ||f(x) - mu_y||^2 with constant-variance
   noise eps; predicts the nearest centre (the ``nearest_centre_kl`` op) and
   rejects inputs whose code is too far from it (Mahalanobis distance against a
-  chi-square quantile) or whose reconstruction is too poor (§4.6).
+  chi-square quantile) or whose reconstruction is too poor (§4.6); ``reclassify``
+  labels an input by inverting the decoder from every class centre (§4.7, Eq. 4.8)
+  and ``predict_with_defence`` composes the two (rejection, then reclassification
+  of the rejected inputs, then rejection of fooling samples).
 """
 from __future__ import annotations
 
@@ -167,6 +170,7 @@ class GMMClassifier(nn.Module):
             centres = centre_scale * torch.eye(num_classes, latent_dim)
         if centres.shape[0] != num_classes:
             raise ValueError(f"centres must have one row per class ({num_classes}), got shape {tuple(centres.shape)}")
+        self.image_shape = tuple(image_shape)
         self.num_classes = num_classes
         self.latent_dim = centres.shape[1]
         self.noise_std, self.alpha, self.likelihood = noise_std, alpha, likelihood
@@ -199,6 +203,35 @@ class GMMClassifier(nn.Module):
         _, index = nearest_centre_kl(z, torch.zeros_like(z), self.centres.to(z.dtype), 1.0)
         return index
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable class scores ``-1/2 ||f(x) - mu_c||^2``, [B, C].
+
+        Up to a constant shared by all classes this is log N(f(x) | mu_c, I), so the
+        argmax is the nearest centre (the label ``predict`` gives) and a softmax
+        cross-entropy on these scores is the loss a white-box attacker on the
+        classifier differentiates (the attacks in ``manifold_ext.attacks`` take
+        ``model.logits`` as the model).
+        """
+        z = self.encode(x)
+        return -0.5 * (z[:, None, :] - self.centres[None]).square().sum(-1)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether ``calibrate`` has set both rejection thresholds (before it, both are +inf)."""
+        return math.isfinite(self.tau_enc) and math.isfinite(self.tau_dec)
+
+    def _mahalanobis2(self, z: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """(z - mu_label)^T Sigma_label^{-1} (z - mu_label), [B] (the tau_enc test of §4.6)."""
+        diff = z - self.centres[label]
+        return torch.einsum("bi,bij,bj->b", diff, self.precision[label], diff)
+
+    @staticmethod
+    def _reconstruction_error(mean: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """||g(z) - x||^2 per sample over all but the first dimension, with g(z) the decoder's
+        mean image (sigmoid of the logits for a Bernoulli decoder): the quantity tau_dec
+        thresholds (§4.6) and Eq. 4.8 minimises."""
+        return (mean - x).square().flatten(1).sum(1)
+
     @torch.no_grad()
     def scores(self, x: torch.Tensor, batch_size: int = 1024) -> dict[str, torch.Tensor]:
         """Per sample: ``label`` (nearest centre), ``mahalanobis2`` (squared Mahalanobis distance
@@ -207,9 +240,8 @@ class GMMClassifier(nn.Module):
         for chunk in x.split(batch_size):
             z = self.encode(chunk)
             label = self.nearest_class(z)
-            diff = z - self.centres[label]
-            distances.append(torch.einsum("bi,bij,bj->b", diff, self.precision[label], diff))
-            errors.append((self.decode_mean(z) - chunk).square().flatten(1).sum(1))
+            distances.append(self._mahalanobis2(z, label))
+            errors.append(self._reconstruction_error(self.decode_mean(z), chunk))
             labels.append(label)
         return {"label": torch.cat(labels), "mahalanobis2": torch.cat(distances), "recon_error": torch.cat(errors)}
 
@@ -243,3 +275,148 @@ class GMMClassifier(nn.Module):
         out["rejected_recon"] = out["recon_error"] > self.tau_dec
         out["rejected"] = out["rejected_latent"] | out["rejected_recon"]
         return out
+
+    def _check_input(self, x: torch.Tensor, who: str) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{who}: x must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{who}: x must have a floating-point dtype, got {x.dtype}")
+        if x.dim() != 1 + len(self.image_shape) or tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(f"{who}: x must be a batch of images [B, {', '.join(map(str, self.image_shape))}] "
+                             f"(the model's image_shape), got shape {tuple(x.shape)}")
+        if x.numel() and not torch.isfinite(x).all():
+            raise ValueError(f"{who}: x contains NaN or infinite values")
+
+    def _check_calibrated(self, who: str, alternative: str = "") -> None:
+        if not self.calibrated:
+            raise ValueError(f"{who}: the model is not calibrated (tau_enc = {self.tau_enc}, "
+                             f"tau_dec = {self.tau_dec}); call calibrate(x_train, y_train) first{alternative}")
+
+    def _invert_decoder(self, x: torch.Tensor, starts: torch.Tensor, steps: int, lr: float,
+                        bar) -> tuple[torch.Tensor, ...]:
+        """Eq. 4.8 for a chunk [B, ...]: z* = argmin_z ||g(z) - x||^2 from the k starts [k, d].
+
+        The B*k problems are one Adam run on a [B, k, d] tensor: the loss is a sum of
+        independent per-problem errors and Adam's moments are per coordinate, so each
+        problem follows its own trajectory. Each keeps its best iterate; per sample the
+        start with the lowest error wins. Returns (z* [B, d], error [B], start [B]).
+        """
+        batch, k = x.shape[0], starts.shape[0]
+        target = x.detach().flatten(1)[:, None, :]  # [B, 1, P]
+        z = starts[None].expand(batch, k, self.latent_dim).clone().requires_grad_(True)  # [B, k, d]
+        optimiser = torch.optim.Adam([z], lr=lr)
+        best_z = z.detach().clone()
+        best_error = torch.full((batch, k), math.inf, device=x.device, dtype=target.dtype)
+        for step in range(steps + 1):  # steps updates; the last pass only scores the final iterate
+            with torch.enable_grad():
+                mean = self.decode_mean(z.reshape(batch * k, self.latent_dim)).reshape(batch, k, target.shape[-1])
+                error = (mean - target).square().sum(-1)  # [B, k], the per-problem ||g(z) - x||^2 of Eq. 4.8
+                improved = error.detach() < best_error
+                best_error = torch.where(improved, error.detach(), best_error)
+                best_z = torch.where(improved[..., None], z.detach(), best_z)
+                if step == steps:
+                    break
+                # only z gets a gradient: the decoder's parameters' .grad stay untouched
+                (z.grad,) = torch.autograd.grad(error.sum(), z)
+            optimiser.step()
+            bar.update(1)
+        start = best_error.argmin(1)  # §4.7: the start whose optimum reconstructs x best
+        rows = torch.arange(batch, device=x.device)
+        return best_z[rows, start], best_error[rows, start], start
+
+    def reclassify(self, x: torch.Tensor, *, steps: int = 300, lr: float = 0.05, batch_size: int = 256,
+                   reject: bool = True, starts: torch.Tensor | None = None,
+                   progress: bool = True) -> dict[str, torch.Tensor]:
+        """Reclassification by decoder inversion (thesis 004 §4.7, Eq. 4.8).
+
+        z* = argmin_z ||g(z) - x||^2 is found by Adam (``steps`` updates of size ``lr``)
+        from each class centre mu_1..mu_k (k runs per image, batched together), keeping
+        per image the run with the lowest reconstruction error; the label is the
+        nearest centre of z*. The error is the one ``scores`` reports and ``tau_dec``
+        thresholds: the squared distance between x and the decoder's mean image g(z).
+        The optimisation is deterministic (no random starts).
+
+        Args:
+            x: images [B, *image_shape] (typically ones ``predict`` rejected).
+            steps: Adam updates per run (>= 1); lr: Adam's step size (> 0).
+            batch_size: images per chunk (each chunk optimises batch_size * k codes).
+            reject: flag z* beyond tau_enc or an error beyond tau_dec as a fooling
+                sample (needs ``calibrate``). ``False`` labels every image (higher
+                coverage, for settings without fooling samples; §4.7), and the
+                ``rejected*`` entries are then all False.
+            starts: the initial codes [S, d] shared by every image; default the k
+                class centres, the thesis' multi-start (one start can get stuck in a
+                local minimum of Eq. 4.8; §4.7).
+
+        Returns a dict of per-image tensors: ``label``, ``z`` (z*, [B, d]),
+        ``recon_error``, ``mahalanobis2`` (of z* to its class's centre), ``start``
+        (the index of the start of the winning run: its class with the default starts), ``rejected_latent``,
+        ``rejected_recon`` and ``rejected`` (either).
+        """
+        who = "reclassify"
+        self._check_input(x, who)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"{who}: steps must be an integer >= 1, got {steps!r}")
+        lr = float(lr)
+        if not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"{who}: lr must be a finite number > 0, got {lr}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"{who}: batch_size must be an integer >= 1, got {batch_size!r}")
+        if reject:
+            self._check_calibrated(who, ", or pass reject=False to label every input without rejection")
+        if starts is None:
+            starts = self.centres
+        if not isinstance(starts, torch.Tensor) or starts.dim() != 2 or starts.shape[0] < 1 \
+                or starts.shape[1] != self.latent_dim:
+            shape = tuple(starts.shape) if isinstance(starts, torch.Tensor) else type(starts).__name__
+            raise ValueError(f"{who}: starts must be codes [S, {self.latent_dim}] with S >= 1, got {shape}")
+        starts = starts.detach().to(device=self.centres.device, dtype=self.centres.dtype)
+        chunks = x.split(batch_size) if x.shape[0] else (x,)
+        with tqdm(total=steps * len(chunks), desc="reclassifying (Eq. 4.8)", unit="step", mininterval=0.5,
+                  disable=not progress, leave=False) as bar:
+            z, error, start = (torch.cat(parts) for parts in zip(*(self._invert_decoder(c, starts, steps, lr, bar)
+                                                                   for c in chunks)))
+        with torch.no_grad():
+            label = self.nearest_class(z) if z.shape[0] else torch.zeros(0, dtype=torch.long, device=x.device)
+            mahalanobis2 = self._mahalanobis2(z, label)
+        out = {"label": label, "z": z, "recon_error": error, "mahalanobis2": mahalanobis2, "start": start}
+        no = torch.zeros_like(label, dtype=torch.bool)
+        out["rejected_latent"] = mahalanobis2 > self.tau_enc if reject else no
+        out["rejected_recon"] = error > self.tau_dec if reject else no.clone()
+        out["rejected"] = out["rejected_latent"] | out["rejected_recon"]
+        return out
+
+    def predict_with_defence(self, x: torch.Tensor, *, reject_fooling: bool = True, reclassify_all: bool = False,
+                             steps: int = 300, lr: float = 0.05, batch_size: int = 256,
+                             progress: bool = True) -> dict[str, torch.Tensor]:
+        """The full defence of thesis 004 §4.6-4.7: classify with rejection, then reclassify.
+
+        1. ``predict``: nearest centre of f(x); flag x when its code is beyond tau_enc
+           or its reconstruction g(f(x)) beyond tau_dec (§4.6).
+        2. Every flagged image (all images with ``reclassify_all``) is reclassified by
+           decoder inversion (``reclassify``, Eq. 4.8), which never trusts the encoder.
+        3. With ``reject_fooling`` an image whose z* is still beyond a threshold is
+           finally rejected as a fooling sample; without it every image gets a label.
+
+        Needs ``calibrate`` first. Returns per-image tensors: ``label`` (final; for a
+        finally rejected image, the label its z* would get), ``initial_label``
+        (``predict``'s), ``rejected_initially`` (step 1), ``reclassified`` (went
+        through step 2), ``label_changed`` (step 2 changed the label) and
+        ``rejected`` (final). Accuracy with rejection, as in Table 4.1:
+        ``correct = (label == y) & ~rejected``, error ``(label != y) & ~rejected``.
+        """
+        who = "predict_with_defence"
+        self._check_input(x, who)
+        self._check_calibrated(who)
+        first = self.predict(x)
+        flagged = first["rejected"]
+        to_reclassify = torch.ones_like(flagged) if reclassify_all else flagged
+        label = first["label"].clone()
+        rejected = torch.zeros_like(flagged)
+        if to_reclassify.any():
+            second = self.reclassify(x[to_reclassify], steps=steps, lr=lr, batch_size=batch_size,
+                                     reject=reject_fooling, progress=progress)
+            label[to_reclassify] = second["label"]
+            rejected[to_reclassify] = second["rejected"]
+        return {"label": label, "initial_label": first["label"], "rejected_initially": flagged,
+                "reclassified": to_reclassify, "label_changed": label != first["label"], "rejected": rejected}
