@@ -249,6 +249,12 @@ def test_gmm_classifier_classifies_and_rejects_noise(single_digits):
     assert clean["rejected"].float().mean() < 0.35
     noise = clf.predict(torch.rand(300, 1, 8, 8))
     assert noise["rejected"].float().mean() > 0.95
+    # The calibration (thresholds and class covariances) travels with the state_dict.
+    reloaded = GMMClassifier((1, 8, 8), 10, net="mlp", hidden=16)
+    assert not reloaded.calibrated
+    reloaded.load_state_dict(clf.state_dict())
+    assert reloaded.calibrated and reloaded.tau_enc == clf.tau_enc and reloaded.tau_dec == clf.tau_dec
+    assert torch.equal(reloaded.predict(x_test)["rejected"], clean["rejected"])
     with pytest.raises(ValueError, match="one row per class"):
         GMMClassifier((1, 8, 8), 3, centres=torch.zeros(2, 2))
 

@@ -8,10 +8,15 @@
 * ``VAEClassifier`` (``vae/classifier.py``): a VAE whose latent code feeds a
   classifier, trained on ELBO + lambda * CE (Eq. 21); its ``elbo`` is what
   ``manifold_ext.attacks.purify`` maximises (Eq. 22).
+* ``RAE`` + ``ExPostGMM`` and ``GMMClassifier`` (``vae/rae.py``, thesis 004 ch. 3-4):
+  regularised autoencoders with an ex-post GMM density, and the classifier with a
+  Gaussian-mixture latent space, rejection (§4.6) and reclassification by decoder
+  inversion (§4.7, Eq. 4.8).
 """
 from manifold_ext.vae.classifier import TrainingHistory, VAEClassifier, train_vae_classifier
 from manifold_ext.vae.grid_vae import GridPrior, GridVAE, train_grid_vae
 from manifold_ext.vae.metrics import cluster_report, dimension_control, majority_map, purity
+from manifold_ext.vae.rae import RAE, ExPostGMM, GMMClassifier, train_autoencoder
 from manifold_ext.vae.networks import (
     ConvDecoder,
     ConvEncoder,
@@ -27,6 +32,7 @@ from manifold_ext.vae.networks import (
 __all__ = [
     "GridPrior", "GridVAE", "train_grid_vae",
     "VAEClassifier", "train_vae_classifier", "TrainingHistory",
+    "RAE", "ExPostGMM", "GMMClassifier", "train_autoencoder",
     "cluster_report", "dimension_control", "majority_map", "purity",
     "ConvEncoder", "ConvDecoder", "MLPEncoder", "MLPDecoder", "ResidualBlock",
     "make_encoder", "make_decoder", "reconstruction_nll", "decoder_mean",

@@ -178,8 +178,8 @@ class GMMClassifier(nn.Module):
         self.encoder = encoder if encoder is not None else make_encoder(net, image_shape, self.latent_dim, hidden)
         self.decoder = decoder if decoder is not None else make_decoder(net, self.latent_dim, image_shape, hidden)
         self.register_buffer("precision", torch.eye(self.latent_dim).repeat(num_classes, 1, 1))  # [C, d, d]
-        self.tau_enc = math.inf
-        self.tau_dec = math.inf
+        # (tau_enc, tau_dec), a buffer so that a saved state_dict keeps the calibration
+        self.register_buffer("thresholds", torch.full((2,), math.inf, dtype=torch.float64))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
@@ -214,6 +214,24 @@ class GMMClassifier(nn.Module):
         """
         z = self.encode(x)
         return -0.5 * (z[:, None, :] - self.centres[None]).square().sum(-1)
+
+    @property
+    def tau_enc(self) -> float:
+        """Rejection threshold on the squared Mahalanobis distance of the code (§4.6)."""
+        return float(self.thresholds[0])
+
+    @tau_enc.setter
+    def tau_enc(self, value: float) -> None:
+        self.thresholds[0] = float(value)
+
+    @property
+    def tau_dec(self) -> float:
+        """Rejection threshold on the reconstruction error (§4.6)."""
+        return float(self.thresholds[1])
+
+    @tau_dec.setter
+    def tau_dec(self, value: float) -> None:
+        self.thresholds[1] = float(value)
 
     @property
     def calibrated(self) -> bool:
