@@ -72,6 +72,20 @@ def test_nll_step_per_sample_abar(device, shape):
         torch.testing.assert_close(single, out[b : b + 1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nll_step_per_sample_abar_many_short_samples(dtype):
+    # 2-D points at mixed times take a one-pass path that computes the coefficients of a block of
+    # samples SIMD-wide; 1,003 samples cover whole blocks, whole vectors and a partial tail.
+    x_t, x_next, eps = inputs((1003, 2), dtype, "cpu", 3)
+    abar_t, abar_next = per_sample_abar(1003, "cpu")
+    abar_t[::97] = 1.0  # t = 0 pairs in several lanes
+    acc = torch.randn(1003, dtype=torch.float64)
+    out = ops.diffusion_nll_step(acc, x_t, x_next, eps, abar_t, abar_next)
+    expected = ref.diffusion_nll_step_reference(acc, x_t.double(), x_next.double(), eps.double(), abar_t, abar_next)
+    scale = float((1 / (1 - abar_next / abar_t)).max())
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=(1e-10 if dtype == torch.float64 else 1e-5) * scale)
+
+
 def test_nll_step_t0_convention():
     """With abar_t = 1 the backward variance equals the forward variance of the jump: log 2pi and log var cancel."""
     x_t, x_next, eps = inputs((4, 3), torch.float64, "cpu", 3)
@@ -315,18 +329,20 @@ def test_likelihood_step_independent_of_thread_count():
     x_t, x_next, eps, noise = inputs((3000, 2), torch.float32, "cpu")
     big = inputs((3, 9000), torch.float32, "cpu", 3)
     acc = torch.zeros(3000, dtype=torch.float64)
+    abar_t, abar_next = per_sample_abar(3000, "cpu")  # the one-pass path for short samples
     previous = torch.get_num_threads()
     results = []
     try:
         for threads in (1, max(2, previous)):
             torch.set_num_threads(threads)
             results.append((ops.diffusion_nll_step_and_forward(acc, x_t, x_next, eps, noise, 0.9, 0.8, 0.7),
-                            ops.diffusion_nll_step(acc[:3], *big, 0.9, 0.8)))
+                            ops.diffusion_nll_step(acc[:3], *big, 0.9, 0.8),
+                            ops.diffusion_nll_step(acc, x_t, x_next, eps, abar_t, abar_next)))
     finally:
         torch.set_num_threads(previous)
-    (a1, b1), c1 = results[0]
-    (a2, b2), c2 = results[1]
-    assert torch.equal(a1, a2) and torch.equal(b1, b2) and torch.equal(c1, c2)
+    (a1, b1), c1, d1 = results[0]
+    (a2, b2), c2, d2 = results[1]
+    assert torch.equal(a1, a2) and torch.equal(b1, b2) and torch.equal(c1, c2) and torch.equal(d1, d2)
 
 
 def test_every_cpu_isa_copy_agrees():
@@ -373,6 +389,8 @@ def test_bad_schedules_are_refused():
         ops.diffusion_nll_step(acc, x, y, z, 1.5, 0.9)
     with pytest.raises(ValueError, match=r"invalid schedule at sample 1, got abar_t = 0.5 and abar_next = 0.6"):
         ops.diffusion_nll_step(acc, x, y, z, torch.tensor([0.9, 0.5, 0.9], dtype=torch.float64), torch.tensor([0.8, 0.6, 0.8]))
+    with pytest.raises(ValueError, match=r"invalid schedule at sample 1, got abar_t = 0.05 and"):  # the first bad one
+        ops.diffusion_nll_step(acc, x, y, z, torch.tensor([0.9, 0.05, float("nan")], dtype=torch.float64), 0.1)
     with pytest.raises(ValueError, match=r"ddim_step: invalid schedule, got abar_t = 1 and abar_prev = 1; need 0 < abar_t < 1"):
         ops.ddim_step(x, y, 1.0, 1.0)
     with pytest.raises(ValueError, match="abar_t <= abar_prev <= 1"):

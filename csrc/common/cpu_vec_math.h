@@ -22,6 +22,10 @@ using Vec = at::vec::Vectorized<T>;
 template <typename T>
 inline Vec<T> hd_exp(const Vec<T>& v) { return v.exp(); }
 template <typename T>
+inline Vec<T> hd_log(const Vec<T>& v) { return v.log(); }
+template <typename T>
+inline Vec<T> hd_sqrt(const Vec<T>& v) { return v.sqrt(); }
+template <typename T>
 inline Vec<T> hd_log1p(const Vec<T>& v) { return v.log1p(); }
 template <typename T>
 inline Vec<T> hd_tanh(const Vec<T>& v) { return v.tanh(); }

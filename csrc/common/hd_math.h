@@ -25,6 +25,12 @@ namespace manifold_ext {
 ME_HD float hd_exp(float v) { return ::expf(v); }
 ME_HD double hd_exp(double v) { return ::exp(v); }
 
+ME_HD float hd_log(float v) { return ::logf(v); }
+ME_HD double hd_log(double v) { return ::log(v); }
+
+ME_HD float hd_sqrt(float v) { return ::sqrtf(v); }
+ME_HD double hd_sqrt(double v) { return ::sqrt(v); }
+
 ME_HD float hd_log1p(float v) { return ::log1pf(v); }
 ME_HD double hd_log1p(double v) { return ::log1p(v); }
 

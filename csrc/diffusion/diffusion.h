@@ -151,20 +151,28 @@ ME_HD NllCoefficients<To> cast_coefficients(const NllCoefficients<From>& c) {
           static_cast<To>(c.ce), static_cast<To>(c.kp), static_cast<To>(c.log_norm)};
 }
 
-ME_HD NllCoefficients<double> nll_coefficients(double abar_t, double abar_next) {
-  NllCoefficients<double> c;
-  const double var_q = (abar_t - abar_next) / abar_t;  // Eq. 18
-  // Eq. 20, or the t = 0 convention above when abar_t = 1.
-  const double var_p = abar_t < 1.0 ? (abar_t - abar_next) * (1.0 - abar_t) / (abar_t * (1.0 - abar_next)) : var_q;
-  // Eq. 19: the coefficient of x_next, [(1 - abar_t) sqrt(abar_next) + (abar_t - abar_next) / sqrt(abar_next)]
-  // / (sqrt(abar_t)(1 - abar_next)), simplifies to sqrt(abar_t / abar_next).
-  const BackwardMean mean = backward_mean_coefficients(abar_next, abar_t);
-  c.s = ::sqrt(abar_next / abar_t);
-  c.kq = 0.5 / var_q;
-  c.cx = mean.x;
-  c.ce = mean.eps;
-  c.kp = 0.5 / var_p;
-  c.log_norm = 0.5 * (::log(var_p) - ::log(var_q));
+// Written with five divisions, two square roots and one log per pair, and
+// templated over T: double on the host and the device, and
+// at::vec::Vectorized<double> in the CPU kernels, which evaluate it for a
+// per-sample schedule SIMD-wide (there it costs more than the memory pass).
+// The t = 0 branch is a select.
+template <typename T>
+ME_HD NllCoefficients<T> nll_coefficients(T abar_t, T abar_next) {
+  const T one(1), half(0.5);
+  const T jump = abar_t - abar_next;  // > 0
+  const T keep_next = one - abar_next;
+  NllCoefficients<T> c;
+  c.s = hd_sqrt(abar_next / abar_t);  // Eq. 18 mean
+  c.kq = half * abar_t / jump;        // var_q = jump / abar_t          (Eq. 18)
+  // Eq. 19 mean: the coefficient of x_next, [(1 - abar_t) sqrt(abar_next) + jump / sqrt(abar_next)]
+  // / (sqrt(abar_t)(1 - abar_next)), simplifies to sqrt(abar_t / abar_next); that of eps
+  // is -jump / (sqrt(abar_t abar_next) sqrt(1 - abar_next)) (backward_mean_coefficients).
+  c.cx = one / c.s;
+  c.ce = -jump / hd_sqrt(abar_t * abar_next * keep_next);
+  // Eq. 20 over Eq. 18: var_p / var_q = (1 - abar_t) / (1 - abar_next); 1 under the t = 0 convention.
+  const T variance_ratio = hd_where(abar_t < one, (one - abar_t) / keep_next, one);
+  c.kp = c.kq / variance_ratio;
+  c.log_norm = half * hd_log(variance_ratio);
   return c;
 }
 

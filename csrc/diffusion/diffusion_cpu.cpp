@@ -14,8 +14,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <functional>
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "common/cpu_capability.h"
@@ -24,6 +26,22 @@
 
 namespace manifold_ext {
 namespace diffusion {
+
+int64_t first_bad_sample_cpu(const double* a, const double* b, int64_t batch, ScheduleRule rule) {
+  // A branch-free count first (it vectorises); the position only when one fails.
+  const int64_t failures = at::parallel_reduce(
+      0, batch, 1 << 15, int64_t(0),
+      [&](int64_t first, int64_t last, int64_t count) {
+        for (int64_t i = first; i < last; ++i) count += !schedule_ok(rule, a[i], b[i]);
+        return count;
+      },
+      std::plus<int64_t>());
+  if (failures == 0) return -1;
+  for (int64_t i = 0; i < batch; ++i) {
+    if (!schedule_ok(rule, a[i], b[i])) return i;
+  }
+  return -1;
+}
 namespace {
 
 // Elements per task chunk: 4096 keeps a chunk's operands in L1/L2.
@@ -36,14 +54,37 @@ void check_cpu(const at::Tensor& x, const char* op) {
               " (float16/bfloat16 are supported on CUDA)");
 }
 
+// std::vector that leaves its elements uninitialised: per-sample coefficient
+// arrays are written in full by parallel tasks right after allocation, and
+// zero-filling them first (24 MB for a million samples) cost as much as the
+// likelihood step itself on 2-D points.
+template <typename T>
+struct UninitialisedAllocator : std::allocator<T> {
+  template <typename U>
+  struct rebind {
+    using other = UninitialisedAllocator<U>;
+  };
+  template <typename U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+
+template <typename T>
+using CoefVector = std::vector<T, UninitialisedAllocator<T>>;
+
 int64_t per_sample_len(const at::Tensor& x) { return x.size(0) == 0 ? 0 : x.numel() / x.size(0); }
 
 // Per-sample coefficients in double, computed once per run of equal abar
 // pairs (batches usually hold a few distinct times), then cast to scalar_t.
 template <typename Coef, typename scalar_t, typename Fn>
-std::vector<Coef> per_sample_coefficients(const AbarPair& pair, Fn&& coefficients_of) {
+CoefVector<Coef> per_sample_coefficients(const AbarPair& pair, Fn&& coefficients_of) {
   const int64_t batch = pair.a_values.size(0);
-  std::vector<Coef> out(static_cast<size_t>(batch));
+  CoefVector<Coef> out(static_cast<size_t>(batch));
   const double* a = pair.a_values.const_data_ptr<double>();
   const double* b = pair.b_values.const_data_ptr<double>();
   at::parallel_for(0, batch, 2048, [&](int64_t first, int64_t last) {
@@ -58,8 +99,26 @@ std::vector<Coef> per_sample_coefficients(const AbarPair& pair, Fn&& coefficient
   return out;
 }
 
+// The likelihood step's coefficients: per sample they are computed SIMD-wide
+// (two logs, three square roots and five divisions per sample would otherwise
+// cost more than the step's memory pass on 2-D points).
+template <typename scalar_t>
+CoefVector<NllCoefficients<scalar_t>> nll_coefficients_for(const AbarPair& pair) {
+  if (!pair.per_sample) return {cast_coefficients<scalar_t>(nll_coefficients(pair.a, pair.b))};
+  const int64_t batch = pair.a_values.size(0);
+  CoefVector<NllCoefficients<scalar_t>> out(static_cast<size_t>(batch));
+  const double* a = pair.a_values.const_data_ptr<double>();
+  const double* b = pair.b_values.const_data_ptr<double>();
+  const CpuIsa isa = cpu_isa();
+  at::parallel_for(0, batch, 4096, [&](int64_t first, int64_t last) {
+    MANIFOLD_EXT_CALL_CPU_ISA(isa, nll_coefficient_span,
+                              NllCoefficientSpan<scalar_t>{a + first, b + first, out.data() + first, last - first});
+  });
+  return out;
+}
+
 template <typename Coef, typename scalar_t, typename Fn>
-std::vector<Coef> coefficients_for(const AbarPair& pair, Fn&& coefficients_of) {
+CoefVector<Coef> coefficients_for(const AbarPair& pair, Fn&& coefficients_of) {
   if (pair.per_sample) return per_sample_coefficients<Coef, scalar_t>(pair, coefficients_of);
   return {cast_coefficients<scalar_t>(coefficients_of(pair.a, pair.b))};
 }
@@ -86,7 +145,7 @@ at::Tensor linear_step_cpu(const char* op, StepKind kind, const at::Tensor& x_in
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffusion_linear_step_cpu", [&] {
     using Coef = StepCoefficients<scalar_t>;
-    const std::vector<Coef> coef = coefficients_for<Coef, scalar_t>(
+    const CoefVector<Coef> coef = coefficients_for<Coef, scalar_t>(
         pair, [&](double a, double b) { return step_coefficients(kind, a, b, eta); });
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     const scalar_t* eps_data = eps.const_data_ptr<scalar_t>();
@@ -161,7 +220,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> diffusion_step_backward_cpu(const
   const int64_t len = per_sample_len(grad);
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "diffusion_step_backward_cpu", [&] {
     using Coef = StepCoefficients<scalar_t>;
-    const std::vector<Coef> coef = coefficients_for<Coef, scalar_t>(
+    const CoefVector<Coef> coef = coefficients_for<Coef, scalar_t>(
         pair, [&](double a, double b) { return step_coefficients(kind, a, b, eta); });
     const int64_t stride = pair.per_sample ? 1 : 0;
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
@@ -215,9 +274,9 @@ NllInputs prepare_nll(const char* op, const at::Tensor& acc, const at::Tensor& x
 // longer samples are cut into kChunkLen pieces whose partial sums are added in
 // order afterwards.
 template <typename scalar_t>
-std::vector<double> nll_sums(const NllInputs& in, const std::vector<NllCoefficients<scalar_t>>& coef,
+std::vector<double> nll_sums(const NllInputs& in, const CoefVector<NllCoefficients<scalar_t>>& coef,
                              const scalar_t* noise, scalar_t* x_after,
-                             const std::vector<StepCoefficients<scalar_t>>* forward_coef) {
+                             const CoefVector<StepCoefficients<scalar_t>>* forward_coef) {
   const CpuIsa isa = cpu_isa();
   const int64_t len = in.len;
   const int64_t stride = in.pair.per_sample ? 1 : 0;
@@ -270,22 +329,53 @@ std::vector<double> nll_sums(const NllInputs& in, const std::vector<NllCoefficie
   return sums;
 }
 
-// acc_new[b] = acc[b] + D * log_norm_b + sums[b]
-template <typename input_t>
-at::Tensor finish_accumulator(const NllInputs& in, const std::vector<NllCoefficients<input_t>>& coef,
-                              const std::vector<double>& sums) {
+// acc_new[b] = acc[b] + term_of(b), added in double, stored in acc's dtype.
+template <typename TermOf>
+at::Tensor add_to_accumulator(const NllInputs& in, TermOf&& term_of) {
   at::Tensor acc_new = at::empty_like(in.acc, at::MemoryFormat::Contiguous);
-  const int64_t stride = in.pair.per_sample ? 1 : 0;
   AT_DISPATCH_FLOATING_TYPES(in.acc.scalar_type(), "diffusion_nll_finish", [&] {
     using acc_t = scalar_t;
     const acc_t* acc = in.acc.const_data_ptr<acc_t>();
     acc_t* out = acc_new.mutable_data_ptr<acc_t>();
-    for (int64_t b = 0; b < in.batch; ++b) {
-      const double log_norm = static_cast<double>(coef[b * stride].log_norm);
-      out[b] = static_cast<acc_t>(static_cast<double>(acc[b]) + static_cast<double>(in.len) * log_norm + sums[b]);
-    }
+    at::parallel_for(0, in.batch, 1 << 14, [&](int64_t first, int64_t last) {
+      for (int64_t b = first; b < last; ++b) out[b] = static_cast<acc_t>(static_cast<double>(acc[b]) + term_of(b));
+    });
   });
   return acc_new;
+}
+
+// acc_new[b] = acc[b] + D * log_norm_b + sums[b]
+template <typename input_t>
+at::Tensor finish_accumulator(const NllInputs& in, const CoefVector<NllCoefficients<input_t>>& coef,
+                              const std::vector<double>& sums) {
+  const int64_t stride = in.pair.per_sample ? 1 : 0;
+  const double len = static_cast<double>(in.len);
+  return add_to_accumulator(in, [&](int64_t b) {
+    return len * static_cast<double>(coef[b * stride].log_norm) + sums[b];
+  });
+}
+
+// Samples this short with a per-sample schedule take the one-pass path
+// (coefficients computed block by block inside the row loop).
+constexpr int64_t kShortSampleLen = 8;
+
+template <typename scalar_t>
+at::Tensor nll_step_short_per_sample(const NllInputs& in) {
+  CoefVector<double> terms(static_cast<size_t>(in.batch));
+  const CpuIsa isa = cpu_isa();
+  const scalar_t* x_t = in.x_t.const_data_ptr<scalar_t>();
+  const scalar_t* x_next = in.x_next.const_data_ptr<scalar_t>();
+  const scalar_t* eps = in.eps.const_data_ptr<scalar_t>();
+  const double* a = in.pair.a_values.const_data_ptr<double>();
+  const double* b = in.pair.b_values.const_data_ptr<double>();
+  const int64_t grain = std::max<int64_t>(1, kChunkLen / std::max<int64_t>(1, in.len));
+  at::parallel_for(0, in.batch, grain, [&](int64_t first, int64_t last) {
+    const int64_t offset = first * in.len;
+    MANIFOLD_EXT_CALL_CPU_ISA(isa, nll_per_sample_rows,
+                              NllPerSampleRows<scalar_t>{x_t + offset, x_next + offset, eps + offset, a + first,
+                                                         b + first, last - first, in.len, terms.data() + first});
+  });
+  return add_to_accumulator(in, [&](int64_t i) { return terms[i]; });
 }
 
 at::Tensor diffusion_nll_step_cpu(const at::Tensor& acc, const at::Tensor& x_t, const at::Tensor& x_next,
@@ -293,8 +383,12 @@ at::Tensor diffusion_nll_step_cpu(const at::Tensor& acc, const at::Tensor& x_t, 
   const NllInputs in = prepare_nll("diffusion_nll_step", acc, x_t, x_next, eps, abar_t, abar_next);
   at::Tensor acc_new;
   AT_DISPATCH_FLOATING_TYPES(in.x_t.scalar_type(), "diffusion_nll_step_cpu", [&] {
+    if (in.pair.per_sample && in.len <= kShortSampleLen) {
+      acc_new = nll_step_short_per_sample<scalar_t>(in);
+      return;
+    }
     using Coef = NllCoefficients<scalar_t>;
-    const std::vector<Coef> coef = coefficients_for<Coef, scalar_t>(in.pair, nll_coefficients);
+    const CoefVector<Coef> coef = nll_coefficients_for<scalar_t>(in.pair);
     const std::vector<double> sums = nll_sums<scalar_t>(in, coef, nullptr, nullptr, nullptr);
     acc_new = finish_accumulator(in, coef, sums);
   });
@@ -331,8 +425,8 @@ std::tuple<at::Tensor, at::Tensor> diffusion_nll_step_and_forward_cpu(
   AT_DISPATCH_FLOATING_TYPES(in.x_t.scalar_type(), "diffusion_nll_step_and_forward_cpu", [&] {
     using Coef = NllCoefficients<scalar_t>;
     using FCoef = StepCoefficients<scalar_t>;
-    const std::vector<Coef> coef = coefficients_for<Coef, scalar_t>(nll_pair, nll_coefficients);
-    const std::vector<FCoef> forward_coef = coefficients_for<FCoef, scalar_t>(fwd_pair, forward_step_coefficients);
+    const CoefVector<Coef> coef = nll_coefficients_for<scalar_t>(nll_pair);
+    const CoefVector<FCoef> forward_coef = coefficients_for<FCoef, scalar_t>(fwd_pair, forward_step_coefficients);
     const std::vector<double> sums = nll_sums<scalar_t>(in2, coef, noise.const_data_ptr<scalar_t>(),
                                                         x_after.mutable_data_ptr<scalar_t>(), &forward_coef);
     acc_new = finish_accumulator(in2, coef, sums);
@@ -353,7 +447,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> diffusion_nll_step_backward_cpu(
   const CpuIsa isa = cpu_isa();
   AT_DISPATCH_FLOATING_TYPES(in.x_t.scalar_type(), "diffusion_nll_step_backward_cpu", [&] {
     using Coef = NllCoefficients<scalar_t>;
-    const std::vector<Coef> coef = coefficients_for<Coef, scalar_t>(in.pair, nll_coefficients);
+    const CoefVector<Coef> coef = nll_coefficients_for<scalar_t>(in.pair);
     const at::Tensor grad = in.acc.to(in.x_t.scalar_type()).contiguous();
     const int64_t stride = in.pair.per_sample ? 1 : 0;
     const int64_t len = in.len;

@@ -62,6 +62,32 @@ struct NllBackwardRows {
   int64_t len;
 };
 
+// out[i] = nll_coefficients(abar_t[i], abar_next[i]) for per-sample schedules,
+// evaluated SIMD-wide in double and then cast to scalar_t.
+template <typename scalar_t>
+struct NllCoefficientSpan {
+  const double* abar_t;     // [n]
+  const double* abar_next;  // [n]
+  NllCoefficients<scalar_t>* out;
+  int64_t n;
+};
+
+// Short samples with a per-sample schedule (e.g. 2-D points at mixed times), in
+// one pass: terms[r] = len * log_norm_r + sum over row r of nll_element, with
+// the coefficients of a block of rows computed SIMD-wide on the fly (no
+// coefficient array in memory).
+template <typename scalar_t>
+struct NllPerSampleRows {
+  const scalar_t* x_t;      // [rows * len]
+  const scalar_t* x_next;   // [rows * len]
+  const scalar_t* eps;      // [rows * len]
+  const double* abar_t;     // [rows]
+  const double* abar_next;  // [rows]
+  int64_t rows;
+  int64_t len;
+  double* terms;            // [rows]
+};
+
 // out = x + h (k1 + 2 k2 + 2 k3 + k4) / 6 over n elements (x == nullptr: h = 1, no x).
 template <typename scalar_t>
 struct Rk4Span {
@@ -85,6 +111,10 @@ struct Rk4Span {
   void nll_backward_rows(const NllBackwardRows<double>& r);       \
   void rk4_span(const Rk4Span<float>& s);                         \
   void rk4_span(const Rk4Span<double>& s);                        \
+  void nll_coefficient_span(const NllCoefficientSpan<float>& s);  \
+  void nll_coefficient_span(const NllCoefficientSpan<double>& s); \
+  void nll_per_sample_rows(const NllPerSampleRows<float>& r);     \
+  void nll_per_sample_rows(const NllPerSampleRows<double>& r);    \
   }
 
 MANIFOLD_EXT_DECLARE_DIFFUSION_ROWS(cpu_default)

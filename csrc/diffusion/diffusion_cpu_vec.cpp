@@ -111,11 +111,31 @@ void nll_short_rows_shared(const NllRows<scalar_t>& r) {
   }
 }
 
+// Rows shorter than one vector with per-sample coefficients (e.g. 2-D points
+// at mixed times): plain scalar loops, no per-row vector set-up.
+template <bool kFused, typename scalar_t>
+void nll_short_rows_per_sample(const NllRows<scalar_t>& r) {
+  for (int64_t row = 0; row < r.rows; ++row) {
+    const NllCoefficients<scalar_t>& c = r.coef[row];
+    const int64_t base = row * r.len;
+    double sum = 0;
+    for (int64_t k = base; k < base + r.len; ++k) {
+      sum += nll_element(r.x_t[k], r.x_next[k], r.eps[k], c);
+      if constexpr (kFused) r.x_after[k] = linear_step_without_noise(r.x_next[k], r.noise[k], r.forward_coef[row]);
+    }
+    r.sums[row] = sum;
+  }
+}
+
 template <bool kFused, typename scalar_t>
 void nll_rows_impl(const NllRows<scalar_t>& r) {
   using V = Vec<scalar_t>;
   if (r.coef_stride == 0 && r.len < 4 * V::size() && r.len > 0) {
     nll_short_rows_shared<kFused>(r);
+    return;
+  }
+  if (r.coef_stride == 1 && r.len < V::size()) {
+    nll_short_rows_per_sample<kFused>(r);
     return;
   }
   const StepCoefficients<scalar_t> no_forward{};
@@ -171,7 +191,66 @@ void rk4_span_impl(const Rk4Span<scalar_t>& s) {
   }
 }
 
+// Per-sample coefficients, V::size() samples at a time. The last partial
+// vector is padded with a valid schedule so every sample goes through the same
+// (vector) code path: results do not depend on where chunk boundaries fall.
+template <typename scalar_t>
+void nll_coefficient_span_impl(const NllCoefficientSpan<scalar_t>& s) {
+  using V = Vec<double>;
+  constexpr int64_t kLanes = V::size();
+  double a_pad[kLanes], b_pad[kLanes];
+  double lanes[6][kLanes];
+  for (int64_t i = 0; i < s.n; i += kLanes) {
+    const int64_t count = s.n - i < kLanes ? s.n - i : kLanes;
+    const double* a = s.abar_t + i;
+    const double* b = s.abar_next + i;
+    if (count < kLanes) {
+      for (int64_t k = 0; k < kLanes; ++k) {
+        a_pad[k] = k < count ? a[k] : 0.5;
+        b_pad[k] = k < count ? b[k] : 0.25;
+      }
+      a = a_pad;
+      b = b_pad;
+    }
+    const NllCoefficients<V> c = nll_coefficients(V::loadu(a), V::loadu(b));
+    c.s.store(lanes[0]);
+    c.kq.store(lanes[1]);
+    c.cx.store(lanes[2]);
+    c.ce.store(lanes[3]);
+    c.kp.store(lanes[4]);
+    c.log_norm.store(lanes[5]);
+    for (int64_t k = 0; k < count; ++k) {
+      s.out[i + k] = cast_coefficients<scalar_t>(
+          NllCoefficients<double>{lanes[0][k], lanes[1][k], lanes[2][k], lanes[3][k], lanes[4][k], lanes[5][k]});
+    }
+  }
+}
+
+// The coefficients of a block of samples are computed SIMD-wide into a small
+// array that stays in L1, then each sample's elements are summed.
+template <typename scalar_t>
+void nll_per_sample_rows_impl(const NllPerSampleRows<scalar_t>& r) {
+  constexpr int64_t kBlockRows = 128;
+  NllCoefficients<scalar_t> coef[kBlockRows];
+  for (int64_t row0 = 0; row0 < r.rows; row0 += kBlockRows) {
+    const int64_t rows = r.rows - row0 < kBlockRows ? r.rows - row0 : kBlockRows;
+    nll_coefficient_span_impl(NllCoefficientSpan<scalar_t>{r.abar_t + row0, r.abar_next + row0, coef, rows});
+    for (int64_t k = 0; k < rows; ++k) {
+      const NllCoefficients<scalar_t>& c = coef[k];
+      const int64_t base = (row0 + k) * r.len;
+      double sum = 0;
+      for (int64_t i = base; i < base + r.len; ++i) sum += nll_element(r.x_t[i], r.x_next[i], r.eps[i], c);
+      r.terms[row0 + k] = static_cast<double>(r.len) * static_cast<double>(c.log_norm) + sum;
+    }
+  }
+}
+
 }  // namespace
+
+void nll_per_sample_rows(const NllPerSampleRows<float>& r) { nll_per_sample_rows_impl(r); }
+void nll_per_sample_rows(const NllPerSampleRows<double>& r) { nll_per_sample_rows_impl(r); }
+void nll_coefficient_span(const NllCoefficientSpan<float>& s) { nll_coefficient_span_impl(s); }
+void nll_coefficient_span(const NllCoefficientSpan<double>& s) { nll_coefficient_span_impl(s); }
 
 void linear_step_rows(const LinearStepRows<float>& r) {
   r.noise ? linear_step_rows_impl<true>(r) : linear_step_rows_impl<false>(r);

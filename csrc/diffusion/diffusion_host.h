@@ -65,6 +65,27 @@ inline void check_abar_tensor(const at::Tensor& abar, int64_t batch, const at::T
               " must be on the device of the inputs (", x.device(), "), got ", abar.device());
 }
 
+// The CPU scan, defined in diffusion_cpu.cpp (ATen's CPU parallel primitives are not for nvcc).
+int64_t first_bad_sample_cpu(const double* abar_a, const double* abar_b, int64_t batch, ScheduleRule rule);
+
+// Index of the first sample whose pair breaks `rule`, or -1. On CPU a direct
+// parallel scan (the eager comparison ops it replaces cost as much as the
+// likelihood step on 2-D points); on CUDA one reduction (a device sync).
+inline int64_t first_bad_sample(const at::Tensor& av, const at::Tensor& bv, ScheduleRule rule) {
+  const int64_t batch = av.size(0);
+  if (av.device().is_cpu()) {
+    return first_bad_sample_cpu(av.const_data_ptr<double>(), bv.const_data_ptr<double>(), batch, rule);
+  }
+  at::Tensor ok;
+  switch (rule) {
+    case ScheduleRule::Likelihood: ok = (bv > 0).logical_and_(bv < av).logical_and_(av <= 1); break;
+    case ScheduleRule::Forward: ok = (bv > 0).logical_and_(bv <= av).logical_and_(av <= 1); break;
+    default: ok = (av > 0).logical_and_(av < 1).logical_and_(av <= bv).logical_and_(bv <= 1); break;
+  }
+  if (ok.all().item<bool>()) return -1;
+  return ok.logical_not().nonzero().select(1, 0)[0].item<int64_t>();
+}
+
 inline AbarPair read_abar_pair(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x, ScheduleRule rule,
                                const char* op, const char* name_a, const char* name_b) {
   const int64_t batch = x.size(0);
@@ -83,17 +104,10 @@ inline AbarPair read_abar_pair(const at::Tensor& a, const at::Tensor& b, const a
   pair.a_values = a.to(options).expand({batch}).contiguous();
   pair.b_values = b.to(options).expand({batch}).contiguous();
   if (batch == 0) return pair;
-  // One reduction over [B] (a device sync on CUDA); on failure, name the first bad sample.
-  const at::Tensor& av = pair.a_values;
-  const at::Tensor& bv = pair.b_values;
-  at::Tensor ok;
-  switch (rule) {
-    case ScheduleRule::Likelihood: ok = (bv > 0).logical_and_(bv < av).logical_and_(av <= 1); break;
-    case ScheduleRule::Forward: ok = (bv > 0).logical_and_(bv <= av).logical_and_(av <= 1); break;
-    default: ok = (av > 0).logical_and_(av < 1).logical_and_(av <= bv).logical_and_(bv <= 1); break;
-  }
-  if (!ok.all().item<bool>()) {
-    const int64_t bad = ok.logical_not().nonzero().select(1, 0)[0].item<int64_t>();
+  const int64_t bad = first_bad_sample(pair.a_values, pair.b_values, rule);
+  if (bad >= 0) {
+    const at::Tensor& av = pair.a_values;
+    const at::Tensor& bv = pair.b_values;
     TORCH_CHECK_VALUE(false, op, ": invalid schedule at sample ", bad, ", got ", name_a, " = ",
                       av[bad].item<double>(), " and ", name_b, " = ", bv[bad].item<double>(), "; ",
                       schedule_requirement(rule, name_a, name_b));
