@@ -99,6 +99,8 @@ def test_threshold_aware_attack_lowers_its_objective_and_reaches_the_target():
     # normalised steps amplify where a gradient is near zero; a step is lr = 0.01)
     one_by_one = threshold_aware_attack(model, x, target, steps=300, lr=0.01, batch_size=1, progress=False)
     torch.testing.assert_close(one_by_one.x, result.x, atol=1e-3, rtol=0)
+    empty = threshold_aware_attack(model, x[:0], target[:0], steps=3, progress=False)
+    assert empty.x.shape == (0, 1, 8, 8) and empty.success.shape == (0,) and empty.eta_l2.shape == (0,)
 
 
 def test_threshold_aware_attack_respects_mask_range_and_linf_budget():

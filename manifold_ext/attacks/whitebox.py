@@ -189,7 +189,8 @@ def _check_target(target, count: int, num_classes: int, device: torch.device, wh
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"{who}: target must hold integer class indices, got dtype {target.dtype}")
     if target.dim() != 1 or target.shape[0] != count:
-        raise ValueError(f"{who}: target must be [B] = [{count}] (one class per image), got shape {tuple(target.shape)}")
+        raise ValueError(f"{who}: target must be [B] = [{count}] (one class per image), "
+                         f"got shape {tuple(target.shape)}")
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
         raise ValueError(f"{who}: target classes must be in 0..{num_classes - 1}, got values in "
                          f"[{int(target.min())}, {int(target.max())}]")
