@@ -66,6 +66,47 @@ def test_attack_demo_quick_gmm_classifier_rejects_and_reclassifies(quick_run):
         assert (out / figure).stat().st_size > 10_000
 
 
+def test_attack_demo_quick_gmm_threshold_aware_whitebox(quick_run):
+    """Thesis 004 §4.8.5-4.8.6: Eq. 4.9 (patch and unconstrained) and Eq. 4.10 fooling images against the GMM
+    classifier. The entries exist, are consistent percentages, and record what the run measured: on this
+    small model the threshold-aware attack gets most images past both thresholds as the target class."""
+    out, summary = quick_run
+    whitebox = summary["gmm_classifier"]["whitebox"]
+    table = whitebox["percent"]
+    assert set(table) == {"eq49_patch", "eq49_unconstrained", "eq410_fooling"}
+    percent_keys = ("success", "rejected", "rejected_latent", "rejected_recon", "other", "fooled_encoder",
+                    "defence_success", "defence_rejected", "reclassify_all_success", "reclassify_all_rejected",
+                    "knn_agrees_of_success")
+    for name, row in table.items():
+        for key in percent_keys:
+            assert 0 <= row[key] <= 100, (name, key, row[key])
+        # without defence every image is exactly one of: success, rejected, correct (attacks only), other
+        parts = [row["success"], row["rejected"], row["other"]]
+        defended = [row["defence_success"], row["defence_rejected"]]
+        if name == "eq410_fooling":
+            assert row["correct"] is None and row["defence_correct"] is None  # fooling images have no true class
+        else:
+            parts.append(row["correct"])
+            defended.append(row["defence_correct"])
+            assert 0 <= row["correct"] <= 100 and 0 <= row["defence_correct"] <= 100
+            assert 0 <= row["reclassify_all_correct"] <= 100
+            assert row["other"] == 0  # two classes: a label is the true class or the target
+        assert sum(parts) == pytest.approx(100, abs=0.05), (name, row)
+        assert sum(defended) <= 100 + 0.05
+        assert row["success"] <= row["fooled_encoder"]
+        assert row["rejected"] >= max(row["rejected_latent"], row["rejected_recon"])
+        assert row["rejected"] <= row["rejected_latent"] + row["rejected_recon"] + 0.05
+        assert row["mean_objective_end"] < row["mean_objective_start"], (name, row)  # the attacks minimise
+        assert row["mean_eta_l2"] > 0 and 0 < row["mean_eta_linf"] <= 1
+    patch, free = table["eq49_patch"], table["eq49_unconstrained"]
+    assert patch["mean_eta_linf"] <= 1 and free["mean_eta_l2"] < 3  # a perturbation, not a new image
+    assert free["success"] > 50, free  # the measured outcome: the adaptive attack breaks the defence here
+    assert free["defence_success"] >= free["success"] - 0.05  # images that pass are never reclassified
+    assert whitebox["settings"]["fooling_per_class"] == 50 and whitebox["settings"]["a"] == 2.0
+    assert "| attack success: target, not rejected |" in whitebox["table_markdown"]
+    assert (out / "gmm_whitebox.png").stat().st_size > 10_000
+
+
 def test_digits_binary_split():
     data = load_digits_binary(threshold=5, seed=0)
     assert data.x_train.shape[1:] == (1, 8, 8) and data.x_train.dtype == torch.float32

@@ -4,6 +4,8 @@
   any differentiable classifier (see ``gradient_attacks``), ``patch_mask`` to
   place a rectangular patch.
 * ``purify``: test-time purification by ELBO ascent over the input (Eq. 22).
+* ``threshold_aware_attack``, ``fooling_attack``: the complete white-box attacks
+  on the GMM classifier with rejection (thesis 004 Eq. 4.9, 4.10; ``whitebox``).
 """
 from manifold_ext.attacks.gradient_attacks import (
     cross_entropy_per_sample,
@@ -15,6 +17,13 @@ from manifold_ext.attacks.gradient_attacks import (
 )
 from manifold_ext.attacks.masks import patch_mask
 from manifold_ext.attacks.purification import PurificationResult, elbo_input_gradient, purify
+from manifold_ext.attacks.whitebox import (
+    WhiteBoxResult,
+    fooling_attack,
+    threshold_aware_attack,
+    whitebox_objective,
+    whitebox_terms,
+)
 
 __all__ = [
     "fgsm",
@@ -27,4 +36,9 @@ __all__ = [
     "input_gradient",
     "elbo_input_gradient",
     "cross_entropy_per_sample",
+    "threshold_aware_attack",
+    "fooling_attack",
+    "whitebox_terms",
+    "whitebox_objective",
+    "WhiteBoxResult",
 ]
