@@ -421,9 +421,13 @@ def test_relu_demo_full(tmp_path):
 
     from manifold_ext.cli import main
 
-    assert main(["demo", "relu", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "polyhedra", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["toy_2x10"]["sampling_check"]["sampled_but_not_enumerated"] == 0
     table = summary["table1"]
     width = sorted((r for r in table if r["layers"] == 3), key=lambda r: r["nodes"])
     assert all(a["mean"] < b["mean"] for a, b in zip(width, width[1:]))  # more nodes, more regions
+    depth = sorted((r for r in table if r["nodes"] == 5), key=lambda r: r["layers"])
+    assert [r["layers"] for r in depth] == [2, 3, 4, 6, 8]
+    assert all(a["mean"] < b["mean"] for a, b in zip(depth, depth[1:]))  # more layers, more regions
+    assert all(r["mean_mse"] < 0.01 for r in table)  # every network fitted the target (none dead)
