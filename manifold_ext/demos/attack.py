@@ -293,16 +293,20 @@ def _percent(flags: torch.Tensor) -> float | None:
     return round(100.0 * flags.float().mean().item(), 2) if flags.numel() else None
 
 
-def gmm_table_markdown(table: dict) -> str:
-    head = "| GMM classifier (%) | " + " | ".join(title for _, title in GMM_SETS) + " |"
-    rule = "|---|" + "---:|" * len(GMM_SETS)
-
+def _percent_table_lines(title: str, sets, rows, table: dict) -> list[str]:
+    """Markdown lines of a table with one column per (name, title) in ``sets`` and one row per
+    (key, label) in ``rows``; cells are ``table[name][key]`` percentages (None prints as a dash)."""
     def cell(value):
         return "–" if value is None else f"{value:.2f}"
 
-    rows = [f"| {label} | " + " | ".join(cell(table[name][key]) for name, _ in GMM_SETS) + " |"
-            for key, label in GMM_ROWS]
-    return "\n".join([head, rule, *rows])
+    head = f"| {title} | " + " | ".join(column for _, column in sets) + " |"
+    rule = "|---|" + "---:|" * len(sets)
+    body = [f"| {label} | " + " | ".join(cell(table[name][key]) for name, _ in sets) + " |" for key, label in rows]
+    return [head, rule, *body]
+
+
+def gmm_table_markdown(table: dict) -> str:
+    return "\n".join(_percent_table_lines("GMM classifier (%)", GMM_SETS, GMM_ROWS, table))
 
 
 def _gmm_defence(args, split, x_test, y_test, mask, attack_step, attack_steps, device, figures) -> dict:
@@ -466,17 +470,10 @@ KNN_NEIGHBOURS = 5
 
 
 def whitebox_table_markdown(table: dict) -> str:
-    head = "| GMM classifier, white box (%) | " + " | ".join(title for _, title in WHITEBOX_SETS) + " |"
-    rule = "|---|" + "---:|" * len(WHITEBOX_SETS)
-
-    def cell(value):
-        return "–" if value is None else f"{value:.2f}"
-
-    rows = [f"| {label} | " + " | ".join(cell(table[name][key]) for name, _ in WHITEBOX_SETS) + " |"
-            for key, label in WHITEBOX_ROWS]
+    rows = _percent_table_lines("GMM classifier, white box (%)", WHITEBOX_SETS, WHITEBOX_ROWS, table)
     rows.append("| mean ‖η‖₂ (distance moved) | " + " | ".join(f"{table[name]['mean_eta_l2']:.3f}"
                                                            for name, _ in WHITEBOX_SETS) + " |")
-    return "\n".join([head, rule, *rows])
+    return "\n".join(rows)
 
 
 def _pixel_knn(train_x: torch.Tensor, train_y: torch.Tensor, images: torch.Tensor,
