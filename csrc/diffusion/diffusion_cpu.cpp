@@ -100,8 +100,8 @@ CoefVector<Coef> per_sample_coefficients(const AbarPair& pair, Fn&& coefficients
 }
 
 // The likelihood step's coefficients: per sample they are computed SIMD-wide
-// (two logs, three square roots and five divisions per sample would otherwise
-// cost more than the step's memory pass on 2-D points).
+// (five divisions, two square roots and a log per sample would otherwise cost
+// more than the step's memory pass on short samples).
 template <typename scalar_t>
 CoefVector<NllCoefficients<scalar_t>> nll_coefficients_for(const AbarPair& pair) {
   if (!pair.per_sample) return {cast_coefficients<scalar_t>(nll_coefficients(pair.a, pair.b))};
