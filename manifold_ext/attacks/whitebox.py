@@ -283,6 +283,25 @@ def _result(model, start: torch.Tensor, images: torch.Tensor, target: torch.Tens
         objective_start=objective_start, objective=objective, history=history)
 
 
+def _minimise_in_chunks(model, x0: torch.Tensor, eta0: torch.Tensor, target: torch.Tensor, desc: str,
+                        batch_size: int | None, progress: bool, *, mask: torch.Tensor | None, steps: int,
+                        **options) -> tuple[torch.Tensor, list[float]]:
+    """``_minimise`` over chunks of ``batch_size`` images under one progress bar; returns the
+    images x0 + eta [B, ...] and the mean objective per step over the whole batch."""
+    out = torch.empty_like(x0)
+    history = [0.0] * (steps + 1)
+    parts = list(_chunks(x0.shape[0], batch_size))
+    with tqdm(total=steps * len(parts), desc=desc, unit="step", mininterval=0.5, disable=not progress,
+              leave=False) as bar:
+        for part in parts:
+            eta, chunk_history = _minimise(model, x0[part], target[part], eta0[part], steps=steps,
+                                           mask=None if mask is None else mask[part], bar=bar, **options)
+            out[part] = x0[part] + eta
+            weight = out[part].shape[0] / max(x0.shape[0], 1)
+            history = [h + weight * c for h, c in zip(history, chunk_history)]
+    return out, history
+
+
 def threshold_aware_attack(model: ThresholdedGMMClassifier, x: torch.Tensor, target: torch.Tensor, *,
                            a: float = DEFAULT_EXPONENTS[0], b: float = DEFAULT_EXPONENTS[1], steps: int = 500,
                            lr: float = 0.01, mask: torch.Tensor | None = None, eps: float | None = None,
@@ -340,19 +359,9 @@ def threshold_aware_attack(model: ThresholdedGMMClassifier, x: torch.Tensor, tar
     if mask is not None:
         mask = broadcast_mask(mask, x, who)
     x = x.detach()
-    out = torch.empty_like(x)
-    history = [0.0] * (steps + 1)
-    parts = list(_chunks(x.shape[0], batch_size))
-    with tqdm(total=steps * len(parts), desc="white-box attack (Eq. 4.9)", unit="step", mininterval=0.5,
-              disable=not progress, leave=False) as bar:
-        for part in parts:
-            x0 = x[part]
-            eta, chunk_history = _minimise(model, x0, target[part], torch.zeros_like(x0), penalise_eta=True, a=a,
-                                           b=b, steps=steps, lr=lr, low=low, high=high, eps=eps,
-                                           mask=None if mask is None else mask[part], bar=bar)
-            out[part] = x0 + eta
-            weight = x0.shape[0] / max(x.shape[0], 1)
-            history = [h + weight * c for h, c in zip(history, chunk_history)]
+    out, history = _minimise_in_chunks(model, x, torch.zeros_like(x), target, "white-box attack (Eq. 4.9)",
+                                       batch_size, progress, penalise_eta=True, a=a, b=b, steps=steps, lr=lr,
+                                       low=low, high=high, eps=eps, mask=mask)
     return _result(model, x, out, target, penalise_eta=True, a=a, b=b, history=history)
 
 
@@ -404,18 +413,8 @@ def fooling_attack(model: ThresholdedGMMClassifier, target: torch.Tensor, *, ini
     lr = _check_lr(lr, who)
     check_batch_size(batch_size, who)
     init = init.detach()
-    out = torch.empty_like(init)
-    history = [0.0] * (steps + 1)
-    parts = list(_chunks(init.shape[0], batch_size))
-    with tqdm(total=steps * len(parts), desc="fooling attack (Eq. 4.10)", unit="step", mininterval=0.5,
-              disable=not progress, leave=False) as bar:
-        for part in parts:
-            # the image is the variable: x0 = 0 and eta starts at the noise (Eq. 4.10 has no distance term)
-            start = init[part]
-            zero = torch.zeros_like(start)
-            image, chunk_history = _minimise(model, zero, target[part], start, penalise_eta=False, a=a, b=b,
-                                             steps=steps, lr=lr, low=low, high=high, eps=None, mask=None, bar=bar)
-            out[part] = image
-            weight = start.shape[0] / max(init.shape[0], 1)
-            history = [h + weight * c for h, c in zip(history, chunk_history)]
+    # the image is the variable: x0 = 0 and eta starts at the noise (Eq. 4.10 has no distance term)
+    out, history = _minimise_in_chunks(model, torch.zeros_like(init), init, target, "fooling attack (Eq. 4.10)",
+                                       batch_size, progress, penalise_eta=False, a=a, b=b, steps=steps, lr=lr,
+                                       low=low, high=high, eps=None, mask=None)
     return _result(model, init, out, target, penalise_eta=False, a=a, b=b, history=history)
