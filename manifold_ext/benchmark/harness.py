@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from manifold_ext._atomic import atomic_write_text
+from manifold_ext._machine import cpu_model
 
 IMPLS = ("eager", "compile", "ours")
 
@@ -145,15 +146,7 @@ def machine_name(device: torch.device) -> str:
     if device.type == "cuda":
         label = "cuda-" + torch.cuda.get_device_name(device)
     else:
-        model = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as cpuinfo:
-                for line in cpuinfo:
-                    if line.startswith("model name"):
-                        model = line.split(":", 1)[1]
-                        break
-        except OSError:
-            pass
+        model = cpu_model()
         label = f"cpu-{model}-{torch.get_num_threads()}threads"
     slug = "".join(ch.lower() if ch.isalnum() else "-" for ch in label)
     while "--" in slug:

@@ -89,3 +89,14 @@ def validate_paper_comparison(rows: list[dict]) -> None:
         for key in ("what", "unit", "setup"):
             if not isinstance(row[key], str):
                 raise ValueError(f"paper_comparison row {row['id']!r}: {key} must be a string")
+
+
+def run_record(started: float) -> dict:
+    """Command line, machine and wall time of a demo run, for its summary.json ("run" key)."""
+    import sys
+    import time
+
+    from manifold_ext._machine import machine_record
+
+    return {"command": "manifold-ext " + " ".join(sys.argv[1:]) if sys.argv else "",
+            "seconds": round(time.time() - started, 1), "machine": machine_record()}
