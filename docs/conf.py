@@ -28,6 +28,7 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
+    "plain_text_docstrings",  # docs/_ext: keep the docstrings' plain-text math (*, |) literal
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
@@ -46,6 +47,8 @@ autodoc_inherit_docstrings = True
 napoleon_google_docstring = True
 napoleon_numpy_docstring = True
 napoleon_use_rtype = False
+# "Attributes:" sections as fields: dataclass fields are documented once, by autodoc
+napoleon_use_ivar = True
 
 html_theme = "furo"
 html_title = f"manifold_ext {release}"

@@ -365,8 +365,30 @@ def generate_benchmarks(results_dir: Path, page_dir: Path) -> list[Path]:
     return written
 
 
+# --- guides ------------------------------------------------------------------------------------
+
+def generate_guides_index(guides_dir: Path) -> Path:
+    """``<guides_dir>/index.md``: a glob toctree over the guides other pages write there.
+
+    Generated because a glob that matches nothing is a (non-suppressible) Sphinx warning, and
+    the build treats warnings as errors: with no guide yet, the page says so instead.
+    """
+    guides_dir = Path(guides_dir)
+    guides = sorted(p for p in guides_dir.glob("*.md") if p.name not in ("index.md", "README.md"))
+    lines = [GENERATED_NOTE, "# Guides\n",
+             "Topic guides, written alongside the code they describe (`docs/guides/*.md`).\n"]
+    if guides:
+        lines.append("```{toctree}\n:maxdepth: 1\n:glob:\n\n*\n```\n")
+    else:
+        lines.append("```{note}\nNo guide has been written yet.\n```\n")
+    path = guides_dir / "index.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
 def generate_all(docs_dir: Path) -> None:
     docs_dir = Path(docs_dir)
     repo = docs_dir.parent
+    generate_guides_index(docs_dir / "guides")
     generate_reproductions(docs_dir / "results", docs_dir / "reproductions")
     generate_benchmarks(repo / "benchmarks" / "results", docs_dir / "benchmarks" / "generated")
