@@ -76,10 +76,13 @@ def run_every_op() -> list[str]:
     return public_ops
 
 
-def check_not_from_a_checkout() -> Path:
-    import manifold_ext
+def check_not_from_a_checkout(package_file: str | Path | None = None) -> Path:
+    """The folder manifold_ext was imported from; SystemExit if it is a source checkout."""
+    if package_file is None:
+        import manifold_ext
 
-    location = Path(manifold_ext.__file__).resolve().parent
+        package_file = manifold_ext.__file__
+    location = Path(package_file).resolve().parent
     if (location.parent / "pyproject.toml").exists() and (location.parent / "csrc").is_dir():
         raise SystemExit(f"smoke test: manifold_ext was imported from a source tree ({location}), not an install")
     return location

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -144,7 +145,7 @@ def _machine_line(run: dict | None) -> str:
 
 
 def figure_block(figure: Path, page_dir: Path) -> str:
-    relative = Path("..") / figure.resolve().relative_to(page_dir.resolve().parent)
+    relative = Path(os.path.relpath(figure.resolve(), page_dir.resolve()))
     return f"```{{figure}} {relative.as_posix()}\n:width: 100%\n\n`{figure.name}`\n```\n"
 
 
@@ -185,6 +186,7 @@ def papers_with_rows(runs: list[DemoRun]) -> list[str]:
 def generate_reproductions(results_dir: Path, page_dir: Path) -> list[Path]:
     """Write ``<page_dir>/paper-<NNN>.md`` for the known papers and every paper a row names."""
     runs = load_demo_runs(results_dir)
+    Path(page_dir).mkdir(parents=True, exist_ok=True)
     for stale in Path(page_dir).glob("paper-*.md"):
         stale.unlink()
     written = []
