@@ -112,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"smoke test: ran {len(run_every_op())} ops")
     with tempfile.TemporaryDirectory() as scratch:
         out = args.out or Path(scratch) / args.demo
-        subprocess.run([cli(), "demo", args.demo, "--quick", "--out", str(out)], check=True,
-                       stdout=subprocess.DEVNULL)
+        demo = subprocess.run([cli(), "demo", args.demo, "--quick", "--out", str(out)], capture_output=True,
+                              text=True)
+        if demo.returncode != 0:
+            raise SystemExit(f"smoke test: demo {args.demo} --quick failed:\n{demo.stderr[-3000:]}")
         summary = json.loads((out / "summary.json").read_text())
         print(f"smoke test: demo {args.demo} --quick wrote summary.json ({len(summary)} keys)")
     print("smoke test: passed")
