@@ -28,11 +28,13 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
-    "plain_text_docstrings",  # docs/_ext: keep the docstrings' plain-text math (*, |) literal
+    "plain_text_docstrings",  # docs/_ext: docstrings' plain-text math (*, |) stays literal
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
-exclude_patterns = ["_build", "results/README.md", "guides/README.md", "reproductions/notes/*", "benchmarks/notes/*", "_ext"]
+# notes/* are included into the generated pages, not pages of their own
+exclude_patterns = ["_build", "_ext", "results/README.md", "guides/README.md", "reproductions/notes/*",
+                    "benchmarks/notes/*"]
 
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3

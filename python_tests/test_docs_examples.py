@@ -43,8 +43,8 @@ def test_page_examples_run(page, tmp_path, monkeypatch):
 
 def test_the_recipes_page_has_its_three_recipes_and_the_conventions():
     text = (REPO / "docs/recipes.md").read_text()
-    for heading in ("## A 2-D RealNVP on `affine_coupling`", "## Diffusion: train, score, sample with your own ε-network",
-                    "## ReLU regions of your own MLP", "### Coupling layers: normflows, FrEIA, Glow",
-                    "### Diffusion: diffusers"):
+    for heading in ("## A 2-D RealNVP on `affine_coupling`",
+                    "## Diffusion: train, score, sample with your own ε-network", "## ReLU regions of your own MLP",
+                    "### Coupling layers: normflows, FrEIA, Glow", "### Diffusion: diffusers"):
         assert heading in text
     assert len(python_blocks(REPO / "docs/recipes.md")) >= 6

@@ -47,7 +47,8 @@ def test_core_dependencies_are_torch_numpy_tqdm_and_the_installed_torch_is_pinne
 
 
 def test_torch_pin_rewrites_only_torch():
-    assert torch_pin.pin_torch(["torch>=2.4", "numpy>=1.24", "tqdm"], "2.13") == ["torch==2.13.*", "numpy>=1.24", "tqdm"]
+    pinned = torch_pin.pin_torch(["torch>=2.4", "numpy>=1.24", "tqdm"], "2.13")
+    assert pinned == ["torch==2.13.*", "numpy>=1.24", "tqdm"]
     assert torch_pin.pin_torch(["Torch ; python_version>'3'"], "2.14") == ["torch==2.14.*"]
     with pytest.raises(RuntimeError, match="must list torch"):
         torch_pin.pin_torch(["numpy"], "2.13")

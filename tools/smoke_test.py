@@ -27,7 +27,8 @@ def small_op_calls(ops, torch) -> dict:
         return torch.randn(*shape, generator=g, dtype=torch.float64)
 
     x, h = randn(2, 3, 4), randn(2, 6, 4)
-    acc, x_t, x_next, eps, noise = torch.zeros(2, dtype=torch.float64), randn(2, 5), randn(2, 5), randn(2, 5), randn(2, 5)
+    acc = torch.zeros(2, dtype=torch.float64)
+    x_t, x_next, eps, noise = randn(2, 5), randn(2, 5), randn(2, 5), randn(2, 5)
     ks = [randn(2, 5) for _ in range(4)]
     mu, logvar = randn(3, 2), randn(3, 2) * 0.1
     weights = [randn(8, 2), randn(8, 8), randn(1, 8)]

@@ -47,7 +47,7 @@ def escape_line(line: str) -> str:
 
 def _in_literal_block(lines: list[str]) -> list[bool]:
     """Which lines belong to an indented literal block (after '::' or a code directive)."""
-    flags, block_indent, expecting = [], None, False
+    flags, block_indent, expecting, indent_of_opener = [], None, False, 0
     for line in lines:
         indent = len(line) - len(line.lstrip())
         if block_indent is not None:
