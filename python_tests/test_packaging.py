@@ -181,6 +181,15 @@ def test_benchmark_generator_is_strict_about_missing_fields(tmp_path, payload, m
         generate_pages.generate_benchmarks(tmp_path, tmp_path / "pages")
 
 
+def test_guides_index_globs_the_guides_and_never_overwrites_a_written_page(tmp_path):
+    assert "No guide has been written yet" in generate_pages.generate_guides_index(tmp_path).read_text()
+    (tmp_path / "conventions.md").write_text("# Conventions\n")
+    assert ":glob:" in generate_pages.generate_guides_index(tmp_path).read_text()
+    (tmp_path / "index.md").write_text("# My guide\n")
+    with pytest.raises(generate_pages.ResultsError, match="give that guide another file name"):
+        generate_pages.generate_guides_index(tmp_path)
+
+
 def test_committed_results_generate(tmp_path):
     """The committed docs/results and benchmarks/results pass the generators' checks."""
     generate_pages.generate_reproductions(REPO / "docs" / "results", tmp_path / "reproductions")
