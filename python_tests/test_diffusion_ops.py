@@ -391,7 +391,7 @@ def test_bad_schedules_are_refused():
         ops.diffusion_nll_step(acc, x, y, z, torch.tensor([0.9, 0.5, 0.9], dtype=torch.float64), torch.tensor([0.8, 0.6, 0.8]))
     with pytest.raises(ValueError, match=r"invalid schedule at sample 1, got abar_t = 0.05 and"):  # the first bad one
         ops.diffusion_nll_step(acc, x, y, z, torch.tensor([0.9, 0.05, float("nan")], dtype=torch.float64), 0.1)
-    with pytest.raises(ValueError, match=r"ddim_step: invalid schedule, got abar_t = 1 and abar_prev = 1; need 0 < abar_t < 1"):
+    with pytest.raises(ValueError, match=r"ddim_step: invalid schedule, got abar_t = 1.0 and abar_prev = 1.0; need 0 < abar_t < 1"):
         ops.ddim_step(x, y, 1.0, 1.0)
     with pytest.raises(ValueError, match="abar_t <= abar_prev <= 1"):
         ops.ddpm_step(x, y, 0.6, 0.5)
