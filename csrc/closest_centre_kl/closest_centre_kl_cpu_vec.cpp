@@ -257,8 +257,10 @@ void nearest_samples(const NearestRows<scalar_t>& rows, int64_t first_row) {
     }
     for (int v = 0; v < kLaneVecs; ++v) {
       const V lane_index = V::arange(static_cast<scalar_t>(k0 + v * kW), scalar_t(1));
+      // Padding columns (+inf) are never nearer, not even when mu is inf and (inf - inf)^2 is NaN.
+      const V real_centre = lane_index < V(static_cast<scalar_t>(rows.num_centres));
       for (int s = 0; s < kSamples; ++s) {
-        const V closer = dist[s][v] < best[s][v];
+        const V closer = is_nearer(dist[s][v], best[s][v]) & real_centre;  // NaN rule: closest_centre_kl.h
         best[s][v] = hd_where(closer, dist[s][v], best[s][v]);
         best_index[s][v] = hd_where(closer, lane_index, best_index[s][v]);
       }
@@ -274,7 +276,7 @@ void nearest_samples(const NearestRows<scalar_t>& rows, int64_t first_row) {
     scalar_t min_value = values[0];
     scalar_t min_index = indices[0];
     for (int64_t l = 1; l < kLaneVecs * kW; ++l) {
-      if (values[l] < min_value || (values[l] == min_value && indices[l] < min_index)) {
+      if (ranks_before(values[l], static_cast<int64_t>(indices[l]), min_value, static_cast<int64_t>(min_index))) {
         min_value = values[l];
         min_index = indices[l];
       }
