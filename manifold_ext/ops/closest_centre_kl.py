@@ -153,6 +153,10 @@ def nearest_centre_kl(
         and indices on every CPU instruction set.
         Differentiable in ``mu``, ``logvar`` and ``centres`` to any order (no
         gradient through the choice of centre; ``index`` is not differentiable).
+        The centres' gradient sums each centre's samples in sample order on the
+        CPU (deterministic for any thread count); on CUDA it is accumulated
+        with atomics (last-bit nondeterministic) unless
+        ``torch.use_deterministic_algorithms(True)`` is set.
 
     Raises:
         ValueError: ``sigma0`` not finite and > 0 or too small for the dtype.
@@ -302,7 +306,9 @@ def _nearest_backward(ctx, grad_kl, grad_index):
         grad_kl, mu, logvar, centres, index, ctx.sigma0)
     grad_centres = None
     if ctx.needs_input_grad[2]:  # each sample pulls its own centre: -dKL/dmu summed per centre
-        grad_centres = torch.zeros_like(centres).index_add_(0, index, -grad_mu.to(centres.dtype))
+        # index_put_ with accumulate adds in sample order on the CPU whatever the thread count (index_add_ does
+        # not); on CUDA it uses atomics unless torch.use_deterministic_algorithms(True) is set.
+        grad_centres = torch.zeros_like(centres).index_put_((index,), -grad_mu.to(centres.dtype), accumulate=True)
     return grad_mu, grad_logvar, grad_centres, None
 
 

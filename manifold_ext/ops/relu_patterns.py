@@ -222,76 +222,122 @@ def region_system(
 
 
 # ---------------------------------------------------------------------------
-# Fake (meta) kernels: shapes and dtypes only, so torch.compile/export trace the ops.
+# Fake (meta) kernels: the compiled kernels' checks (relu_patterns_host.h), in
+# their words and with their exception type, then the output shapes, so a
+# traced program fails at trace time as the real one would at run time.
 # ---------------------------------------------------------------------------
-def _check_network_devices(weights, biases, op):
-    """check_network's device rule (relu_patterns_host.h), in its words."""
+def _check(ok, message):
+    torch._check_value(ok, message)
+
+
+def _check_network(weights, biases, hidden_layers: int, op: str) -> int:
+    """check_network: shapes that chain, one dtype and one device; returns the hidden units."""
+    _check(len(weights) == len(biases), lambda: f"{op}: got {len(weights)} weight matrices but {len(biases)} bias "
+                                                f"vectors; pass one bias per layer")
+    _check(len(weights) > 0, lambda: f"{op}: the network needs at least one layer, got empty weight lists")
     first = weights[0]
+    hidden = 0
     for j, (w, b) in enumerate(zip(weights, biases)):
+        _check(w.dim() == 2, lambda: f"{op}: weights[{j}] must be a matrix [out_features, in_features], got shape "
+                                     f"{list(w.shape)}")
+        _check(b.dim() == 1 and b.shape[0] == w.shape[0], lambda: f"{op}: biases[{j}] must have shape "
+                                                                  f"[{w.shape[0]}] to match weights[{j}]")
+        _check(w.is_floating_point(), lambda: f"{op}: weights must be floating point, got {w.dtype} for weights[{j}]")
+        _check(w.dtype == first.dtype and b.dtype == first.dtype,
+               lambda: f"{op}: all weights and biases must share one dtype; weights[0] is {first.dtype}")
         check_device(w.device == first.device and b.device == first.device,
                      lambda: f"{op}: all weights and biases must be on one device; weights[0] is on {first.device} "
                              f"but layer {j} has weights on {w.device} and biases on {b.device}", value_error=True)
+        if j > 0:
+            previous = weights[j - 1]
+            _check(w.shape[1] == previous.shape[0], lambda: f"{op}: weights[{j}] takes {w.shape[1]} inputs but layer "
+                                                            f"{j - 1} has {previous.shape[0]} units")
+        if j < hidden_layers:
+            hidden = hidden + w.shape[0]
+    return hidden
+
+
+def _check_packed(packed, name: str, op: str) -> None:
+    _check(packed.dtype == torch.int64, lambda: f"{op}: {name} must be packed patterns of dtype int64 (see "
+                                                f"activation_patterns), got {packed.dtype}")
+    _check(packed.dim() == 2, lambda: f"{op}: {name} must have shape [N, words], got shape {list(packed.shape)}")
+
+
+def _check_pair(a, b, name_a, name_b, op):
+    _check_packed(a, name_a, op)
+    _check_packed(b, name_b, op)
+    _check(a.shape[1] == b.shape[1], lambda: f"{op}: {name_a} and {name_b} must have the same number of words "
+                                             f"(patterns of the same network)")
+    check_device(a.device == b.device, lambda: f"{op}: {name_a} and {name_b} must be on one device, got {a.device} "
+                                               f"and {b.device}", value_error=True)
 
 
 @torch.library.register_fake("manifold_ext::activation_patterns")
 def _activation_patterns_fake(x, weights, biases):
     op = "activation_patterns"
-    torch._check(x.dim() == 2, lambda: f"activation_patterns: x must have shape [N, d], got {tuple(x.shape)}")
-    torch._check(len(weights) == len(biases) and len(weights) > 0,
-                 lambda: "activation_patterns: pass one bias per weight matrix, at least one layer")
-    _check_network_devices(weights, biases, op)
+    hidden = _check_network(weights, biases, len(weights), op)
+    _check(x.dim() == 2, lambda: f"{op}: x must have shape [N, d], got shape {list(x.shape)}")
+    _check(x.shape[1] == weights[0].shape[1], lambda: f"{op}: x has {x.shape[1]} features but weights[0] expects "
+                                                      f"{weights[0].shape[1]}")
+    _check(x.dtype == weights[0].dtype, lambda: f"{op}: x and the weights must share one dtype, got x {x.dtype} and "
+                                                f"weights {weights[0].dtype}")
     check_device(x.device == weights[0].device, lambda: f"{op}: x and the weights must be on one device, got x on "
                                                         f"{x.device} and weights on {weights[0].device}",
                  value_error=True)
-    hidden = sum(w.shape[0] for w in weights)
     return x.new_empty((x.shape[0], words_for_units(hidden)), dtype=torch.int64)
 
 
 @torch.library.register_fake("manifold_ext::unpack_patterns")
 def _unpack_patterns_fake(packed, num_units):
-    torch._check(packed.dim() == 2, lambda: "unpack_patterns: packed must have shape [N, words]")
+    op = "unpack_patterns"
+    _check_packed(packed, "packed", op)
+    _check(num_units >= 0, lambda: f"{op}: num_units must be >= 0, got {num_units}")
+    _check(words_for_units(num_units) == packed.shape[1],
+           lambda: f"{op}: {num_units} units need {words_for_units(num_units)} int64 words per pattern, but packed "
+                   f"has shape {list(packed.shape)}")
     return packed.new_empty((packed.shape[0], num_units), dtype=torch.bool)
 
 
 @torch.library.register_fake("manifold_ext::pack_patterns")
 def _pack_patterns_fake(bits):
-    torch._check(bits.dim() == 2, lambda: "pack_patterns: bits must have shape [N, H]")
-    return bits.new_empty((bits.shape[0], (bits.shape[1] + BITS_PER_WORD - 1) // BITS_PER_WORD), dtype=torch.int64)
+    op = "pack_patterns"
+    _check(bits.dtype == torch.bool, lambda: f"{op}: bits must be a bool tensor [N, H], got dtype {bits.dtype}")
+    _check(bits.dim() == 2, lambda: f"{op}: bits must have shape [N, H], got shape {list(bits.shape)}")
+    return bits.new_empty((bits.shape[0], words_for_units_symbolic(bits.shape[1])), dtype=torch.int64)
 
 
-def _check_pair_devices(a, b, name_a, name_b, op):
-    check_device(a.device == b.device, lambda: f"{op}: {name_a} and {name_b} must be on one device, got {a.device} "
-                                               f"and {b.device}", value_error=True)
+def words_for_units_symbolic(units):
+    return (units + BITS_PER_WORD - 1) // BITS_PER_WORD
 
 
 @torch.library.register_fake("manifold_ext::hamming_distance")
 def _hamming_distance_fake(a, b):
-    torch._check(a.dim() == 2 and b.dim() == 2, lambda: "hamming_distance: a and b must have shape [N, words]")
-    torch._check(a.shape[1] == b.shape[1], lambda: "hamming_distance: a and b must have the same number of words")
-    _check_pair_devices(a, b, "a", "b", "hamming_distance")
+    _check_pair(a, b, "a", "b", "hamming_distance")
     return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.int32)
 
 
 @torch.library.register_fake("manifold_ext::hamming_topk")
 def _hamming_topk_fake(query, ref, k):
-    torch._check(query.dim() == 2 and ref.dim() == 2, lambda: "hamming_topk: query and ref must have shape [N, words]")
-    torch._check(query.shape[1] == ref.shape[1], lambda: "hamming_topk: query and ref must have the same number of words")
-    _check_pair_devices(query, ref, "query", "ref", "hamming_topk")
-    torch._check(0 <= k and k <= ref.shape[0], lambda: "hamming_topk: k must be in [0, number of reference patterns]")
+    _check_pair(query, ref, "query", "ref", "hamming_topk")
+    _check(0 <= k and k <= ref.shape[0],
+           lambda: f"hamming_topk: k must be in [0, number of reference patterns = {ref.shape[0]}], got k = {k}")
     return (query.new_empty((query.shape[0], k), dtype=torch.int32),
             query.new_empty((query.shape[0], k), dtype=torch.int64))
 
 
 @torch.library.register_fake("manifold_ext::region_system")
 def _region_system_fake(weights, biases, patterns):
-    torch._check(len(weights) >= 2 and len(weights) == len(biases),
-                 lambda: "region_system: weights/biases must list the hidden layers and the output layer")
     op = "region_system"
-    _check_network_devices(weights, biases, op)
+    _check(len(weights) >= 2, lambda: f"{op}: weights must list the hidden layers followed by the output layer "
+                                      f"(at least 2 layers), got {len(weights)}")
+    hidden = _check_network(weights, biases, len(weights) - 1, op)
+    _check_packed(patterns, "patterns", op)
+    _check(patterns.shape[1] == words_for_units_symbolic(hidden),
+           lambda: f"{op}: the network has {hidden} hidden units, so patterns need "
+                   f"{words_for_units_symbolic(hidden)} int64 words each, got shape {list(patterns.shape)}")
     check_device(patterns.device == weights[0].device, lambda: f"{op}: patterns and weights must be on one device, "
                                                                f"got {patterns.device} and {weights[0].device}",
                  value_error=True)
-    hidden = sum(w.shape[0] for w in weights[:-1])
     d = weights[0].shape[1]
     n_out = weights[-1].shape[0]
     num = patterns.shape[0]

@@ -18,9 +18,12 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _time(abar, x: torch.Tensor) -> torch.Tensor:
-    """abar as float64: 0-dim for a float, [B, 1, ..., 1] for a per-sample tensor."""
-    if isinstance(abar, torch.Tensor) and abar.dim() == 1:
-        return abar.to(device=x.device, dtype=torch.float64).reshape(-1, *([1] * (x.dim() - 1)))
+    """abar as float64: 0-dim for a float or 0-dim tensor, [B, 1, ..., 1] for a per-sample tensor (a tensor's
+    value is never read on the host, so the reference also traces under torch.compile)."""
+    if isinstance(abar, torch.Tensor):
+        if abar.dim() == 1:
+            return abar.to(device=x.device, dtype=torch.float64).reshape(-1, *([1] * (x.dim() - 1)))
+        return abar.to(dtype=torch.float64)
     return torch.as_tensor(float(abar), dtype=torch.float64)
 
 
@@ -33,7 +36,7 @@ def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor)
     """Eq. 16 (negated): sum over non-batch elements of log N(x; mean, var), per sample."""
     log_var = torch.log(var)
     terms = -0.5 * (LOG_2PI + _elem(log_var, x) + (x - mean) ** 2 / _elem(var, x))
-    return terms.flatten(1).sum(1)
+    return (terms.flatten(1) if terms.dim() > 1 else terms.unsqueeze(1)).sum(1)  # [B] samples are scalars
 
 
 @reference_of(ops.diffusion_nll_step)
