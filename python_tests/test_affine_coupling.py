@@ -10,7 +10,7 @@ from manifold_ext.ops import COUPLING_LAYOUTS, COUPLING_SCALES, affine_coupling
 from manifold_ext.reference import affine_coupling_reference
 
 MODES = list(itertools.product(COUPLING_SCALES, COUPLING_LAYOUTS, (False, True)))
-MODE_IDS = [f"{s}-{l}-{'rev' if r else 'fwd'}" for s, l, r in MODES]
+MODE_IDS = [f"{s}-{lay}-{'rev' if r else 'fwd'}" for s, lay, r in MODES]
 
 # [B, C, *spatial] of x; h gets 2C channels. Odd sizes, batch 1 and 0, rank 2
 # (vectors), rank 5, rows longer than the kernels' 4096-element chunks.
@@ -184,9 +184,11 @@ def test_unknown_modes():
 def test_backward_bad_gradient_shape():
     x, h = torch.randn(2, 3, 4), torch.randn(2, 6, 4)
     with pytest.raises(RuntimeError, match="grad_logdet must have shape \\[B\\] = \\[2\\]"):
-        torch.ops.manifold_ext.affine_coupling_backward(torch.randn(2, 3, 4), torch.randn(3), x, h, "glow", "cross", 2.0, False)
+        torch.ops.manifold_ext.affine_coupling_backward(torch.randn(2, 3, 4), torch.randn(3), x, h, "glow", "cross",
+                                                        2.0, False)
     with pytest.raises(RuntimeError, match="grad_y must have the shape of x"):
-        torch.ops.manifold_ext.affine_coupling_backward(torch.randn(2, 3, 5), torch.randn(2), x, h, "glow", "cross", 2.0, False)
+        torch.ops.manifold_ext.affine_coupling_backward(torch.randn(2, 3, 5), torch.randn(2), x, h, "glow", "cross",
+                                                        2.0, False)
 
 
 # ---------------------------------------------------------------------------

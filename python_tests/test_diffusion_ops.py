@@ -109,7 +109,8 @@ def test_nll_step_and_forward_mixed_per_sample(device):
     acc = torch.zeros(6, dtype=torch.float64, device=device)
     abar_t, abar_next = per_sample_abar(6, device)
     abar_after = abar_next * 0.5
-    for args in [(0.9, 0.8, abar_after.new_full((6,), 0.5)), (abar_t, abar_next, 0.01), (abar_t, abar_next, abar_after)]:
+    for args in [(0.9, 0.8, abar_after.new_full((6,), 0.5)), (abar_t, abar_next, 0.01),
+                 (abar_t, abar_next, abar_after)]:
         acc_new, x_after = ops.diffusion_nll_step_and_forward(acc, x_t, x_next, eps, noise, *args)
         acc_ref, after_ref = ref.diffusion_nll_step_and_forward_reference(acc, x_t, x_next, eps, noise, *args)
         torch.testing.assert_close(acc_new, acc_ref)
@@ -222,7 +223,8 @@ def test_sampler_step_gradients(device, step, per_sample):
     op, reference, kwargs = STEPS[step]
     assert torch.autograd.gradcheck(lambda a, b, c: op(a, b, noisier, cleaner, noise=c, **kwargs), (x, eps, noise))
     ours = torch.autograd.grad(op(x, eps, noisier, cleaner, noise=noise, **kwargs).square().sum(), (x, eps, noise))
-    theirs = torch.autograd.grad(reference(x, eps, noisier, cleaner, noise=noise, **kwargs).square().sum(), (x, eps, noise))
+    theirs = torch.autograd.grad(reference(x, eps, noisier, cleaner, noise=noise, **kwargs).square().sum(),
+                                 (x, eps, noise))
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b)
     # without noise, the noise gets no gradient and x, eps still do
@@ -240,7 +242,8 @@ def test_rk4_matches_reference(device, shape, dtype):
     tol = tolerances(dtype)
     torch.testing.assert_close(ops.rk4_combine(k1, k2, k3, k4), ref.rk4_combine_reference(k1, k2, k3, k4), **tol)
     for h in (0.1, -2.5, 0.0):
-        torch.testing.assert_close(ops.rk4_update(x, k1, k2, k3, k4, h), ref.rk4_update_reference(x, k1, k2, k3, k4, h), **tol)
+        torch.testing.assert_close(ops.rk4_update(x, k1, k2, k3, k4, h), ref.rk4_update_reference(x, k1, k2, k3, k4, h),
+                                   **tol)
 
 
 def test_rk4_gradcheck(device):
@@ -275,10 +278,12 @@ def test_bad_schedules_are_refused():
     with pytest.raises(ValueError, match="abar_t = 1.5"):
         ops.diffusion_nll_step(acc, x, y, z, 1.5, 0.9)
     with pytest.raises(ValueError, match=r"invalid schedule at sample 1, got abar_t = 0.5 and abar_next = 0.6"):
-        ops.diffusion_nll_step(acc, x, y, z, torch.tensor([0.9, 0.5, 0.9], dtype=torch.float64), torch.tensor([0.8, 0.6, 0.8]))
+        ops.diffusion_nll_step(acc, x, y, z, torch.tensor([0.9, 0.5, 0.9], dtype=torch.float64),
+                               torch.tensor([0.8, 0.6, 0.8]))
     with pytest.raises(ValueError, match=r"invalid schedule at sample 1, got abar_t = 0.05 and"):  # the first bad one
         ops.diffusion_nll_step(acc, x, y, z, torch.tensor([0.9, 0.05, float("nan")], dtype=torch.float64), 0.1)
-    with pytest.raises(ValueError, match=r"ddim_step: invalid schedule, got abar_t = 1.0 and abar_prev = 1.0; need 0 < abar_t < 1"):
+    with pytest.raises(ValueError,
+                       match=r"ddim_step: invalid schedule, got abar_t = 1.0 and abar_prev = 1.0; need 0 < abar_t < 1"):
         ops.ddim_step(x, y, 1.0, 1.0)
     with pytest.raises(ValueError, match="abar_t <= abar_prev <= 1"):
         ops.ddpm_step(x, y, 0.6, 0.5)
@@ -293,7 +298,8 @@ def test_bad_schedules_are_refused():
 def test_bad_shapes_dtypes_devices_are_refused():
     x, y, z = inputs((3, 2), torch.float32, "cpu", 3)
     acc = torch.zeros(3, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match=r"diffusion_nll_step: eps must have the shape of x_t \[3, 2\], got \[3, 3\]"):
+    with pytest.raises(RuntimeError,
+                       match=r"diffusion_nll_step: eps must have the shape of x_t \[3, 2\], got \[3, 3\]"):
         ops.diffusion_nll_step(acc, x, y, torch.randn(3, 3), 0.9, 0.8)
     with pytest.raises(RuntimeError, match=r"acc must have shape \[B\] = \[3\], got \[4\]"):
         ops.diffusion_nll_step(torch.zeros(4), x, y, z, 0.9, 0.8)
@@ -301,7 +307,8 @@ def test_bad_shapes_dtypes_devices_are_refused():
         ops.diffusion_nll_step(torch.zeros(3, dtype=torch.int64), x, y, z, 0.9, 0.8)
     with pytest.raises(RuntimeError, match="x_next must have the dtype of x_t"):
         ops.diffusion_nll_step(acc, x, y.double(), z, 0.9, 0.8)
-    with pytest.raises(RuntimeError, match=r"abar_t must be a float, a 0-dim tensor or a per-sample tensor of shape \[B\] = \[3\]"):
+    with pytest.raises(RuntimeError,
+                       match=r"abar_t must be a float, a 0-dim tensor or a per-sample tensor of shape \[B\] = \[3\]"):
         ops.diffusion_nll_step(acc, x, y, z, torch.tensor([0.9, 0.9]), 0.8)
     with pytest.raises(RuntimeError, match="ddpm_step: noise must have the shape of x_t"):
         ops.ddpm_step(x, y, 0.5, 0.6, torch.randn(3, 1))
@@ -347,8 +354,9 @@ def test_cuda_matches_cpu(shape):
         got = got if isinstance(got, tuple) else (got,)
         for a, b in zip(got, expected):
             torch.testing.assert_close(a.cpu(), b, rtol=1e-10, atol=1e-8)
-    grads_cpu = torch.ops.manifold_ext.diffusion_nll_step_backward(acc, x_t, x_next, eps, torch.tensor(0.9, dtype=torch.float64), torch.tensor(0.8, dtype=torch.float64))
-    grads_gpu = torch.ops.manifold_ext.diffusion_nll_step_backward(*cuda(acc, x_t, x_next, eps), torch.tensor(0.9, dtype=torch.float64), torch.tensor(0.8, dtype=torch.float64))
+    abars = torch.tensor(0.9, dtype=torch.float64), torch.tensor(0.8, dtype=torch.float64)
+    grads_cpu = torch.ops.manifold_ext.diffusion_nll_step_backward(acc, x_t, x_next, eps, *abars)
+    grads_gpu = torch.ops.manifold_ext.diffusion_nll_step_backward(*cuda(acc, x_t, x_next, eps), *abars)
     for a, b in zip(grads_gpu, grads_cpu):
         torch.testing.assert_close(a.cpu(), b)
 
@@ -365,7 +373,8 @@ def test_cuda_half_precision_accumulates_in_float32(dtype):
     torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-1)
     step = ops.ddim_step(low[0], low[1], 0.4, 0.6, 0.5, low[2])
     assert step.dtype == dtype
-    torch.testing.assert_close(step.float(), ref.ddim_step_reference(*(t.float() for t in low[:2]), 0.4, 0.6, 0.5, low[2].float()), rtol=2e-2, atol=2e-2)
+    expected = ref.ddim_step_reference(*(t.float() for t in low[:2]), 0.4, 0.6, 0.5, low[2].float())
+    torch.testing.assert_close(step.float(), expected, rtol=2e-2, atol=2e-2)
 
 
 # ---------------------------------------------------------------------------
@@ -377,7 +386,8 @@ def test_per_sample_abar_on_meta_is_refused():
     x, y, z = inputs((3, 2), torch.float32, "cpu", 3)
     acc = torch.zeros(3, dtype=torch.float64)
     abar_t = torch.tensor([0.9, 0.8, 0.7], dtype=torch.float64, device="meta")
-    with pytest.raises(RuntimeError, match=r"a per-sample abar_t must be on the device of the inputs \(cpu\), got meta"):
+    with pytest.raises(RuntimeError,
+                       match=r"a per-sample abar_t must be on the device of the inputs \(cpu\), got meta"):
         ops.diffusion_nll_step(acc, x, y, z, abar_t, 0.5)
     with pytest.raises(RuntimeError, match="abar_prev is a 0-dim tensor on the meta device"):
         ops.ddim_step(x, y, 0.4, torch.tensor(0.6, dtype=torch.float64, device="meta"))

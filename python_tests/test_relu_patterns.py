@@ -181,7 +181,8 @@ def test_region_system_of_no_patterns():
 
 def test_region_system_of_the_issue_network():
     # f(x) = [2, -4] . ReLU([[1, 1], [1, 1]] x + [1, 0]) - 1
-    weights = [torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=torch.float64), torch.tensor([[2.0, -4.0]], dtype=torch.float64)]
+    weights = [torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=torch.float64),
+               torch.tensor([[2.0, -4.0]], dtype=torch.float64)]
     biases = [torch.tensor([1.0, 0.0], dtype=torch.float64), torch.tensor([-1.0], dtype=torch.float64)]
     patterns = pack_patterns(torch.tensor([[True, True], [True, False], [False, False]]))
     A, c, W_hat, b_hat = region_system(weights, biases, patterns)
@@ -293,7 +294,8 @@ def test_nan_pre_activation_is_refused():
             activation_patterns(x, bad, biases[:2])
     # infinities have a sign: they give bits
     packed = activation_patterns(torch.tensor([[float("inf")]], dtype=torch.float64),
-                                 [torch.tensor([[1.0], [-1.0]], dtype=torch.float64)], [torch.zeros(2, dtype=torch.float64)])
+                                 [torch.tensor([[1.0], [-1.0]], dtype=torch.float64)],
+                                 [torch.zeros(2, dtype=torch.float64)])
     assert unpack_patterns(packed, 2).tolist() == [[True, False]]
 
 

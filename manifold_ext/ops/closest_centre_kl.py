@@ -214,7 +214,8 @@ def _closest_centre_kl_fake(mu, logvar, target, mask, sigma0, spacing, offset, l
     if not (math.isfinite(spacing) and spacing > 0):
         raise ValueError(f"{op}: spacing must be a finite number > 0, got {spacing}")
     if mask is not None and target is None:
-        raise ValueError(f"{op}: a mask selects the dimensions guided by target; pass target as well (partially guided)")
+        raise ValueError(f"{op}: a mask selects the dimensions guided by target; pass target as well "
+                         "(partially guided)")
     if target is not None:
         torch._check(target.shape == mu.shape,
                      lambda: f"{op}: target must have the shape of mu {list(mu.shape)}, got {list(target.shape)}")

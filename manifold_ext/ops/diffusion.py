@@ -198,8 +198,8 @@ def diffusion_forward_step(x_t: torch.Tensor, noise: torch.Tensor, abar_t: Abar,
     Numerics:
         {nan}
         Needs ``0 < abar_next <= abar_t <= 1`` (the coefficients are <= 1, so
-        no schedule overflows). Differentiable in ``x_t`` and ``noise`` (any
-        order), not in ``abar``.
+        no schedule overflows). Differentiable in ``x_t`` and ``noise`` to any
+        order (linear: second derivatives are exactly 0), not in ``abar``.
 
     Raises:
         ValueError: an invalid schedule. TypeError: ``abar`` not a number or
@@ -226,8 +226,8 @@ _STEP_SECTIONS = """
 {nan}
         Needs ``0 < abar_t < 1`` and ``abar_t <= abar_prev <= 1``.
 {schedule}
-        Linear in ``x_t``, ``eps`` and ``noise``: differentiable in them (any
-        order), not in ``abar``.
+        Linear in ``x_t``, ``eps`` and ``noise``: differentiable in them to any
+        order (second derivatives are exactly 0), not in ``abar``.
 
     Raises:
         ValueError: an invalid or overflowing schedule{eta}. TypeError: ``abar``
@@ -500,7 +500,8 @@ def _nll_backward(ctx, grad_acc):
     x_t, x_next, eps, abar_t, abar_next = ctx.saved_tensors
     grads = (None, None, None)
     if any(ctx.needs_input_grad[1:4]):
-        grads = torch.ops.manifold_ext.diffusion_nll_step_backward.default(grad_acc, x_t, x_next, eps, abar_t, abar_next)
+        grads = torch.ops.manifold_ext.diffusion_nll_step_backward.default(
+            grad_acc, x_t, x_next, eps, abar_t, abar_next)
     return grad_acc, *grads, None, None
 
 

@@ -47,7 +47,9 @@ def words_for_units(num_units: int) -> int:
     return (int(num_units) + BITS_PER_WORD - 1) // BITS_PER_WORD
 
 
-def activation_patterns(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]) -> torch.Tensor:
+def activation_patterns(
+    x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]
+) -> torch.Tensor:
     """Packed activation patterns of a ReLU MLP (Eq. 3-4).
 
     Args:
@@ -97,7 +99,7 @@ def unpack_patterns(packed: torch.Tensor, num_units: int) -> torch.Tensor:
         {devices}
 
     Numerics:
-        Exact (bits). Bits set past unit ``H - 1`` are refused: they mean the
+        Exact (bits; integer input, so no NaN can occur). Bits set past unit ``H - 1`` are refused: they mean the
         patterns belong to a wider network, and dropping them would lose units.
 
     Raises:
@@ -121,7 +123,7 @@ def pack_patterns(bits: torch.Tensor) -> torch.Tensor:
         {devices}
 
     Numerics:
-        Exact (bits).
+        Exact (bits; bool input, so no NaN can occur).
 
     Raises:
         ValueError: ``bits`` not a bool tensor of rank 2.
@@ -144,7 +146,8 @@ def hamming_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         {devices}
 
     Numerics:
-        Exact (integers), the same on every CPU instruction set and on CUDA.
+        Exact (integers: no NaN can occur), the same on every CPU instruction
+        set and on CUDA.
 
     Raises:
         ValueError: not ``int64 [N, W]``; different ``W``; different devices.
@@ -168,8 +171,8 @@ def hamming_topk(query: torch.Tensor, ref: torch.Tensor, k: int) -> tuple[torch.
         {devices}
 
     Numerics:
-        Exact (integers), deterministic tie order, the same on every CPU
-        instruction set and on CUDA.
+        Exact (integers: no NaN can occur), deterministic tie order, the same
+        on every CPU instruction set and on CUDA.
 
     Raises:
         ValueError: not ``int64 [N, W]``; different ``W`` or devices; ``k`` out

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from manifold_ext.ops.gaussian_elbo import gaussian_elbo
 from manifold_ext.reference._spec import reference_of
 

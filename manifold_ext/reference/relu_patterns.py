@@ -102,7 +102,8 @@ def hamming_topk_bits_reference(query_bits: torch.Tensor, ref_bits: torch.Tensor
 def hamming_topk_reference(query, ref, k):
     """Packed-pattern version of :func:`hamming_topk_bits_reference`."""
     units = query.shape[1] * BITS_PER_WORD
-    return hamming_topk_bits_reference(unpack_patterns_reference(query, units), unpack_patterns_reference(ref, units), k)
+    query_bits = unpack_patterns_reference(query, units)
+    return hamming_topk_bits_reference(query_bits, unpack_patterns_reference(ref, units), k)
 
 
 @reference_of(ops.region_system)

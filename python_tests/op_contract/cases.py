@@ -597,8 +597,9 @@ def _closest_strategy():
 
 CLOSEST_CENTRE_KL = OpCase(
     name="closest_centre_kl", op=ops.closest_centre_kl, reference=ref.closest_centre_kl_reference, build=_closest,
-    params=[dict(shape=(7, 2), mode="unguided"), dict(shape=(5, 3), mode="clipped"), dict(shape=(2, 17), mode="low-only"),
-            dict(shape=(33, 40), mode="grid"), dict(shape=(3, 0), mode="guided"), dict(shape=(0, 4), mode="partial-dim"),
+    params=[dict(shape=(7, 2), mode="unguided"), dict(shape=(5, 3), mode="clipped"),
+            dict(shape=(2, 17), mode="low-only"), dict(shape=(33, 40), mode="grid"), dict(shape=(3, 0), mode="guided"),
+            dict(shape=(0, 4), mode="partial-dim"),
             dict(shape=(3, 1500), mode="partial-elem"), dict(shape=(1, 1), mode="unguided", sigma0=1 / 3)],
     gradcheck_params=[dict(shape=(3, 4), mode=mode, near_centres=True, sigma0=0.5)
                       for mode in ("unguided", "clipped", "guided", "partial-elem")],

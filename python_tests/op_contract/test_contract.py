@@ -21,7 +21,6 @@ from op_contract.cases import (
     BACKWARD_OPS,
     CASES,
     DIFFERENTIABLE,
-    F32,
     F64,
     Sample,
     as_tuple,

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from op_contract.cases import BY_NAME, CASES, DIFFERENTIABLE, F64, Sample, as_tuple, expanded, ids, noncontiguous
 
+
 def by_name(cases):
     """Parametrize by op name (hypothesis reports the name, not the whole case)."""
     return pytest.mark.parametrize("name", ids(cases))
