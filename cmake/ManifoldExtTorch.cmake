@@ -154,6 +154,12 @@ function(manifold_ext_configure_target target)
     MANIFOLD_EXT_TORCH_VERSION="${MANIFOLD_EXT_TORCH_VERSION}")
   if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
     target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-O3 -Wall -Wextra -Wno-unused-parameter>)
+    # No implicit fused multiply-add: GCC contracts a * b + c into an FMA where
+    # the instruction set has one (the AVX2/AVX-512 copies of the kernels) and
+    # not elsewhere (the default copy), so an overflow could give inf on one
+    # ISA and NaN on another. Every ISA copy now evaluates the same IEEE
+    # operations; the few places that want an FMA say so (hd_fmadd).
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-ffp-contract=off>)
   endif()
   if(MANIFOLD_EXT_WITH_CUDA)
     target_compile_definitions(${target} PRIVATE MANIFOLD_EXT_WITH_CUDA=1)
