@@ -12,14 +12,11 @@ from pathlib import Path
 import pytest
 
 import manifold_ext
-from manifold_ext import ops
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 AUTODOC = re.compile(r"^\.\. auto(function|class|data|attribute|method|exception|module)::\s+(\S+)(.*?)(?=^\.\. |\Z)",
                      re.M | re.S)
 
-# Headings every op docstring carries (numpy "Heading\n-------" or Google "Heading:" style).
-OP_SECTIONS = ("Shapes", "Dtypes and devices", "Numerics", "Raises")
 def documented_targets() -> tuple[set[str], set[str]]:
     """Objects named by autodoc directives in the docs, and modules documented with their
     ``__all__`` (``automodule`` with ``:members:`` and ``:imported-members:``)."""
@@ -55,25 +52,3 @@ def test_every_public_name_is_on_an_api_page(package):
         missing.append(name)
     assert not missing, (f"{package}.__all__ names not rendered on any docs page: {missing}; add an "
                          f"autofunction/autoclass line to the family's page in docs/ops/ or docs/packages/")
-
-
-def op_names() -> list[str]:
-    return [name for name in ops.__all__ if callable(getattr(ops, name))]
-
-
-def missing_sections(name: str) -> list[str]:
-    doc = inspect.getdoc(getattr(ops, name)) or ""
-    lines = [line.strip() for line in doc.splitlines()]
-    found = set()
-    for index, line in enumerate(lines):
-        underlined = index + 1 < len(lines) and set(lines[index + 1]) == {"-"}
-        for section in OP_SECTIONS:
-            if line == f"{section}:" or (line == section and underlined):
-                found.add(section)
-    return [section for section in OP_SECTIONS if section not in found]
-
-
-@pytest.mark.parametrize("name", op_names())
-def test_op_docstring_states_shapes_dtypes_numerics_and_errors(name):
-    missing = missing_sections(name)
-    assert not missing, f"ops.{name}'s docstring lacks the section(s) {missing}"
