@@ -63,6 +63,8 @@ def exact_neighbour_patterns(network, patterns: np.ndarray, facet_of: np.ndarray
     owner = pair_keys // H
     out = patterns[owner].copy().view(np.uint64)
     np.bitwise_xor.at(out, (pair_of_row, unit // 64), np.left_shift(np.uint64(1), (unit % 64).astype(np.uint64)))
+    if len(pair_keys) == len(unit) and not zero_constant.any():
+        return out.view(np.int64), owner  # the usual case: one unit per facet, none constant at 0
     # Units that vanish on a facet in a layer after the group's first: settle them layer by layer.
     layers = unit_layers(network)
     group_first = np.full(len(pair_keys), len(network.hidden_sizes), dtype=np.int64)

@@ -15,8 +15,11 @@
 """
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -31,7 +34,6 @@ from manifold_ext.relu_geometry.lp.definitions import (
     normalise_system,
     record_failure,
 )
-from manifold_ext.relu_geometry.lp.polygon import clip_polygon
 
 _BANNER_SILENCED = False
 
@@ -60,18 +62,34 @@ def _new_highs():
     return instance
 
 
+_PER_THREAD = threading.local()
+
+
+def _thread_highs():
+    """This thread's HiGHS instance, created and configured once (building one costs more than
+    solving a region's LPs); each new :class:`_HighsModel` passes its own model into it."""
+    h = getattr(_PER_THREAD, "highs", None)
+    if h is None:
+        h = _new_highs()
+        h.setOptionValue("output_flag", False)
+        h.setOptionValue("presolve", "off")  # tiny LPs, re-solved many times from a warm basis
+        h.setOptionValue("primal_feasibility_tolerance", 1e-10)
+        h.setOptionValue("dual_feasibility_tolerance", 1e-10)
+        _PER_THREAD.highs = h
+        _PER_THREAD.owner = None
+    return h
+
+
 class _HighsModel:
-    """A dense LP ``max cost.x  s.t.  row_lo <= M x <= row_hi,  col_lo <= x <= col_hi`` kept in one
-    HiGHS instance; callers change the objective and row bounds and re-solve (warm-started)."""
+    """A dense LP ``max cost.x  s.t.  row_lo <= M x <= row_hi,  col_lo <= x <= col_hi`` kept in this
+    thread's HiGHS instance; callers change the objective and row bounds and re-solve (warm-started).
+    One model per thread is live at a time: building a new one retires the previous one."""
 
     def __init__(self, M: np.ndarray, row_hi: np.ndarray, col_lo: np.ndarray, col_hi: np.ndarray):
         hs = _highs()
         self.inf = hs.kHighsInf
-        self.h = _new_highs()
-        self.h.setOptionValue("output_flag", False)
-        self.h.setOptionValue("presolve", "off")  # tiny LPs, re-solved many times from a warm basis
-        self.h.setOptionValue("primal_feasibility_tolerance", 1e-10)
-        self.h.setOptionValue("dual_feasibility_tolerance", 1e-10)
+        self.h = _thread_highs()
+        _PER_THREAD.owner = self
         m, n = M.shape
         lp = hs.HighsLp()
         lp.num_col_ = n
@@ -100,6 +118,9 @@ class _HighsModel:
         self.h.changeRowBounds(int(row), -self.inf, float(upper) if np.isfinite(upper) else self.inf)
 
     def solve(self) -> tuple[bool, float, np.ndarray | None, str]:
+        if _PER_THREAD.owner is not self:
+            raise RuntimeError("internal error: a retired _HighsModel was solved (another model was built in this "
+                               "thread since)")
         self.h.run()
         status = self.h.getModelStatus()
         if status != self._optimal:
@@ -168,29 +189,51 @@ def _ray_hits(x0: np.ndarray, U: np.ndarray, An: np.ndarray, slack: np.ndarray, 
     return np.where(proven, first, -1)
 
 
-def _vertex_screen(Ac, cc, state, box, x0, tol) -> int:
-    """2-D only: rows whose maximum over the polygon cut out by the facets found so far (and the
-    box) is ``<= c_i + tol`` are redundant (the region lies inside that polygon), the same proof a
-    Clarkson LP gives, without the LP. Without a box it applies only when that polygon is bounded.
-    Marks them in ``state``; returns how many."""
+# Vertex bases tried by the vertex screen (combinations of d planes out of the facets found and the
+# box's faces): beyond this the screen is skipped and the LPs decide.
+VERTEX_SCREEN_MAX_BASES = 4096
+# Margin below c_i + tol that a vertex bound must keep to prove redundancy (its rounding error).
+VERTEX_SCREEN_MARGIN = 1e-9
+
+
+def _vertex_screen(Ac, cc, state, box, tol) -> int:
+    """Rows proven redundant without an LP by the facets found so far (and the box).
+
+    For any d planes ``B x <= g_B`` among them and a row with ``a_i = B^T lam``, ``lam >= 0``,
+    every x of the region satisfies ``a_i . x = lam . B x <= lam . g_B = a_i . v`` with
+    ``v = B^{-1} g_B`` (LP duality); if that is ``<= c_i + tol`` the row is redundant, the same
+    proof a Clarkson LP gives. Only bases that are vertices of the polyhedron the planes define
+    are tried (they give the tightest bounds; with a box every direction lies in one of their
+    normal cones). Marks the rows in ``state``; returns how many."""
     facets = np.flatnonzero(state == 1)
     todo = np.flatnonzero(state == 0)
-    if len(todo) == 0 or len(facets) < 2:
-        return 0
+    d = Ac.shape[1]
+    F, g = Ac[facets], cc[facets]
     if box is not None:
-        lo, hi = box.lo, box.hi
-    else:
-        reach = 1e6 * (1.0 + np.abs(x0).max())
-        lo, hi = x0 - reach, x0 + reach
-    poly = clip_polygon(lo, hi, Ac[facets], cc[facets])
-    if len(poly) == 0:
+        eye = np.eye(d)
+        F, g = np.vstack([F, eye, -eye]), np.concatenate([g, box.hi, -box.lo])
+    n = len(F)
+    if len(todo) == 0 or n < d or math.comb(n, d) > VERTEX_SCREEN_MAX_BASES:
         return 0
-    if box is None and np.any(np.isclose(poly, lo, rtol=0, atol=1e-6 * (hi - lo)[0])
-                              | np.isclose(poly, hi, rtol=0, atol=1e-6 * (hi - lo)[0])):
-        return 0  # the facets found so far do not bound a polygon: no proof
-    redundant = todo[(poly @ Ac[todo].T).max(axis=0) <= cc[todo] + tol]
-    state[redundant] = -1
-    return len(redundant)
+    bases = np.array(list(itertools.combinations(range(n), d)), dtype=np.int64)
+    B = F[bases]  # [K, d, d]
+    regular = np.abs(np.linalg.det(B)) > 1e-12
+    B, gB = B[regular], g[bases[regular]]
+    if not len(B):
+        return 0
+    V = np.linalg.solve(B, gB[..., None])[..., 0]  # [K, d] candidate vertices
+    scale = 1.0 + np.abs(g)
+    vertex = np.all(V @ F.T <= g + 1e-9 * scale, axis=1)
+    B, V = B[vertex], V[vertex]
+    if not len(B):
+        return 0
+    lam = np.einsum("kij,tj->kti", np.linalg.inv(np.transpose(B, (0, 2, 1))), Ac[todo])  # [K, T, d]
+    in_cone = np.all(lam >= -1e-12, axis=2)
+    bound = V @ Ac[todo].T  # [K, T]
+    limit = cc[todo] + tol - VERTEX_SCREEN_MARGIN * (1.0 + np.abs(cc[todo]) + np.abs(V).max(axis=1, keepdims=True))
+    proven = np.any(in_cone & (bound <= limit), axis=0)
+    state[todo[proven]] = -1
+    return int(proven.sum())
 
 
 def active_set_highs(region: RegionSystem, box: Box | None, tol: float, on_failure: str,
@@ -230,8 +273,7 @@ def active_set_highs(region: RegionSystem, box: Box | None, tol: float, on_failu
     hits = _ray_hits(x0, U, Ac, slack, box, tol) if len(U) else np.zeros(0, dtype=np.int64)
     state[np.unique(hits[hits >= 0])] = 1
     screened["ray"] = int((state == 1).sum())
-    if d == 2:
-        screened["vertices"] += _vertex_screen(Ac, cc, state, box, x0, tol)
+    screened["vertices"] += _vertex_screen(Ac, cc, state, box, tol)
     # 4) Clarkson-style LPs over the facets found so far, in the Chebyshev model with r fixed
     #    to 0 (its box rows become the box) and the rows not proven facets switched off.
     if np.any(state == 0):
@@ -240,8 +282,8 @@ def active_set_highs(region: RegionSystem, box: Box | None, tol: float, on_failu
             model.set_row_upper(i, np.inf)
         facets_when_screened = int((state == 1).sum())
         for i in np.flatnonzero(state == 0):
-            if d == 2 and state[i] == 0 and (state == 1).sum() > facets_when_screened:
-                screened["vertices"] += _vertex_screen(Ac, cc, state, box, x0, tol)  # new facets: re-screen
+            if state[i] == 0 and (state == 1).sum() > facets_when_screened:
+                screened["vertices"] += _vertex_screen(Ac, cc, state, box, tol)  # new facets: re-screen
                 facets_when_screened = int((state == 1).sum())
             while state[i] == 0:
                 model.set_objective(np.append(Ac[i], 0.0))
