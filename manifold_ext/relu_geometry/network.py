@@ -151,19 +151,27 @@ class ReLUNetwork:
         if not linears:
             raise TypeError(f"ReLUNetwork.from_module: {type(module).__name__} has no Linear layers")
         traced, trace_problem = _trace_chain(module)
-        candidates = [] if traced is None else [("its forward read with torch.fx", cls._from_sequential(traced))]
         weights = [layer.weight for _, layer in linears]
         biases = [layer.bias if layer.bias is not None else torch.zeros(layer.out_features) for _, layer in linears]
         order = ", ".join(name for name, _ in linears)
+        candidates = [] if traced is None else [("its forward read with torch.fx",
+                                                  lambda: cls._from_sequential(traced))]
         if len(linears) >= 2:
             candidates.append((f"Linear children in registration order ({order}) with an affine output",
-                               cls.from_weights(weights, biases, output_layer=True)))
+                               lambda: cls.from_weights(weights, biases, output_layer=True)))
         candidates.append((f"Linear children in registration order ({order}) with a ReLU after each",
-                           cls.from_weights(weights, biases, output_layer=False)))
-        for _, net in candidates:
+                           lambda: cls.from_weights(weights, biases, output_layer=False)))
+        tried = []
+        for what, build in candidates:
+            try:
+                net = build()
+            except (ValueError, TypeError) as error:  # e.g. shapes that do not chain in this order
+                tried.append(f"{what} ({error})")
+                continue
             if net._matches(module):
                 return net
-        tried = "; ".join(what for what, _ in candidates)
+            tried.append(f"{what} (does not reproduce the output)")
+        tried = "; ".join(tried)
         raise ValueError(f"ReLUNetwork.from_module: {type(module).__name__}'s forward is neither its Linear "
                          f"children in registration order with ReLUs between them nor a Linear/ReLU chain torch.fx "
                          f"can read ({trace_problem or 'read, but it does not reproduce the output'}); tried: {tried}. "

@@ -86,13 +86,13 @@ def as_box(box, dim: int) -> Box | None:
         return None
     if isinstance(box, Box):
         lo, hi = box.lo, box.hi
-    elif np.ndim(box) == 0:
-        raise ValueError(f"box={box!r} is ambiguous (is it [-{box}, {box}] or [0, {box}]?): {_BOX_CONVENTION}")
     elif isinstance(box, (tuple, list)):
         if len(box) != 2:
             raise ValueError(f"box must be a pair (lo, hi), got a {type(box).__name__} of length {len(box)}: "
                              f"{_BOX_CONVENTION}")
         lo, hi = box
+    elif np.ndim(box) == 0:
+        raise ValueError(f"box={box!r} is ambiguous (is it [-{box}, {box}] or [0, {box}]?): {_BOX_CONVENTION}")
     else:
         arr = np.asarray(box, dtype=np.float64)
         if arr.ndim > 2 or arr.shape[0] != 2:
