@@ -33,19 +33,8 @@ def brute_force_regions(net: ReLUNetwork, box=None, tol: float = DEFAULT_TOL) ->
 
 
 def spread_network(widths, d, seed, out=1) -> ReLUNetwork:
-    """A random network whose first-layer hyperplanes pass through points of [-1, 1]^d, as a
-    trained network's do (PyTorch's default init leaves most of them outside the box)."""
-    g = np.random.default_rng(seed)
-    weights, biases, fan_in = [], [], d
-    for layer, width in enumerate(widths):
-        w = g.standard_normal((width, fan_in)) / np.sqrt(fan_in)
-        through = g.uniform(-1, 1, (width, fan_in)) if layer == 0 else np.abs(g.standard_normal((width, fan_in))) * 0.3
-        weights.append(w)
-        biases.append(-(w * through).sum(1))
-        fan_in = width
-    weights.append(g.standard_normal((out, fan_in)))
-    biases.append(np.zeros(out))
-    return ReLUNetwork.from_weights(weights, biases)
+    """A random network with realistic region counts (:meth:`ReLUNetwork.random`)."""
+    return ReLUNetwork.random(d, widths, seed=seed, outputs=out)
 
 
 @st.composite

@@ -45,7 +45,10 @@ namespace region_clip {
 namespace {
 
 constexpr double kInteriorRadiusCap = 1.0;  // lp.INTERIOR_RADIUS_CAP: the Chebyshev radius cap without a box
-constexpr int64_t kRegionsPerTask = 16;
+// Regions per parallel task: a region costs tens of microseconds, so a batch of the enumeration's
+// default size (256) runs on one thread (its parallelism comes from worker processes, and threads
+// woken for less work than this only wait on a busy machine); larger calls split.
+constexpr int64_t kRegionsPerTask = 256;
 
 struct RowLine {
   Line line;
@@ -294,14 +297,15 @@ RegionResult analyse_region(const double* A, const double* c, const bool* ignore
     out.cy = mid * l1.uy;
   }
   if (!(out.radius > tol)) return out;  // empty: no interior ball wider than tol
-  // Step 4: exact redundancy test of the representatives that touch P.
-  double reach = 0.0;
-  for (int j = 0; j < n; ++j) reach = std::max({reach, std::abs(ws.poly[j].x), std::abs(ws.poly[j].y)});
+  // Step 4: exact redundancy test of the representatives that touch P (within rounding of each vertex).
   for (int64_t i = 0; i < m; ++i) {
     const Line& li = ws.lines[i];
-    double min_slack = std::numeric_limits<double>::infinity();
-    for (int j = 0; j < n; ++j) min_slack = std::min(min_slack, -line_value(li, ws.poly[j].x, ws.poly[j].y));
-    if (min_slack > kTouchSlack * (1.0 + std::abs(li.e) + reach)) continue;  // never touches P: redundant
+    bool touches = false;
+    for (int j = 0; j < n && !touches; ++j) {
+      const Vertex& v = ws.poly[j];
+      touches = -line_value(li, v.x, v.y) <= kTouchSlack * (1.0 + std::abs(li.e) + std::abs(v.x) + std::abs(v.y));
+    }
+    if (!touches) continue;  // positive slack at every vertex: P never meets the line, redundant
     const int ns = clip_all(ws, m, i, ws.sub);
     if (ns < 3) {  // P_{-i} contains P, which has an interior: only rounding gets here
       out.ok = false;

@@ -125,7 +125,7 @@ def enumerate_regions(network: ReLUNetwork, box=None, *, start=None, tol: float 
     seconds = time.perf_counter() - t0
     stats = dict(box=box, empty_candidates=traversal.empty, failures=traversal.failures, n_lps=traversal.n_lps,
                  seconds=seconds, truncated=traversal.truncated, used_executor=runner.used_executor, method=method,
-                 fallbacks=traversal.fallbacks)
+                 fallbacks=traversal.fallbacks, num_batches=traversal.batches)
     if out_dir is None:
         patterns, points, radii, facets, bounded = sink.arrays()
         return EnumerationResult(patterns=patterns, interior_points=points, radii=radii, num_facets=facets,
@@ -139,7 +139,7 @@ def enumerate_regions(network: ReLUNetwork, box=None, *, start=None, tol: float 
         "num_bounded": num_bounded, "num_unbounded": num_unbounded, "empty_candidates": traversal.empty,
         "failures": traversal.failures, "n_lps": traversal.n_lps, "seconds": seconds, "truncated": traversal.truncated,
         "used_executor": runner.used_executor, "method": method, "fallbacks": traversal.fallbacks,
-        "batch_size": batch_size, "max_in_flight": max_in_flight,
+        "batch_size": batch_size, "max_in_flight": max_in_flight, "num_batches": traversal.batches,
     })
     return EnumerationShards(directory=sink.directory, num_regions=sink.count, num_bounded=num_bounded,
                              num_unbounded=num_unbounded, shard_files=[f["file"] for f in sink.files], **stats)
@@ -190,7 +190,7 @@ class _Traversal:
         self.pending: deque = deque()  # chunks [k, words] of patterns waiting for a batch
         self.pending_count = 0
         self.in_flight: deque = deque()  # (patterns, future)
-        self.empty = self.n_lps = self.fallbacks = 0
+        self.empty = self.n_lps = self.fallbacks = self.batches = 0
         self.failures: list[str] = []
         self.truncated = False
         self.bar = None
@@ -247,6 +247,7 @@ class _Traversal:
             self.in_flight.append((batch, self.runner.submit(analyse_batch, self.network, batch, *self.args)))
 
     def _consume(self, batch: np.ndarray, result) -> None:
+        self.batches += 1
         kept = batch[result.keep]
         n = len(kept)
         if self.max_regions is not None and self.sink.count + n >= self.max_regions:

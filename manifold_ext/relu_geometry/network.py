@@ -119,6 +119,32 @@ class ReLUNetwork:
         return cls(weights, biases)
 
     @classmethod
+    def random(cls, input_dim: int, widths: Sequence[int], *, seed: int = 0, outputs: int = 1,
+               box=(-1.0, 1.0)) -> "ReLUNetwork":
+        """A random network (normal weights scaled by ``1/sqrt(fan_in)``) whose first-layer hyperplanes
+        pass through uniform points of ``box`` and deeper units through typical activations, as a
+        trained network's do (PyTorch's default initialisation leaves most hyperplanes outside a
+        unit box). For benchmarks and tests that need realistic region counts; deterministic in ``seed``."""
+        from manifold_ext.relu_geometry._checks import as_int
+        from manifold_ext.relu_geometry.lp import as_box
+
+        input_dim = as_int(input_dim, "ReLUNetwork.random: input_dim", minimum=1)
+        widths = [as_int(w, "ReLUNetwork.random: widths", minimum=1) for w in widths]
+        bounds = as_box(box, input_dim)
+        g = np.random.default_rng(as_int(seed, "ReLUNetwork.random: seed"))
+        weights, biases, fan_in = [], [], input_dim
+        for layer, width in enumerate(widths):
+            w = g.standard_normal((width, fan_in)) / np.sqrt(fan_in)
+            through = (g.uniform(bounds.lo, bounds.hi, (width, fan_in)) if layer == 0
+                       else 0.3 * np.abs(g.standard_normal((width, fan_in))))
+            weights.append(w)
+            biases.append(-(w * through).sum(axis=1))
+            fan_in = width
+        weights.append(g.standard_normal((as_int(outputs, "ReLUNetwork.random: outputs", minimum=1), fan_in)))
+        biases.append(np.zeros(outputs))
+        return cls.from_weights(weights, biases)
+
+    @classmethod
     def from_module(cls, module: nn.Module, check: bool = True) -> "ReLUNetwork":
         """From an ``nn.Sequential`` of ``Linear``/``ReLU`` (nested Sequentials, ``Identity`` and
         ``Dropout`` allowed; consecutive ``Linear`` layers are composed), or from any module whose

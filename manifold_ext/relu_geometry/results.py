@@ -44,6 +44,7 @@ class EnumerationResult:
     used_executor: bool = False  # some batches ran through an executor (the one given, or the local pool)
     method: str = ""  # "clip" (exact 2-D op) or the LP path that analysed the regions
     fallbacks: int = 0  # regions the 2-D op handed to the LP path (rounding)
+    num_batches: int = 0  # tasks: batches analysed (the seed batches included)
 
     def __len__(self) -> int:
         return len(self.patterns)
@@ -93,6 +94,7 @@ class EnumerationShards:
     method: str
     fallbacks: int
     shard_files: list[str]
+    num_batches: int = 0
 
     def __len__(self) -> int:
         return self.num_regions
@@ -116,7 +118,8 @@ class EnumerationShards:
                    num_unbounded=meta["num_unbounded"], box=box, empty_candidates=meta["empty_candidates"],
                    failures=meta["failures"], n_lps=meta["n_lps"], seconds=meta["seconds"],
                    truncated=meta["truncated"], used_executor=meta["used_executor"], method=meta["method"],
-                   fallbacks=meta["fallbacks"], shard_files=[s["file"] for s in meta["shards"]])
+                   fallbacks=meta["fallbacks"], shard_files=[s["file"] for s in meta["shards"]],
+                   num_batches=meta.get("num_batches", 0))
 
     def iter_shards(self) -> Iterator[EnumerationResult]:
         """One :class:`EnumerationResult` per shard, in traversal order (counts and failures are the run's)."""
@@ -127,7 +130,7 @@ class EnumerationShards:
                     num_facets=shard["num_facets"], bounded=shard["bounded"] if "bounded" in shard else None,
                     box=self.box, empty_candidates=self.empty_candidates, failures=self.failures, n_lps=self.n_lps,
                     seconds=self.seconds, truncated=self.truncated, used_executor=self.used_executor,
-                    method=self.method, fallbacks=self.fallbacks)
+                    method=self.method, fallbacks=self.fallbacks, num_batches=self.num_batches)
 
     def load(self) -> EnumerationResult:
         """Every region in memory, as the in-memory run would have returned them."""
