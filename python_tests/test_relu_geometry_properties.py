@@ -1,8 +1,9 @@
 """Property-based tests of the ReLU geometry layer (issue 13): random small networks, degenerate
 ones included, against brute-force enumeration over all 2^H patterns.
 
-The profile is fixed and bounded (derandomised, a few dozen examples) so the default suite stays
-fast and deterministic; pass ``--hypothesis-seed``/raise ``max_examples`` locally for a deeper search.
+The default run is fixed and bounded (derandomised, a few dozen examples) so the suite stays fast
+and deterministic; under a deeper hypothesis profile (``--hypothesis-profile=thorough``, any profile
+with more than 100 examples) these tests take that profile's example count and search at random.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from manifold_ext.relu_geometry import enumerate_regions, sample_patterns
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-BOUNDED = settings(max_examples=30, derandomize=True, deadline=None, database=None,
-                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+DEEP = settings.default.max_examples > 100  # a thorough profile was loaded
+BOUNDED = settings(max_examples=settings.default.max_examples if DEEP else 30, derandomize=not DEEP, deadline=None,
+                   database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 def _enumerated(net, box, method):
@@ -57,7 +59,7 @@ def test_sampled_patterns_are_enumerated(net):
     assert {p.tobytes() for p in sampled} <= got
 
 
-@settings(max_examples=15, derandomize=True, deadline=None, database=None)
+@settings(BOUNDED, max_examples=settings.default.max_examples if DEEP else 15)
 @given(net=degenerate_networks(dims=(2,)), in_box=st.booleans())
 def test_2d_op_and_lp_paths_agree_region_by_region(net, in_box):
     """Facets, radii and boundedness of every region from the exact op equal the LP paths'."""

@@ -26,7 +26,11 @@ import torch
 
 from manifold_ext.benchmark.harness import BenchCase
 from manifold_ext.ops import activation_patterns, hamming_distance, hamming_topk
-from manifold_ext.reference import activation_bits_reference, hamming_distance_bits_reference, hamming_topk_bits_reference
+from manifold_ext.reference import (
+    activation_bits_reference,
+    hamming_distance_bits_reference,
+    hamming_topk_bits_reference,
+)
 
 
 def _mlp_weights(d: int, widths: list[int], device, seed: int = 0):
@@ -53,7 +57,8 @@ def _pipeline_case(n: int, d: int, widths: list[int], k: int, device) -> BenchCa
                                                activation_bits_reference(r, weights, biases), k)
 
         def ours():
-            return hamming_topk(activation_patterns(query, weights, biases), activation_patterns(ref, weights, biases), k)
+            return hamming_topk(activation_patterns(query, weights, biases), activation_patterns(ref, weights, biases),
+                                k)
 
         compiled = torch.compile(eager_pipeline, dynamic=False)
         got, want = ours(), eager_pipeline(query, ref)

@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Iterable
 
 import numpy as np
-import torch
 
 from manifold_ext.relu_geometry._checks import as_int
 from manifold_ext.relu_geometry.lp import DEFAULT_TOL, RegionLPError, active_set, as_box, as_system

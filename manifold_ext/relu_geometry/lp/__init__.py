@@ -63,7 +63,8 @@ def _check_method(method: str, where: str, dim: int) -> None:
     if method not in METHODS:
         raise ValueError(f"{where}: method must be one of {METHODS}, got {method!r}")
     if method == "clip" and dim != 2:
-        raise ValueError(f"{where}: method='clip' (exact polygon clipping) needs a 2-D input space, got dimension {dim}")
+        raise ValueError(f"{where}: method='clip' (exact polygon clipping) needs a 2-D input space, got "
+                         f"dimension {dim}")
 
 
 def active_set(region, box=None, *, tol: float = DEFAULT_TOL, method: str = "highs", on_failure: str = "raise",

@@ -292,7 +292,8 @@ def active_set_highs(region: RegionSystem, box: Box | None, tol: float, on_failu
                 n_lps += 1
                 model.set_row_upper(i, np.inf)
                 if not ok:
-                    record_failure(on_failure, f"redundancy LP of row {int(system.rows[cand[i]])} failed ({status})", failures)
+                    record_failure(on_failure, f"redundancy LP of row {int(system.rows[cand[i]])} failed ({status})",
+                                   failures)
                     state[i] = 2
                     break
                 if value <= cc[i] + tol:
