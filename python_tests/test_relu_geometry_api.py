@@ -327,3 +327,15 @@ def test_sample_patterns_checks_its_arguments():
         sample_patterns(net, None, 10)
     with pytest.raises(TypeError, match="n must be an integer"):
         sample_patterns(net, (-1, 1), 10.5)
+
+
+def test_bisection_checks_its_arguments():
+    from manifold_ext.relu_geometry import bisect_to_neighbour
+
+    net = small_net()
+    with pytest.raises(ValueError, match="must be finite"):
+        bisect_to_neighbour(net, [0.0, np.nan], [1.0, 1.0])
+    with pytest.raises(ValueError, match="min_interval must be > 0"):
+        bisect_to_neighbour(net, [0.0, 0.0], [1.0, 1.0], min_interval=0)
+    with pytest.raises(ValueError, match=r"dimension 2, got shapes \(3,\)"):
+        bisect_to_neighbour(net, [0.0, 0.0, 0.0], [1.0, 1.0])
