@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -196,6 +197,12 @@ VERTEX_SCREEN_MAX_BASES = 4096
 VERTEX_SCREEN_MARGIN = 1e-9
 
 
+@functools.lru_cache(maxsize=256)
+def _bases(n: int, d: int) -> np.ndarray:
+    """Every choice of d planes out of n, ``int64 [comb(n, d), d]`` (cached: regions repeat sizes)."""
+    return np.array(list(itertools.combinations(range(n), d)), dtype=np.int64).reshape(-1, d)
+
+
 def _vertex_screen(Ac, cc, state, box, tol) -> int:
     """Rows proven redundant without an LP by the facets found so far (and the box).
 
@@ -215,19 +222,19 @@ def _vertex_screen(Ac, cc, state, box, tol) -> int:
     n = len(F)
     if len(todo) == 0 or n < d or math.comb(n, d) > VERTEX_SCREEN_MAX_BASES:
         return 0
-    bases = np.array(list(itertools.combinations(range(n), d)), dtype=np.int64)
+    bases = _bases(n, d)
     B = F[bases]  # [K, d, d]
     regular = np.abs(np.linalg.det(B)) > 1e-12
-    B, gB = B[regular], g[bases[regular]]
+    bases, B = bases[regular], B[regular]
     if not len(B):
         return 0
-    V = np.linalg.solve(B, gB[..., None])[..., 0]  # [K, d] candidate vertices
-    scale = 1.0 + np.abs(g)
-    vertex = np.all(V @ F.T <= g + 1e-9 * scale, axis=1)
-    B, V = B[vertex], V[vertex]
-    if not len(B):
+    B_inv = np.linalg.inv(B)
+    V = np.einsum("kij,kj->ki", B_inv, g[bases])  # [K, d] candidate vertices
+    vertex = np.all(V @ F.T <= g + 1e-9 * (1.0 + np.abs(g)), axis=1)
+    B_inv, V = B_inv[vertex], V[vertex]
+    if not len(V):
         return 0
-    lam = np.einsum("kij,tj->kti", np.linalg.inv(np.transpose(B, (0, 2, 1))), Ac[todo])  # [K, T, d]
+    lam = np.einsum("kji,tj->kti", B_inv, Ac[todo])  # a_i = B^T lam: lam = B^{-T} a_i, [K, T, d]
     in_cone = np.all(lam >= -1e-12, axis=2)
     bound = V @ Ac[todo].T  # [K, T]
     limit = cc[todo] + tol - VERTEX_SCREEN_MARGIN * (1.0 + np.abs(cc[todo]) + np.abs(V).max(axis=1, keepdims=True))
