@@ -18,14 +18,27 @@ from manifold_ext.relu_geometry._checks import as_float, as_int
 
 
 class _Deferred:
-    """A future computed in this process when its result is first asked for."""
+    """A future computed in this process when its result is first asked for.
+
+    It runs on one intra-op thread, as the pool's workers do: a batch is many small ops
+    (region systems of a few dozen rows, the 2-D op), and on a busy machine waking a second
+    OpenMP thread for each costs far more than the op (measured on the shared 2-core machine:
+    region_system of 256 patterns of a 3x25 net, 7 ms on one thread, 185 ms on two). The
+    setting is restored afterwards; only the driver's thread runs these."""
 
     def __init__(self, fn, args):
         self._fn, self._args, self._done, self._value = fn, args, False, None
 
     def result(self):
         if not self._done:
-            self._value, self._done = self._fn(*self._args), True
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                self._value, self._done = self._fn(*self._args), True
+            finally:
+                torch.set_num_threads(threads)
             self._fn = self._args = None
         return self._value
 
@@ -91,7 +104,7 @@ class BatchRunner:
             if self.own_pool is None and not self.pool_broke:
                 raise
             if self.pool_broke:  # the other batches that were in the broken pool
-                return fn(*args)
+                return _Deferred(fn, args).result()
             # E.g. a script without an `if __name__ == "__main__":` guard, whose spawned workers
             # re-run it on import: finish in this process instead of failing.
             warnings.warn(f"enumerate_regions: the local process pool failed ({error}; a script without an "
@@ -99,7 +112,7 @@ class BatchRunner:
                           stacklevel=3)
             self.close()
             self.mode, self.pool_broke = "inline", True
-            return fn(*args)
+            return _Deferred(fn, args).result()
 
     def close(self) -> None:
         if self.own_pool is not None:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from manifold_ext.relu_geometry._analysis import analyse_batch
 from manifold_ext.relu_geometry._checks import as_int
-from manifold_ext.relu_geometry._executors import BatchRunner
+from manifold_ext.relu_geometry._executors import BatchRunner, _Deferred
 from manifold_ext.relu_geometry.facets import flip_units, neighbours, point_across_facet  # noqa: F401 (re-export)
 from manifold_ext.relu_geometry.lp import DEFAULT_TOL, METHODS, Box, RegionLPError, as_box, check_tol
 from manifold_ext.relu_geometry.network import ReLUNetwork
@@ -211,7 +211,7 @@ class _Traversal:
                 continue
             batch = np.stack(fresh)
             self.seen.update(_keys(batch))
-            self._consume(batch, analyse_batch(self.network, batch, *self.args))
+            self._consume(batch, _Deferred(analyse_batch, (self.network, batch, *self.args)).result())
             if self.sink.count:
                 return
         raise RegionLPError(
