@@ -326,7 +326,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> region_cl
     double tol) {
   const char* op = "region_clip_2d";
   for (const at::Tensor* t : {&A, &c, &ignore}) {
-    TORCH_CHECK_VALUE(t->device().is_cpu(), op, ": expected CPU tensors (the op is CPU only), got ", t->device());
+    TORCH_CHECK_VALUE(t->device().is_cpu(), op, ": all tensors must be on one CPU device (the op is CPU only); A is on ",
+                      A.device(), ", c on ", c.device(), ", ignore on ", ignore.device());
   }
   TORCH_CHECK_VALUE(A.dim() == 3 && A.size(2) == 2, op, ": A must have shape [P, H, 2] (2-D input), got ", A.sizes());
   TORCH_CHECK_VALUE(A.scalar_type() == at::kDouble, op, ": A must be float64, got ", A.scalar_type());
@@ -339,8 +340,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> region_cl
   TORCH_CHECK_VALUE(std::isfinite(tol) && tol > 0, op, ": tol must be a finite number > 0, got ", tol);
   at::Tensor box_c;
   if (box.has_value()) {
-    TORCH_CHECK_VALUE(box->device().is_cpu(), op, ": expected CPU tensors (the op is CPU only), got box on ",
-                      box->device());
+    TORCH_CHECK_VALUE(box->device().is_cpu(), op, ": all tensors must be on one CPU device (the op is CPU only); "
+                      "box is on ", box->device());
     TORCH_CHECK_VALUE(box->scalar_type() == at::kDouble && box->dim() == 2 && box->size(0) == 2 && box->size(1) == 2,
                       op, ": box must be float64 [2, 2] (rows lo, hi), got ", box->scalar_type(), " ", box->sizes());
     box_c = box->contiguous();
