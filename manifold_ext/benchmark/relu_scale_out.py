@@ -63,15 +63,18 @@ def measure(case: str, workers: list[int]) -> dict:
     enumerate_module._Traversal._consume = timed_consume
     try:
         start = time.perf_counter()
-        inline, out["inline_driver_peak_MB"] = _peak_python_mb(
-            lambda: enumerate_regions(net, box=box, executor=None, batch_size=batch, progress=False))
+        inline = enumerate_regions(net, box=box, executor=None, batch_size=batch, progress=False)
         out["inline_s"] = time.perf_counter() - start
         out["regions"], out["tasks"] = len(inline), inline.num_batches
         out["driver_s_per_region_us"] = 1e6 * driver_seconds[0] / len(inline)
+        # Peak Python memory of the driver (tracemalloc slows the run: not timed).
+        _, out["in_memory_driver_peak_MB"] = _peak_python_mb(
+            lambda: enumerate_regions(net, box=box, executor=None, batch_size=batch, progress=False))
         with tempfile.TemporaryDirectory() as tmp:
             _, out["streamed_driver_peak_MB"] = _peak_python_mb(
                 lambda: enumerate_regions(net, box=box, executor=None, batch_size=batch, out_dir=Path(tmp) / "run",
                                           shard_size=5000, progress=False))
+        out["streamed_driver_bytes_per_region"] = 1e6 * out["streamed_driver_peak_MB"] / len(inline)
         sample = inline.patterns[:batch]
         args = (net, sample, None, 1e-7, box is None, inline.method)
         out["bytes_per_task_args"] = len(pickle.dumps((analyse_batch, *args)))
@@ -94,7 +97,9 @@ def measure(case: str, workers: list[int]) -> dict:
                 cluster.close()
             assert np.array_equal(remote.patterns, inline.patterns), "the cluster's regions differ"
             out[f"dask_{n}_workers_s"] = wall
-            out[f"dask_{n}_workers_overhead_per_task_ms"] = 1e3 * (wall * n - out["inline_s"]) / out["tasks"]
+            out[f"dask_{n}_workers_efficiency"] = out["inline_s"] / (n * wall)  # 1.0: n workers, n times faster
+            if n == 1:  # what a task costs beyond its work, with batches in flight
+                out["overhead_per_task_ms"] = 1e3 * (wall - out["inline_s"]) / out["tasks"]
     finally:
         enumerate_module._Traversal._consume = consume
     if 1 in workers and 2 in workers:
