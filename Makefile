@@ -4,6 +4,7 @@
 #   make test        set up .venv, build the extension, run the whole test suite
 #   make bench       benchmark every op family, write benchmarks/results/
 #   make cuda-check  compile the CUDA kernels against CUDA torch (needs nvcc)
+#   make gpu-check   on a GPU machine: build for its GPU, CUDA tests, compute-sanitizer, GPU benchmarks
 #   make docs        build the documentation (docs/_build/html), warnings are errors
 #   make wheel       build an sdist and a manylinux wheel for the installed torch (dist/)
 #
@@ -19,7 +20,7 @@ BIN := $(VENV)/bin
 # Build requirements must be present before a --no-build-isolation build.
 BUILD_REQS := scikit-build-core>=0.10 cmake>=3.30 ninja
 
-.PHONY: setup demo test test-slow bench cuda-check docs wheel clean
+.PHONY: setup demo test test-slow bench cuda-check gpu-check docs wheel clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +51,15 @@ CUDA_TORCH_SPEC ?= torch==2.14.1
 TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 cuda-check:
 	./.ci/cuda_compile_check.sh "$(CUDA_VENV)" "$(CUDA_TORCH_SPEC)" "$(TORCH_CUDA_ARCH_LIST)"
+
+# Everything that needs a GPU, as one command for a bare GPU machine without network:
+# build for the GPU present, every CUDA test, compute-sanitizer, GPU benchmarks, all
+# within 9 minutes (docs/guides/gpu.md). Runs with the machine's python3 (PYTHON=...),
+# not .venv; WHEELS names a folder of wheels to install first (e.g. hypothesis).
+GPU_CHECK_OUT ?= gpu-check-out
+WHEELS ?=
+gpu-check:
+	./.ci/gpu-check "$(GPU_CHECK_OUT)" $(WHEELS)
 
 # Sphinx site; the reproduction and benchmark pages are generated from the committed
 # docs/results/*/summary.json and benchmarks/results/*.json on every build.

@@ -165,7 +165,12 @@ function(manifold_ext_configure_target target)
     target_compile_definitions(${target} PRIVATE MANIFOLD_EXT_WITH_CUDA=1)
     set_target_properties(${target} PROPERTIES
       CUDA_STANDARD ${MANIFOLD_EXT_CXX_STANDARD} CUDA_STANDARD_REQUIRED ON)
-    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr>)
+    # --fmad=false: no implicit fused multiply-add in CUDA code either (nvcc
+    # fuses a * b + c by default), so the element math rounds as in the CPU
+    # kernels (-ffp-contract=off above): the same float32 terms, the same inf
+    # or NaN on overflow. The kernels are memory-bound; hd_fmadd still fuses
+    # where a formula asks for it.
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr --fmad=false>)
     if(MANIFOLD_EXT_CUDA_EXTRA_INCLUDES)
       target_include_directories(${target} PRIVATE ${MANIFOLD_EXT_CUDA_EXTRA_INCLUDES})
     endif()

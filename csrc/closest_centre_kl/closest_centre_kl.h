@@ -51,9 +51,12 @@ struct Grid {
 
 // Nearest grid point of mu, ties to even (torch.round), then clipped. The
 // comparisons keep a NaN mu NaN (torch.clamp propagates NaN too).
+// offset + spacing * k is rounded after the product and after the sum on every
+// backend (hd_mul_then_add), as torch's separate mul and add round it, so CPU,
+// CUDA and the reference agree bit for bit for any spacing and offset.
 template <typename T>
 ME_HD T grid_centre(T mu, const Grid<T>& grid) {
-  T centre = grid.offset + grid.spacing * hd_round((mu - grid.offset) / grid.spacing);
+  T centre = hd_mul_then_add(grid.spacing, hd_round((mu - grid.offset) / grid.spacing), grid.offset);
   centre = hd_where(centre < grid.low, grid.low, centre);
   centre = hd_where(centre > grid.high, grid.high, centre);
   return centre;

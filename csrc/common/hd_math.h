@@ -67,6 +67,31 @@ ME_HD double hd_fmadd(double a, double b, double c) {
 #endif
 }
 
+// a * b + c with two roundings (the product, then the sum), never fused into
+// one FMA: the rounding every backend must agree on where results are compared
+// bit for bit (the grid centres of closest_centre_kl against each other and
+// against torch's separate mul and add). nvcc fuses a * b + c by default
+// (--fmad=true) but never __fmul_rn/__fadd_rn; the CPU kernels are built with
+// -ffp-contract=off, so the plain operators (scalar or at::vec) round twice.
+ME_HD float hd_mul_then_add(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(__fmul_rn(a, b), c);
+#else
+  return a * b + c;
+#endif
+}
+ME_HD double hd_mul_then_add(double a, double b, double c) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(__dmul_rn(a, b), c);
+#else
+  return a * b + c;
+#endif
+}
+template <typename V>  // CPU SIMD vectors (at::vec::Vectorized)
+inline V hd_mul_then_add(const V& a, const V& b, const V& c) {
+  return a * b + c;
+}
+
 // Branch-free select: `condition` is a bool for scalars, a lane mask for vectors.
 template <typename T>
 ME_HD T hd_where(bool condition, T if_true, T if_false) {

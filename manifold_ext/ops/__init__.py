@@ -16,6 +16,7 @@ from manifold_ext.ops.diffusion import (
     rk4_combine,
     rk4_update,
 )
+from manifold_ext.ops._schedule_checks import deferred_schedule_checks  # noqa: F401  (a setting, not an op)
 from manifold_ext.ops.gaussian_elbo import gaussian_elbo
 from manifold_ext.ops.relu_patterns import (
     activation_patterns,
