@@ -96,3 +96,20 @@ def test_shards_stream_and_load(tmp_path):
         enumerate_regions(net, executor=None, out_dir=tmp_path / "r2", progress=False)
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         load_regions(tmp_path)
+
+
+def test_scale_out_model_caps_at_the_serial_driver_and_max_in_flight():
+    from manifold_ext.benchmark.relu_scale_out import markdown, model
+
+    measured = {"case": "3d", "network": "net", "batch_size": 10, "regions": 1000, "tasks": 100, "inline_s": 11.0,
+                "driver_s_per_region_us": 1000.0, "overhead_per_task_ms": 10.0, "max_in_flight": 4,
+                "bytes_per_region": 1.0, "in_memory_driver_peak_MB": 1.0, "streamed_driver_peak_MB": 1.0}
+    # w = 10 ms of work per region, serial part 1 s (driver) + 1 s (tasks)
+    two = model(measured, 2)
+    assert two["wall_s"] == pytest.approx(5.0) and not two["driver_bound"]
+    many = model(measured, 100)  # 4 batches in flight: 2.5 s of parallel work, above the 2 s serial part
+    assert many["wall_s"] == pytest.approx(2.5) and not many["driver_bound"]
+    measured["max_in_flight"] = 1000
+    assert model(measured, 100)["wall_s"] == pytest.approx(2.0) and model(measured, 100)["driver_bound"]
+    assert model(measured, 100)["max_speedup"] == pytest.approx(5.5)
+    assert "| model: 100 workers | 2.0 s, 5.5x in-process (driver-bound) |" in markdown(measured)

@@ -339,3 +339,19 @@ def test_bisection_checks_its_arguments():
         bisect_to_neighbour(net, [0.0, 0.0], [1.0, 1.0], min_interval=0)
     with pytest.raises(ValueError, match=r"dimension 2, got shapes \(3,\)"):
         bisect_to_neighbour(net, [0.0, 0.0, 0.0], [1.0, 1.0])
+
+
+def test_every_geometry_module_imports_without_the_optional_solvers():
+    """Lean core (issue 16): the LP back-ends (``lp.highs``, ``lp.cvxpy_reference``) import highspy and
+    cvxpy only inside the functions that solve, so every module of the package imports without them.
+    Uses the optional-import suite's interpreter that hides the optional packages."""
+    run_hidden = pytest.importorskip("test_optional_imports").run_hidden
+    done = run_hidden("""
+        import importlib, pkgutil, sys
+        import manifold_ext.relu_geometry as package
+        for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            importlib.import_module(module.name)
+        print("LOADED=" + ",".join(sorted(m for m in sys.modules if m.split(".")[0] in HIDDEN)))
+    """)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "LOADED=\n" in done.stdout + "\n", done.stdout
