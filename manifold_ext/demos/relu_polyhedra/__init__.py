@@ -25,8 +25,13 @@ from concurrent.futures import as_completed
 import numpy as np
 from tqdm.auto import tqdm
 
-from manifold_ext.demos.common import add_common_arguments, run_record, seed_everything, validate_paper_comparison, \
-    write_json
+from manifold_ext.demos.common import (
+    add_common_arguments,
+    run_record,
+    seed_everything,
+    validate_paper_comparison,
+    write_json,
+)
 from manifold_ext.demos.relu_polyhedra import comparison, figures
 from manifold_ext.demos.relu_polyhedra.counting import BOX, RegionCounter, count_summary
 from manifold_ext.demos.relu_polyhedra.digits import Sizes, run_digits
@@ -54,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seeds of the 3-D 3x10 network (default 5; --full 10; --quick 0)")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"training steps per network (default {Recipe.steps}; --quick 800)")
+    parser.add_argument("--init", choices=("median", "pytorch"), default="median",
+                        help="hidden-layer initialisation: 'median' (default: He weights, bias = -median "
+                             "pre-activation, no unit starts dead) or 'pytorch' (nn.Linear's default; an ablation)")
     parser.add_argument("--grid", type=int, default=None,
                         help="points per axis of the sampling check's grid (default 1000; --quick 200)")
     parser.add_argument("--workers", type=int, default=None,
@@ -100,8 +108,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         seeds, seeds_3d, steps, grid = 10, 5, Recipe.steps, 1000
         digits = Sizes()
         architectures = TABLE1_ARCHITECTURES
-    return Settings(args.seeds or seeds, seeds_3d if args.seeds_3d is None else args.seeds_3d,
-                    Recipe(steps=args.steps or steps), args.grid or grid, architectures, digits)
+    recipe = Recipe(steps=args.steps or steps, init=getattr(args, "init", "median"))
+    return Settings(args.seeds or seeds, seeds_3d if args.seeds_3d is None else args.seeds_3d, recipe,
+                    args.grid or grid, architectures, digits)
 
 
 def _cluster(scheduler: str | None):
@@ -147,6 +156,7 @@ def run(args: argparse.Namespace) -> dict:
     settings = settings_from(args)
     executor, client = _cluster(args.scheduler)
     timing = {"training": 0.0}
+    cpu = {"training": 0.0}  # CPU seconds (process_time): what a loaded machine does not inflate
     trained_by_role: dict[tuple[str, tuple[int, int]], object] = {}
     futures = {}
     try:
@@ -158,6 +168,7 @@ def run(args: argparse.Namespace) -> dict:
                 seeds = [args.seed + 1000 * (role == "3d") + s for s in range(n_seeds)]
                 trained = train_networks([nodes] * layers, d, seeds, settings.recipe)
                 timing["training"] += trained.seconds
+                cpu["training"] += trained.cpu_seconds
                 trained_by_role[(role, (layers, nodes))] = trained
                 for s, network in enumerate(trained.networks):
                     futures[counter.submit(network, BOX, everywhere=(d == 2))] = (role, (layers, nodes), s)
@@ -166,9 +177,10 @@ def run(args: argparse.Namespace) -> dict:
             observation = fig1_observation(fig1_nets)
             segments = random_segment_bisection(fig1_nets, pairs=5 if args.quick else 20, seed=args.seed)
             timing["fig1_observation_and_bisection"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             digits = run_digits(args.seed, settings.digits)
             timing["digits"] = time.perf_counter() - t0
+            cpu["digits"] = time.process_time() - c0
             t0 = time.perf_counter()
             results: dict = {}
             for future in tqdm(as_completed(futures), total=len(futures), desc="enumerating networks", unit="net"):
@@ -181,8 +193,9 @@ def run(args: argparse.Namespace) -> dict:
             client.close()
     by_role = {key: [results[key][s] for s in range(len(results[key]))] for key in results}
     per_net = {key: _per_net_rows(trained_by_role[key], by_role[key]) for key in by_role}
-    timing["enumeration_cpu_seconds_summed_over_networks"] = float(sum(
+    timing["enumeration_summed_over_networks"] = float(sum(
         r.get("seconds_box", 0) + r.get("seconds_everywhere", 0) for rows in per_net.values() for r in rows))
+    cpu["enumeration_summed_over_networks"] = float(sum(r["cpu_seconds"] for rows in per_net.values() for r in rows))
 
     table1 = [{"layers": a[0], "nodes": a[1], **_aggregate(per_net[("table1", a)])} for a in settings.architectures]
     fig1_key = ("fig1", FIG1_ARCHITECTURE)
@@ -229,6 +242,10 @@ def run(args: argparse.Namespace) -> dict:
         "digits": digits,
         "networks": {f"{role}-{a[0]}x{a[1]}": rows_ for (role, a), rows_ in per_net.items()},
         "timing_seconds": {k: round(v, 1) for k, v in timing.items()},
+        "cpu_seconds": {**{k: round(v, 1) for k, v in cpu.items()},
+                        "this_process_total": round(time.process_time(), 1),
+                        "note": "enumeration CPU is measured in the local worker processes (with --scheduler it is the "
+                                "driver thread's process time, not the cluster's)"},
         "figures": {k: str(v) for k, v in paths.items()},
         "paper_comparison": rows,
         "run": run_record(started),

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from manifold_ext.demos.common import paper_row
-
-from manifold_ext.demos.relu_polyhedra.digits import FGSM_EPS, SETUP as DIGITS_SETUP
+from manifold_ext.demos.relu_polyhedra.digits import FGSM_EPS
+from manifold_ext.demos.relu_polyhedra.digits import SETUP as DIGITS_SETUP
 from manifold_ext.demos.relu_polyhedra.paper import (
     FIG1,
     FIG4,

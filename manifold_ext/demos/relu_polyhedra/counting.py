@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
@@ -69,6 +70,7 @@ def region_statistics(network: ReLUNetwork, box=BOX, *, everywhere: bool = True,
     Active bits per region are the facets found by the R^d traversal (Eq. 6 without a box).
     """
     torch.set_num_threads(1)
+    cpu_started = time.process_time()  # CPU seconds: comparable across machine loads, unlike wall time
     in_box = enumerate_regions(network, box=box, executor=executor, progress=False)
     stats = {
         "regions_box": len(in_box),
@@ -80,6 +82,7 @@ def region_statistics(network: ReLUNetwork, box=BOX, *, everywhere: bool = True,
     }
     result = NetRegions(stats, in_box.patterns, None, None)
     if not everywhere:
+        stats["cpu_seconds"] = round(time.process_time() - cpu_started, 3)
         return result
     plane = enumerate_regions(network, executor=executor, progress=False)
     missing = int(np.sum(plane.index_of(in_box.patterns) < 0))
@@ -95,6 +98,7 @@ def region_statistics(network: ReLUNetwork, box=BOX, *, everywhere: bool = True,
         "failed_lps": stats["failed_lps"] + len(plane.failures),
         "empty_candidates": stats["empty_candidates"] + plane.empty_candidates,
         "seconds_everywhere": round(plane.seconds, 3),
+        "cpu_seconds": round(time.process_time() - cpu_started, 3),
     })
     result.patterns_everywhere = plane.patterns
     result.bounded = plane.bounded
@@ -134,7 +138,7 @@ class RegionCounter:
     def close(self) -> None:
         self.pool.shutdown(cancel_futures=True)
 
-    def __enter__(self) -> "RegionCounter":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -146,4 +150,4 @@ def count_summary(values) -> dict:
     values = np.asarray(values, dtype=np.float64)
     return {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
             "median": float(np.median(values)), "min": int(values.min()), "max": int(values.max()),
-            "n": int(len(values))}
+            "n": len(values)}

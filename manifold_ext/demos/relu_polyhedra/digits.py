@@ -20,6 +20,9 @@ from tqdm.auto import tqdm
 
 from manifold_ext._optional import require
 from manifold_ext.attacks import fgsm
+from manifold_ext.demos.relu_polyhedra.paper import STRUCTURES
+from manifold_ext.demos.relu_polyhedra.toy import one_bit_guarantee
+from manifold_ext.demos.relu_polyhedra.training import torch_threads
 from manifold_ext.ops.relu_patterns import hamming_distance
 from manifold_ext.relu_geometry import (
     HammingNearestNeighbour,
@@ -28,10 +31,6 @@ from manifold_ext.relu_geometry import (
     bisect_to_neighbour,
     chebyshev_centre,
 )
-
-from manifold_ext.demos.relu_polyhedra.paper import STRUCTURES
-from manifold_ext.demos.relu_polyhedra.toy import one_bit_guarantee
-from manifold_ext.demos.relu_polyhedra.training import torch_threads
 
 PIXEL_BOX = (0.0, 1.0)
 FGSM_EPS = 0.1
@@ -178,7 +177,7 @@ def chebyshev_radii(network: ReLUNetwork, X: np.ndarray) -> np.ndarray:
 def _stats(values) -> dict:
     values = np.asarray(values, dtype=np.float64)
     return {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-            "min": float(values.min()), "max": float(values.max()), "n": int(len(values))}
+            "min": float(values.min()), "max": float(values.max()), "n": len(values)}
 
 
 def nearest_pairs(X: np.ndarray, n_pairs: int, seed: int) -> list[tuple[int, int]]:

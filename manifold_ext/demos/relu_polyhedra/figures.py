@@ -8,11 +8,10 @@ import numpy as np
 import torch
 
 from manifold_ext.demos.common import pyplot
-from manifold_ext.relu_geometry import ReLUNetwork
-from manifold_ext.relu_geometry.plot import plot_regions, region_polygon
-
 from manifold_ext.demos.relu_polyhedra.counting import BOX
 from manifold_ext.demos.relu_polyhedra.paper import TABLE1
+from manifold_ext.relu_geometry import ReLUNetwork
+from manifold_ext.relu_geometry.plot import plot_regions, region_polygon
 
 DPI = 110
 
@@ -29,17 +28,22 @@ def _plane_window(regions, bounded) -> float:
 
 
 def fig1(path: Path, network: ReLUNetwork, box_patterns: np.ndarray, plane_patterns: np.ndarray,
-         bounded: np.ndarray) -> None:
-    """Fig. 1: the 2x10 network's regions in [-1, 1]^2 and in R^2, coloured by their affine map."""
+         bounded: np.ndarray, near: float = 8.0) -> None:
+    """Fig. 1: the 2x10 network's regions in [-1, 1]^2, in [-8, 8]^2 with the segments of the paper's
+    observation (x = 0 and x = 6, dotted) and in a window holding every bounded region; colour = affine map."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.8))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.8))
     plot_regions(axes[0], network.regions(torch.from_numpy(box_patterns)), BOX,
                  title=f"{len(box_patterns)} regions in [-1, 1]^2 (2x10 net, seed 0)")
     plane = network.regions(torch.from_numpy(plane_patterns))
+    plot_regions(axes[1], plane, (-near, near), title="R^2 near the box: segments (0, ±1) and (6, ±1)")
+    for x in (0.0, 6.0):
+        axes[1].plot([x, x], [-1, 1], ls=":", lw=2.0, color="w")
     wide = _plane_window(plane, bounded)
-    plot_regions(axes[1], plane, (-wide, wide),
+    plot_regions(axes[2], plane, (-wide, wide),
                  title=f"R^2: {len(plane)} regions ({int(bounded.sum())} bounded, {int((~bounded).sum())} unbounded)")
-    axes[1].add_patch(plt.Rectangle((-1, -1), 2, 2, fill=False, ls="--", lw=1.0, color="w"))
+    for ax in axes[1:]:
+        ax.add_patch(plt.Rectangle((-1, -1), 2, 2, fill=False, ls="--", lw=1.0, color="w"))
     fig.suptitle("Fig. 1 (paper: 218 in the box, 237 in R^2 = 211 bounded + 26 unbounded); colour = affine map")
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)

@@ -4,12 +4,10 @@ sampling, the Fig. 1 observation on Hamming distance at a fixed Euclidean distan
 from __future__ import annotations
 
 import numpy as np
-import torch
-
-from manifold_ext.ops.relu_patterns import hamming_distance
-from manifold_ext.relu_geometry import ReLUNetwork, bisect_to_neighbour, sample_patterns
 
 from manifold_ext.demos.relu_polyhedra.counting import BOX
+from manifold_ext.ops.relu_patterns import hamming_distance
+from manifold_ext.relu_geometry import ReLUNetwork, bisect_to_neighbour, sample_patterns
 
 # Fig. 1 observation: the pair (x, -1), (x, 1) for growing x; the paper compares x = 0 with x = 6.
 FIG1_OFFSETS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
@@ -22,7 +20,7 @@ def sampling_check(network: ReLUNetwork, box_patterns: np.ndarray, points: int, 
                                         sample_patterns(network, BOX, points, seed=seed)]), axis=0)
     lookup = {p.tobytes(): i for i, p in enumerate(box_patterns)}
     positions = np.array([lookup.get(p.tobytes(), -1) for p in sampled])
-    return {"points": 2 * points, "distinct_patterns_sampled": int(len(sampled)),
+    return {"points": 2 * points, "distinct_patterns_sampled": len(sampled),
             "sampled_but_not_enumerated": int(np.sum(positions < 0)),
             "enumerated_only": int(len(box_patterns) - len(np.unique(positions[positions >= 0])))}
 
@@ -35,7 +33,7 @@ def one_bit_guarantee(network: ReLUNetwork, path) -> dict:
     steps = hamming_distance(patterns[:-1], patterns[1:]).diagonal().numpy() if len(patterns) > 1 \
         else np.zeros(0, dtype=np.int64)
     ends = int(hamming_distance(patterns[:1], patterns[-1:])[0, 0])
-    return {"regions": int(path.num_regions), "steps": int(len(steps)),
+    return {"regions": int(path.num_regions), "steps": len(steps),
             "steps_one_bit_apart": int(np.sum(steps == 1)), "degenerate_steps": len(path.degenerate),
             "hamming_between_ends": ends}
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import time
 
@@ -59,10 +60,13 @@ class Recipe:
     batch: int = 256
     eval_every: int = 250
     validation_fraction: float = 0.2
+    init: str = "median"  # or "pytorch": nn.Linear's default initialisation (an ablation; units may start dead)
 
     def as_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "optimiser": "Adam, cosine decay", "weights": "He normal",
-                "hidden_bias": "minus the median pre-activation over the training points",
+        init = {"median": {"weights": "He normal",
+                           "hidden_bias": "minus the median pre-activation over the training points"},
+                "pytorch": {"weights_and_biases": "nn.Linear default, uniform in +-1/sqrt(fan_in)"}}[self.init]
+        return {**dataclasses.asdict(self), "optimiser": "Adam, cosine decay", **init,
                 "target": "standardised for training (output layer folded back)",
                 "checkpoint": "best validation MSE"}
 
@@ -77,6 +81,7 @@ class TrainedNets:
     networks: list[ReLUNetwork]
     validation_mse: np.ndarray  # [S], in the target's units
     seconds: float
+    cpu_seconds: float
 
     @property
     def name(self) -> str:
@@ -105,22 +110,42 @@ def sample_datasets(seeds: list[int], d: int, n_points: int) -> tuple[torch.Tens
 class StackedMLP(nn.Module):
     """``S`` independent ReLU MLPs of the same shape, evaluated together: ``x [S, B, d] -> [S, B, 1]``."""
 
-    def __init__(self, n_models: int, d: int, widths: list[int], x_train: torch.Tensor, generator: torch.Generator):
+    INITS = ("median", "pytorch")
+
+    def __init__(self, n_models: int, d: int, widths: list[int], x_train: torch.Tensor, generator: torch.Generator,
+                 init: str = "median"):
         super().__init__()
+        if init not in self.INITS:
+            raise ValueError(f"StackedMLP: init must be one of {self.INITS}, got {init!r}")
         sizes = [d, *widths, 1]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         h = x_train
-        for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1]):
-            w = torch.randn(n_models, fan_out, fan_in, generator=generator) * math.sqrt(2.0 / fan_in)
-            z = torch.bmm(h, w.transpose(1, 2))
-            b = -z.median(dim=1, keepdim=True).values  # each unit active on half of the training points
-            h = torch.relu(z + b)
+        for fan_in, fan_out in itertools.pairwise(sizes[:-1]):
+            if init == "median":
+                w = torch.randn(n_models, fan_out, fan_in, generator=generator) * math.sqrt(2.0 / fan_in)
+                z = torch.bmm(h, w.transpose(1, 2))
+                b = -z.median(dim=1, keepdim=True).values  # each unit active on half of the training points
+                h = torch.relu(z + b)
+            else:
+                w, b = self._pytorch_default(n_models, fan_in, fan_out, generator)
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(b))
-        w_out = torch.randn(n_models, 1, sizes[-2], generator=generator) * math.sqrt(1.0 / sizes[-2])
+        if init == "median":
+            w_out = torch.randn(n_models, 1, sizes[-2], generator=generator) * math.sqrt(1.0 / sizes[-2])
+            b_out = torch.zeros(n_models, 1, 1)  # the standardised target's mean
+        else:
+            w_out, b_out = self._pytorch_default(n_models, sizes[-2], 1, generator)
         self.weights.append(nn.Parameter(w_out))
-        self.biases.append(nn.Parameter(torch.zeros(n_models, 1, 1)))  # the standardised target's mean
+        self.biases.append(nn.Parameter(b_out))
+
+    @staticmethod
+    def _pytorch_default(n_models: int, fan_in: int, fan_out: int, generator: torch.Generator):
+        """``nn.Linear``'s default: weights and biases uniform in +-1/sqrt(fan_in) (kaiming_uniform, a = sqrt(5))."""
+        bound = 1.0 / math.sqrt(fan_in)
+        w = (torch.rand(n_models, fan_out, fan_in, generator=generator) * 2 - 1) * bound
+        b = (torch.rand(n_models, 1, fan_out, generator=generator) * 2 - 1) * bound
+        return w, b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
@@ -157,17 +182,17 @@ def train_networks(widths: list[int], d: int, seeds: list[int], recipe: Recipe =
         raise ValueError("train_networks: needs at least one seed")
     if not widths or min(widths) < 1:
         raise ValueError(f"train_networks: widths must be a non-empty list of positive sizes, got {widths}")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     n_points = n_points or DATA_POINTS[d]
     x, y = sample_datasets(seeds, d, n_points)
-    split = int(round((1 - recipe.validation_fraction) * n_points))
+    split = round((1 - recipe.validation_fraction) * n_points)
     x_train, y_train, x_val, y_val = x[:, :split], y[:, :split], x[:, split:], y[:, split:]
     mean = y_train.mean(dim=(1, 2), keepdim=True)
     std = y_train.std(dim=(1, 2), keepdim=True)
     y_train_std = (y_train - mean) / std
     generator = torch.Generator().manual_seed(seeds[0] * 7919 + sum(widths) * 31 + d)
     torch.manual_seed(seeds[0])
-    model = StackedMLP(len(seeds), d, widths, x_train, generator)
+    model = StackedMLP(len(seeds), d, widths, x_train, generator, recipe.init)
     optimiser = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, recipe.steps,
                                                           eta_min=recipe.lr * recipe.final_lr_fraction)
@@ -195,4 +220,4 @@ def train_networks(widths: list[int], d: int, seeds: list[int], recipe: Recipe =
     networks = [ReLUNetwork.from_module(model.sequential(s, float(std[s]), float(mean[s])))
                 for s in range(len(seeds))]
     return TrainedNets(list(widths), d, list(seeds), networks, best_mse.double().numpy(),
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, time.process_time() - cpu_started)
