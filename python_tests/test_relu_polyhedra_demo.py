@@ -106,6 +106,14 @@ def test_region_counter_on_dask_gives_the_local_counts():
         RegionCounter(workers=0)
 
 
+def test_scheduler_option_goes_through_dask_executor():
+    from manifold_ext.demos.relu_polyhedra import _cluster
+
+    assert _cluster(None) == (None, None)  # no --scheduler: the local pool
+    with pytest.raises(ValueError, match="scheduler must be a Dask scheduler address"):
+        _cluster("  ")
+
+
 def test_count_summary_has_table1s_columns():
     assert count_summary([3, 1, 2, 10]) == {"mean": 4.0, "sd": pytest.approx(np.std([3, 1, 2, 10], ddof=1)),
                                             "median": 2.5, "min": 1, "max": 10, "n": 4}
@@ -155,7 +163,7 @@ def test_table1_rows_carry_the_papers_numbers():
 def test_polyhedra_demo_quick_run(tmp_path):
     from manifold_ext.cli import main
 
-    assert main(["demo", "polyhedra", "--quick", "--steps", "300", "--grid", "150", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "polyhedra", "--quick", "--grid", "150", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     fig1 = summary["fig1_2x10"]
     check = fig1["sampling_check_seed0"]

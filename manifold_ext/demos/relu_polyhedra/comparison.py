@@ -105,8 +105,9 @@ def digits_rows(digits: dict) -> list[dict]:
             out.append(paper_row("001-table2-active-bits", f"Table 2: active bits per region ({layers}x{nodes}; "
                                  "paper: 5x300 on MNIST)", TABLE2_ACTIVE_BITS[300]["mean"], ours["mean"],
                                  spread=ours["sd"], unit="bits",
-                                 setup=DIGITS_SETUP + f"; {ours['n']} images (paper 30); {layers}x{nodes} net, the "
-                                 "paper's smallest Table 2 net is 5x300"))
+                                 setup=DIGITS_SETUP + f"; {ours['n']} training images (paper 30); {layers}x{nodes} "
+                                 "net (the paper's 5x300 has 1,500 units in 784-D); Eq. 6 within the pixel box "
+                                 "[0,1]^64, the paper's in all of R^784"))
     depth = digits.get("fig4_bisection_vs_depth", {})
     for layers in (1, 5):
         if str(layers) in depth:

@@ -45,10 +45,11 @@ class Sizes:
 
     structures: tuple[int, ...] = (1, 2, 3)
     depth_widths: tuple[int, ...] = (1, 2, 3, 4, 5)  # Fig. 4's hidden layers of 200 nodes
-    radii_points: int = 100  # per set [1000]
-    bisection_pairs: int = 40  # Euclidean nearest-neighbour pairs per network [1000]
+    radii_points: int = 200  # per set [1000]
+    bisection_pairs: int = 100  # Euclidean nearest-neighbour pairs per network [1000]
     table5_pairs: int = 6  # [6]
-    active_bit_images: int = 0  # [30]; 0 skips Table 2 (an LP per row in 64-D: ~10-60 s per region)
+    active_bit_images: int = 0  # [30]; 0 skips Table 2 (LPs in 64-D: ~8 CPU s per region of 3x200, ~40 of 5x300)
+    active_bit_structure: int = 2  # Table 2's smallest net is 5 x 300
     table6_structure: int = 2  # Tables 5 and 6 use structure 2 (5x300)
     epochs: int = EPOCHS
 
@@ -203,9 +204,14 @@ def bisection_along_pairs(network: ReLUNetwork, X: np.ndarray, pairs) -> dict:
 
 
 def active_bit_counts(network: ReLUNetwork, X: np.ndarray) -> np.ndarray:
-    """Table 2: active (non-redundant) bits of each point's region (Eq. 6, in R^64, no box)."""
+    """Table 2: active (non-redundant) bits of each point's region (Eq. 6) within the pixel box [0, 1]^64.
+
+    The paper solves Eq. 6 in all of R^784. Here the box is kept: the library's redundancy LPs stop with
+    "Unbounded" on some rows of these regions without a box (reported to the relu_geometry owners), and
+    the images live in the box anyway; a row whose hyperplane misses the box counts as redundant here.
+    """
     A, c, _, _ = network.systems(network.patterns(X))
-    return np.array([len(active_bits((A[i], c[i]))) for i in range(len(X))])
+    return np.array([len(active_bits((A[i], c[i]), box=PIXEL_BOX)) for i in range(len(X))])
 
 
 def run_digits(seed: int, sizes: Sizes, progress: bool = True) -> dict:
@@ -237,7 +243,7 @@ def run_digits(seed: int, sizes: Sizes, progress: bool = True) -> dict:
             section["chebyshev_radius"] = {name: _stats(chebyshev_radii(clf.network, X)) for name, X in picks.items()}
             pairs = nearest_pairs(data.X_train, sizes.table5_pairs, seed + 5)
             section["table5_bisection"] = bisection_along_pairs(clf.network, data.X_train, pairs)
-        if sizes.active_bit_images and k == 1:
+        if sizes.active_bit_images and k == sizes.active_bit_structure:
             images = data.X_train[:sizes.active_bit_images]
             t0 = time.perf_counter()
             section["active_bits"] = {**_stats(active_bit_counts(clf.network, images)),

@@ -97,7 +97,8 @@ def slices_3d(path: Path, network: ReLUNetwork, box_patterns: np.ndarray, levels
         ax.set_title(f"x3 = {level:+.1f}: {len(np.unique(index))} regions")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"3x10 net on x1^2+x2^2+x3^2-3: {len(box_patterns)} regions in [-1,1]^3 (paper: 2,212); slices")
+    fig.suptitle(f"3x10 net on x1^2+x2^2+x3^2-3 (seed 0): {len(box_patterns)} regions in [-1,1]^3 "
+                 "(paper: 2,212); slices x3 = const, one colour per region")
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)

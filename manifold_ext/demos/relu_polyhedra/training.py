@@ -14,9 +14,11 @@ no unit starts dead and every architecture reaches the paper's validation MSE:
   set, layer by layer, to minus the median of its pre-activation over the
   training points: every unit starts active on half of the data, so every
   hyperplane starts inside the training area;
-* Adam, learning rate 3e-3 with cosine decay to 3e-5, mini-batches of 256,
-  and the weights of the best validation MSE (checked every ``eval_every``
-  steps) are kept: early stopping on the validation loss.
+* Adam, 10,000 steps of mini-batches of 256, learning rate warmed up linearly
+  over 300 steps to 3e-3 then cosine-decayed to 3e-5; the weights of the best
+  validation MSE (checked every ``eval_every`` steps) are kept: early stopping
+  on the validation loss. 10,000 steps bring 3 x 10 and 3 x 20 to the paper's
+  MSE (6,000 left them ~30% above it); the warm-up keeps deep narrow nets alive.
 
 All seeds of one architecture are trained as one stacked model (weights
 ``[S, out, in]``, batched matmuls): for nets of a few hundred parameters the
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import math
 import time
@@ -54,9 +57,10 @@ def target(x: torch.Tensor) -> torch.Tensor:
 class Recipe:
     """Optimiser settings (see the module docstring for why)."""
 
-    steps: int = 6000
+    steps: int = 10_000
     lr: float = 3e-3
     final_lr_fraction: float = 0.01
+    warmup_steps: int = 300
     batch: int = 256
     eval_every: int = 250
     validation_fraction: float = 0.2
@@ -174,6 +178,17 @@ class StackedMLP(nn.Module):
         return nn.Sequential(*layers)
 
 
+def _lr_factor(recipe: Recipe, step: int) -> float:
+    """Linear warm-up over ``warmup_steps`` (at most a tenth of the run), then cosine decay from 1 to
+    ``final_lr_fraction``. Without the warm-up Adam's first full-size steps kill every unit of a layer in
+    some deep narrow nets (measured: 1 of 10 seeds of 10 x 5 ended constant, validation MSE 0.18)."""
+    warmup = min(recipe.warmup_steps, recipe.steps // 10)
+    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    progress = min(1.0, step / max(1, recipe.steps))
+    floor = recipe.final_lr_fraction
+    return warm * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 @torch_threads(1)
 def train_networks(widths: list[int], d: int, seeds: list[int], recipe: Recipe = Recipe(),
                    n_points: int | None = None) -> TrainedNets:
@@ -194,8 +209,7 @@ def train_networks(widths: list[int], d: int, seeds: list[int], recipe: Recipe =
     torch.manual_seed(seeds[0])
     model = StackedMLP(len(seeds), d, widths, x_train, generator, recipe.init)
     optimiser = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, recipe.steps,
-                                                          eta_min=recipe.lr * recipe.final_lr_fraction)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, functools.partial(_lr_factor, recipe))
     best_mse = torch.full((len(seeds),), float("inf"))
     best = [p.detach().clone() for p in model.parameters()]
     rows = torch.arange(split)
