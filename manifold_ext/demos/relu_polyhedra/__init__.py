@@ -150,80 +150,107 @@ def _aggregate(rows: list[dict], everywhere: bool = True) -> dict:
     return out
 
 
+@dataclasses.dataclass
+class Clock:
+    """Wall and CPU seconds per phase (CPU = process_time: what a loaded machine does not inflate)."""
+
+    wall: dict = dataclasses.field(default_factory=dict)
+    cpu: dict = dataclasses.field(default_factory=dict)
+
+    def add(self, phase: str, wall: float, cpu: float | None = None) -> None:
+        self.wall[phase] = self.wall.get(phase, 0.0) + wall
+        if cpu is not None:
+            self.cpu[phase] = self.cpu.get(phase, 0.0) + cpu
+
+
+def _train_and_submit(args, settings: Settings, counter: RegionCounter, clock: Clock):
+    """Train every architecture (all seeds at once) and hand each network to the counter as soon as it exists,
+    so enumeration runs while the next architecture trains."""
+    trained_by_role, futures = {}, {}
+    for role, (layers, nodes), d in tqdm(_training_order(settings), desc="training (all seeds at once)",
+                                         unit="architecture"):
+        n_seeds = settings.seeds_3d if role == "3d" else settings.seeds
+        seeds = [args.seed + 1000 * (role == "3d") + s for s in range(n_seeds)]
+        trained = train_networks([nodes] * layers, d, seeds, settings.recipe)
+        clock.add("training", trained.seconds, trained.cpu_seconds)
+        trained_by_role[(role, (layers, nodes))] = trained
+        for s, network in enumerate(trained.networks):
+            futures[counter.submit(network, BOX, everywhere=(d == 2))] = (role, (layers, nodes), s)
+    return trained_by_role, futures
+
+
+def _collect(futures) -> dict:
+    """``{(role, architecture): [NetRegions per seed]}`` once every enumeration has finished."""
+    results: dict = {}
+    for future in tqdm(as_completed(futures), total=len(futures), desc="enumerating networks", unit="net"):
+        role, arch, s = futures[future]
+        results.setdefault((role, arch), {})[s] = future.result()
+    return {key: [found[s] for s in range(len(found))] for key, found in results.items()}
+
+
+def _write_figures(out, fig1_net, fig1_result, table1, observation, digits, net_3d, result_3d) -> dict:
+    paths = {"fig1": out / "relu_polyhedra.png", "table1": out / "table1_counts.png", "geometry": out / "geometry.png"}
+    figures.fig1(paths["fig1"], fig1_net, fig1_result.patterns_box, fig1_result.patterns_everywhere,
+                 fig1_result.bounded)
+    figures.table1(paths["table1"], table1)
+    figures.geometry(paths["geometry"], observation, digits)
+    if net_3d is not None:
+        paths["slices_3d"] = out / "decomposition_3d.png"
+        figures.slices_3d(paths["slices_3d"], net_3d, result_3d.patterns_box)
+    return {k: str(v) for k, v in paths.items()}
+
+
 def run(args: argparse.Namespace) -> dict:
     started = time.time()
     seed_everything(args.seed)
     settings = settings_from(args)
     executor, client = _cluster(args.scheduler)
-    timing = {"training": 0.0}
-    cpu = {"training": 0.0}  # CPU seconds (process_time): what a loaded machine does not inflate
-    trained_by_role: dict[tuple[str, tuple[int, int]], object] = {}
-    futures = {}
+    clock = Clock()
     try:
         with RegionCounter(args.workers, executor) as counter:
             wall = time.perf_counter()
-            for role, (layers, nodes), d in tqdm(_training_order(settings), desc="training (all seeds at once)",
-                                                 unit="architecture"):
-                n_seeds = settings.seeds_3d if role == "3d" else settings.seeds
-                seeds = [args.seed + 1000 * (role == "3d") + s for s in range(n_seeds)]
-                trained = train_networks([nodes] * layers, d, seeds, settings.recipe)
-                timing["training"] += trained.seconds
-                cpu["training"] += trained.cpu_seconds
-                trained_by_role[(role, (layers, nodes))] = trained
-                for s, network in enumerate(trained.networks):
-                    futures[counter.submit(network, BOX, everywhere=(d == 2))] = (role, (layers, nodes), s)
-            t0 = time.perf_counter()
+            trained_by_role, futures = _train_and_submit(args, settings, counter, clock)
+            # While the workers enumerate: the experiments that need no enumeration.
+            t0, c0 = time.perf_counter(), time.process_time()
             fig1_nets = trained_by_role[("fig1", FIG1_ARCHITECTURE)].networks
             observation = fig1_observation(fig1_nets)
             segments = random_segment_bisection(fig1_nets, pairs=5 if args.quick else 20, seed=args.seed)
-            timing["fig1_observation_and_bisection"] = time.perf_counter() - t0
+            clock.add("fig1_observation_and_bisection", time.perf_counter() - t0, time.process_time() - c0)
             t0, c0 = time.perf_counter(), time.process_time()
             digits = run_digits(args.seed, settings.digits)
-            timing["digits"] = time.perf_counter() - t0
-            cpu["digits"] = time.process_time() - c0
+            clock.add("digits", time.perf_counter() - t0, time.process_time() - c0)
             t0 = time.perf_counter()
-            results: dict = {}
-            for future in tqdm(as_completed(futures), total=len(futures), desc="enumerating networks", unit="net"):
-                role, arch, s = futures[future]
-                results.setdefault((role, arch), {})[s] = future.result()
-            timing["waiting_for_enumeration_after_other_work"] = time.perf_counter() - t0
-            timing["wall_from_first_training_to_last_region"] = time.perf_counter() - wall
+            by_role = _collect(futures)
+            clock.add("waiting_for_enumeration_after_other_work", time.perf_counter() - t0)
+            clock.add("wall_from_first_training_to_last_region", time.perf_counter() - wall)
     finally:
         if client is not None:
             client.close()
-    by_role = {key: [results[key][s] for s in range(len(results[key]))] for key in results}
     per_net = {key: _per_net_rows(trained_by_role[key], by_role[key]) for key in by_role}
-    timing["enumeration_summed_over_networks"] = float(sum(
-        r.get("seconds_box", 0) + r.get("seconds_everywhere", 0) for rows in per_net.values() for r in rows))
-    cpu["enumeration_summed_over_networks"] = float(sum(r["cpu_seconds"] for rows in per_net.values() for r in rows))
+    all_nets = [r for rows in per_net.values() for r in rows]
+    clock.add("enumeration_summed_over_networks",
+              sum(r.get("seconds_box", 0) + r.get("seconds_everywhere", 0) for r in all_nets),
+              sum(r["cpu_seconds"] for r in all_nets))
 
+    t0, c0 = time.perf_counter(), time.process_time()
     table1 = [{"layers": a[0], "nodes": a[1], **_aggregate(per_net[("table1", a)])} for a in settings.architectures]
     fig1_key = ("fig1", FIG1_ARCHITECTURE)
     fig1_net, fig1_result = trained_by_role[fig1_key].networks[0], by_role[fig1_key][0]
-    t0 = time.perf_counter()
     fig1 = {**_aggregate(per_net[fig1_key]), "observation": observation, "random_segments_bisection": segments,
             "sampling_check_seed0": sampling_check(fig1_net, fig1_result.patterns_box, settings.grid ** 2, args.seed)}
-    section_3d = None
+    section_3d, net_3d, result_3d = None, None, None
     if settings.seeds_3d:
         key_3d = ("3d", ARCHITECTURE_3D)
         net_3d, result_3d = trained_by_role[key_3d].networks[0], by_role[key_3d][0]
         section_3d = {**_aggregate(per_net[key_3d], everywhere=False),
                       "sampling_check_seed0": sampling_check(net_3d, result_3d.patterns_box,
                                                              round(settings.grid ** 2 / 2), args.seed)}
-    timing["sampling_checks"] = time.perf_counter() - t0
+    clock.add("sampling_checks", time.perf_counter() - t0, time.process_time() - c0)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    paths = {"fig1": args.out / "relu_polyhedra.png", "table1": args.out / "table1_counts.png",
-             "geometry": args.out / "geometry.png"}
-    figures.fig1(paths["fig1"], fig1_net, fig1_result.patterns_box, fig1_result.patterns_everywhere,
-                 fig1_result.bounded)
-    figures.table1(paths["table1"], table1)
-    figures.geometry(paths["geometry"], observation, digits)
-    if section_3d is not None:
-        paths["slices_3d"] = args.out / "decomposition_3d.png"
-        figures.slices_3d(paths["slices_3d"], net_3d, result_3d.patterns_box)
-    timing["figures"] = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    paths = _write_figures(args.out, fig1_net, fig1_result, table1, observation, digits, net_3d, result_3d)
+    clock.add("figures", time.perf_counter() - t0, time.process_time() - c0)
 
     rows = comparison.fig1_rows(fig1) + comparison.table1_rows(table1)
     if section_3d is not None:
@@ -241,12 +268,12 @@ def run(args: argparse.Namespace) -> dict:
         "regions_3d_3x10": section_3d,
         "digits": digits,
         "networks": {f"{role}-{a[0]}x{a[1]}": rows_ for (role, a), rows_ in per_net.items()},
-        "timing_seconds": {k: round(v, 1) for k, v in timing.items()},
-        "cpu_seconds": {**{k: round(v, 1) for k, v in cpu.items()},
+        "timing_seconds": {k: round(v, 1) for k, v in clock.wall.items()},
+        "cpu_seconds": {**{k: round(v, 1) for k, v in clock.cpu.items()},
                         "this_process_total": round(time.process_time(), 1),
-                        "note": "enumeration CPU is measured in the local worker processes (with --scheduler it is the "
-                                "driver thread's process time, not the cluster's)"},
-        "figures": {k: str(v) for k, v in paths.items()},
+                        "note": "enumeration CPU is measured in the local worker processes (with --scheduler it is "
+                                "the driver thread's process time, not the cluster's)"},
+        "figures": paths,
         "paper_comparison": rows,
         "run": run_record(started),
     }
