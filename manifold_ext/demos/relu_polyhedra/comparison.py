@@ -18,6 +18,16 @@ from manifold_ext.demos.relu_polyhedra.paper import (
 )
 
 
+def required_ids(architectures=tuple(TABLE1), with_3d: bool = True) -> set[str]:
+    """The ``paper_comparison`` ids issue 14 asks of this paper, for the Table 1 nets in ``architectures``
+    (the full demo runs all ten and the 3-D net; ``--quick`` runs fewer nets and no 3-D one)."""
+    ids = {f"001-fig1-{k}" for k in ("box", "R2", "bounded", "unbounded")}
+    ids |= {f"001-table1-{layers}x{nodes}-{k}" for layers, nodes in architectures for k in ("R2", "box", "mse")}
+    ids |= {"001-table3-hamming", "001-table3-euclidean", "001-table6-train", "001-table6-test",
+            "001-table6-adversarial"}
+    return (ids | {"001-3d-box"}) if with_3d else ids
+
+
 def _seeds_note(n: int, paper: str) -> str:
     return f"mean over {n} seeds ({paper}); our training recipe (see summary['training_recipe'])"
 
