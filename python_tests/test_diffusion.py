@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from manifold_ext._checkpoint import read_checkpoint
 from manifold_ext.cli import main
 from manifold_ext.diffusion import (
     PointEpsNet,
@@ -35,16 +36,23 @@ DATA_STD = 0.5
 
 
 class ExactGaussianEps(nn.Module):
-    """eps*(x_t, t) = E[eps | x_t] for x_0 ~ N(0, s^2 I): sqrt(1 - abar) x_t / (abar s^2 + 1 - abar)."""
+    """eps*(x_t, t) = E[eps | x_t] for x_0 ~ N(0, s^2 I): sqrt(1 - abar) x_t / (abar s^2 + 1 - abar).
+
+    Written to the documented contract: ``t`` is a ``[B]`` tensor, int64 step indices (float32 fractional
+    times from the probability-flow sampler, read here at the step below).
+    """
 
     def __init__(self, schedule, s=DATA_STD):
         super().__init__()
         self.schedule, self.s = schedule, s
+        self.times_seen = set()
 
     def forward(self, x, t):
-        abar = float(self.schedule.alphas_cumprod[int(round(float(t)))]) if float(t) == int(float(t)) else \
-            1.0 / (1.0 + ((1 - float(self.schedule.alphas_cumprod[int(t)])) / float(self.schedule.alphas_cumprod[int(t)])))
-        return math.sqrt(1 - abar) * x / (abar * self.s**2 + 1 - abar)
+        assert isinstance(t, torch.Tensor) and t.shape == (x.shape[0],), t
+        assert t.dtype == torch.int64 or t.dtype == torch.float32, t.dtype
+        self.times_seen.add(t.dtype)
+        abar = self.schedule.alphas_cumprod.to(x.device)[t.long()].to(x.dtype).view(-1, *[1] * (x.dim() - 1))
+        return torch.sqrt(1 - abar) * x / (abar * self.s**2 + 1 - abar)
 
 
 def expected_chain_nll(x0: torch.Tensor, schedule, dt: int, s: float = DATA_STD) -> torch.Tensor:
@@ -283,7 +291,7 @@ def test_training_is_seeded_and_resumes_from_an_atomic_checkpoint(tmp_path):
     with pytest.raises(Interrupt):
         train_eps_model(crashing, data, schedule, config, checkpoint=path, progress=False)
     assert path.exists() and not (tmp_path / "ckpt.pt.tmp").exists()
-    assert torch.load(path, weights_only=False)["step"] == 10
+    assert read_checkpoint(path)[0]["step"] == 10
     resumed_wrapper = CrashesAtCall15(fresh())
     resumed_wrapper.calls = 100  # no more crashes
     resumed, resumed_losses = train_eps_model(resumed_wrapper, data, schedule, config, checkpoint=path, progress=False)
