@@ -208,7 +208,7 @@ def _plain(value: Any) -> Any:
 
 def _first_difference(saved: Any, current: Any, where: str) -> tuple[str, Any, Any] | None:
     if isinstance(saved, dict) and isinstance(current, dict):
-        for key in sorted(set(saved) | set(current), key=str):
+        for key in [*current, *(key for key in saved if key not in current)]:  # the caller's order first
             if key not in saved or key not in current:
                 return f"{where}.{key}", saved.get(key, "(absent)"), current.get(key, "(absent)")
             found = _first_difference(saved[key], current[key], f"{where}.{key}")
@@ -338,7 +338,7 @@ def model_from_checkpoint(path: str | os.PathLike, payload: dict, meta: dict, mo
         compared = {"class": current["class"]}
         if current["config"] is not None:  # a model that knows its config must have the file's
             compared["config"] = current["config"]
-        require_match(path, {"model": record}, {"model": compared})
+        require_match(path, {"model": {key: record.get(key) for key in compared}}, {"model": compared})
     load_weights(path, model, payload[state_key])
     return model.eval()
 

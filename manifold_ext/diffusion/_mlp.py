@@ -30,7 +30,7 @@ ACTIVATION_BYTES_PER_CHUNK = 512 * 1024
 
 @functools.cache
 def onednn_linear():
-    """oneDNN's ``linear(x, weight, bias)`` when this torch has it and it reproduces ``F.linear`` bit for bit, else None."""
+    """oneDNN's ``linear(x, weight, bias)`` if this torch has it and it gives ``F.linear``'s bits, else None."""
     op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
     if op is None or not torch.backends.mkldnn.is_available():
         return None

@@ -17,8 +17,8 @@ Random numbers: the rows of the (point, round) grid (row = point * rounds +
 round) are cut into fixed blocks of :data:`NOISE_BLOCK_ROWS`; each block draws
 its forward noise, step after step, from its own CPU generator seeded by
 (seed, block index). The noise of a row therefore depends only on the seed, on
-its position in the grid and on the dtype, not on ``batch_size``, the device,
-or how the work was split across processes or machines.
+its index in the grid and on the dtype, not on ``batch_size``, the number of
+points, the device, or how the work was split across processes or machines.
 
 Scale-out: ``executor=`` (any ``concurrent.futures.Executor``: a process pool,
 or ``distributed.Client.get_executor()``) runs contiguous ranges of batches as
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,31 +124,29 @@ def block_seed(seed: int, block: int) -> int:
 
 
 class _BlockNoise:
-    """Forward-chain noise for rows [start, stop) of a grid of ``total`` rows, one CPU generator per block.
+    """Forward-chain noise for rows [start, stop) of the (point, round) grid, one CPU generator per block.
 
-    Each call returns the next step's noise [stop - start, *shape]. A block cut
-    by the range still draws its whole block and keeps its rows, so a row's
-    noise never depends on where the range starts or ends.
+    Each call returns the next step's noise [stop - start, *shape]. Every block
+    draws all of its NOISE_BLOCK_ROWS rows (a block cut by the range, or the
+    grid's last one, keeps the rows it needs), so a row's noise depends only on
+    the seed, its index and the dtype: not on the range, the grid size or the batching.
     """
 
-    def __init__(self, seed: int, start: int, stop: int, total: int, shape: tuple, dtype: torch.dtype,
-                 device: torch.device):
+    def __init__(self, seed: int, start: int, stop: int, shape: tuple, dtype: torch.dtype, device: torch.device):
         self.start, self.stop, self.shape, self.dtype, self.device = start, stop, tuple(shape), dtype, device
         first, last = start // NOISE_BLOCK_ROWS, (stop - 1) // NOISE_BLOCK_ROWS
-        self.blocks = []  # (generator, block start row, block rows)
-        for block in range(first, last + 1):
-            low = block * NOISE_BLOCK_ROWS
-            rows = min(NOISE_BLOCK_ROWS, total - low)
-            self.blocks.append((torch.Generator().manual_seed(block_seed(seed, block)), low, rows))
+        self.blocks = [(torch.Generator().manual_seed(block_seed(seed, block)), block * NOISE_BLOCK_ROWS)
+                       for block in range(first, last + 1)]  # (generator, first row of the block)
 
     def __call__(self) -> torch.Tensor:
         out = torch.empty((self.stop - self.start, *self.shape), dtype=self.dtype)
-        for generator, low, rows in self.blocks:
-            begin, end = max(low, self.start), min(low + rows, self.stop)
-            if begin == low and end == low + rows:  # the whole block lies in the range: draw in place
+        for generator, low in self.blocks:
+            high = low + NOISE_BLOCK_ROWS
+            begin, end = max(low, self.start), min(high, self.stop)
+            if begin == low and end == high:  # the whole block lies in the range: draw in place
                 out[begin - self.start:end - self.start].normal_(generator=generator)
             else:
-                block = torch.empty((rows, *self.shape), dtype=self.dtype).normal_(generator=generator)
+                block = torch.empty((NOISE_BLOCK_ROWS, *self.shape), dtype=self.dtype).normal_(generator=generator)
                 out[begin - self.start:end - self.start] = block[begin - low:end - low]
         return out.to(self.device, non_blocking=True)
 
@@ -173,23 +172,47 @@ class _Grid:
         return self.points * self.rounds
 
 
-@torch.inference_mode()
+def _score_batch(model, schedule, points, first_point, grid: _Grid, start: int, stop: int, device) -> torch.Tensor:
+    """log p bound (minus Eq. 15) of the rows [start, stop) of one batch; [rows] float64 on the CPU."""
+    with torch.inference_mode():  # thread-local: set it in whichever thread runs the batch
+        rows = torch.arange(start, stop)
+        batch = points[rows // grid.rounds - first_point].to(device)
+        noise = _BlockNoise(grid.seed, start, stop, batch.shape[1:], batch.dtype, device)
+        return -_chain(model, batch, schedule, grid.dt, noise, grid.fused).cpu()
+
+
 def _score_rows(model: nn.Module, schedule: NoiseSchedule, points: torch.Tensor, first_point: int, grid: _Grid,
-                row_start: int, row_stop: int, bar=None) -> torch.Tensor:
-    """log p bound (minus Eq. 15) of rows [row_start, row_stop) (batch-aligned); [rows] float64 on the CPU.
+                row_start: int, row_stop: int, bar=None, threads: int = 1) -> torch.Tensor:
+    """log p bounds of rows [row_start, row_stop) (batch-aligned); [rows] float64 on the CPU.
 
     ``points`` holds the data points first_point, first_point + 1, ... that the rows need.
+    With ``threads`` > 1 (CPU models), whole batches run concurrently on that many
+    Python threads, each with one intra-op thread (see :func:`log_likelihood`).
     """
     device = model_device(model)
     out = torch.empty(row_stop - row_start, dtype=torch.float64)
-    for start in range(row_start, row_stop, grid.batch_rows):
+    starts = range(row_start, row_stop, grid.batch_rows)
+
+    def score(start: int) -> None:
         stop = min(start + grid.batch_rows, row_stop)
-        rows = torch.arange(start, stop)
-        batch = points[rows // grid.rounds - first_point].to(device)
-        noise = _BlockNoise(grid.seed, start, stop, grid.total, batch.shape[1:], batch.dtype, device)
-        out[start - row_start:stop - row_start] = -_chain(model, batch, schedule, grid.dt, noise, grid.fused).cpu()
+        out[start - row_start:stop - row_start] = _score_batch(model, schedule, points, first_point, grid, start,
+                                                               stop, device)
         if bar is not None:
             bar.update(stop - start)
+
+    threads = min(threads, len(starts)) if device.type == "cpu" else 1
+    if threads <= 1:
+        for start in starts:
+            score(start)
+        return out
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # MKL's thread count is process-wide; OpenMP's is per thread (set in each worker)
+    try:
+        with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            for future in [pool.submit(score, start) for start in starts]:
+                future.result()
+    finally:
+        torch.set_num_threads(previous)
     return out
 
 
@@ -273,6 +296,7 @@ def log_likelihood(
     seed: int | None = None,
     executor=None,
     task_rows: int = DEFAULT_TASK_ROWS,
+    threads: int | None = None,
 ) -> torch.Tensor:
     """Eq. 15 for every point and random round of the forward chain: lower bounds of log p_theta(x_0).
 
@@ -309,6 +333,16 @@ def log_likelihood(
             ``get_executor()``) to run tasks of ``task_rows`` rows on; ``model``
             must then be a checkpoint path every worker can read.
         task_rows: rows per executor task (rounded up to whole batches).
+        threads: in-process parallelism for a CPU model: whole batches run on
+            this many Python threads, each with ONE intra-op thread (torch's
+            thread count is 1 for the duration of the call, then restored).
+            Default: ``torch.get_num_threads()``. Measured on a 2-core machine:
+            splitting each small op of the eps-network over 2 threads makes
+            every op wait at a barrier, which stalls badly on a busy machine;
+            a batch per thread does not (docs/guides/diffusion.md). The model's
+            forward must be safe to call from several threads at once (the
+            library's networks are; pass ``threads=1`` for one that is not).
+            The result does not depend on it.
 
     Returns:
         float64 on the CPU: ``[N, rounds]`` or ``[N]`` (see ``reduce``).
@@ -317,6 +351,7 @@ def log_likelihood(
         raise ValueError(f"reduce must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduce!r}")
     rounds = as_int(rounds, "rounds", 1)
     batch_size = as_int(batch_size, "batch_size", 1)
+    threads = torch.get_num_threads() if threads is None else as_int(threads, "threads", 1)
     task_rows = as_int(task_rows, "task_rows", 1)
     _check_points(x0)
     if executor is not None and not isinstance(model, (str, os.PathLike)):
@@ -334,7 +369,7 @@ def log_likelihood(
     if executor is None:
         with tqdm(total=grid.total, desc=f"log p (dt={dt})", unit="row", unit_scale=True, disable=not progress,
                   mininterval=0.5) as bar:
-            values = _score_rows(model, schedule, x0, 0, grid, 0, grid.total, bar)
+            values = _score_rows(model, schedule, x0, 0, grid, 0, grid.total, bar, threads)
     else:
         values = torch.from_numpy(np.concatenate(
             run_tasks(_likelihood_task, _tasks(path, sha, x0, grid, task_rows), executor, progress,
