@@ -1,11 +1,4 @@
-"""``manifold-ext likelihood``: score a point set with a saved diffusion model (Eq. 15), locally or on Dask.
-
-The model comes from a checkpoint (``manifold_ext.diffusion.save_checkpoint``
-or a finished ``train_eps_model`` run); every worker loads it from that path,
-so the path must be readable on every worker machine. ``--scheduler ADDRESS``
-uses an existing Dask scheduler (``pip install 'manifold_ext[distributed]'``),
-``--workers N`` a local process pool; without either the work runs in this
-process. The numbers are the same in all three cases (same ``--batch-size``).
+"""``manifold-ext likelihood``: the command's arguments (:func:`add_arguments`) and its work (:func:`run`).
 
 This module imports only argparse at the top, so that building the command
 line stays fast; the work is imported in :func:`run`.
@@ -14,6 +7,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+DESCRIPTION = """\
+Score a point set with a saved diffusion model (Eq. 15): per-round lower bounds of log p and their
+log-mean-exp estimate, in nats (or log10 with --log10), as JSON.
+
+The model comes from a checkpoint (manifold_ext.diffusion.save_checkpoint, or a finished
+train_eps_model run); every worker loads it from that path, so the path must be readable on every
+worker machine. --scheduler ADDRESS uses an existing Dask scheduler (pip install
+'manifold_ext[distributed]'), --workers N a local process pool; without either the work runs in this
+process. The numbers are the same in all three cases (for the same --batch-size).
+"""
 
 POINT_SETS = ("swiss_roll", "circle", "moons", "s_curve")  # manifold_ext.diffusion.toy_data.POINT_SETS
 

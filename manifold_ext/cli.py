@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from manifold_ext import _likelihood_cli  # argparse only: the work is imported when the command runs
     likelihood = commands.add_parser("likelihood", help="diffusion log p (Eq. 15) of points from a checkpoint, "
-                                     "locally or on Dask (--scheduler)", description=_likelihood_cli.__doc__,
+                                     "locally or on Dask (--scheduler)", description=_likelihood_cli.DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _likelihood_cli.add_arguments(likelihood)
     likelihood.set_defaults(handler=_likelihood_cli.run)

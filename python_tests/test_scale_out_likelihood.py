@@ -106,3 +106,20 @@ def test_cli_scheduler_without_dask_says_how_to_install(eps_checkpoint, monkeypa
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(ImportError, match=r"pip install 'manifold_ext\[distributed\]'"):
         main(["likelihood", str(eps_checkpoint), "--points", "10", "--scheduler", "tcp://127.0.0.1:1"])
+
+
+def test_cli_likelihood_on_a_local_process_pool(eps_checkpoint, tmp_path):
+    out = tmp_path / "summary.json"
+    values = tmp_path / "values.npy"
+    args = ["likelihood", str(eps_checkpoint), "--data", "circle", "--points", "40", "--rounds", "2", "--seed", "3",
+            "--quiet", "--out", str(out)]
+    assert main([*args, "--workers", "1", "--values", str(values)]) == 0
+    pooled = json.loads(out.read_text())
+    assert main(args) == 0
+    assert json.loads(out.read_text())["mean_log_p_estimate"] == pooled["mean_log_p_estimate"]
+    assert pooled["engine"] == "process pool (1 workers)" and pooled["points"] == 40
+    import numpy as np
+
+    assert np.load(values).shape == (40, 2)
+    with pytest.raises(ValueError, match="--workers must be >= 1, got 0"):
+        main([*args, "--workers", "0"])
