@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -187,6 +188,32 @@ def test_deterministic_samplers_follow_the_probability_flow_and_rk4_beats_ddim_a
     assert error["rk4", 10] < 0.01 and error["pf_ode", 10] < 0.01 and error["ddim", 10] > 0.05, error
     again = sample(model, schedule, (2000, 2), method="ddim", dt=10, x_T=x_T)
     assert (again - exact).abs().mean().item() == error["ddim", 10]
+
+
+def test_a_diverging_sampler_warns_and_a_converging_one_does_not():
+    """Issue 20.4: RK4 with one step of dt = T returned RMS ~1000 samples, all finite, without a word."""
+    schedule = linear_schedule(100)
+    model = ExactGaussianEps(schedule)
+    generator = torch.Generator().manual_seed(0)
+    with pytest.warns(RuntimeWarning, match=r"sample\(method='rk4', dt=100\) diverged: root-mean-square .* below "
+                      r"RMS\(x_T\) / sqrt\(abar_T\) = .*use a smaller dt"):
+        x = sample(model, schedule, (2000, 2), method="rk4", dt=100, generator=generator)
+    assert torch.isfinite(x).all() and x.std() > 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for method, dt in [("rk4", 10), ("ddim", 100), ("ddpm", 1), ("pf_ode", 10)]:
+            sample(model, schedule, (500, 2), method=method, dt=dt, generator=generator)
+
+
+def test_non_finite_samples_warn():
+    schedule = linear_schedule(10)
+
+    class Exploding(nn.Module):
+        def forward(self, x, t):
+            return torch.full_like(x, float("inf"))
+
+    with pytest.warns(RuntimeWarning, match=r"diverged: non-finite values"):
+        sample(Exploding(), schedule, (4, 2), method="ddim")
 
 
 def test_sampler_bad_arguments():

@@ -18,6 +18,7 @@ or ODE evaluation at t < 1 uses t = 1.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -68,6 +69,10 @@ def sample(
     compared from the same x_T; ``generator`` drives all noise. ``device``
     defaults to the model's. The model is called as ``model(x, t)`` with ``t``
     an int64 ``[B]`` tensor (a float32 one of fractional times for ``pf_ode``).
+
+    Warns (``RuntimeWarning``) when the samples diverged: non-finite values, or
+    a root-mean-square larger than that of ``x_T`` divided by ``sqrt(abar_T)``
+    (see :func:`warn_if_diverged`), e.g. ``rk4`` with one step of ``dt = T``.
     """
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler '{method}'; expected one of {', '.join(SAMPLERS)}")
@@ -77,20 +82,54 @@ def sample(
     x = x_T.to(device=device, dtype=dtype) if x_T is not None else _noise(shape, generator, dtype, device)
     steps = list(reversed(list(zip(times[:-1], times[1:]))))  # (prev, t), from t = T down
     bar = tqdm(steps, desc=f"sampling {method} dt={dt}", unit="step", disable=not progress, mininterval=0.5)
+    start_rms = _rms(x)
     if method == "pf_ode":
-        return _probability_flow(model, schedule, x, bar)
-    abar = schedule.abar
-    if method == "rk4":
+        x_0 = _probability_flow(model, schedule, x, bar)
+    elif method == "rk4":
         g = _step_fn(rk4_step, eta)
+        x_0 = x
         for prev, t in bar:
-            x = _rk4_step(model, schedule, x, t, t - prev, g, generator)
-        return x
-    g = _step_fn(method, eta)
-    for prev, t in bar:
+            x_0 = _rk4_step(model, schedule, x_0, t, t - prev, g, generator)
+    else:
+        x_0 = _ancestral(model, schedule, x, bar, _step_fn(method, eta), generator)
+    warn_if_diverged(x_0, start_rms, schedule, f"method={method!r}, dt={dt}")
+    return x_0
+
+
+def _ancestral(model, schedule: NoiseSchedule, x, steps, g, generator):
+    """DDPM / DDIM / large-step chain: x_{prev} = g(x_t, eps_theta(x_t, t)) from t = T to 0."""
+    abar = schedule.abar
+    for prev, t in steps:
         eps = model(x, time_tensor(t, x.shape[0], x.device))
         noise = _noise(x.shape, generator, x.dtype, x.device) if prev > 0 else None
         x = g(x, eps, abar(t), abar(prev), noise)
     return x
+
+
+def _rms(x: torch.Tensor) -> float:
+    return x.double().square().mean().sqrt().item() if x.numel() else 0.0
+
+
+def warn_if_diverged(x_0: torch.Tensor, start_rms: float, schedule: NoiseSchedule, what: str) -> bool:
+    """Warn and return True when samples ``x_0`` are not finite or too large to be the schedule's data.
+
+    Why this bound: the forward process x_T = sqrt(abar_T) x_0 + sqrt(1 - abar_T) eps (Eq. 11, 29) ends near
+    N(0, I) only for data with sqrt(abar_T) |x_0| below the noise, i.e. RMS(x_0) < RMS(x_T) / sqrt(abar_T).
+    Samples beyond it are data the schedule would not have turned into noise: the sampler diverged
+    (RK4 at dt = T = 100 with the exact eps of N(0, 0.5^2 I) data: RMS 1130 against the bound 220).
+    """
+    if x_0.numel() == 0:
+        return False
+    bound = start_rms / math.sqrt(schedule.abar(schedule.T))
+    finite = bool(torch.isfinite(x_0).all())
+    rms = _rms(x_0) if finite else float("nan")
+    if finite and rms <= bound:
+        return False
+    found = "non-finite values" if not finite else f"root-mean-square {rms:.4g}"
+    warnings.warn(f"sample({what}) diverged: {found}, while data the schedule turns into N(0, I) noise has a "
+                  f"root-mean-square below RMS(x_T) / sqrt(abar_T) = {bound:.4g}; use a smaller dt or another "
+                  "method", RuntimeWarning, stacklevel=4)  # the caller of sample (inference_mode wraps it)
+    return True
 
 
 def _rk4_step(model, schedule: NoiseSchedule, x, t: int, dt: int, g, generator):
