@@ -78,6 +78,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         bench = commands.add_parser("bench", help=BENCH_HELP)
     bench.set_defaults(handler=_cmd_bench)
 
+    from manifold_ext import _likelihood_cli  # argparse only: the work is imported when the command runs
+    likelihood = commands.add_parser("likelihood", help="diffusion log p (Eq. 15) of points from a checkpoint, "
+                                     "locally or on Dask (--scheduler)", description=_likelihood_cli.DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _likelihood_cli.add_arguments(likelihood)
+    likelihood.set_defaults(handler=_likelihood_cli.run)
+
     demo = commands.add_parser("demo", help="run a reproduction ('manifold-ext demo list' lists them)")
     demos = demo.add_subparsers(dest="demo", required=True, metavar="name")
     demos.add_parser("list", help="list the demos").set_defaults(handler=_cmd_demo_list)

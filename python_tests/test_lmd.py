@@ -25,10 +25,10 @@ class ExactGaussianEps(nn.Module):
         self.register_buffer("mean", mean)
         self.std = std
 
-    def forward(self, x, t):
-        a = float(self.abar[int(round(float(t)))])
+    def forward(self, x, t):  # t: int64 [B] (the eps-net contract, manifold_ext.diffusion.models)
+        a = self.abar.to(x.device)[t].view(-1, *[1] * (x.dim() - 1))
         var = a * self.std**2 + (1 - a)
-        return (1 - a) ** 0.5 * (x - a**0.5 * self.mean) / var
+        return (1 - a).sqrt() * (x - a.sqrt() * self.mean) / var
 
 
 def test_checkerboard_masks_alternate_and_cover_half():

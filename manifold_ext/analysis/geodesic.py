@@ -133,13 +133,16 @@ def diffusion_score_fn(model: torch.nn.Module, schedule, t: int = 1) -> ScoreFn:
     density slightly smoothed; larger ``t`` smooths more (and scales space by sqrt(abar_t)).
     Differentiable in ``x`` (the relaxation back-propagates through it).
     """
+    from manifold_ext.diffusion.models import time_tensor
+
     if not 1 <= t <= schedule.T:
         raise ValueError(f"diffusion_score_fn: t must be in 1..T = 1..{schedule.T}, got {t}")
     scale = 1.0 / math.sqrt(1.0 - schedule.abar(t))
 
     def score(x: torch.Tensor) -> torch.Tensor:
         param = next(model.parameters())
-        return -model(x.to(param.dtype), t).to(x.dtype) * scale
+        times = time_tensor(t, x.shape[0], x.device)  # the eps-net contract: int64 [B]
+        return -model(x.to(param.dtype), times).to(x.dtype) * scale
 
     return score
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from manifold_ext.diffusion.models import time_tensor
 from manifold_ext.diffusion.schedules import NoiseSchedule
 from manifold_ext.ops import ddpm_step, diffusion_forward_step
 
@@ -81,7 +82,7 @@ def inpaint(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, kno
     x = _noise(images.shape, generator, images.dtype, images.device)  # x_T ~ N(0, I)
     for prev, t in reversed(list(zip(times[:-1], times[1:]))):
         for attempt in range(resample):
-            eps = model(x, t)
+            eps = model(x, time_tensor(t, x.shape[0], x.device))  # the eps-net contract: int64 [B]
             noise = _noise(images.shape, generator, images.dtype, images.device) if prev > 0 else None
             unknown = ddpm_step(x, eps, abar(t), abar(prev), noise)  # p_theta(x_{t-dt} | x_t)
             if prev > 0:  # q(x_{t-dt} | x_0), Eq. 17 from abar_0 = 1

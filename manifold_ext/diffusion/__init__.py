@@ -3,11 +3,13 @@
 * :mod:`~manifold_ext.diffusion.schedules`: linear (DDPM) and cosine schedules.
 * :mod:`~manifold_ext.diffusion.models`: eps-networks for 2-D points and small images.
 * :mod:`~manifold_ext.diffusion.training`: seeded DDPM training, atomic checkpoints.
-* :mod:`~manifold_ext.diffusion.likelihood`: ``log_likelihood`` by Eq. 15.
+* :mod:`~manifold_ext.diffusion.likelihood`: ``log_likelihood`` by Eq. 15 (per-round bounds, or the
+  log-mean-exp estimate), in-process or sharded over an executor (Dask).
 * :mod:`~manifold_ext.diffusion.samplers`: DDPM, DDIM, large-step, RK4, probability-flow ODE.
 """
+from manifold_ext._checkpoint import CheckpointError
 from manifold_ext.diffusion.likelihood import chain_nll, log_likelihood, log_mean_exp
-from manifold_ext.diffusion.models import PointEpsNet, SmallUNet, build_model, timestep_embedding
+from manifold_ext.diffusion.models import PointEpsNet, SmallUNet, build_model, time_tensor, timestep_embedding
 from manifold_ext.diffusion.samplers import SAMPLERS, sample
 from manifold_ext.diffusion.schedules import NoiseSchedule, cosine_schedule, linear_schedule, make_schedule
 from manifold_ext.diffusion.training import (
@@ -19,22 +21,24 @@ from manifold_ext.diffusion.training import (
 )
 
 __all__ = [
+    "SAMPLERS",
+    "CheckpointError",
     "NoiseSchedule",
-    "linear_schedule",
-    "cosine_schedule",
-    "make_schedule",
     "PointEpsNet",
     "SmallUNet",
-    "build_model",
-    "timestep_embedding",
     "TrainConfig",
-    "train_eps_model",
-    "noisy_batch",
-    "save_checkpoint",
+    "build_model",
+    "chain_nll",
+    "cosine_schedule",
+    "linear_schedule",
     "load_checkpoint",
     "log_likelihood",
-    "chain_nll",
     "log_mean_exp",
+    "make_schedule",
+    "noisy_batch",
     "sample",
-    "SAMPLERS",
+    "save_checkpoint",
+    "time_tensor",
+    "timestep_embedding",
+    "train_eps_model",
 ]

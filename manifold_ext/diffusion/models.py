@@ -1,17 +1,66 @@
-"""Noise-prediction networks eps_theta(x_t, t).
+"""Noise-prediction networks eps_theta(x_t, t), and the one way the library calls them.
 
-Both take ``t`` as a number (one time for the whole batch: the time path is
-computed once and broadcast, which is what the likelihood and sampling loops
-use) or as a ``[B]`` tensor (training, mixed times). Times are step indices
-1..T; fractional times (the probability-flow ODE) are accepted.
+The contract (every caller in the library follows it: training, likelihood,
+samplers): ``model(x, t)`` with ``x`` a ``[B, *]`` float tensor and ``t`` a
+``[B]`` **int64** tensor of step indices in 1..T on ``x.device``
+(:func:`time_tensor` makes one); the model returns eps with ``x``'s shape.
+When a whole batch shares one time (likelihood, sampling) ``t`` is an
+*expanded* one-element tensor (stride 0), which a model may use to compute its
+time path once (:func:`shared_time`). The one exception is the probability-flow
+ODE sampler, which evaluates between steps and passes a float32 ``[B]`` tensor
+of fractional times.
+
+The built-in networks also accept a Python number for ``t`` (one time for the
+batch) and fractional times, and they refuse a schedule with a different T
+(:func:`check_model_schedule`): their time embedding is scaled by 1000 / T.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+
+from manifold_ext._args import as_int
+from manifold_ext.diffusion import _mlp
+
+
+def time_tensor(t, batch: int, device: torch.device | str) -> torch.Tensor:
+    """The ``[batch]`` time tensor passed to eps-networks: int64 for a step index, float32 for a fractional time.
+
+    One value for the whole batch, as an expanded (stride-0) view of one element.
+    """
+    if isinstance(t, float) and not t.is_integer():
+        value = torch.tensor([t], dtype=torch.float32, device=device)
+    else:
+        value = torch.tensor([as_int(int(t) if isinstance(t, float) else t, "t")], dtype=torch.int64, device=device)
+    return value.expand(batch)
+
+
+def shared_time(t: torch.Tensor) -> bool:
+    """True when every entry of the ``[B]`` time tensor ``t`` is the same element (one or stride 0)."""
+    return t.dim() == 0 or t.numel() <= 1 or (t.dim() == 1 and t.stride(0) == 0)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters (or buffers) live; CPU for a model that has none."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def check_model_schedule(model: nn.Module, schedule) -> None:
+    """ValueError when the model was built for a different number of steps than the schedule has."""
+    model_T = getattr(model, "T", None)
+    if isinstance(model_T, int) and not isinstance(model_T, bool) and model_T != schedule.T:
+        raise ValueError(
+            f"the model was built for T = {model_T} steps ({type(model).__name__}(T={model_T})) but the schedule "
+            f"has T = {schedule.T}: its time embedding scales t by 1000 / T, so every time would be misread; "
+            f"build the model with T={schedule.T} or use a schedule with T = {model_T}"
+        )
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -26,11 +75,17 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) 
 
 
 def _times(t, batch: int, device: torch.device) -> tuple[torch.Tensor, bool]:
-    """([1] or [B] float tensor, shared?)."""
+    """([1] or [B] float32 tensor, shared?) from a number, a 0-d tensor or a [B] tensor."""
     if isinstance(t, torch.Tensor) and t.dim() > 0:
-        if t.numel() != batch:
+        if t.dim() != 1 or t.numel() != batch:
             raise ValueError(f"t must be a number or a [B] = [{batch}] tensor, got shape {list(t.shape)}")
-        return t.to(device=device, dtype=torch.float32), False
+        if t.is_floating_point() or t.dtype in (torch.int64, torch.int32):
+            if shared_time(t):
+                return t[:1].to(device=device, dtype=torch.float32), True
+            return t.to(device=device, dtype=torch.float32), False
+        raise TypeError(f"t must hold step indices (int64) or float times, got dtype {t.dtype}")
+    if isinstance(t, bool):
+        raise TypeError("t must be a time step, got a bool")
     return torch.tensor([float(t)], device=device), True
 
 
@@ -43,6 +98,8 @@ class PointEpsNet(nn.Module):
 
     def __init__(self, dim: int = 2, hidden: int = 128, layers: int = 3, time_dim: int = 64, T: int = 100):
         super().__init__()
+        dim, hidden, layers = as_int(dim, "dim", 1), as_int(hidden, "hidden", 1), as_int(layers, "layers", 1)
+        time_dim, T = as_int(time_dim, "time_dim", 2), as_int(T, "T", 1)
         self.config = dict(dim=dim, hidden=hidden, layers=layers, time_dim=time_dim, T=T)
         self.T = T
         self.time_dim = time_dim
@@ -63,6 +120,10 @@ class PointEpsNet(nn.Module):
         times, shared = _times(t, x.shape[0], x.device)
         biases = self.time_biases(times)  # [1 or B, hidden] each
         layers = [self.inputs, *self.hidden]
+        if shared and _mlp.applies(x, [layer.weight for layer in layers] + [self.output.weight]):
+            # Inference with one time for the batch (likelihood, sampling): chunked, oneDNN-backed (see _mlp).
+            folded = [(layer.weight, layer.bias + bias[0]) for layer, bias in zip(layers, biases)]
+            return _mlp.shared_time_mlp(x, folded, self.output.weight, self.output.bias)
         h = x
         inplace = not torch.is_grad_enabled()  # inference: no copy for the activation
         for layer, bias in zip(layers, biases):
@@ -99,11 +160,13 @@ class SmallUNet(nn.Module):
 
     def __init__(self, channels: int = 1, base: int = 32, channel_mults: tuple[int, ...] = (1, 2), T: int = 100):
         super().__init__()
+        channels, base, T = as_int(channels, "channels", 1), as_int(base, "base", 1), as_int(T, "T", 1)
         self.config = dict(channels=channels, base=base, channel_mults=tuple(channel_mults), T=T)
         self.T = T
         time_channels = 4 * base
         self.time_dim = base
-        self.time_mlp = nn.Sequential(nn.Linear(base, time_channels), nn.SiLU(), nn.Linear(time_channels, time_channels))
+        self.time_mlp = nn.Sequential(nn.Linear(base, time_channels), nn.SiLU(),
+                                      nn.Linear(time_channels, time_channels))
         self.stem = nn.Conv2d(channels, base, 3, padding=1)
         widths = [base * m for m in channel_mults]
         self.down = nn.ModuleList()
@@ -121,7 +184,8 @@ class SmallUNet(nn.Module):
             self.up.append(_ResBlock(previous + width, width, time_channels))
             previous = width
             self.upsample.append(nn.Identity() if level == 0 else nn.Upsample(scale_factor=2, mode="nearest"))
-        self.head = nn.Sequential(nn.GroupNorm(min(8, previous), previous), nn.SiLU(), nn.Conv2d(previous, channels, 3, padding=1))
+        self.head = nn.Sequential(nn.GroupNorm(min(8, previous), previous), nn.SiLU(),
+                                  nn.Conv2d(previous, channels, 3, padding=1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 

@@ -18,11 +18,13 @@ or ODE evaluation at t < 1 uses t = 1.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from manifold_ext.diffusion.models import check_model_schedule, model_device, time_tensor
 from manifold_ext.diffusion.schedules import NoiseSchedule
 from manifold_ext.ops import ddim_step, ddpm_step, large_step, rk4_combine, rk4_update
 
@@ -57,36 +59,77 @@ def sample(
     rk4_step: str = "ddim",
     generator: torch.Generator | None = None,
     x_T: torch.Tensor | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
 ) -> torch.Tensor:
     """Draw ``shape[0]`` samples of shape ``shape[1:]`` with ``method`` and step ``dt``.
 
     ``x_T`` (optional) fixes the starting noise, so that samplers can be
-    compared from the same x_T; ``generator`` drives all noise.
+    compared from the same x_T; ``generator`` drives all noise. ``device``
+    defaults to the model's. The model is called as ``model(x, t)`` with ``t``
+    an int64 ``[B]`` tensor (a float32 one of fractional times for ``pf_ode``).
+
+    Warns (``RuntimeWarning``) when the samples diverged: non-finite values, or
+    a root-mean-square larger than that of ``x_T`` divided by ``sqrt(abar_T)``
+    (see :func:`warn_if_diverged`), e.g. ``rk4`` with one step of ``dt = T``.
     """
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler '{method}'; expected one of {', '.join(SAMPLERS)}")
     times = schedule.check_dt(dt)
-    device = torch.device(device)
+    check_model_schedule(model, schedule)
+    device = model_device(model) if device is None else torch.device(device)
     x = x_T.to(device=device, dtype=dtype) if x_T is not None else _noise(shape, generator, dtype, device)
     steps = list(reversed(list(zip(times[:-1], times[1:]))))  # (prev, t), from t = T down
     bar = tqdm(steps, desc=f"sampling {method} dt={dt}", unit="step", disable=not progress, mininterval=0.5)
+    start_rms = _rms(x)
     if method == "pf_ode":
-        return _probability_flow(model, schedule, x, bar)
-    abar = schedule.abar
-    if method == "rk4":
+        x_0 = _probability_flow(model, schedule, x, bar)
+    elif method == "rk4":
         g = _step_fn(rk4_step, eta)
+        x_0 = x
         for prev, t in bar:
-            x = _rk4_step(model, schedule, x, t, t - prev, g, generator)
-        return x
-    g = _step_fn(method, eta)
-    for prev, t in bar:
-        eps = model(x, t)
+            x_0 = _rk4_step(model, schedule, x_0, t, t - prev, g, generator)
+    else:
+        x_0 = _ancestral(model, schedule, x, bar, _step_fn(method, eta), generator)
+    warn_if_diverged(x_0, start_rms, schedule, f"method={method!r}, dt={dt}")
+    return x_0
+
+
+def _ancestral(model, schedule: NoiseSchedule, x, steps, g, generator):
+    """DDPM / DDIM / large-step chain: x_{prev} = g(x_t, eps_theta(x_t, t)) from t = T to 0."""
+    abar = schedule.abar
+    for prev, t in steps:
+        eps = model(x, time_tensor(t, x.shape[0], x.device))
         noise = _noise(x.shape, generator, x.dtype, x.device) if prev > 0 else None
         x = g(x, eps, abar(t), abar(prev), noise)
     return x
+
+
+def _rms(x: torch.Tensor) -> float:
+    return x.double().square().mean().sqrt().item() if x.numel() else 0.0
+
+
+def warn_if_diverged(x_0: torch.Tensor, start_rms: float, schedule: NoiseSchedule, what: str) -> bool:
+    """Warn and return True when samples ``x_0`` are not finite or too large to be the schedule's data.
+
+    Why this bound: the forward process x_T = sqrt(abar_T) x_0 + sqrt(1 - abar_T) eps (Eq. 11, 29) ends near
+    N(0, I) only for data with sqrt(abar_T) |x_0| below the noise, i.e. RMS(x_0) < RMS(x_T) / sqrt(abar_T).
+    Samples beyond it are data the schedule would not have turned into noise: the sampler diverged
+    (RK4 at dt = T = 100 with the exact eps of N(0, 0.5^2 I) data: RMS 1130 against the bound 220).
+    """
+    if x_0.numel() == 0:
+        return False
+    bound = start_rms / math.sqrt(schedule.abar(schedule.T))
+    finite = bool(torch.isfinite(x_0).all())
+    rms = _rms(x_0) if finite else float("nan")
+    if finite and rms <= bound:
+        return False
+    found = "non-finite values" if not finite else f"root-mean-square {rms:.4g}"
+    warnings.warn(f"sample({what}) diverged: {found}, while data the schedule turns into N(0, I) noise has a "
+                  f"root-mean-square below RMS(x_T) / sqrt(abar_T) = {bound:.4g}; use a smaller dt or another "
+                  "method", RuntimeWarning, stacklevel=4)  # the caller of sample (inference_mode wraps it)
+    return True
 
 
 def _rk4_step(model, schedule: NoiseSchedule, x, t: int, dt: int, g, generator):
@@ -94,13 +137,16 @@ def _rk4_step(model, schedule: NoiseSchedule, x, t: int, dt: int, g, generator):
     abar = schedule.abar
     half = t - dt // 2  # Eq. 41-42: t - floor(dt / 2)
     end = max(t - dt, MIN_MODEL_TIME)  # Eq. 43's stage time, kept where the model is defined
-    k1 = model(x, t)  # Eq. 40
+    def eps_at(x_stage, time):
+        return model(x_stage, time_tensor(time, x_stage.shape[0], x_stage.device))
+
+    k1 = eps_at(x, t)  # Eq. 40
     if half == t:  # dt = 1: the half-step stages are k1 itself
         k2 = k3 = k1
     else:
-        k2 = model(g(x, k1, abar(t), abar(half), None), half)  # Eq. 41
-        k3 = model(g(x, k2, abar(t), abar(half), None), half)  # Eq. 42
-    k4 = model(g(x, k3, abar(t), abar(end), None), end) if end != t else k1  # Eq. 43
+        k2 = eps_at(g(x, k1, abar(t), abar(half), None), half)  # Eq. 41
+        k3 = eps_at(g(x, k2, abar(t), abar(half), None), half)  # Eq. 42
+    k4 = eps_at(g(x, k3, abar(t), abar(end), None), end) if end != t else k1  # Eq. 43
     eps_bar = rk4_combine(k1, k2, k3, k4)  # Eq. 39
     prev = t - dt
     noise = _noise(x.shape, generator, x.dtype, x.device) if prev > 0 else None
@@ -113,7 +159,7 @@ def _probability_flow(model, schedule: NoiseSchedule, x_T, steps):
     def slope(xbar, sigma):
         abar = 1.0 / (1.0 + sigma * sigma)
         time = max(schedule.time_at_sigma(sigma), float(MIN_MODEL_TIME))
-        return model(xbar * math.sqrt(abar), time)
+        return model(xbar * math.sqrt(abar), time_tensor(time, xbar.shape[0], xbar.device))
 
     xbar = x_T / math.sqrt(schedule.abar(schedule.T))
     for prev, t in steps:

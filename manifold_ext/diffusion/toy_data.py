@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.datasets import make_moons, make_s_curve, make_swiss_roll
+
+from manifold_ext._optional import require
 
 POINT_SETS = ("swiss_roll", "circle", "moons", "s_curve")
 
@@ -22,8 +23,11 @@ def normalise(points: np.ndarray) -> np.ndarray:
 def raw_point_set(kind: str, n: int, seed: int, noise: float = 0.05) -> np.ndarray:
     """``n`` 2-D points of ``kind`` before normalisation; ``noise`` is relative to the set's size."""
     rng = np.random.default_rng(seed)
+    if kind not in POINT_SETS:
+        raise ValueError(f"unknown point set '{kind}'; expected one of {', '.join(POINT_SETS)}")
+    datasets = require("sklearn.datasets", feature="the toy point sets") if kind != "circle" else None
     if kind == "swiss_roll":  # x = t cos t, z = t sin t, t in [1.5 pi, 4.5 pi]; std ~ 7
-        points, _ = make_swiss_roll(n, noise=0.0, random_state=seed)
+        points, _ = datasets.make_swiss_roll(n, noise=0.0, random_state=seed)
         points = points[:, [0, 2]]
         return points + rng.normal(scale=noise * 7.0, size=points.shape)
     if kind == "circle":
@@ -31,13 +35,12 @@ def raw_point_set(kind: str, n: int, seed: int, noise: float = 0.05) -> np.ndarr
         points = np.stack([np.cos(angle), np.sin(angle)], 1)
         return points + rng.normal(scale=noise * 0.7, size=points.shape)
     if kind == "moons":
-        points, _ = make_moons(n, noise=0.0, random_state=seed)
+        points, _ = datasets.make_moons(n, noise=0.0, random_state=seed)
         return points + rng.normal(scale=noise * 0.7, size=points.shape)
     if kind == "s_curve":
-        points, _ = make_s_curve(n, noise=0.0, random_state=seed)
+        points, _ = datasets.make_s_curve(n, noise=0.0, random_state=seed)
         points = points[:, [0, 2]]
         return points + rng.normal(scale=noise * 1.2, size=points.shape)
-    raise ValueError(f"unknown point set '{kind}'; expected one of {', '.join(POINT_SETS)}")
 
 
 def point_set(kind: str, n: int, seed: int = 0, noise: float = 0.05) -> torch.Tensor:

@@ -63,8 +63,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from manifold_ext import _checkpoint as ckpt
+from manifold_ext._checkpoint import CheckpointError
 from manifold_ext.flows.glow import MultiScaleGlow, standard_normal_log_prob
-from manifold_ext._atomic import atomic_torch_save
+
+TRAINING_KIND = "flows.hierarchical.training"
 
 
 def downsample(x: torch.Tensor) -> torch.Tensor:
@@ -353,10 +356,45 @@ def total_log_prob(terms: list[LevelLogProb]) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    """``torch.save`` to a temporary file, then an atomic rename: a crash never
-    leaves a truncated checkpoint behind."""
-    atomic_torch_save(payload, path)
+def save_checkpoint(path: str | os.PathLike, payload: dict, meta: dict | None = None) -> None:
+    """Write a verified checkpoint (content hash, ``meta`` header; see :mod:`manifold_ext._checkpoint`)
+    to a temporary file, then rename it atomically: a crash never leaves a truncated checkpoint behind."""
+    ckpt.write_checkpoint(path, payload, meta if meta is not None else {"kind": TRAINING_KIND})
+
+
+def _fit_run(model: HierarchicalFlow, data: torch.Tensor, batch_size: int, autoencoder_lr: float, flow_lr: float,
+             seed: int) -> dict:
+    """What identifies a fit: a checkpoint resumes it only if all of this agrees (step counts are checked apart)."""
+    return {"model": ckpt.model_record(model),
+            "fit": {"batch_size": batch_size, "autoencoder_lr": autoencoder_lr, "flow_lr": flow_lr, "seed": seed},
+            "data": ckpt.tensor_fingerprint(data)}
+
+
+def _check_resume(path, saved: dict, meta: dict, run: dict, model, autoencoder_steps: int, flow_steps: int) -> None:
+    """CheckpointError unless the file continues this very run (a fresh run with these settings would
+    pass through the saved state); nothing is loaded before this passes."""
+    if meta.get("kind") != TRAINING_KIND:
+        raise CheckpointError(path, f"holds a {meta.get('kind')!r} checkpoint, not a hierarchical fit "
+                                    f"({TRAINING_KIND!r}) to resume")
+    remedy = "resume with the same model, data and settings, or give a new checkpoint path (or resume=False)"
+    saved_model = meta.get("model", {})
+    ckpt.require_match(path, {"model": {k: saved_model.get(k) for k in ("class", "config")}},
+                       {"model": {k: run["model"][k] for k in ("class", "config")}}, remedy)
+    ckpt.require_match(path, meta, {"fit": run["fit"], "data": run["data"]}, remedy)
+    phase, step = saved.get("phase"), saved.get("step")
+    if phase not in ("autoencoder", "flow", "done") or not isinstance(step, int) or step < 0:
+        raise CheckpointError(path, f"unreadable training position: phase {phase!r}, step {step!r}")
+    done_autoencoder = len(saved.get("autoencoder_losses", []))
+    if phase == "autoencoder" and step > autoencoder_steps:
+        raise CheckpointError(path, f"autoencoder_steps differs: the file is at autoencoder step {step}, "
+                                    f"this call asks for {autoencoder_steps} (fewer steps); {remedy}")
+    if phase != "autoencoder" and done_autoencoder != autoencoder_steps:
+        raise CheckpointError(path, f"autoencoder_steps differs: the file finished the autoencoder phase after "
+                                    f"{done_autoencoder} steps, this call asks for {autoencoder_steps}; {remedy}")
+    if phase != "autoencoder" and step > flow_steps:
+        raise CheckpointError(path, f"flow_steps differs: the file is at flow step {step}, this call asks for "
+                                    f"{flow_steps} (fewer steps); {remedy}")
+    ckpt.check_state_dict(path, model, saved.get("model", {}))
 
 
 def _batches(data: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -394,16 +432,24 @@ def fit(
     ``data``: continuous images ``[N, C, H, W]`` (or discrete levels, with
     ``dequantize_fn`` mapping a batch to continuous values, applied afresh each
     step). With ``checkpoint``, the model, optimiser, phase and step are saved
-    atomically every ``checkpoint_every`` steps and at the end of each phase;
-    ``resume`` continues from an existing checkpoint.
+    atomically every ``checkpoint_every`` steps and at the end of each phase, in
+    a verified file (content hash, model config, settings, data fingerprint);
+    ``resume`` continues from an existing checkpoint only when it belongs to
+    this run: same model config, data, batch size, learning rates and seed, and
+    no more steps done than this call asks for (more steps extend the run: the
+    optimiser has no schedule, so that equals a fresh longer run). Otherwise a
+    :class:`~manifold_ext._checkpoint.CheckpointError` names the field that
+    differs, and the model and the file are left untouched.
     """
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     prepare = dequantize_fn or (lambda batch: batch)
     state = {"phase": "autoencoder", "step": 0, "autoencoder_losses": [], "flow_losses": []}
     optimiser_state = None
+    run = _fit_run(model, data, batch_size, autoencoder_lr, flow_lr, seed) if checkpoint is not None else None
     if checkpoint is not None and resume and Path(checkpoint).exists():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        saved, meta = ckpt.read_checkpoint(checkpoint, map_location=device)
+        _check_resume(checkpoint, saved, meta, run, model, autoencoder_steps, flow_steps)
         model.load_state_dict(saved["model"])
         state = {k: saved[k] for k in state}
         optimiser_state = saved.get("optimiser")
@@ -412,8 +458,8 @@ def fit(
         # optimiser=None at the phase change: the flow phase starts with a fresh optimiser.
         if checkpoint is not None:
             save_checkpoint(checkpoint, {**state, "model": model.state_dict(),
-                                         "optimiser": optimiser.state_dict() if optimiser is not None else None,
-                                         "config": dataclasses.asdict(model.config)})
+                                         "optimiser": optimiser.state_dict() if optimiser is not None else None},
+                            {"kind": TRAINING_KIND, **run})
 
     # Phase 1: autoencoders (Eq. 4).
     if state["phase"] == "autoencoder":
