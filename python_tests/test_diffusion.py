@@ -1,14 +1,12 @@
 """The diffusion Python layer: schedules, models, training, log_likelihood (Eq. 15), samplers, demos."""
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from manifold_ext.cli import main
 from manifold_ext.diffusion import (
     PointEpsNet,
     SmallUNet,
@@ -297,33 +295,3 @@ def test_training_is_seeded_and_resumes_from_an_atomic_checkpoint(tmp_path):
     x = torch.randn(5, 2)
     torch.testing.assert_close(loaded(x, 3), reference(x, 3))
     assert torch.equal(loaded_schedule.alphas_cumprod, schedule.alphas_cumprod)
-
-
-# ---------------------------------------------------------------------------
-# Demos, end to end (one quick model shared by both)
-# ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def quick_checkpoint(tmp_path_factory):
-    return tmp_path_factory.mktemp("diffusion") / "swiss_roll_quick.pt"
-
-
-def test_likelihood_demo_quick_ranks_swiss_roll_highest(tmp_path, quick_checkpoint):
-    assert main(["demo", "likelihood", "--quick", "--out", str(tmp_path), "--checkpoint", str(quick_checkpoint)]) == 0
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert (tmp_path / "likelihood.png").stat().st_size > 20_000
-    assert summary["swiss_roll_highest"], summary["sets"]
-    means = {k: v["mean_log_p"] for k, v in summary["sets"].items()}
-    assert means["swiss_roll"] > means["circle"] + 0.5
-    assert quick_checkpoint.exists()
-
-
-def test_sampling_demo_quick(tmp_path, quick_checkpoint):
-    assert main(["demo", "sampling", "--quick", "--samples", "300", "--out", str(tmp_path),
-                 "--checkpoint", str(quick_checkpoint)]) == 0
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert (tmp_path / "sampling.png").stat().st_size > 20_000
-    quality = summary["quality"]
-    assert set(quality) == {"ddpm", "ddim", "large_step", "rk4_ddim", "rk4_ddpm", "pf_ode_rk4"}
-    # Samples at dt = 1 land near the data manifold, far closer than the one-step (dt = T) samples.
-    for name in ("ddpm", "ddim", "large_step"):
-        assert quality[name]["dt=1"]["manifold_distance"] < 0.5 * quality[name]["dt=100"]["manifold_distance"]
