@@ -10,13 +10,39 @@
   in DDIM's variables xbar = x / sqrt(abar), sigma = sqrt((1 - abar) / abar),
   where it reads d xbar / d sigma = eps_theta(x, t) (DDIM is its Euler method).
 
-Conventions: Ho et al. add no noise on the final DDPM step; RK4 stages use the
-mean of g (no noise) and only the final update of each step draws noise; the
-network is never evaluated below t = 1 (the time it was trained on): a stage
-or ODE evaluation at t < 1 uses t = 1.
+Conventions: Ho et al. add no noise on the final DDPM step; the network is
+never evaluated below t = 1 (the time it was trained on): a stage or ODE
+evaluation at t < 1 uses t = 1. With a stochastic g (DDPM, large step) the
+appendix does not say where g's noise is drawn among the four stage points of
+Eq. 41-43 and the final update of Eq. 38; ``rk4_noise`` chooses:
+
+* ``"final"`` (default): the stage points are g's mean, only the final update draws noise;
+* ``"fresh"``: every stage and the final update draw their own noise (g "with
+  Gaussian noises" read literally);
+* ``"shared"``: the stages and the final update use the step's one noise draw;
+* ``"stages"``: the stages draw noise, the final update is g's mean;
+* ``"none"``: no noise anywhere (every g is its mean).
+
+Why RK4 helps DDIM but not a stochastic g: the mean of a DDPM or Def. 2.1
+step is affine in the noise estimate, a x_t + b x0_hat(eps), and with the
+exact eps*(x_t, t) = E[eps | x_t] it equals E[x_{t-dt} | x_t] of the true
+reverse process (the tests check it with ``diffusion.exact.EmpiricalDataEps``).
+RK4's eps_bar mixes in estimates from other points and times, so with a
+perfect network it moves each step's mean off the exact one, and the noise g
+adds is unchanged: it cannot take that noise out. DDIM is the Euler step of the probability-flow ODE, where
+averaging slopes along the step is what RK4 is for. The ``sampling`` demo
+measures both (paper 000 Fig. 7 and 8).
+
+Divergence: a sampler whose step is too large for it can blow up while
+staying finite (the paper's RK4 at dt = T gives samples of RMS ~800 for unit
+data). :func:`sample` warns (:class:`SamplerDivergenceWarning`) when the
+samples are not finite or their RMS exceeds ``divergence_factor`` times that
+of the starting noise x_T; diffusion data is scaled to about unit size, so
+such samples cannot be data.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 
@@ -29,12 +55,33 @@ from manifold_ext.diffusion.schedules import NoiseSchedule
 from manifold_ext.ops import ddim_step, ddpm_step, large_step, rk4_combine, rk4_update
 
 SAMPLERS = ("ddpm", "ddim", "large_step", "rk4", "pf_ode")
+RK4_NOISE = ("final", "fresh", "shared", "stages", "none")
 MIN_MODEL_TIME = 1
+
+
+class SamplerDivergenceWarning(RuntimeWarning):
+    """Samples that are not finite or far larger than the starting noise: the step is too large for the sampler."""
 
 
 def _noise(shape, generator, dtype, device):
     noise_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, dtype=dtype, device=noise_device).to(device)
+
+
+def _eps(model: nn.Module, x: torch.Tensor, t) -> torch.Tensor:
+    """eps_theta(x, t): the one place the samplers call the network.
+
+    ``t`` is one time for the whole batch, passed as the ``[B]`` tensor of :func:`time_tensor` (int64 for a
+    step index, float32 for the probability-flow ODE's fractional times).
+    """
+    return model(x, time_tensor(t, x.shape[0], x.device))
+
+
+def _default_device(model: nn.Module, x_T: torch.Tensor | None) -> torch.device:
+    """Where the model's parameters (or buffers) live; for a model with neither, x_T's device, else the CPU."""
+    if next(model.parameters(), None) is None and next(model.buffers(), None) is None and x_T is not None:
+        return x_T.device
+    return model_device(model)
 
 
 def _step_fn(kind: str, eta: float):
@@ -57,100 +104,111 @@ def sample(
     dt: int = 1,
     eta: float = 0.0,
     rk4_step: str = "ddim",
+    rk4_noise: str = "final",
     generator: torch.Generator | None = None,
     x_T: torch.Tensor | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    divergence_factor: float | None = 10.0,
 ) -> torch.Tensor:
     """Draw ``shape[0]`` samples of shape ``shape[1:]`` with ``method`` and step ``dt``.
 
-    ``x_T`` (optional) fixes the starting noise, so that samplers can be
-    compared from the same x_T; ``generator`` drives all noise. ``device``
-    defaults to the model's. The model is called as ``model(x, t)`` with ``t``
-    an int64 ``[B]`` tensor (a float32 one of fractional times for ``pf_ode``).
-
-    Warns (``RuntimeWarning``) when the samples diverged: non-finite values, or
-    a root-mean-square larger than that of ``x_T`` divided by ``sqrt(abar_T)``
-    (see :func:`warn_if_diverged`), e.g. ``rk4`` with one step of ``dt = T``.
+    Args:
+        model: eps_theta(x, t), in eval mode, called as ``model(x, t)`` with ``t`` an int64 ``[B]`` tensor
+            (float32, fractional times, for ``pf_ode``).
+        schedule: the schedule the model was trained with (T steps).
+        shape: ``(samples, *sample_shape)``.
+        method: one of :data:`SAMPLERS`.
+        dt: step; a positive divisor of T (dt = T: one step).
+        eta: DDIM's noise scale (``ddim``, and the ``rk4`` step function ``ddim``).
+        rk4_step: the step function g of the RK4 sampler: 'ddim', 'ddpm' or 'large_step'.
+        rk4_noise: where the RK4 sampler with a stochastic g draws noise: one of
+            :data:`RK4_NOISE` (see the module docstring).
+        generator: drives all noise (x_T too unless given).
+        x_T: the starting noise (optional), so that samplers can be compared from the same x_T.
+        device: where to sample; default: where the model lives.
+        dtype: sample dtype.
+        progress: show a progress bar over steps.
+        divergence_factor: warn (:class:`SamplerDivergenceWarning`) when the samples' RMS exceeds
+            this multiple of x_T's RMS, or when they are not finite; None: never warn.
     """
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler '{method}'; expected one of {', '.join(SAMPLERS)}")
+    if rk4_noise not in RK4_NOISE:
+        raise ValueError(f"unknown rk4_noise '{rk4_noise}'; expected one of {', '.join(RK4_NOISE)}")
     times = schedule.check_dt(dt)
     check_model_schedule(model, schedule)
-    device = model_device(model) if device is None else torch.device(device)
+    device = torch.device(device) if device is not None else _default_device(model, x_T)
     x = x_T.to(device=device, dtype=dtype) if x_T is not None else _noise(shape, generator, dtype, device)
-    steps = list(reversed(list(zip(times[:-1], times[1:]))))  # (prev, t), from t = T down
+    start_rms = x.double().square().mean().sqrt().item() if x.numel() else 0.0
+    steps = list(reversed(list(itertools.pairwise(times))))  # (prev, t), from t = T down
     bar = tqdm(steps, desc=f"sampling {method} dt={dt}", unit="step", disable=not progress, mininterval=0.5)
-    start_rms = _rms(x)
     if method == "pf_ode":
-        x_0 = _probability_flow(model, schedule, x, bar)
+        x = _probability_flow(model, schedule, x, bar)
     elif method == "rk4":
         g = _step_fn(rk4_step, eta)
-        x_0 = x
+        noise = rk4_noise if _is_stochastic(rk4_step, eta) else "none"
         for prev, t in bar:
-            x_0 = _rk4_step(model, schedule, x_0, t, t - prev, g, generator)
+            x = _rk4_step(model, schedule, x, t, t - prev, g, generator, noise)
     else:
-        x_0 = _ancestral(model, schedule, x, bar, _step_fn(method, eta), generator)
-    warn_if_diverged(x_0, start_rms, schedule, f"method={method!r}, dt={dt}")
-    return x_0
-
-
-def _ancestral(model, schedule: NoiseSchedule, x, steps, g, generator):
-    """DDPM / DDIM / large-step chain: x_{prev} = g(x_t, eps_theta(x_t, t)) from t = T to 0."""
-    abar = schedule.abar
-    for prev, t in steps:
-        eps = model(x, time_tensor(t, x.shape[0], x.device))
-        noise = _noise(x.shape, generator, x.dtype, x.device) if prev > 0 else None
-        x = g(x, eps, abar(t), abar(prev), noise)
+        g = _step_fn(method, eta)
+        for prev, t in bar:
+            eps = _eps(model, x, t)
+            noise = _noise(x.shape, generator, x.dtype, x.device) if prev > 0 else None
+            x = g(x, eps, schedule.abar(t), schedule.abar(prev), noise)
+    if divergence_factor is not None:
+        _warn_if_diverged(x, start_rms, divergence_factor, method, rk4_step, dt)
     return x
 
 
-def _rms(x: torch.Tensor) -> float:
-    return x.double().square().mean().sqrt().item() if x.numel() else 0.0
+def _is_stochastic(step: str, eta: float) -> bool:
+    return step != "ddim" or eta > 0
 
 
-def warn_if_diverged(x_0: torch.Tensor, start_rms: float, schedule: NoiseSchedule, what: str) -> bool:
-    """Warn and return True when samples ``x_0`` are not finite or too large to be the schedule's data.
-
-    Why this bound: the forward process x_T = sqrt(abar_T) x_0 + sqrt(1 - abar_T) eps (Eq. 11, 29) ends near
-    N(0, I) only for data with sqrt(abar_T) |x_0| below the noise, i.e. RMS(x_0) < RMS(x_T) / sqrt(abar_T).
-    Samples beyond it are data the schedule would not have turned into noise: the sampler diverged
-    (RK4 at dt = T = 100 with the exact eps of N(0, 0.5^2 I) data: RMS 1130 against the bound 220).
-    """
-    if x_0.numel() == 0:
-        return False
-    bound = start_rms / math.sqrt(schedule.abar(schedule.T))
-    finite = bool(torch.isfinite(x_0).all())
-    rms = _rms(x_0) if finite else float("nan")
-    if finite and rms <= bound:
-        return False
-    found = "non-finite values" if not finite else f"root-mean-square {rms:.4g}"
-    warnings.warn(f"sample({what}) diverged: {found}, while data the schedule turns into N(0, I) noise has a "
-                  f"root-mean-square below RMS(x_T) / sqrt(abar_T) = {bound:.4g}; use a smaller dt or another "
-                  "method", RuntimeWarning, stacklevel=4)  # the caller of sample (inference_mode wraps it)
-    return True
+def _warn_if_diverged(x: torch.Tensor, start_rms: float, factor: float, method: str, rk4_step: str, dt: int) -> None:
+    # stacklevel 4: past this function, `sample` and inference_mode's wrapper, to the caller's line
+    name = f"{method} (g = {rk4_step})" if method == "rk4" else method
+    finite = torch.isfinite(x)
+    if not finite.all():
+        warnings.warn(f"sampler {name} at dt = {dt} diverged: {int((~finite).sum())} of {x.numel()} sample values "
+                      f"are not finite; use a smaller dt", SamplerDivergenceWarning, stacklevel=4)
+        return
+    rms = x.double().square().mean().sqrt().item()
+    if rms > factor * start_rms:
+        warnings.warn(f"sampler {name} at dt = {dt} diverged: the samples' RMS is {rms:.4g}, more than "
+                      f"{factor:g} x the RMS {start_rms:.3g} of the starting noise x_T (diffusion data is about "
+                      f"unit size); use a smaller dt", SamplerDivergenceWarning, stacklevel=4)
 
 
-def _rk4_step(model, schedule: NoiseSchedule, x, t: int, dt: int, g, generator):
-    """One step t -> t - dt of the appendix's diffusion RK4 (Eq. 38-43)."""
+def _rk4_step(model, schedule: NoiseSchedule, x, t: int, dt: int, g, generator, noise_at: str):
+    """One step t -> t - dt of the appendix's diffusion RK4 (Eq. 38-43); ``noise_at``: see ``RK4_NOISE``."""
     abar = schedule.abar
     half = t - dt // 2  # Eq. 41-42: t - floor(dt / 2)
     end = max(t - dt, MIN_MODEL_TIME)  # Eq. 43's stage time, kept where the model is defined
-    def eps_at(x_stage, time):
-        return model(x_stage, time_tensor(time, x_stage.shape[0], x_stage.device))
+    prev = t - dt
 
-    k1 = eps_at(x, t)  # Eq. 40
+    def draw():
+        return _noise(x.shape, generator, x.dtype, x.device)
+
+    shared = draw() if noise_at == "shared" else None
+
+    def stage_point(eps, to):  # g(x_t, k, to) of Eq. 41-43
+        noise = draw() if noise_at in ("fresh", "stages") else shared
+        return g(x, eps, abar(t), abar(to), noise)
+
+    k1 = _eps(model, x, t)  # Eq. 40
     if half == t:  # dt = 1: the half-step stages are k1 itself
         k2 = k3 = k1
     else:
-        k2 = eps_at(g(x, k1, abar(t), abar(half), None), half)  # Eq. 41
-        k3 = eps_at(g(x, k2, abar(t), abar(half), None), half)  # Eq. 42
-    k4 = eps_at(g(x, k3, abar(t), abar(end), None), end) if end != t else k1  # Eq. 43
+        k2 = _eps(model, stage_point(k1, half), half)  # Eq. 41
+        k3 = _eps(model, stage_point(k2, half), half)  # Eq. 42
+    k4 = _eps(model, stage_point(k3, end), end) if end != t else k1  # Eq. 43
     eps_bar = rk4_combine(k1, k2, k3, k4)  # Eq. 39
-    prev = t - dt
-    noise = _noise(x.shape, generator, x.dtype, x.device) if prev > 0 else None
-    return g(x, eps_bar, abar(t), abar(prev), noise)  # Eq. 38
+    final_noise = None
+    if prev > 0 and noise_at in ("final", "fresh", "shared"):  # no noise on the last step (Ho et al.)
+        final_noise = shared if noise_at == "shared" else draw()
+    return g(x, eps_bar, abar(t), abar(prev), final_noise)  # Eq. 38
 
 
 def _probability_flow(model, schedule: NoiseSchedule, x_T, steps):
@@ -159,7 +217,7 @@ def _probability_flow(model, schedule: NoiseSchedule, x_T, steps):
     def slope(xbar, sigma):
         abar = 1.0 / (1.0 + sigma * sigma)
         time = max(schedule.time_at_sigma(sigma), float(MIN_MODEL_TIME))
-        return model(xbar * math.sqrt(abar), time_tensor(time, xbar.shape[0], xbar.device))
+        return _eps(model, xbar * math.sqrt(abar), time)
 
     xbar = x_T / math.sqrt(schedule.abar(schedule.T))
     for prev, t in steps:
