@@ -29,7 +29,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+
+from manifold_ext._training import train_loop
 
 
 @dataclasses.dataclass
@@ -225,22 +226,15 @@ def train_embedding(images: torch.Tensor, identities: torch.Tensor, dim: int = 1
     """
     if images.shape[0] != identities.shape[0]:
         raise ValueError(f"train_embedding: {images.shape[0]} images but {identities.shape[0]} identities")
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the network's initialisation; minibatches come from train_loop's seeded generator
     model = EmbeddingNet(images[0].numel(), dim, hidden).to(images.device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    losses = []
-    bar = tqdm(range(steps), desc="training embedding", unit="step", disable=not progress, mininterval=0.5)
-    for step in bar:
-        index = torch.randint(0, images.shape[0], (min(batch_size, images.shape[0]),), generator=generator).to(images.device)
+
+    def step_loss(step: int, generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(0, images.shape[0], (min(batch_size, images.shape[0]),),
+                              generator=generator).to(images.device)
         batch = images[index] if augment is None else augment(images[index])
-        loss = supervised_contrastive_loss(model(batch), identities[index], temperature)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+        return supervised_contrastive_loss(model(batch), identities[index], temperature)
+
+    losses = train_loop(model.parameters(), step_loss, steps=steps, lr=lr, seed=seed, desc="training embedding",
+                        progress=progress).loss
     return model.eval(), losses

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
+from manifold_ext._training import train_loop
 from manifold_ext.datasets import (
     digits_levels,
     find_local_image_set,
@@ -39,7 +40,7 @@ from manifold_ext.datasets import (
 )
 from manifold_ext.datasets.images import DIGITS_BINS
 from manifold_ext.demos.common import add_common_arguments, pyplot, seed_everything, write_json
-from manifold_ext.flows import HierarchicalFlow, MultiScaleGlow, dequantize, fit
+from manifold_ext.flows import HierarchicalFlow, MultiScaleGlow, data_initialize, dequantize, fit
 from manifold_ext.flows.hierarchical import downsample, total_log_prob
 
 NAME = "flow"
@@ -119,26 +120,16 @@ def _train_glow(model: MultiScaleGlow, train_levels, n_bins, steps, batch_size, 
         return (x, downsample(x)) if conditional else (x, None)
 
     model.to(device).train()
-    with torch.no_grad():
-        model.log_prob(*batch_of(train_levels[torch.randperm(len(train_levels), generator=generator)[:512]]))
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    losses = []
-    bar = tqdm(range(steps), desc=desc, unit="step", mininterval=0.5)
-    for step in bar:
+    first = batch_of(train_levels[torch.randperm(len(train_levels), generator=generator)[:512]])
+    data_initialize(model, *first, method="log_prob")  # ActNorm's data-dependent initialisation
+
+    def step_loss(step: int, generator: torch.Generator) -> torch.Tensor:
         index = torch.randint(0, len(train_levels), (batch_size,), generator=generator)
         x, cond = batch_of(train_levels[index])
-        loss = model.bits_per_dim(x, n_bins, cond).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 50.0)
-        optimiser.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(bpd=f"{np.mean(losses[-50:]):.3f}")
+        return model.bits_per_dim(x, n_bins, cond).mean()
+
+    losses = train_loop(model.parameters(), step_loss, steps=steps, lr=1e-3, warmup_steps=max(1, steps // 20),
+                        clip_grad_norm=50.0, generator=generator, desc=desc).loss
     return model.eval(), losses
 
 

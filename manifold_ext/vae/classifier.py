@@ -29,8 +29,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
-
+from manifold_ext._training import train_loop
 from manifold_ext.ops import gaussian_elbo
 
 
@@ -185,25 +184,14 @@ def train_vae_classifier(model: VAEClassifier, x: torch.Tensor, y: torch.Tensor,
         raise ValueError(f"train_vae_classifier: labels must lie in 0..{model.num_classes - 1}")
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
-    batch_generator = torch.Generator().manual_seed(seed)
     noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    history = TrainingHistory(steps, [], [], [], [])
-    model.train()
-    bar = tqdm(range(steps), desc="training VAE-classifier", unit="step", mininterval=0.5, disable=not progress)
-    for step in bar:
+
+    def step_loss(step: int, batch_generator: torch.Generator) -> dict[str, torch.Tensor]:
         index = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=batch_generator).to(device)
-        terms = model.loss(x[index], y[index], lam=lam, generator=noise_generator)
-        optimiser.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimiser.step()
-        schedule.step()
-        history.loss.append(terms["loss"].item())
-        history.elbo.append(terms["elbo"].item())
-        history.ce.append(terms["ce"].item())
-        history.accuracy.append(terms["accuracy"].item())
-        if step % 100 == 0:
-            bar.set_postfix(elbo=f"{history.elbo[-1]:.1f}", ce=f"{history.ce[-1]:.3f}")
+        return model.loss(x[index], y[index], lam=lam, generator=noise_generator)
+
+    model.train()
+    log = train_loop(model.parameters(), step_loss, steps=steps, lr=lr, seed=seed, desc="training VAE-classifier",
+                     progress=progress, log_every=100, postfix=("elbo", "ce"))
     model.eval()
-    return history
+    return TrainingHistory(steps, log.loss, log.metrics["elbo"], log.metrics["ce"], log.metrics["accuracy"])

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from manifold_ext._training import train_loop
 from manifold_ext.ops import closest_centre_kl, nearest_centre_kl
 from manifold_ext.vae.networks import decoder_mean, make_decoder, make_encoder, reconstruction_nll
 
@@ -118,28 +119,29 @@ class ExPostGMM:
 
 def train_autoencoder(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None, *, steps: int = 1000,
                       batch_size: int = 128, lr: float = 1e-3, device: torch.device | str = "cpu",
-                      progress: bool = True, desc: str = "training") -> list[float]:
-    """Adam on ``model(x)["loss"]`` (or ``model(x, y)["loss"]`` with labels); returns the losses."""
+                      progress: bool = True, desc: str = "training", seed: int | None = None) -> list[float]:
+    """Adam on ``model(x)["loss"]`` (or ``model(x, y)["loss"]`` with labels); returns the losses.
+
+    Minibatches are drawn from a generator seeded with ``seed``, or from torch's global
+    generator when ``seed`` is None (seed it with ``torch.manual_seed``).
+    """
     device = torch.device(device)
     model.to(device).train()
     images = images.to(device)
     labels = labels.to(device) if labels is not None else None
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps, eta_min=lr * 0.05)
-    losses: list[float] = []
-    bar = tqdm(range(steps), desc=desc, unit="step", mininterval=0.5, disable=not progress)
-    for step in bar:
-        batch = torch.randint(0, len(images), (batch_size,), device=device)
+
+    def step_loss(step: int, generator: torch.Generator | None) -> torch.Tensor:
+        if generator is None:
+            batch = torch.randint(0, len(images), (batch_size,), device=device)
+        else:
+            batch = torch.randint(0, len(images), (batch_size,), generator=generator).to(device)
         out = model(images[batch]) if labels is None else model(images[batch], labels[batch])
-        optimiser.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimiser.step()
-        schedule.step()
-        losses.append(out["loss"].item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        return out["loss"]
+
+    log = train_loop(model.parameters(), step_loss, steps=steps, lr=lr, min_lr_fraction=0.05, seed=seed, desc=desc,
+                     progress=progress)
     model.eval()
-    return losses
+    return log.loss
 
 
 class GMMClassifier(nn.Module):
