@@ -49,10 +49,10 @@ class ActNorm(FlowLayer):
     ``torch.compile(..., fullgraph=True)`` call ``initialize(x)`` (or
     ``data_initialize(model, batch)`` for a whole model). The forward branches only
     on a Python flag, which ``torch.compile`` guards on as a constant, so an
-    initialised layer traces as one graph. ``initialize`` itself is excluded from
-    compilation (``torch.compiler.disable``): without ``fullgraph`` a compiled
-    uninitialised layer breaks the graph there and initialises eagerly; with
-    ``fullgraph=True`` it fails with a message naming ``data_initialize``.
+    initialised layer traces as one graph. The statistics are never traced: with
+    ``fullgraph=True`` an uninitialised layer fails with a message naming
+    ``data_initialize``; without it, torch.compile falls back to eager for that
+    call, which initialises the layer as before.
     """
 
     def __init__(self, channels: int, eps: float = 1e-6):
@@ -70,9 +70,6 @@ class ActNorm(FlowLayer):
         """Whether the data-dependent initialisation has run (or was loaded from a state_dict)."""
         return self._initialized
 
-    @torch.compiler.disable(reason="ActNorm's data-dependent initialisation runs eagerly: call "
-                                   "manifold_ext.flows.data_initialize(model, batch) or ActNorm.initialize(x) "
-                                   "before torch.compile(..., fullgraph=True)")
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
         """Set bias and log_scale so that ``x`` gets zero mean and unit variance per channel (Glow §3.1)."""
@@ -94,6 +91,11 @@ class ActNorm(FlowLayer):
     def forward(self, x):
         _check_channels("ActNorm", x, self.channels)
         if self.training and not self._initialized:  # a Python flag: a constant to torch.compile
+            if torch.compiler.is_compiling():  # never trace the data-dependent statistics into a graph
+                raise RuntimeError(
+                    "ActNorm: the data-dependent initialisation runs eagerly; call "
+                    "manifold_ext.flows.data_initialize(model, batch) or ActNorm.initialize(x) before "
+                    "torch.compile(..., fullgraph=True)")
             self.initialize(x)
         y = (x + _per_channel(self.bias, x)) * _per_channel(self.log_scale.exp(), x)
         logdet = (_spatial_size(x) * self.log_scale.sum()).expand(x.shape[0])
@@ -242,7 +244,9 @@ class AffineCoupling(FlowLayer):
         h = self.net(passive)
         expected = (passive.shape[0], 2 * self.active_channels, *passive.shape[2:])
         if tuple(h.shape) != expected:
-            raise ValueError(f"AffineCoupling: the coupling network returned shape {tuple(h.shape)}, expected {expected}")
+            raise ValueError(
+                f"AffineCoupling: the coupling network returned shape {tuple(h.shape)}, expected {expected}"
+            )
         return h
 
     def _couple(self, x: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
