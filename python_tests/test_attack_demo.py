@@ -60,13 +60,14 @@ def test_attack_demo_quick_attack_strength_study(quick_run):
     fractions = [point["fraction_percent"] for point in study["by_size"]]
     assert fractions == sorted(fractions) and 12.5 in fractions
     for point in study["by_size"] + list(study["by_placement"].values()):
-        for key in ("patch_pgd", "patch_nag"):
-            assert 0 <= point[key] <= 100
+        assert 0 <= point["patch_nag"] <= 100
         if point["patch"][2] * point["patch"][3] <= 9:
             assert point["corner_search"] is not None
     placements = study["by_placement"]
     salient = placements["most salient (the Table 1 patch)"]
     assert salient["patch"] == [summary["patch"][k] for k in ("top", "left", "height", "width")]
+    for point in placements.values():
+        assert 0 <= point["purified_patch_nag"] <= 100
     least = placements["least salient 2x4"]
     assert salient["corner_search"] < least["corner_search"]  # placement matters: the salient place is stronger
     knn = summary["pixel_knn_check"]
@@ -80,7 +81,8 @@ def test_attack_demo_quick_paper_comparison_rows(quick_run):
         assert {f"000-table1-{name}-before", f"000-table1-{name}-after", f"000-table1-{name}-after-sign"} <= ids
     for mode in ("no-thresh", "thresh"):
         assert {f"004-table41-{mode}-{metric}" for metric in ("accuracy", "error", "rejected")} <= ids
-    assert {"004-table41-recovered", "004-table41-recovered-accuracy", "004-fig43-max-error"} <= ids
+    assert {"004-table41-recovered", "004-table41-recovered-accuracy", "004-fig43-max-error",
+            "004-table41-thresh-rejected-train-images"} <= ids
     rows = {row["id"]: row for row in summary["paper_comparison"]}
     assert rows["000-table1-nag-before"]["paper"] == 6.83 and rows["000-table1-pgd-after"]["paper"] == 75.75
     assert rows["004-table41-thresh-accuracy"]["paper"] == 97.97
@@ -100,6 +102,8 @@ def test_attack_demo_quick_table41_and_fgsm_sweep(quick_run):
     assert clean["thresh_accuracy"] + clean["thresh_error"] + clean["thresh_rejected"] == pytest.approx(100, abs=0.03)
     assert clean["thresh_error"] <= clean["no_thresh_error"]  # thresholds only remove predictions
     assert 0 <= run["recovered_count"] <= run["rejected_count"]
+    train = run["train_images_verdict"]  # the images the thresholds were calibrated on
+    assert train["thresh_accuracy"] + train["thresh_error"] + train["thresh_rejected"] == pytest.approx(100, abs=0.03)
     sweep = run["fgsm"]
     first, last = sweep[f"{section['eps'][0]:g}"], sweep[f"{section['eps'][-1]:g}"]
     assert first == clean

@@ -60,7 +60,7 @@ def _paper_rows(rows: list[dict]) -> list[dict]:
         where = f"pair {k} (arc fractions {first}, {second})"
         out.append(paper_row(f"002-geodesic-pair{k}-length-ratio", f"weighted length d_w(geodesic) / d_w(straight), "
                              f"{where}", round(SLIDES_GEODESIC / SLIDES_STRAIGHT, 4),
-                             round(row["weighted_length_ratio"], 4), setup=setup))
+                             float(f"{row['weighted_length_ratio']:.4g}"), setup=setup))
         for name in ("straight", "geodesic"):
             out.append(paper_row(f"002-geodesic-pair{k}-{name}-distance-to-data",
                                  f"mean distance of the {name} path to the noiseless roll, {where}", None,

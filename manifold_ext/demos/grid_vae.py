@@ -27,6 +27,7 @@ import torch
 from manifold_ext.datasets import two_digit_digits, two_digit_mnist
 from manifold_ext.demos.common import add_common_arguments, paper_row, pyplot, run_record, seed_everything, write_json
 from manifold_ext.vae import GridVAE, cluster_report, dimension_control, train_grid_vae
+from manifold_ext.vae.metrics import majority_map, mapped_accuracy
 
 NAME = "gridvae"
 DESCRIPTION = "GridVAE (2-D latent, 6x6 grid prior) on two-digit 0-5 composites: clusters, disentanglement (Fig. 11-12)"
@@ -155,6 +156,10 @@ def _train_and_measure(args, train, test, guidance: str, generator, device) -> t
     clusters = cluster_report(prior.component_index(train_index), train.labels,
                               prior.component_index(test_index), test.labels, num_classes=train.num_digits**2)
     control = dimension_control(train_index, train.attributes, test_index, test.attributes)
+    # each digit read from the grid cell (both dimensions together): what the latent encodes, locally or not
+    train_cell, test_cell = prior.component_index(train_index), prior.component_index(test_index)
+    from_cell = [mapped_accuracy(majority_map(train_cell, train.attributes[:, f]), test_cell, test.attributes[:, f])
+                 for f in range(train.attributes.shape[1])]
     chance = 1.0 / train.num_digits
     # "dimension 1 controls the first digit and dimension 2 the second": each digit is
     # best predicted by its own dimension, far above chance, and poorly by the other.
@@ -177,6 +182,7 @@ def _train_and_measure(args, train, test, guidance: str, generator, device) -> t
         "dimension_control": {
             "accuracy[digit][dimension]": acc,
             "nmi[digit][dimension]": control["nmi"],
+            "accuracy[digit]_from_the_cell": from_cell,
             "best_dimension_for_first_and_second_digit": control["best_dimension"],
             "chance_accuracy": chance,
             "dimension1_controls_first_and_dimension2_second": disentangled,
@@ -185,27 +191,49 @@ def _train_and_measure(args, train, test, guidance: str, generator, device) -> t
     }
 
 
-def _fig16_comparison(partial: dict) -> dict:
-    """Does the free (unguided) dimension of the partially guided model learn the omitted factor?"""
+def _fig16_comparison(partial: dict, unsupervised: dict | None) -> dict:
+    """How much of the omitted factor (the second digit) does the free dimension of the partially guided
+    model carry? Graded against chance and, when the unsupervised model ran too, against how well an
+    unguided model's best dimension carries the same digit."""
     control = partial["dimension_control"]
     free_accuracy = control["accuracy[digit][dimension]"][1][1]  # second digit from dimension 2 (unguided)
     chance = control["chance_accuracy"]
-    learned = free_accuracy > 2 * chance
+    from_cell = control["accuracy[digit]_from_the_cell"][1]
+    reference = None
+    if unsupervised is not None:
+        reference = max(unsupervised["dimension_control"]["accuracy[digit][dimension]"][1])
+    if free_accuracy <= 1.5 * chance:
+        learned = "no"
+    elif reference is not None and free_accuracy < 0.5 * reference:
+        learned = "partly"
+    else:
+        learned = "yes"
+    numbers = (f"second digit read from the free dimension with accuracy {free_accuracy:.2f}, chance {chance:.2f}"
+               + (f", an unguided model's best dimension {reference:.2f}" if reference is not None else ""))
+    verdict = {
+        "no": f"Fig. 16's claim holds here: the free dimension did not learn the omitted factor ({numbers}).",
+        "partly": "Fig. 16's claim holds only in part here: the free dimension carries the omitted factor above "
+                  f"chance but far below what an unguided dimension learns ({numbers}).",
+        "yes": f"Fig. 16's claim does NOT hold here: the free dimension learned the omitted factor ({numbers}).",
+    }[learned]
+    if learned != "yes" and from_cell > 2 * max(free_accuracy, chance):
+        verdict += (f" Read from the grid cell (both dimensions) the second digit is right {from_cell:.2f} of the "
+                    "time: the free dimension does encode it, but locally, in an order that changes with the guided "
+                    "first digit, not as one axis.")
     return {
         "claim": FIG16_CLAIM,
         "setting_here": "2-D latent; dimension 1 guided by the first digit, dimension 2 free; the second digit is "
                         "the omitted attribute",
         "second_digit_accuracy_from_free_dimension": round(free_accuracy, 4),
         "chance_accuracy": round(chance, 4),
-        "free_dimension_learned_the_omitted_factor": bool(learned),
-        "verdict": ("Fig. 16's claim does NOT hold here: the free dimension learned the omitted factor "
-                    f"(second digit read from it with accuracy {free_accuracy:.2f}, chance {chance:.2f})."
-                    if learned else
-                    "Fig. 16's claim holds here: the free dimension did not learn the omitted factor "
-                    f"(second digit read from it with accuracy {free_accuracy:.2f}, chance {chance:.2f})."),
-        "why_it_can_differ": "the two digits are independent by construction and the second digit is the only "
-                             "thing left for the free dimension to encode; CelebA's omitted attributes (gender, "
-                             "smile) are correlated with the 38 guided ones, which already absorb them",
+        "second_digit_accuracy_unsupervised_best_dimension": None if reference is None else round(reference, 4),
+        "second_digit_accuracy_from_the_cell": round(from_cell, 4),
+        "free_dimension_learned_the_omitted_factor": learned,
+        "rule": "no: <= 1.5 x chance; partly: above that but < half of the unsupervised best dimension; yes: else",
+        "verdict": verdict,
+        "note": "the two digits are independent by construction and the second digit is the only thing left for "
+                "the free dimension to encode; CelebA's omitted attributes (gender, smile) are correlated with the "
+                "38 guided ones, which can absorb them",
     }
 
 
@@ -219,14 +247,32 @@ def _paper_rows(results: dict, data: str) -> list[dict]:
         rows.append(paper_row(f"000-gridvae-{name}-cluster-accuracy",
                               f"{name} GridVAE: 36-class test accuracy of 'nearest centre -> class' (Fig. 11)", None,
                               round(100 * result["clusters"]["accuracy"], 2), unit="%", setup=setup))
+        if guidance == "none":  # without guidance the axes may come out swapped: read each digit from its own best
+            first = max(range(2), key=lambda d: acc[0][d])
+            second = 1 - first
+            rows.append(paper_row(f"000-gridvae-{name}-first-digit",
+                                  f"{name} GridVAE: first digit read from its best latent dimension "
+                                  f"(dimension {first + 1}; Fig. 12A)", None, round(100 * acc[0][first], 2), unit="%",
+                                  setup=setup))
+            rows.append(paper_row(f"000-gridvae-{name}-second-digit",
+                                  f"{name} GridVAE: second digit read from the other dimension "
+                                  f"(dimension {second + 1}; Fig. 12B)", None, round(100 * acc[1][second], 2),
+                                  unit="%", setup=setup))
+            continue
         rows.append(paper_row(f"000-gridvae-{name}-dim1-first-digit",
-                              f"{name} GridVAE: first digit read from latent dimension 1 (Fig. 12A)", None,
+                              f"{name} GridVAE: first digit read from latent dimension 1 (guided)", None,
                               round(100 * acc[0][0], 2), unit="%", setup=setup))
         rows.append(paper_row(f"000-gridvae-{name}-dim2-second-digit",
-                              f"{name} GridVAE: second digit read from latent dimension 2 (Fig. 12B"
-                              + ("; Fig. 16: an unguided dimension does not learn the omitted attribute)"
-                                 if guidance == "first" else ")"), None, round(100 * acc[1][1], 2), unit="%",
+                              f"{name} GridVAE: second digit read from latent dimension 2"
+                              + (" (free; Fig. 16: an unguided dimension does not learn the omitted attribute)"
+                                 if guidance == "first" else " (guided)"), None, round(100 * acc[1][1], 2), unit="%",
                               setup=setup))
+        if guidance == "first":
+            cell = result["dimension_control"]["accuracy[digit]_from_the_cell"][1]
+            rows.append(paper_row(f"000-gridvae-{name}-cell-second-digit",
+                                  f"{name} GridVAE: second digit read from the grid cell (both dimensions): does the "
+                                  "latent encode the omitted attribute at all (Fig. 16)?", None, round(100 * cell, 2),
+                                  unit="%", setup=setup))
     return rows
 
 
@@ -251,7 +297,7 @@ def _run(args: argparse.Namespace, generator: torch.Generator, device: torch.dev
         "runs": {GUIDANCE_NAMES[g]: r for g, r in results.items()},
     }
     if "first" in results:
-        summary["fig16_comparison"] = _fig16_comparison(results["first"])
+        summary["fig16_comparison"] = _fig16_comparison(results["first"], results.get("none"))
     summary["paper_comparison"] = _paper_rows(results, data)
     args.out.mkdir(parents=True, exist_ok=True)
     figures = {}
