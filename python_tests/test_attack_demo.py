@@ -32,7 +32,8 @@ def test_attack_demo_quick_shows_collapse_and_recovery(quick_run):
     assert acc["clean"] > 90
     for attack in ("patch_pgd", "patch_nag"):
         assert acc[attack] < acc["clean"] - 30, acc
-        assert acc[f"purified_{attack}"] > acc[attack] + 20, acc
+        # purification helps (a no-op purify would give + 0); the paper's large recovery is the xfail test below
+        assert acc[f"purified_{attack}"] > acc[attack] + 10, acc
         elbo = summary["mean_elbo_nats"]["scaled"][attack]
         assert elbo["after"] > elbo["before"] + 100, elbo
     assert acc["purified_clean"] > acc["clean"] - 5
@@ -43,6 +44,17 @@ def test_attack_demo_quick_shows_collapse_and_recovery(quick_run):
     assert "| this run, 'scaled' purification |" in summary["table_markdown"]
     for figure in ("table1.png", "examples_patch_pgd.png", "examples_patch_nag.png", "attack_strength.png"):
         assert (tmp_path / figure).stat().st_size > 10_000
+
+
+@pytest.mark.xfail(strict=True, reason="Table 1's claim that ELBO purification restores most of the attacked "
+                   "accuracy does not reproduce on the 8x8 digits: measured + 16 / + 14.5 points (Patch-PGD / "
+                   "Patch-NAG) at --quick, + 8.5 / + 8.0 in the full run (docs/results/attack); the paper gains "
+                   "+ 62.6 / + 69.9. Strict: an xpass means the recovery now reproduces and this mark must go.")
+def test_attack_demo_quick_purification_restores_most_of_the_attacked_accuracy(quick_run):
+    _, summary = quick_run
+    acc = summary["accuracy_percent"]
+    for attack in ("patch_pgd", "patch_nag"):
+        assert acc[f"purified_{attack}"] > acc[attack] + 20, acc
 
 
 def test_attack_demo_quick_attack_strength_study(quick_run):
