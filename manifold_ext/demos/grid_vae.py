@@ -85,7 +85,7 @@ def _figure(path, model, test, mu_test, summary, name: str):
     # Fig. 11: the test set's latent means, coloured by each digit, with the cell boundaries.
     guided = {"none": "", "first": " (guided)", "both": " (guided)"}[summary["guidance"]]
     title = f"{name} GridVAE"
-    for panel, (name, digit) in enumerate((("first", test.first), ("second", test.second))):
+    for panel, (digit_name, digit) in enumerate((("first", test.first), ("second", test.second))):
         ax = fig.add_subplot(1, 3, panel + 1)
         colours = ListedColormap(plt.get_cmap("tab10").colors[:test.num_digits])
         scatter = ax.scatter(mu[:, 0], mu[:, 1], c=digit.numpy(), cmap=colours, vmin=-0.5,
@@ -98,7 +98,7 @@ def _figure(path, model, test, mu_test, summary, name: str):
         ax.set_aspect("equal")
         ax.set_xlabel("latent dimension 1")
         ax.set_ylabel("latent dimension 2")
-        ax.set_title(f"{title}: test latent means, colour = {name} digit", fontsize=9)
+        ax.set_title(f"{title}: test latent means, colour = {digit_name} digit", fontsize=9)
         fig.colorbar(scatter, ax=ax, fraction=0.046, ticks=range(test.num_digits))
     # Fig. 12: decoded centres; row j = dimension 2 at axis[j], column i = dimension 1 at axis[i].
     centres = torch.cartesian_prod(prior.axis, prior.axis).to(mu_test.device)  # (d1, d2) pairs
