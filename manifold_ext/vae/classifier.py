@@ -31,6 +31,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from manifold_ext._training import train_loop
 from manifold_ext.ops import gaussian_elbo
 from manifold_ext.vae.networks import ConvDecoder, ConvEncoder
