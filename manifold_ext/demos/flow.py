@@ -257,7 +257,7 @@ def _training_figure(path, curves: dict[str, list[float]]):
 
 
 def _slug(text: str) -> str:
-    """'log p(z)' -> 'logpz', 'held-out classes' -> 'held-out-classes' (for paper_comparison ids)."""
+    """'log p(z)' -> 'log-pz', 'held-out classes' -> 'held-out-classes' (for paper_comparison ids)."""
     kept = "".join(c if c.isalnum() or c in " -_" else "" for c in text.lower())
     return "-".join(kept.replace("_", " ").split())
 
