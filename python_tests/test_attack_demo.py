@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from manifold_ext.cli import main
-from manifold_ext.datasets import load_celeba_gender, load_digits_binary
+from manifold_ext.datasets import load_celeba_gender, load_digits_binary, load_digits_classes
 
 
 @pytest.fixture(scope="module")
@@ -24,21 +24,107 @@ def quick_run(tmp_path_factory):
 
 
 def test_attack_demo_quick_shows_collapse_and_recovery(quick_run):
+    """Table 1's pattern on the conv VAE-classifier: a good classifier, collapsed by an 8-pixel (12.5 %) patch,
+    restored by ELBO purification, which leaves clean accuracy nearly intact; both purification rules run."""
     tmp_path, summary = quick_run
     acc = summary["accuracy_percent"]
-    # Real outcomes (Table 1's pattern): a good classifier, collapsed by a 9-pixel patch,
-    # restored by ELBO purification, which leaves clean accuracy nearly intact.
+    assert summary["settings"]["net"] == "conv" and summary["settings"]["primary_purify_rule"] == "scaled"
     assert acc["clean"] > 90
     for attack in ("patch_pgd", "patch_nag"):
         assert acc[attack] < acc["clean"] - 30, acc
-        assert acc[f"purified_{attack}"] > acc[attack] + 20, acc
-        elbo = summary["mean_elbo_nats"][attack]
+        # purification helps (a no-op purify would give + 0); the paper's large recovery is the xfail test below
+        assert acc[f"purified_{attack}"] > acc[attack] + 10, acc
+        elbo = summary["mean_elbo_nats"]["scaled"][attack]
         assert elbo["after"] > elbo["before"] + 100, elbo
     assert acc["purified_clean"] > acc["clean"] - 5
-    assert summary["patch"]["pixels"] == 9 and summary["test_images"] == 200
-    assert "| this run |" in summary["table_markdown"]
-    for figure in ("table1.png", "examples_patch_pgd.png", "examples_patch_nag.png"):
+    assert set(summary["accuracy_percent_by_purify_rule"]) == {"scaled", "sign"}
+    patch = summary["patch"]
+    assert patch["pixels"] == 8 and patch["fraction_percent"] == 12.5 and summary["test_images"] == 200
+    assert {patch["height"], patch["width"]} == {2, 4}
+    assert "| this run, 'scaled' purification |" in summary["table_markdown"]
+    for figure in ("table1.png", "examples_patch_pgd.png", "examples_patch_nag.png", "attack_strength.png"):
         assert (tmp_path / figure).stat().st_size > 10_000
+
+
+@pytest.mark.xfail(strict=True, reason="Table 1's claim that ELBO purification restores most of the attacked "
+                   "accuracy does not reproduce on the 8x8 digits: measured + 16 / + 14.5 points (Patch-PGD / "
+                   "Patch-NAG) at --quick, + 8.5 / + 8.0 in the full run (docs/results/attack); the paper gains "
+                   "+ 62.6 / + 69.9. Strict: an xpass means the recovery now reproduces and this mark must go.")
+def test_attack_demo_quick_purification_restores_most_of_the_attacked_accuracy(quick_run):
+    _, summary = quick_run
+    acc = summary["accuracy_percent"]
+    for attack in ("patch_pgd", "patch_nag"):
+        assert acc[f"purified_{attack}"] > acc[attack] + 20, acc
+
+
+def test_attack_demo_quick_attack_strength_study(quick_run):
+    """Accuracy vs iterations (both attacks), the exhaustive corner search of the patch, and the size / placement
+    curves: the study that explains how strong a patch attack can be on this data."""
+    _, summary = quick_run
+    for name in ("patch_pgd", "patch_nag"):
+        curve = {int(k): v for k, v in summary["accuracy_vs_iterations"][name].items()}
+        assert curve[0] == summary["accuracy_percent"]["clean"]
+        assert max(curve) == summary["settings"]["attack_steps"]
+        assert curve[max(curve)] == summary["accuracy_percent"][name]
+    corner = summary["corner_search_accuracy_percent"]
+    assert 0 <= corner < summary["accuracy_percent"]["clean"] - 30  # the best corner of the patch fools the model
+    study = summary["strength_study"]
+    fractions = [point["fraction_percent"] for point in study["by_size"]]
+    assert fractions == sorted(fractions) and 12.5 in fractions
+    for point in study["by_size"] + list(study["by_placement"].values()):
+        assert 0 <= point["patch_nag"] <= 100
+        if point["patch"][2] * point["patch"][3] <= 9:
+            assert point["corner_search"] is not None
+    placements = study["by_placement"]
+    salient = placements["most salient (the Table 1 patch)"]
+    assert salient["patch"] == [summary["patch"][k] for k in ("top", "left", "height", "width")]
+    for point in placements.values():
+        assert 0 <= point["purified_patch_nag"] <= 100
+    least = placements["least salient 2x4"]
+    assert salient["corner_search"] < least["corner_search"]  # placement matters: the salient place is stronger
+    knn = summary["pixel_knn_check"]
+    assert knn["clean_knn_accuracy_percent"] > 90 and 0 <= knn["patch_nag"]["fooled_percent"] <= 100
+
+
+def test_attack_demo_quick_paper_comparison_rows(quick_run):
+    _, summary = quick_run
+    ids = {row["id"] for row in summary["paper_comparison"]}
+    for name in ("clean", "pgd", "nag"):
+        assert {f"000-table1-{name}-before", f"000-table1-{name}-after", f"000-table1-{name}-after-sign"} <= ids
+    for mode in ("no-thresh", "thresh"):
+        assert {f"004-table41-{mode}-{metric}" for metric in ("accuracy", "error", "rejected")} <= ids
+    assert {"004-table41-recovered", "004-table41-recovered-accuracy", "004-fig43-max-error",
+            "004-table41-thresh-rejected-train-images"} <= ids
+    rows = {row["id"]: row for row in summary["paper_comparison"]}
+    assert rows["000-table1-nag-before"]["paper"] == 6.83 and rows["000-table1-pgd-after"]["paper"] == 75.75
+    assert rows["004-table41-thresh-accuracy"]["paper"] == 97.97
+    assert rows["000-table1-clean-before"]["ours"] == summary["accuracy_percent"]["clean"]
+    assert summary["run"]["seconds"] > 0 and summary["run"]["machine"]["threads"] == 1
+
+
+def test_attack_demo_quick_table41_and_fgsm_sweep(quick_run):
+    """Thesis 004 Table 4.1 / Fig. 4.3 on 10-class digits: accuracy + error + rejection add up, the FGSM sweep
+    lowers accuracy and raises rejection, and the rejected clean images go through reclassification."""
+    out, summary = quick_run
+    section = summary["table41"]
+    run = section["per_seed"][0]
+    clean = run["clean"]
+    assert clean["no_thresh_accuracy"] > 80
+    assert clean["no_thresh_accuracy"] + clean["no_thresh_error"] == pytest.approx(100, abs=0.02)
+    assert clean["thresh_accuracy"] + clean["thresh_error"] + clean["thresh_rejected"] == pytest.approx(100, abs=0.03)
+    assert clean["thresh_error"] <= clean["no_thresh_error"]  # thresholds only remove predictions
+    assert 0 <= run["recovered_count"] <= run["rejected_count"]
+    train = run["train_images_verdict"]  # the images the thresholds were calibrated on
+    assert train["thresh_accuracy"] + train["thresh_error"] + train["thresh_rejected"] == pytest.approx(100, abs=0.03)
+    sweep = run["fgsm"]
+    first, last = sweep[f"{section['eps'][0]:g}"], sweep[f"{section['eps'][-1]:g}"]
+    assert first == clean
+    assert last["thresh_accuracy"] < first["thresh_accuracy"] - 20
+    assert last["thresh_rejected"] > first["thresh_rejected"] + 10
+    rows = {row["id"]: row for row in summary["paper_comparison"]}
+    for eps in section["eps"]:
+        assert rows[f"004-fig43-eps{eps:g}-rejected"]["ours"] == sweep[f"{eps:g}"]["thresh_rejected"]
+    assert (out / "table41_fig43.png").stat().st_size > 10_000
 
 
 def test_attack_demo_quick_gmm_classifier_rejects_and_reclassifies(quick_run):
@@ -58,6 +144,7 @@ def test_attack_demo_quick_gmm_classifier_rejects_and_reclassifies(quick_run):
         assert row["final_error"] < (100 - row["accuracy"]) - 25, row  # errors with the full defence
         assert row["final_accuracy"] + row["final_error"] + row["final_rejected"] == pytest.approx(100, abs=0.05)
         assert row["rejected"] >= max(row["rejected_latent"], row["rejected_recon"])  # either threshold
+    assert gmm["patch"] == {"top": 0, "left": 0, "height": 3, "width": 3}  # its own 9-pixel corner patch
     for runs in gmm["reclassify_every_image_accuracy_percent"].values():  # §4.7's multi-start pays off
         assert runs["all_centres"] > max(runs["start_0"], runs["start_1"]) + 5, runs
     assert 0 < gmm["thresholds"]["tau_dec"] and gmm["thresholds"]["tau_enc"] == pytest.approx(11.62, abs=0.01)
@@ -116,6 +203,15 @@ def test_digits_binary_split():
     assert abs(data.y_train.float().mean().item() - 0.5) < 0.05
     with pytest.raises(ValueError, match="threshold must be in 1..9"):
         load_digits_binary(threshold=0)
+
+
+def test_digits_classes_split_matches_the_binary_split():
+    ten, binary = load_digits_classes(seed=0), load_digits_binary(seed=0)
+    assert ten.name == "digits-10" and ten.class_names == tuple("0123456789")
+    assert torch.equal(ten.x_test, binary.x_test) and torch.equal((ten.y_test >= 5).long(), binary.y_test)
+    assert sorted(ten.y_train.unique().tolist()) == list(range(10))
+    with pytest.raises(ValueError, match="test_fraction must be in"):
+        load_digits_classes(test_fraction=1.0)
 
 
 def test_celeba_loader_reads_a_local_folder(tmp_path):

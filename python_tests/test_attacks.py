@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from manifold_ext.attacks import fgsm, patch_mask, patch_nag, patch_pgd, pgd_linf, purify
+from manifold_ext.attacks import fgsm, patch_corner_search, patch_mask, patch_nag, patch_pgd, pgd_linf, purify
 from manifold_ext.attacks.steps import nag_momentum_update, projected_step
 from manifold_ext.datasets import load_digits_binary
 from manifold_ext.reference import gaussian_elbo_reference
@@ -291,3 +291,52 @@ def test_purification_bad_input(vae_classifier, mlp, digits):
         purify(mlp, x)
     with pytest.raises(ValueError, match="outside the pixel range"):
         purify(model, x + 1)
+
+
+# ---------------------------------------------------------------------------
+# Exhaustive corner search (the reference for how strong a patch attack can be) and the iteration callback
+# ---------------------------------------------------------------------------
+def test_patch_corner_search_finds_the_loss_maximising_corner(mlp, digits):
+    x, y = digits.x_test[:40], digits.y_test[:40]
+    mask = patch_mask((8, 8), 2, 2, 1, 3)  # k = 3 values: 8 corners, checked one by one below
+    found = patch_corner_search(mlp, x, y, mask, corners_per_batch=3, progress=False)
+    assert torch.equal(found[:, :, ~mask], x[:, :, ~mask])  # only the patch changes
+    assert set(found[:, 0, 2, 2:5].unique().tolist()) <= {0.0, 1.0}
+    with torch.no_grad():
+        best = F.cross_entropy(mlp(found), y, reduction="none")
+        for code in range(8):
+            corner = x.clone()
+            corner[:, 0, 2, 2:5] = torch.tensor([(code >> j) & 1 for j in range(3)], dtype=x.dtype)
+            assert (F.cross_entropy(mlp(corner), y, reduction="none") <= best + 1e-6).all()
+
+
+def test_patch_corner_search_beats_or_matches_patch_pgd_on_corners(mlp, digits):
+    x, y = digits.x_test[:100], digits.y_test[:100]
+    mask = patch_mask((8, 8), 3, 2, 2, 3)
+    pgd = patch_pgd(mlp, x, y, mask, step=0.05, steps=60, progress=False)
+    corner = patch_corner_search(mlp, x, y, mask, progress=False)
+    assert accuracy(mlp, corner, y) <= accuracy(mlp, pgd, y) + 0.02
+
+
+def test_patch_corner_search_rejects_large_or_uneven_patches(mlp, digits):
+    x, y = digits.x_test[:4], digits.y_test[:4]
+    with pytest.raises(ValueError, match="the patch has 20 values, 2\\^20 corners; at most 16"):
+        patch_corner_search(mlp, x, y, patch_mask((8, 8), 0, 0, 4, 5), progress=False)
+    uneven = torch.zeros(4, 1, 8, 8, dtype=torch.bool)
+    uneven[:, :, 0, 0] = True
+    uneven[0, :, 0, 1] = True
+    with pytest.raises(ValueError, match="same number of values in every image"):
+        patch_corner_search(mlp, x, y, uneven, progress=False)
+
+
+@pytest.mark.parametrize("attack", [patch_pgd, patch_nag], ids=["pgd", "nag"])
+def test_patch_attack_callback_sees_every_iterate(mlp, digits, attack):
+    x, y = digits.x_test[:20], digits.y_test[:20]
+    mask = patch_mask((8, 8), 0, 0, 2, 2)
+    seen = []
+    out = attack(mlp, x, y, mask, step=0.05, steps=7, batch_size=8, progress=False,
+                 callback=lambda iteration, x_adv, part: seen.append((iteration, part.start, x_adv.clone())))
+    assert [(i, s) for i, s, _ in seen] == [(i, s) for s in (0, 8, 16) for i in range(1, 8)]
+    for start in (0, 8, 16):  # the last iterate of each chunk is what the attack returns
+        last = [a for i, s, a in seen if s == start and i == 7][0]
+        assert torch.equal(last, out[start:start + last.shape[0]])

@@ -105,6 +105,7 @@ def test_attributes_demo_quick(tmp_path):
     assert rows["digit >= 5"]["expected_kl"] > 20 * rows["digit >= 5"]["chance_expected_kl"]
     # Raw pixels are organised by the nuisances that change many pixels.
     assert summary["ranking_pixels"][0] in ("low contrast", "bold", "shifted")
+    assert summary["run"]["seconds"] > 0 and summary["run"]["command"].startswith("manifold-ext")
 
 
 def test_geodesic_demo_quick(tmp_path):
@@ -114,3 +115,11 @@ def test_geodesic_demo_quick(tmp_path):
     assert summary["geodesic_shorter_in_d_w"]
     assert summary["geodesic_closer_to_data"]
     assert summary["geodesic_higher_mean_log_p"]
+    rows = {row["id"]: row for row in summary["paper_comparison"]}
+    for k, pair in enumerate(summary["pairs"], 1):  # the slides' one example: d_w ratio 148 / 304
+        ratio = rows[f"002-geodesic-pair{k}-length-ratio"]
+        assert ratio["paper"] == pytest.approx(148 / 304, abs=1e-4) and ratio["ours"] < 1
+        assert ratio["ours"] == pytest.approx(pair["weighted_length_ratio"], rel=1e-3)
+        assert (rows[f"002-geodesic-pair{k}-geodesic-distance-to-data"]["ours"]
+                < rows[f"002-geodesic-pair{k}-straight-distance-to-data"]["ours"])
+    assert summary["run"]["seconds"] > 0

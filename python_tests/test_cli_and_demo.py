@@ -41,6 +41,7 @@ def test_coupling_demo_quick_learns_the_moons(tmp_path):
     assert summary["mean_log_p"]["moons"] > summary["mean_log_p"]["uniform"]
     assert summary["ood_auroc_log_p"]["uniform"] > 0.85
     assert summary["inverse_roundtrip_max_abs_error"] < 1e-3
+    assert summary["run"]["seconds"] > 0
 
 
 def test_bench_quick_writes_results(tmp_path):

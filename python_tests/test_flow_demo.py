@@ -37,6 +37,12 @@ def test_flow_demo_quick(tmp_path):
     # The hierarchical super-resolution keeps the low-resolution input (its decoder is conditioned on it).
     sr = summary["super_resolution"]
     assert sr["hierarchical"]["mse_of_downsampled_to_input"] < sr["bilinear_upsampling"]["mse_of_downsampled_to_input"]
+    # Fig. 2 rows: one AUROC per model, quantity and OOD set (the paper shows histograms only: paper = None)
+    rows = {row["id"]: row for row in summary["paper_comparison"]}
+    assert rows["000-fig2-hierarchical-log-pz-uniform-noise"]["ours"] == hier["ood_auroc"]["log p(z)"]["uniform noise"]
+    assert rows["000-fig2-glow-log-px-held-out-classes"]["ours"] == glow["ood_auroc_log_p"]["held-out classes"]
+    assert len(rows) == 4 * 4 and all(row["paper"] is None for row in rows.values())
+    assert summary["run"]["seconds"] > 0
 
 
 def test_flow_demo_needs_the_local_folder_for_real_images(tmp_path):

@@ -193,7 +193,11 @@ def test_init_path_is_used():
         (dict(optimizer="newton"), ValueError, "unknown optimizer"),
         (dict(init_path=torch.zeros(5, 3, dtype=F64)), ValueError, "init_path must be"),
         (dict(log_prob_fn=lambda x: x), ValueError, "one value per point"),
-        (dict(log_prob_fn=lambda x: torch.full((x.shape[0],), float("nan"), dtype=x.dtype)), FloatingPointError, "weighted length"),
+        (
+            dict(log_prob_fn=lambda x: torch.full((x.shape[0],), float("nan"), dtype=x.dtype)),
+            FloatingPointError,
+            "weighted length",
+        ),
     ],
 )
 def test_bad_input_raises_clear_errors(kwargs, error, match):

@@ -99,7 +99,9 @@ def test_bad_input_names_the_problem():
     model = _small_model()
     with pytest.raises(ValueError, match=r"expected images of shape \[B, 1, 8, 8\], got \(2, 3, 8, 8\)"):
         model.log_prob(torch.randn(2, 3, 8, 8))
-    with pytest.raises(ValueError, match=r"low-resolution size 3 must be image_size / 2\^k = 8 / 2\^k for 1 <= k < levels = 3"):
+    with pytest.raises(
+        ValueError, match=r"low-resolution size 3 must be image_size / 2\^k = 8 / 2\^k for 1 <= k < levels = 3"
+    ):
         model.super_resolve(torch.randn(2, 1, 3, 3))
     with pytest.raises(ValueError, match=r"low-resolution size 8 must be image_size / 2\^k"):
         model.super_resolve(torch.randn(2, 1, 8, 8))
@@ -118,8 +120,17 @@ def test_fit_trains_in_order_with_atomic_resumable_checkpoints(tmp_path):
     prepare = lambda batch: dequantize(batch, 17, generator)  # noqa: E731
     model = _small_model()
     path = tmp_path / "hflow.pt"
-    first = fit(model, levels, autoencoder_steps=100, flow_steps=30, batch_size=64, dequantize_fn=prepare,
-                checkpoint=path, checkpoint_every=20, progress=False)
+    first = fit(
+        model,
+        levels,
+        autoencoder_steps=100,
+        flow_steps=30,
+        batch_size=64,
+        dequantize_fn=prepare,
+        checkpoint=path,
+        checkpoint_every=20,
+        progress=False,
+    )
     assert len(first.autoencoder_losses) == 100 and len(first.flow_losses) == 30
     assert sum(first.autoencoder_losses[-10:]) < 0.5 * sum(first.autoencoder_losses[:10])
     assert sum(first.flow_losses[-10:]) < sum(first.flow_losses[:10]) - 1.0
@@ -128,8 +139,16 @@ def test_fit_trains_in_order_with_atomic_resumable_checkpoints(tmp_path):
     assert saved["phase"] == "done" and saved["step"] == 30
     # The autoencoders were frozen while the flows trained: their weights are those saved after phase 1.
     resumed = _small_model()
-    second = fit(resumed, levels, autoencoder_steps=100, flow_steps=40, batch_size=64, dequantize_fn=prepare,
-                 checkpoint=path, progress=False)
+    second = fit(
+        resumed,
+        levels,
+        autoencoder_steps=100,
+        flow_steps=40,
+        batch_size=64,
+        dequantize_fn=prepare,
+        checkpoint=path,
+        progress=False,
+    )
     assert second.autoencoder_losses == first.autoencoder_losses  # phase 1 not repeated
     assert second.flow_losses[:30] == first.flow_losses and len(second.flow_losses) == 40
     for a, b in zip(resumed.autoencoders.parameters(), model.autoencoders.parameters()):
@@ -160,8 +179,9 @@ def test_fit_resumes_after_interruptions_in_either_phase(tmp_path):
         return prepare
 
     path = tmp_path / "hflow.pt"
-    kwargs = dict(autoencoder_steps=30, flow_steps=20, batch_size=32, checkpoint=path, checkpoint_every=10,
-                  progress=False)
+    kwargs = dict(
+        autoencoder_steps=30, flow_steps=20, batch_size=32, checkpoint=path, checkpoint_every=10, progress=False
+    )
     with pytest.raises(_Interrupted):
         fit(_small_model(levels=2), levels, dequantize_fn=interrupting(15), **kwargs)
     saved = read_checkpoint(path)[0]

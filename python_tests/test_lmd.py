@@ -109,3 +109,7 @@ def test_liftmap_demo_quick(tmp_path):
     # digit-like OOD sets above chance by LMD.
     assert lmd["uniform noise"] > 0.95 and log_p["uniform noise"] > 0.95
     assert lmd["held-out classes"] > 0.6 and lmd["flipped"] > 0.6
+    rows = {row["id"]: row for row in summary["paper_comparison"]}
+    assert rows["001-lmd-lmd-uniform-noise"]["ours"] == lmd["uniform noise"]
+    assert rows["001-lmd-logp-held-out-classes"]["ours"] == log_p["held-out classes"]
+    assert len(rows) == 8 and summary["run"]["seconds"] > 0

@@ -436,3 +436,40 @@ def test_gridvae_demo_quick(tmp_path):
     # each digit is predicted far above chance by some single latent dimension
     accuracy = control["accuracy[digit][dimension]"]
     assert max(accuracy[0]) > 2 * control["chance_accuracy"] and max(accuracy[1]) > 2 * control["chance_accuracy"]
+
+
+def test_gridvae_demo_partial_guidance_compares_with_fig16(tmp_path):
+    """§4.2's partially guided GridVAE (dimension 1 guided by the first digit, dimension 2 free): the summary says
+    whether the free dimension learned the omitted second digit, i.e. whether Fig. 16's claim holds here."""
+    assert main(["demo", "gridvae", "--quick", "--kl", "closest", "--guidance", "first", "--steps", "800",
+                 "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    comparison = summary["fig16_comparison"]
+    accuracy = summary["dimension_control"]["accuracy[digit][dimension]"]
+    assert comparison["second_digit_accuracy_from_free_dimension"] == pytest.approx(accuracy[1][1], abs=1e-4)
+    learned = comparison["free_dimension_learned_the_omitted_factor"]
+    chance = summary["dimension_control"]["chance_accuracy"]
+    assert learned == ("no" if accuracy[1][1] <= 1.5 * chance else "yes")  # no unsupervised reference in this run
+    assert ("does NOT hold" in comparison["verdict"]) == (learned == "yes")
+    assert accuracy[0][0] > 0.6  # the guided dimension carries the first digit
+    ids = {row["id"] for row in summary["paper_comparison"]}
+    assert ids == {"000-gridvae-partial-cluster-accuracy", "000-gridvae-partial-dim1-first-digit",
+                   "000-gridvae-partial-dim2-second-digit", "000-gridvae-partial-cell-second-digit"}
+    assert comparison["second_digit_accuracy_from_the_cell"] >= comparison["second_digit_accuracy_from_free_dimension"]
+    assert summary["run"]["seconds"] > 0
+    assert (tmp_path / "grid_vae.png").stat().st_size > 20_000
+
+
+@pytest.mark.parametrize("free, expected", [(0.2, "no"), (0.33, "partly"), (0.6, "yes")])
+def test_fig16_verdict_is_graded_against_chance_and_the_unsupervised_model(free, expected):
+    from manifold_ext.demos.grid_vae import _fig16_comparison
+
+    def run(accuracy):
+        return {"dimension_control": {"accuracy[digit][dimension]": accuracy, "chance_accuracy": 1 / 6,
+                                      "accuracy[digit]_from_the_cell": [0.9, 0.8]}}
+
+    comparison = _fig16_comparison(run([[0.9, 0.2], [0.3, free]]), run([[0.2, 0.7], [0.9, 0.17]]))
+    assert comparison["free_dimension_learned_the_omitted_factor"] == expected
+    assert comparison["second_digit_accuracy_unsupervised_best_dimension"] == 0.9
+    assert ("does NOT hold" in comparison["verdict"]) == (expected == "yes")
+    assert ("locally" in comparison["verdict"]) == (expected != "yes")  # the cell still carries the digit (0.8)

@@ -29,7 +29,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+
+from manifold_ext._training import train_loop
 
 
 @dataclasses.dataclass
@@ -138,8 +139,8 @@ def attribute_kl(
         baseline_draws: random-neighbour draws for the chance level.
     """
     if not isinstance(attributes, torch.Tensor) or attributes.dim() != 2:
-        raise ValueError(f"attribute_kl: attributes must be an [N, A] integer tensor, got "
-                         f"{list(attributes.shape) if isinstance(attributes, torch.Tensor) else type(attributes).__name__}")
+        got = list(attributes.shape) if isinstance(attributes, torch.Tensor) else type(attributes).__name__
+        raise ValueError(f"attribute_kl: attributes must be an [N, A] integer tensor, got {got}")
     if attributes.is_floating_point() or attributes.dtype == torch.bool:
         if attributes.dtype == torch.bool or torch.equal(attributes, attributes.round()):
             attributes = attributes.long()
@@ -149,14 +150,18 @@ def attribute_kl(
     if (attributes < 0).any():
         raise ValueError("attribute_kl: attribute codes must be >= 0")
     if embeddings.dim() != 2 or embeddings.shape[0] != attributes.shape[0]:
-        raise ValueError(f"attribute_kl: embeddings must be [N, E] with N = {attributes.shape[0]} (the attributes' rows), "
-                         f"got shape {list(embeddings.shape)}")
+        raise ValueError(
+            f"attribute_kl: embeddings must be [N, E] with N = {attributes.shape[0]} (the attributes' rows), "
+            f"got shape {list(embeddings.shape)}"
+        )
     n, num_attributes = attributes.shape
     names = list(names) if names is not None else [f"attr{i}" for i in range(num_attributes)]
     if len(names) != num_attributes:
         raise ValueError(f"attribute_kl: {len(names)} names for {num_attributes} attributes")
     if rank_by not in ("expected_kl", "kl_at_zero", "neighbour_agreement"):
-        raise ValueError(f"attribute_kl: unknown rank_by {rank_by!r}; expected 'expected_kl', 'kl_at_zero' or 'neighbour_agreement'")
+        raise ValueError(
+            f"attribute_kl: unknown rank_by {rank_by!r}; expected 'expected_kl', 'kl_at_zero' or 'neighbour_agreement'"
+        )
     if baseline_draws < 1:
         raise ValueError(f"attribute_kl: baseline_draws must be >= 1, got {baseline_draws}")
     neighbours = nearest_neighbours(embeddings, metric)
@@ -172,17 +177,19 @@ def attribute_kl(
         marginal = _distribution(values, k)
         expected, per_value, conditional = _expected_kl(values, values[neighbours], k, marginal)
         chance = sum(_expected_kl(values, values[r], k, marginal)[0] for r in random_neighbours) / baseline_draws
-        rows.append(AttributeKL(
-            name=name,
-            marginal=marginal.tolist(),
-            conditional={v: c.tolist() for v, c in conditional.items()},
-            kl_given_neighbour=per_value,
-            kl_at_zero=per_value.get(0, float("nan")),
-            expected_kl=expected,
-            chance_expected_kl=chance,
-            neighbour_agreement=float((values == values[neighbours]).double().mean()),
-            chance_agreement=float(marginal.square().sum()),
-        ))
+        rows.append(
+            AttributeKL(
+                name=name,
+                marginal=marginal.tolist(),
+                conditional={v: c.tolist() for v, c in conditional.items()},
+                kl_given_neighbour=per_value,
+                kl_at_zero=per_value.get(0, float("nan")),
+                expected_kl=expected,
+                chance_expected_kl=chance,
+                neighbour_agreement=float((values == values[neighbours]).double().mean()),
+                chance_agreement=float(marginal.square().sum()),
+            )
+        )
     rows.sort(key=lambda row: -getattr(row, rank_by) if not math.isnan(getattr(row, rank_by)) else math.inf)
     return AttributeKLReport(attributes=rows, rank_by=rank_by, num_samples=n)
 
@@ -195,14 +202,22 @@ class EmbeddingNet(nn.Module):
 
     def __init__(self, in_features: int, dim: int = 16, hidden: int = 256):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim))
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_features, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, dim),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.net(x), dim=1)
 
 
-def supervised_contrastive_loss(embeddings: torch.Tensor, identities: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+def supervised_contrastive_loss(
+    embeddings: torch.Tensor, identities: torch.Tensor, temperature: float = 0.1
+) -> torch.Tensor:
     """SupCon (Khosla et al. 2020): for each anchor, -mean log softmax similarity of its same-identity samples."""
     similarity = embeddings @ embeddings.T / temperature
     n = embeddings.shape[0]
@@ -216,31 +231,36 @@ def supervised_contrastive_loss(embeddings: torch.Tensor, identities: torch.Tens
     return -mean_log_prob.mean()
 
 
-def train_embedding(images: torch.Tensor, identities: torch.Tensor, dim: int = 16, hidden: int = 256,
-                    steps: int = 1000, batch_size: int = 256, lr: float = 2e-3, temperature: float = 0.1,
-                    seed: int = 0, progress: bool = True, augment=None) -> tuple[EmbeddingNet, list[float]]:
+def train_embedding(
+    images: torch.Tensor,
+    identities: torch.Tensor,
+    dim: int = 16,
+    hidden: int = 256,
+    steps: int = 1000,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    temperature: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+    augment=None,
+) -> tuple[EmbeddingNet, list[float]]:
     """Fit an :class:`EmbeddingNet` so that images of one identity cluster (supervised contrastive learning).
 
     ``augment`` (optional) maps a batch of images to a randomly altered copy before it is embedded.
     """
     if images.shape[0] != identities.shape[0]:
         raise ValueError(f"train_embedding: {images.shape[0]} images but {identities.shape[0]} identities")
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the network's initialisation; minibatches come from train_loop's seeded generator
     model = EmbeddingNet(images[0].numel(), dim, hidden).to(images.device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    losses = []
-    bar = tqdm(range(steps), desc="training embedding", unit="step", disable=not progress, mininterval=0.5)
-    for step in bar:
-        index = torch.randint(0, images.shape[0], (min(batch_size, images.shape[0]),), generator=generator).to(images.device)
+
+    def step_loss(step: int, generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(0, images.shape[0], (min(batch_size, images.shape[0]),), generator=generator).to(
+            images.device
+        )
         batch = images[index] if augment is None else augment(images[index])
-        loss = supervised_contrastive_loss(model(batch), identities[index], temperature)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+        return supervised_contrastive_loss(model(batch), identities[index], temperature)
+
+    losses = train_loop(
+        model.parameters(), step_loss, steps=steps, lr=lr, seed=seed, desc="training embedding", progress=progress
+    ).loss
     return model.eval(), losses

@@ -45,6 +45,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from manifold_ext._optional import require
 from manifold_ext.ops import rk4_update
 
 LogProbFn = Callable[[torch.Tensor], torch.Tensor]
@@ -111,7 +112,9 @@ def gaussian_mixture_log_prob(means: torch.Tensor, stds: torch.Tensor | float,
     stds = torch.as_tensor(stds, dtype=means.dtype).expand(k).clone()
     if (stds <= 0).any():
         raise ValueError("gaussian_mixture_log_prob: every std must be > 0")
-    weights = torch.full((k,), 1.0 / k, dtype=means.dtype) if weights is None else torch.as_tensor(weights, dtype=means.dtype)
+    weights = (
+        torch.full((k,), 1.0 / k, dtype=means.dtype) if weights is None else torch.as_tensor(weights, dtype=means.dtype)
+    )
     if weights.shape != (k,) or (weights <= 0).any():
         raise ValueError(f"gaussian_mixture_log_prob: weights must be [K] = [{k}] and positive")
     log_weights = torch.log(weights / weights.sum())
@@ -149,6 +152,7 @@ def diffusion_score_fn(model: torch.nn.Module, schedule, t: int = 1) -> ScoreFn:
 
 def score_from_log_prob(log_prob_fn: LogProbFn) -> ScoreFn:
     """grad log p by autograd, differentiable itself when its input requires grad (for relaxation)."""
+
     def score(x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:  # differentiable score (relaxation): keep the graph
             (grad,) = torch.autograd.grad(log_prob_fn(x).sum(), x, create_graph=True)
@@ -192,7 +196,9 @@ class _Density:
             return values[:n], values[n:]
         scores = self._eval(self.score_fn, torch.cat([nodes, mids], 0)).reshape(2 * n - 1, -1)
         if scores.shape[1] != nodes.shape[1]:
-            raise ValueError(f"score_fn must return the input's shape, got {scores.shape[1]} values per point for {nodes.shape[1]}")
+            raise ValueError(
+                f"score_fn must return the input's shape, got {scores.shape[1]} values per point for {nodes.shape[1]}"
+            )
         s_node, s_mid = scores[:n], scores[n:]
         half = 0.5 * (nodes[1:] - nodes[:-1])  # node -> midpoint and midpoint -> next node
         # Line integral of the score (trapezoidal rule on each half segment): log p relative to x_start.
@@ -219,8 +225,14 @@ def _subdivide(nodes: torch.Tensor, pieces: int) -> torch.Tensor:
     return torch.cat([inner.transpose(0, 1).reshape(-1, nodes.shape[1]), nodes[-1:]], 0)
 
 
-def path_lengths(path: torch.Tensor, log_prob_fn: LogProbFn | None = None, *, score_fn: ScoreFn | None = None,
-                 power: float = 1.0, subdivisions: int = 8) -> GeodesicResult:
+def path_lengths(
+    path: torch.Tensor,
+    log_prob_fn: LogProbFn | None = None,
+    *,
+    score_fn: ScoreFn | None = None,
+    power: float = 1.0,
+    subdivisions: int = 8,
+) -> GeodesicResult:
     """Weighted and Euclidean length of any polyline ``path`` ``[N+1, *shape]`` (e.g. the straight line).
 
     Every segment is cut into ``subdivisions`` pieces and d_w is summed by Simpson's
@@ -274,9 +286,16 @@ def _equal_arclength(flat: torch.Tensor, nodes: int) -> torch.Tensor:
     return out
 
 
-def graph_path(points: torch.Tensor, x_start: torch.Tensor, x_end: torch.Tensor,
-               log_prob_fn: LogProbFn | None = None, *, k: int = 10, power: float = 1.0,
-               bandwidth: float | None = None) -> torch.Tensor:
+def graph_path(
+    points: torch.Tensor,
+    x_start: torch.Tensor,
+    x_end: torch.Tensor,
+    log_prob_fn: LogProbFn | None = None,
+    *,
+    k: int = 10,
+    power: float = 1.0,
+    bandwidth: float | None = None,
+) -> torch.Tensor:
     """A global initial path: the d_w-shortest path through a k-nearest-neighbour graph of ``points``.
 
     Relaxation and shooting are local methods; on curved data (a spiral) the straight line
@@ -289,8 +308,8 @@ def graph_path(points: torch.Tensor, x_start: torch.Tensor, x_end: torch.Tensor,
     wide for data on a thin manifold and bridges gaps), which only serves the initialisation. Returns the path
     ``[M, *shape]`` from ``x_start`` to ``x_end`` (pass it as ``init_path``).
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import dijkstra
+    coo_matrix = require("scipy.sparse", feature="graph_path").coo_matrix
+    dijkstra = require("scipy.sparse.csgraph", feature="graph_path").dijkstra
 
     x_start, x_end = _check_endpoints(x_start, x_end)
     shape = tuple(x_start.shape)
@@ -298,7 +317,9 @@ def graph_path(points: torch.Tensor, x_start: torch.Tensor, x_end: torch.Tensor,
         raise ValueError(f"graph_path: points must be [N, {', '.join(map(str, shape))}], got {list(points.shape)}")
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"graph_path: k must be an integer >= 1, got {k!r}")
-    flat = torch.cat([x_start.reshape(1, -1), x_end.reshape(1, -1), points.detach().reshape(points.shape[0], -1).to(x_start)], 0)
+    flat = torch.cat(
+        [x_start.reshape(1, -1), x_end.reshape(1, -1), points.detach().reshape(points.shape[0], -1).to(x_start)], 0
+    )
     n, d = flat.shape
     k = min(k, n - 1)
     if log_prob_fn is None:
@@ -306,14 +327,23 @@ def graph_path(points: torch.Tensor, x_start: torch.Tensor, x_end: torch.Tensor,
         if bandwidth is None:  # mean distance to the k-th neighbour: follows a thin manifold (Scott's rule blurs gaps)
             within = torch.cdist(centres, centres)
             within.fill_diagonal_(math.inf)
-            bandwidth = float(within.topk(min(k, centres.shape[0] - 1), dim=1, largest=False).values[:, -1].mean()) \
-                if centres.shape[0] > 1 else 1.0
+            bandwidth = (
+                float(within.topk(min(k, centres.shape[0] - 1), dim=1, largest=False).values[:, -1].mean())
+                if centres.shape[0] > 1
+                else 1.0
+            )
         h = bandwidth
 
         def log_prob(x: torch.Tensor) -> torch.Tensor:
             sq = torch.cdist(x.reshape(x.shape[0], -1).to(torch.float64), centres).square()
-            return torch.logsumexp(-0.5 * sq / h**2, 1) - math.log(centres.shape[0]) - d * math.log(h) - 0.5 * d * math.log(2 * math.pi)
+            return (
+                torch.logsumexp(-0.5 * sq / h**2, 1)
+                - math.log(centres.shape[0])
+                - d * math.log(h)
+                - 0.5 * d * math.log(2 * math.pi)
+            )
     else:
+
         def log_prob(x: torch.Tensor) -> torch.Tensor:
             return log_prob_fn(x.reshape(x.shape[0], *shape).to(x_start)).to(torch.float64)
 
@@ -357,11 +387,20 @@ def _check_endpoints(x_start, x_end) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(x_start, torch.Tensor) or not isinstance(x_end, torch.Tensor):
         raise TypeError("weighted_geodesic: x_start and x_end must be tensors (one point each, e.g. [D] or [C, H, W])")
     if x_start.shape != x_end.shape:
-        raise ValueError(f"weighted_geodesic: x_start and x_end must have the same shape, got {list(x_start.shape)} and {list(x_end.shape)}")
+        raise ValueError(
+            f"weighted_geodesic: x_start and x_end must have the same shape, got {list(x_start.shape)} "
+            f"and {list(x_end.shape)}"
+        )
     if x_start.dim() == 0 or x_start.numel() == 0:
-        raise ValueError(f"weighted_geodesic: x_start must be one point with at least one coordinate, got shape {list(x_start.shape)}")
+        raise ValueError(
+            "weighted_geodesic: x_start must be one point with at least one coordinate, "
+            f"got shape {list(x_start.shape)}"
+        )
     if not x_start.is_floating_point() or x_start.dtype != x_end.dtype:
-        raise ValueError(f"weighted_geodesic: x_start and x_end must be floating point of the same dtype, got {x_start.dtype} and {x_end.dtype}")
+        raise ValueError(
+            "weighted_geodesic: x_start and x_end must be floating point of the same dtype, "
+            f"got {x_start.dtype} and {x_end.dtype}"
+        )
     if not (torch.isfinite(x_start).all() and torch.isfinite(x_end).all()):
         raise ValueError("weighted_geodesic: x_start and x_end must be finite")
     if torch.equal(x_start, x_end):
@@ -426,9 +465,16 @@ def weighted_geodesic(
     if not isinstance(nodes, int) or nodes < 2:
         raise ValueError(f"weighted_geodesic: nodes must be an integer >= 2, got {nodes!r}")
     if init_path is not None:
-        if not isinstance(init_path, torch.Tensor) or init_path.dim() != len(shape) + 1 or tuple(init_path.shape[1:]) != shape or init_path.shape[0] < 2:
-            raise ValueError(f"weighted_geodesic: init_path must be [M >= 2, {', '.join(map(str, shape))}], got "
-                             f"{list(init_path.shape) if isinstance(init_path, torch.Tensor) else type(init_path).__name__}")
+        if (
+            not isinstance(init_path, torch.Tensor)
+            or init_path.dim() != len(shape) + 1
+            or tuple(init_path.shape[1:]) != shape
+            or init_path.shape[0] < 2
+        ):
+            raise ValueError(
+                f"weighted_geodesic: init_path must be [M >= 2, {', '.join(map(str, shape))}], got "
+                f"{list(init_path.shape) if isinstance(init_path, torch.Tensor) else type(init_path).__name__}"
+            )
         init = init_path.detach().to(x_start).clone()
         init[0], init[-1] = x_start, x_end
         init = resample_path(init, nodes)
@@ -445,7 +491,8 @@ def weighted_geodesic(
         else:
             score = density.score_fn
         path, converged, history, endpoint_error = _shoot(
-            init, x_start, x_end, score, power, shooting_steps or nodes, newton_iterations, tol, fd_step, progress)
+            init, x_start, x_end, score, power, shooting_steps or nodes, newton_iterations, tol, fd_step, progress
+        )
     measured = path_lengths(path, log_prob_fn, score_fn=score_fn, power=power, subdivisions=subdivisions)
     measured.method = method
     measured.converged = converged
@@ -492,8 +539,10 @@ def _relax(init, density: _Density, power, steps, lr, optimizer, reparam_every, 
                 if torch.isfinite(objective):
                     objective.backward()
         if not torch.isfinite(objective) or not torch.isfinite(interior.grad).all():
-            raise FloatingPointError(f"weighted_geodesic: the weighted length or its gradient became non-finite "
-                                     f"(log d_w = {objective.item()}) at step {step} (log p not finite on the path?)")
+            raise FloatingPointError(
+                f"weighted_geodesic: the weighted length or its gradient became non-finite "
+                f"(log d_w = {objective.item()}) at step {step} (log p not finite on the path?)"
+            )
         opt.step()
         if annealing is not None:
             annealing.step()

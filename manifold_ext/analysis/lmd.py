@@ -39,7 +39,9 @@ def checkerboard_mask(height: int, width: int, patches: int = 8, flip: bool = Fa
     if not isinstance(patches, int) or patches < 1:
         raise ValueError(f"checkerboard_mask: patches must be a positive integer, got {patches!r}")
     if height % patches or width % patches:
-        raise ValueError(f"checkerboard_mask: image size {height}x{width} is not divisible into {patches}x{patches} patches")
+        raise ValueError(
+            f"checkerboard_mask: image size {height}x{width} is not divisible into {patches}x{patches} patches"
+        )
     rows = torch.arange(height, device=device) // (height // patches)
     cols = torch.arange(width, device=device) // (width // patches)
     kept = (rows[:, None] + cols[None, :]) % 2 == 1
@@ -52,8 +54,15 @@ def _noise(shape, generator, dtype, device):
 
 
 @torch.inference_mode()
-def inpaint(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, known: torch.Tensor, dt: int = 1,
-            resample: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+def inpaint(
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    images: torch.Tensor,
+    known: torch.Tensor,
+    dt: int = 1,
+    resample: int = 1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Algorithm 2 of the LMD article (RePaint without / with resampling): fill where ``known`` is False.
 
     Args:
@@ -74,7 +83,9 @@ def inpaint(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, kno
     try:
         known = torch.broadcast_to(known.to(images.device), images.shape)
     except RuntimeError as error:
-        raise ValueError(f"inpaint: mask of shape {list(known.shape)} does not broadcast to images {list(images.shape)}") from error
+        raise ValueError(
+            f"inpaint: mask of shape {list(known.shape)} does not broadcast to images {list(images.shape)}"
+        ) from error
     if not isinstance(resample, int) or resample < 1:
         raise ValueError(f"inpaint: resample must be an integer >= 1, got {resample!r}")
     times = schedule.check_dt(dt)
@@ -86,14 +97,16 @@ def inpaint(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, kno
             noise = _noise(images.shape, generator, images.dtype, images.device) if prev > 0 else None
             unknown = ddpm_step(x, eps, abar(t), abar(prev), noise)  # p_theta(x_{t-dt} | x_t)
             if prev > 0:  # q(x_{t-dt} | x_0), Eq. 17 from abar_0 = 1
-                known_part = diffusion_forward_step(images, _noise(images.shape, generator, images.dtype, images.device),
-                                                    1.0, abar(prev))
+                known_part = diffusion_forward_step(
+                    images, _noise(images.shape, generator, images.dtype, images.device), 1.0, abar(prev)
+                )
             else:
                 known_part = images
             merged = torch.where(known, known_part, unknown)
             if attempt + 1 < resample:  # RePaint: back to t by the forward process, and denoise again
-                x = diffusion_forward_step(merged, _noise(images.shape, generator, images.dtype, images.device),
-                                           abar(prev), abar(t))
+                x = diffusion_forward_step(
+                    merged, _noise(images.shape, generator, images.dtype, images.device), abar(prev), abar(t)
+                )
             else:
                 x = merged
     return x
@@ -105,10 +118,20 @@ def mse_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def lmd_scores(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, attempts: int = 10,
-               patches: int = 8, dt: int = 1, resample: int = 1, distance=mse_distance,
-               batch_size: int = 512, generator: torch.Generator | None = None, progress: bool = False,
-               return_reconstructions: bool = False):
+def lmd_scores(
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    images: torch.Tensor,
+    attempts: int = 10,
+    patches: int = 8,
+    dt: int = 1,
+    resample: int = 1,
+    distance=mse_distance,
+    batch_size: int = 512,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    return_reconstructions: bool = False,
+):
     """LMD OOD scores (Algorithm 1): the median reconstruction distance over ``attempts`` inpaintings.
 
     Attempt ``i`` masks the alternating checkerboard (flipped on odd attempts). Returns
@@ -124,13 +147,17 @@ def lmd_scores(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, 
     height, width = images.shape[-2:]
     masks = [checkerboard_mask(height, width, patches, flip=bool(i % 2), device=images.device) for i in range(attempts)]
     distances = torch.empty(images.shape[0], attempts, dtype=torch.float64)
-    recons = torch.empty((images.shape[0], attempts, *images.shape[1:]), dtype=images.dtype) if return_reconstructions else None
+    recons = (
+        torch.empty((images.shape[0], attempts, *images.shape[1:]), dtype=images.dtype)
+        if return_reconstructions
+        else None
+    )
     batches = [(start, i) for start in range(0, images.shape[0], batch_size) for i in range(attempts)]
     for start, i in tqdm(batches, desc="lift-map-detect", unit="batch", disable=not progress, mininterval=0.5):
-        chunk = images[start:start + batch_size]
+        chunk = images[start : start + batch_size]
         mapped = inpaint(model, schedule, chunk, masks[i], dt=dt, resample=resample, generator=generator)
-        distances[start:start + chunk.shape[0], i] = distance(chunk, mapped).double().cpu()
+        distances[start : start + chunk.shape[0], i] = distance(chunk, mapped).double().cpu()
         if recons is not None:
-            recons[start:start + chunk.shape[0], i] = mapped.cpu()
+            recons[start : start + chunk.shape[0], i] = mapped.cpu()
     scores = distances.quantile(0.5, dim=1)  # the median (mean of the two middle values for even counts)
     return (scores, distances, recons) if return_reconstructions else (scores, distances)

@@ -44,6 +44,7 @@ from manifold_ext.attacks._checks import (
 from manifold_ext.attacks.steps import nag_momentum_update, projected_step
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+IterationCallback = Callable[[int, torch.Tensor, slice], None]
 PIXEL_RANGE = (0.0, 1.0)
 
 
@@ -166,7 +167,8 @@ def _patch_start(x: torch.Tensor, mask: torch.Tensor, random_start: bool, seed: 
 def patch_pgd(model: Callable, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, *, step: float = 1 / 255,
               steps: int = 2048, random_start: bool = False, loss_fn: LossFn | None = None,
               clip: tuple[float, float] = PIXEL_RANGE, targeted: bool = False, seed: int | None = 0,
-              batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
+              batch_size: int | None = None, progress: bool = True,
+              callback: IterationCallback | None = None) -> torch.Tensor:
     """Patch (l_0) PGD (paper 000 §3.2): signed-gradient steps on the masked pixels only.
 
     ``x_{t+1} = where(mask, clip(x_t + step * sign(grad)), x)``: inside the patch
@@ -179,18 +181,23 @@ def patch_pgd(model: Callable, x: torch.Tensor, y: torch.Tensor, mask: torch.Ten
         random_start: start the patch pixels from uniform noise in the pixel
             range instead of the clean pixels (default: clean pixels, as the
             paper's step count already lets a pixel cross the whole range).
+        callback: optional ``callback(iteration, x_adv, part)`` called after every
+            iteration (1..steps) with the current adversarial images of the chunk
+            ``x[part]`` (detached; do not modify them), e.g. to record accuracy
+            against the number of iterations.
 
     Returns the adversarial images (detached).
     """
     return _patch_attack("patch_pgd", model, x, y, mask, step=step, steps=steps, momentum=None,
                          random_start=random_start, loss_fn=loss_fn, clip=clip, targeted=targeted, seed=seed,
-                         batch_size=batch_size, progress=progress)
+                         batch_size=batch_size, progress=progress, callback=callback)
 
 
 def patch_nag(model: Callable, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, *, step: float = 1 / 255,
               steps: int = 2048, momentum: float = 1.0, random_start: bool = False, loss_fn: LossFn | None = None,
               clip: tuple[float, float] = PIXEL_RANGE, targeted: bool = False, seed: int | None = 0,
-              batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
+              batch_size: int | None = None, progress: bool = True,
+              callback: IterationCallback | None = None) -> torch.Tensor:
     """Patch PGD with Nesterov accelerated gradient (PGD-NAG / NI-FGSM, Lin et al., 2020).
 
     Per step, on the masked pixels only::
@@ -209,11 +216,11 @@ def patch_nag(model: Callable, x: torch.Tensor, y: torch.Tensor, mask: torch.Ten
         raise ValueError(f"patch_nag: momentum must be a finite number >= 0, got {momentum}")
     return _patch_attack("patch_nag", model, x, y, mask, step=step, steps=steps, momentum=momentum,
                          random_start=random_start, loss_fn=loss_fn, clip=clip, targeted=targeted, seed=seed,
-                         batch_size=batch_size, progress=progress)
+                         batch_size=batch_size, progress=progress, callback=callback)
 
 
 def _patch_attack(who, model, x, y, mask, *, step, steps, momentum, random_start, loss_fn, clip, targeted, seed,
-                  batch_size, progress):
+                  batch_size, progress, callback=None):
     check_images(x, clip, who)
     check_labels(x, y, who)
     step = check_step(step, who)
@@ -231,7 +238,7 @@ def _patch_attack(who, model, x, y, mask, *, step, steps, momentum, random_start
         for part in parts:
             x0, x_adv, labels, patch = x[part], start[part].clone(), y[part], mask[part]
             velocity = torch.zeros_like(x0) if momentum is not None else None
-            for _ in range(steps):
+            for iteration in range(1, steps + 1):
                 if momentum is None:
                     grad = input_gradient(model, x_adv, labels, loss_fn, targeted)
                     direction = grad
@@ -241,6 +248,8 @@ def _patch_attack(who, model, x, y, mask, *, step, steps, momentum, random_start
                     velocity = nag_momentum_update(velocity, grad, patch, momentum)
                     direction = velocity
                 x_adv = projected_step(x_adv, direction, x0, step=step, eps=None, low=low, high=high, mask=patch)
+                if callback is not None:
+                    callback(iteration, x_adv, part)
                 bar.update(1)
             out[part] = x_adv
     return out

@@ -31,8 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from manifold_ext._optional import require
 from manifold_ext.analysis.attributes import attribute_kl, nearest_neighbours, train_embedding
-from manifold_ext.demos.common import add_common_arguments, pyplot, seed_everything, write_json
+from manifold_ext.demos.common import add_common_arguments, pyplot, run_record, seed_everything, write_json
 
 NAME = "attributes"
 DESCRIPTION = "§4.3: KL per attribute between p(x) and p(x | nearest neighbour) on a recognition manifold (8x8 digits)"
@@ -63,7 +64,7 @@ def apply_nuisances(images: torch.Tensor, flags: torch.Tensor, generator: torch.
 
 def digits_with_attributes(seed: int):
     """(clean images [N, 1, 8, 8] in [0, 1], images with their nuisances, identities [N], attributes [N, 7], names)."""
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", feature="the attributes demo's digits").load_digits
 
     digits = load_digits()
     clean = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
@@ -85,7 +86,9 @@ def _figure(path, reports: dict, names: list[str]):
         by_name = {row.name: row for row in report.attributes}
         axes[0].bar(x + offset, [by_name[n].kl_at_zero for n in names], width, label=label)
         axes[1].bar(x + offset, [by_name[n].expected_kl for n in names], width, label=label)
-        axes[1].scatter(x + offset, [by_name[n].chance_expected_kl for n in names], color="k", marker="_", s=200, zorder=5)
+        axes[1].scatter(
+            x + offset, [by_name[n].chance_expected_kl for n in names], color="k", marker="_", s=200, zorder=5
+        )
     axes[0].set_title("KL(p(x | x of nearest neighbour = 0) || p(x))  (Fig. 17b)")
     axes[1].set_title("expected KL over the neighbour's value (MI); black: random-neighbour chance")
     for ax in axes:
@@ -98,6 +101,7 @@ def _figure(path, reports: dict, names: list[str]):
 
 
 def run(args: argparse.Namespace) -> dict:
+    started = time.time()
     seed_everything(args.seed)
     steps = args.steps or (300 if args.quick else 1500)
     clean, images, identities, attributes, names = digits_with_attributes(args.seed)
@@ -111,8 +115,9 @@ def run(args: argparse.Namespace) -> dict:
         return apply_nuisances(batch_clean, flags, augment_generator)
 
     start = time.perf_counter()
-    model, losses = train_embedding(clean[train], identities[train], dim=args.dim, steps=steps, seed=args.seed,
-                                    augment=augment)
+    model, losses = train_embedding(
+        clean[train], identities[train], dim=args.dim, steps=steps, seed=args.seed, augment=augment
+    )
     train_seconds = time.perf_counter() - start
     with torch.no_grad():
         embedded = model(images[test])
@@ -122,13 +127,16 @@ def run(args: argparse.Namespace) -> dict:
     }
     recognition = reports["recognition manifold"]
     identity_nn_accuracy = float((identities[test] == identities[test][nearest_neighbours(embedded)]).double().mean())
-    pixel_nn_accuracy = float((identities[test] == identities[test][nearest_neighbours(images[test].flatten(1))]).double().mean())
+    pixel_nn_accuracy = float(
+        (identities[test] == identities[test][nearest_neighbours(images[test].flatten(1))]).double().mean()
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     figure = args.out / "attribute_kl.png"
     _figure(figure, reports, names)
     tables = {label: report.table() for label, report in reports.items()}
     (args.out / "attribute_kl.md").write_text(
-        "\n\n".join(f"### {label} (ranked by expected KL)\n\n{table}" for label, table in tables.items()) + "\n")
+        "\n\n".join(f"### {label} (ranked by expected KL)\n\n{table}" for label, table in tables.items()) + "\n"
+    )
     top = [row.name for row in recognition.attributes[: len(IDENTITY_ATTRIBUTES)]]
     summary = {
         "demo": NAME,
@@ -146,6 +154,7 @@ def run(args: argparse.Namespace) -> dict:
         "ranking_pixels": [row.name for row in reports["raw pixels"].attributes],
         "identity_attributes_ranked_first": sorted(top) == sorted(IDENTITY_ATTRIBUTES),
         "figure": str(figure),
+        "run": run_record(started),
     }
     for label, table in tables.items():
         print(f"\n{label}:\n{table}")

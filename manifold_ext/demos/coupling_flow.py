@@ -12,12 +12,11 @@ import time
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from manifold_ext._optional import require
-
-from manifold_ext.demos.common import add_common_arguments, pyplot, seed_everything, write_json
-from manifold_ext.flows import FlowSequential, GlowStep, StandardNormalFlow
+from manifold_ext._training import train_loop
+from manifold_ext.demos.common import add_common_arguments, pyplot, run_record, seed_everything, write_json
+from manifold_ext.flows import FlowSequential, GlowStep, StandardNormalFlow, data_initialize
 
 NAME = "coupling"
 DESCRIPTION = "Glow-style flow on the fused coupling op, trained on two moons: density, samples, OOD AUROC"
@@ -31,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _points(kind: str, n: int, seed: int) -> torch.Tensor:
-    datasets = require("sklearn.datasets", feature="the coupling demo's two-moons data")
+    datasets = require("sklearn.datasets", feature="the coupling demo's toy data")
     if kind == "moons":
         points, _ = datasets.make_moons(n, noise=0.05, random_state=seed)
     elif kind == "circles":
@@ -52,22 +51,13 @@ def train_flow(data: torch.Tensor, steps: int, flow_steps: int, hidden: int, dev
     flow = StandardNormalFlow(FlowSequential(*[GlowStep(2, hidden, spatial_dims=0) for _ in range(flow_steps)]))
     flow.to(device).train()
     data = data.to(device)
-    with torch.no_grad():
-        flow.log_prob(data[:2048])  # ActNorm's data-dependent initialisation
-    optimiser = torch.optim.Adam(flow.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    losses = []
-    progress = tqdm(range(steps), desc="training flow", unit="step", mininterval=0.5)
-    for step in progress:
+    data_initialize(flow, data[:2048], method="log_prob")  # ActNorm's data-dependent initialisation
+
+    def step_loss(step: int, generator: torch.Generator | None) -> torch.Tensor:
         batch = data[torch.randint(0, len(data), (batch_size,), device=device)]
-        loss = -flow.log_prob(batch).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            progress.set_postfix(nll=f"{np.mean(losses[-50:]):.3f}")
+        return -flow.log_prob(batch).mean()
+
+    losses = train_loop(flow.parameters(), step_loss, steps=steps, lr=lr, desc="training flow").loss
     return flow.eval(), losses
 
 
@@ -102,6 +92,7 @@ def _figure(path, train, flow, device, losses, seed):
 
 
 def run(args: argparse.Namespace) -> dict:
+    started = time.time()
     seed_everything(args.seed)
     device = torch.device(args.device)
     steps = args.steps or (250 if args.quick else 1500)
@@ -138,6 +129,7 @@ def run(args: argparse.Namespace) -> dict:
         "ood_auroc_log_p": {kind: round(v, 4) for kind, v in auroc.items()},
         "inverse_roundtrip_max_abs_error": roundtrip_error,
         "figure": str(figure),
+        "run": run_record(started),
     }
     write_json(args.out / "summary.json", summary)
     return summary

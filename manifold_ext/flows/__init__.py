@@ -7,6 +7,7 @@ from manifold_ext.flows.layers import (
     GlowStep,
     InvertibleConv1x1,
     StandardNormalFlow,
+    data_initialize,
     default_coupling_net,
 )
 from manifold_ext.flows.glow import (
@@ -38,6 +39,7 @@ __all__ = [
     "GlowStep",
     "InvertibleConv1x1",
     "StandardNormalFlow",
+    "data_initialize",
     "default_coupling_net",
     # multi-scale Glow, conditional coupling (glow.py)
     "ConditionalAffineCoupling",

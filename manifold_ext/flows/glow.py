@@ -312,7 +312,9 @@ class GlowLevel(nn.Module):
             self.prior = GaussianPrior(channels, context_channels=condition_channels)
         else:
             self.kept_channels = channels // 2
-            self.prior = GaussianPrior(channels - self.kept_channels, context_channels=self.kept_channels + condition_channels)
+            self.prior = GaussianPrior(
+                channels - self.kept_channels, context_channels=self.kept_channels + condition_channels
+            )
 
     def _context(self, kept: torch.Tensor | None, cond: torch.Tensor | None, size) -> torch.Tensor | None:
         parts = [] if kept is None else [kept]
@@ -382,7 +384,9 @@ class MultiScaleGlow(nn.Module):
     ):
         super().__init__()
         if levels < 1 or steps_per_level < 1:
-            raise ValueError(f"MultiScaleGlow: levels and steps_per_level must be >= 1, got {levels}, {steps_per_level}")
+            raise ValueError(
+                f"MultiScaleGlow: levels and steps_per_level must be >= 1, got {levels}, {steps_per_level}"
+            )
         self.in_channels = in_channels
         self.condition_channels = condition_channels
         self.squeeze = squeeze
@@ -390,9 +394,17 @@ class MultiScaleGlow(nn.Module):
         self.levels = nn.ModuleList()
         channels = in_channels
         for index in range(levels):
-            level = GlowLevel(channels, steps_per_level, hidden_channels, squeeze=squeeze,
-                              is_last=index == levels - 1, condition_channels=condition_channels,
-                              coupling_net=coupling_net, scale=scale, clamp=clamp)
+            level = GlowLevel(
+                channels,
+                steps_per_level,
+                hidden_channels,
+                squeeze=squeeze,
+                is_last=index == levels - 1,
+                condition_channels=condition_channels,
+                coupling_net=coupling_net,
+                scale=scale,
+                clamp=clamp,
+            )
             self.levels.append(level)
             channels = level.kept_channels
 
@@ -466,8 +478,14 @@ class MultiScaleGlow(nn.Module):
         return bits_per_dim(self.log_prob(x, cond), x[0].numel(), n_bins)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, cond: torch.Tensor | None = None,
-               image_size: tuple[int, int] | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        temperature: float = 1.0,
+        cond: torch.Tensor | None = None,
+        image_size: tuple[int, int] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Draw ``n`` images with every latent ``eps ~ N(0, T^2 I)`` (Glow's temperature ``T``)."""
         size = image_size or self.image_size
         if size is None:
@@ -488,8 +506,9 @@ class MultiScaleGlow(nn.Module):
 # ---------------------------------------------------------------------------
 
 
-def dequantize(levels: torch.Tensor, n_bins: int, generator: torch.Generator | None = None,
-               noise: bool = True) -> torch.Tensor:
+def dequantize(
+    levels: torch.Tensor, n_bins: int, generator: torch.Generator | None = None, noise: bool = True
+) -> torch.Tensor:
     """Map integer levels ``k in {0, ..., n_bins - 1}`` to continuous values
     ``(k + u) / n_bins - 1/2`` in ``[-1/2, 1/2)`` with ``u ~ U[0, 1)`` (uniform
     dequantisation; ``noise=False`` uses the bin centres ``u = 1/2``)."""

@@ -195,7 +195,7 @@ class HierarchicalFlow(nn.Module):
             raise ValueError(f"HierarchicalFlow: levels must be >= 1, got {config.levels}")
         if config.image_size % (2**config.levels):
             raise ValueError(
-                f"HierarchicalFlow: image_size {config.image_size} must be divisible by 2**levels = {2 ** config.levels}"
+                f"HierarchicalFlow: image_size {config.image_size} must be divisible by 2**levels = {2**config.levels}"
             )
         self.config = config
         self.autoencoders = nn.ModuleList()
@@ -213,9 +213,13 @@ class HierarchicalFlow(nn.Module):
             flow_levels = max(1, min(config.flow_levels, squeeze_levels)) if squeeze else 1
             self.flows.append(
                 MultiScaleGlow(
-                    config.latent_channels, flow_levels, config.flow_steps, config.flow_hidden,
+                    config.latent_channels,
+                    flow_levels,
+                    config.flow_steps,
+                    config.flow_hidden,
                     condition_channels=config.image_channels if conditional else 0,
-                    squeeze=squeeze, image_size=(latent_size, latent_size),
+                    squeeze=squeeze,
+                    image_size=(latent_size, latent_size),
                 )
             )
 
@@ -226,7 +230,9 @@ class HierarchicalFlow(nn.Module):
     def _check_image(self, x: torch.Tensor, level: int = 0) -> None:
         c, size = self.config.image_channels, self.config.image_size // 2**level
         if x.dim() != 4 or tuple(x.shape[1:]) != (c, size, size):
-            raise ValueError(f"HierarchicalFlow: expected images of shape [B, {c}, {size}, {size}], got {tuple(x.shape)}")
+            raise ValueError(
+                f"HierarchicalFlow: expected images of shape [B, {c}, {size}, {size}], got {tuple(x.shape)}"
+            )
 
     def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[x_1, ..., x_L]`` with ``x_{i+1} = d(x_i)``."""
@@ -281,14 +287,19 @@ class HierarchicalFlow(nn.Module):
                 latents, flow_logdet = flow(y_i, self._coarse(pyramid, i))
                 log_pz = sum(standard_normal_log_prob(z) for z in latents)
             d_i = y_i[0].numel()
-            ae_logdet = (jacobian_log_volume(ae.encode, x_i).detach() if autoencoder_logdet
-                         else torch.zeros_like(log_pz))
+            ae_logdet = jacobian_log_volume(ae.encode, x_i).detach() if autoencoder_logdet else torch.zeros_like(log_pz)
             log_py = log_pz + flow_logdet
-            terms.append(LevelLogProb(
-                log_pz=log_pz, nll_per_dim=-log_pz / d_i, flow_logdet=flow_logdet, log_py=log_py,
-                ae_logdet=ae_logdet, log_px=log_py + ae_logdet,
-                down_logdet=downsample_log_volume(x_i[0].numel()) if i > 0 else 0.0,
-            ))
+            terms.append(
+                LevelLogProb(
+                    log_pz=log_pz,
+                    nll_per_dim=-log_pz / d_i,
+                    flow_logdet=flow_logdet,
+                    log_py=log_py,
+                    ae_logdet=ae_logdet,
+                    log_px=log_py + ae_logdet,
+                    down_logdet=downsample_log_volume(x_i[0].numel()) if i > 0 else 0.0,
+                )
+            )
         return terms
 
     def log_prob(self, x: torch.Tensor, autoencoder_logdet: bool = True) -> torch.Tensor:
@@ -310,8 +321,10 @@ class HierarchicalFlow(nn.Module):
         """Eq. 3 with ``z'_i = z_i = g_i(f_i(x_i) | x_{i+1})``, decoded top-down, each
         level conditioned on the reconstruction above it (Fig. 3A)."""
         pyramid = self.pyramid(x)
-        latents = [flow(ae.encode(x_i), self._coarse(pyramid, i))[0]
-                   for i, (ae, flow, x_i) in enumerate(zip(self.autoencoders, self.flows, pyramid))]
+        latents = [
+            flow(ae.encode(x_i), self._coarse(pyramid, i))[0]
+            for i, (ae, flow, x_i) in enumerate(zip(self.autoencoders, self.flows, pyramid))
+        ]
         coarse = None
         for level in reversed(range(self.levels)):
             coarse = self._decode_from(level, latents[level], coarse, x.shape[0], 1.0, None)
@@ -326,8 +339,9 @@ class HierarchicalFlow(nn.Module):
         return coarse
 
     @torch.no_grad()
-    def super_resolve(self, low: torch.Tensor, temperature: float = 1.0,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+    def super_resolve(
+        self, low: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Generate a full-resolution image from a low-resolution one (Fig. 4): with
         ``low`` at level ``k`` (size ``image_size / 2^(k-1)``), sample
         ``z'_i ~ N(0, T^2 I)`` for ``i < k`` and decode top-down conditioned on ``low``."""
@@ -401,7 +415,7 @@ def _batches(data: torch.Tensor, batch_size: int, generator: torch.Generator) ->
     while True:
         order = torch.randperm(len(data), generator=generator)
         for start in range(0, len(data) - batch_size + 1, batch_size):
-            yield data[order[start:start + batch_size]]
+            yield data[order[start : start + batch_size]]
 
 
 @dataclasses.dataclass
@@ -470,8 +484,13 @@ def fit(
             optimiser_state = None
         model.train()
         batches = _batches(data, min(batch_size, len(data)), generator)
-        bar = tqdm(range(state["step"], autoencoder_steps), desc="autoencoders (MSE, Eq. 4)", unit="step",
-                   disable=not progress, mininterval=0.5)
+        bar = tqdm(
+            range(state["step"], autoencoder_steps),
+            desc="autoencoders (MSE, Eq. 4)",
+            unit="step",
+            disable=not progress,
+            mininterval=0.5,
+        )
         for step in bar:
             loss = model.autoencoder_loss(prepare(next(batches)).to(device))
             optimiser.zero_grad(set_to_none=True)
@@ -499,8 +518,13 @@ def fit(
         with torch.no_grad():  # ActNorm's data-dependent initialisation on a large batch
             init = data[torch.randperm(len(data), generator=generator)[:512]]
             model.flow_log_py(prepare(init).to(device))
-    bar = tqdm(range(state["step"], flow_steps), desc="flows (-log p_Y, Eq. 5)", unit="step",
-               disable=not progress, mininterval=0.5)
+    bar = tqdm(
+        range(state["step"], flow_steps),
+        desc="flows (-log p_Y, Eq. 5)",
+        unit="step",
+        disable=not progress,
+        mininterval=0.5,
+    )
     for step in bar:
         loss = model.flow_loss(prepare(next(batches)).to(device))
         optimiser.zero_grad(set_to_none=True)

@@ -42,7 +42,18 @@ def _per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class ActNorm(FlowLayer):
     """Per-channel affine map y = (x + bias) * exp(log_scale) with data-dependent
     initialisation: the first batch seen in training gets zero mean and unit
-    variance per channel (Glow §3.1). logdet = S * sum(log_scale)."""
+    variance per channel (Glow §3.1). logdet = S * sum(log_scale).
+
+    The initialisation is data-dependent, so it runs outside any compiled graph:
+    in eager mode the first training forward does it (lazily, as before); before
+    ``torch.compile(..., fullgraph=True)`` call ``initialize(x)`` (or
+    ``data_initialize(model, batch)`` for a whole model). The forward branches only
+    on a Python flag, which ``torch.compile`` guards on as a constant, so an
+    initialised layer traces as one graph. The statistics are never traced: with
+    ``fullgraph=True`` an uninitialised layer fails with a message naming
+    ``data_initialize``; without it, torch.compile falls back to eager for that
+    call, which initialises the layer as before.
+    """
 
     def __init__(self, channels: int, eps: float = 1e-6):
         super().__init__()
@@ -50,21 +61,42 @@ class ActNorm(FlowLayer):
         self.eps = eps
         self.bias = nn.Parameter(torch.zeros(channels))
         self.log_scale = nn.Parameter(torch.zeros(channels))
+        # the buffer keeps the state in state_dicts; the Python mirror is what forward reads
         self.register_buffer("initialized", torch.tensor(False))
+        self._initialized = False
+
+    @property
+    def is_initialized(self) -> bool:
+        """Whether the data-dependent initialisation has run (or was loaded from a state_dict)."""
+        return self._initialized
 
     @torch.no_grad()
-    def _initialize(self, x: torch.Tensor) -> None:
-        per_channel = x.transpose(0, 1).reshape(self.channels, -1)
+    def initialize(self, x: torch.Tensor) -> None:
+        """Set bias and log_scale so that ``x`` gets zero mean and unit variance per channel (Glow §3.1)."""
+        _check_channels("ActNorm", x, self.channels)
+        per_channel = x.detach().transpose(0, 1).reshape(self.channels, -1)
+        if per_channel.shape[1] == 0:
+            raise ValueError("ActNorm.initialize: needs a non-empty batch to compute per-channel statistics")
         mean = per_channel.mean(dim=1)
         std = per_channel.std(dim=1, unbiased=False)
         self.bias.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + self.eps))
         self.initialized.fill_(True)
+        self._initialized = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._initialized = bool(self.initialized)
 
     def forward(self, x):
         _check_channels("ActNorm", x, self.channels)
-        if self.training and not bool(self.initialized):
-            self._initialize(x)
+        if self.training and not self._initialized:  # a Python flag: a constant to torch.compile
+            if torch.compiler.is_compiling():  # never trace the data-dependent statistics into a graph
+                raise RuntimeError(
+                    "ActNorm: the data-dependent initialisation runs eagerly; call "
+                    "manifold_ext.flows.data_initialize(model, batch) or ActNorm.initialize(x) before "
+                    "torch.compile(..., fullgraph=True)")
+            self.initialize(x)
         y = (x + _per_channel(self.bias, x)) * _per_channel(self.log_scale.exp(), x)
         logdet = (_spatial_size(x) * self.log_scale.sum()).expand(x.shape[0])
         return y, logdet
@@ -74,6 +106,27 @@ class ActNorm(FlowLayer):
         x = y * _per_channel(torch.exp(-self.log_scale), y) - _per_channel(self.bias, y)
         logdet = (-_spatial_size(y) * self.log_scale.sum()).expand(y.shape[0])
         return x, logdet
+
+
+@torch.no_grad()
+def data_initialize(model: nn.Module, *inputs, method: str = "forward", **kwargs) -> int:
+    """Initialise every ActNorm of ``model`` from one batch, eagerly, before ``torch.compile``.
+
+    Runs ``getattr(model, method)(*inputs, **kwargs)`` once in training mode without
+    gradients (e.g. ``method="log_prob"`` for ``MultiScaleGlow`` or ``StandardNormalFlow``),
+    so each ActNorm takes its Glow §3.1 statistics from the activations it sees; the
+    model's previous training/eval mode is restored. Returns how many ActNorm layers
+    were initialised by this call.
+    """
+    layers = [m for m in model.modules() if isinstance(m, ActNorm)]
+    pending = sum(not layer.is_initialized for layer in layers)
+    was_training = model.training
+    model.train()
+    try:
+        getattr(model, method)(*inputs, **kwargs)
+    finally:
+        model.train(was_training)
+    return pending - sum(not layer.is_initialized for layer in layers)
 
 
 class InvertibleConv1x1(FlowLayer):
@@ -191,7 +244,9 @@ class AffineCoupling(FlowLayer):
         h = self.net(passive)
         expected = (passive.shape[0], 2 * self.active_channels, *passive.shape[2:])
         if tuple(h.shape) != expected:
-            raise ValueError(f"AffineCoupling: the coupling network returned shape {tuple(h.shape)}, expected {expected}")
+            raise ValueError(
+                f"AffineCoupling: the coupling network returned shape {tuple(h.shape)}, expected {expected}"
+            )
         return h
 
     def _couple(self, x: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,6 +320,7 @@ class StandardNormalFlow(nn.Module):
 __all__ = [
     "FlowLayer",
     "ActNorm",
+    "data_initialize",
     "InvertibleConv1x1",
     "AffineCoupling",
     "FlowSequential",

@@ -13,10 +13,18 @@
   Gaussian-mixture latent space, rejection (§4.6) and reclassification by decoder
   inversion (§4.7, Eq. 4.8).
 """
-from manifold_ext.vae.classifier import TrainingHistory, VAEClassifier, train_vae_classifier
+from manifold_ext.vae.classifier import (
+    TrainingHistory,
+    VAEClassifier,
+    train_vae_classifier,
+)
 from manifold_ext.vae.grid_vae import GridPrior, GridVAE, train_grid_vae
-from manifold_ext.vae.metrics import cluster_report, dimension_control, majority_map, purity
-from manifold_ext.vae.rae import RAE, ExPostGMM, GMMClassifier, train_autoencoder
+from manifold_ext.vae.metrics import (
+    cluster_report,
+    dimension_control,
+    majority_map,
+    purity,
+)
 from manifold_ext.vae.networks import (
     ConvDecoder,
     ConvEncoder,
@@ -28,6 +36,7 @@ from manifold_ext.vae.networks import (
     make_encoder,
     reconstruction_nll,
 )
+from manifold_ext.vae.rae import RAE, ExPostGMM, GMMClassifier, train_autoencoder
 
 __all__ = [
     "GridPrior", "GridVAE", "train_grid_vae",

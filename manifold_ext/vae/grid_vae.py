@@ -30,13 +30,17 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from manifold_ext._training import train_loop
 from manifold_ext.ops import closest_centre_kl
-from manifold_ext.vae.networks import decoder_mean, make_decoder, make_encoder, reconstruction_nll
+from manifold_ext.vae.networks import (
+    decoder_mean,
+    make_decoder,
+    make_encoder,
+    reconstruction_nll,
+)
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -262,22 +266,14 @@ def train_grid_vae(model: GridVAE, images: torch.Tensor, *, steps: int = 2000, b
         if attributes is None:
             raise ValueError("a mask selects which attribute dimensions guide training: pass attributes too")
         mask = mask.to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps, eta_min=lr * 0.05)
-    losses: list[float] = []
-    bar = tqdm(range(steps), desc=f"training GridVAE ({model.kl_mode} KL)", unit="step", mininterval=0.5,
-               disable=not progress)
-    for step in bar:
+    def step_loss(step: int, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         batch = torch.randint(0, len(images), (batch_size,), device=device, generator=generator)
         beta = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
         batch_target = targets[batch] if targets is not None else None
         batch_mask = mask[batch] if mask is not None and mask.dim() == 2 else mask
         out = model(images[batch], target=batch_target, mask=batch_mask, beta=beta)
-        optimiser.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimiser.step()
-        schedule.step()
-        losses.append(out["loss"].item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.2f}", kl=f"{out['kl'].mean().item():.2f}")
-    return losses
+        return {"loss": out["loss"], "kl": out["kl"].detach().mean()}
+
+    log = train_loop(model.parameters(), step_loss, steps=steps, lr=lr, min_lr_fraction=0.05, generator=generator,
+                     desc=f"training GridVAE ({model.kl_mode} KL)", progress=progress, postfix=("kl",))
+    return log.loss

@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import normalized_mutual_info_score
+
+from manifold_ext._optional import require
+
+
+def _nmi(labels, clusters) -> float:
+    metrics = require("sklearn.metrics", feature="normalised mutual information (vae.metrics)")
+    return float(metrics.normalized_mutual_info_score(labels, clusters))
 
 
 def _as_numpy(values) -> np.ndarray:
@@ -47,7 +53,7 @@ def cluster_report(train_clusters, train_labels, test_clusters, test_labels, num
     return {
         "accuracy": mapped_accuracy(mapping, test_clusters, test_labels),
         "purity": purity(test_clusters, test_labels),
-        "nmi": float(normalized_mutual_info_score(_as_numpy(test_labels), _as_numpy(test_clusters))),
+        "nmi": _nmi(_as_numpy(test_labels), _as_numpy(test_clusters)),
         "occupied_centres": int(len(np.unique(_as_numpy(test_clusters)))),
         "chance_accuracy": 1.0 / num_classes,
     }
@@ -71,6 +77,6 @@ def dimension_control(train_index, train_factors, test_index, test_factors) -> d
         for d in range(num_dims):
             mapping = majority_map(train_index[:, d], train_factors[:, f])
             accuracy[f][d] = mapped_accuracy(mapping, test_index[:, d], test_factors[:, f])
-            nmi[f][d] = float(normalized_mutual_info_score(test_factors[:, f], test_index[:, d]))
+            nmi[f][d] = _nmi(test_factors[:, f], test_index[:, d])
     best = [int(np.argmax(row)) for row in accuracy]
     return {"accuracy": accuracy, "nmi": nmi, "best_dimension": best}

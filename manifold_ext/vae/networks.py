@@ -134,18 +134,29 @@ def make_decoder(kind: str, latent_dim: int, image_shape: tuple[int, int, int], 
     raise ValueError(f"unknown network kind {kind!r}; expected 'conv' or 'mlp'")
 
 
+LIKELIHOODS = ("bernoulli", "gaussian", "sigmoid-mse")
+
+
 def reconstruction_nll(output: torch.Tensor, x: torch.Tensor, likelihood: str) -> torch.Tensor:
-    """Per-sample -log p(x|z) up to a constant: ``"bernoulli"`` (output = logits, x in [0, 1])
-    or ``"gaussian"`` (output = mean, unit variance: half the squared error)."""
+    """Per-sample reconstruction loss, -log p(x|z) up to a constant and scale:
+
+    * ``"bernoulli"``: output = logits, x in [0, 1], binary cross-entropy;
+    * ``"gaussian"``: output = mean, unit variance: half the squared error;
+    * ``"sigmoid-mse"``: ||x - sigmoid(output)||^2, the squared error of a decoder with a
+      sigmoid output layer (thesis 004 Eq. 4.6 with §4.8.1's sigmoid final activation).
+    """
     if likelihood == "bernoulli":
         per_pixel = nn.functional.binary_cross_entropy_with_logits(output, x, reduction="none")
     elif likelihood == "gaussian":
         per_pixel = 0.5 * (output - x) ** 2
+    elif likelihood == "sigmoid-mse":
+        per_pixel = (torch.sigmoid(output) - x) ** 2
     else:
-        raise ValueError(f"unknown likelihood {likelihood!r}; expected 'bernoulli' or 'gaussian'")
+        raise ValueError(f"unknown likelihood {likelihood!r}; expected one of {', '.join(LIKELIHOODS)}")
     return per_pixel.flatten(1).sum(1)
 
 
 def decoder_mean(output: torch.Tensor, likelihood: str) -> torch.Tensor:
-    """The image a decoder output stands for (sigmoid of Bernoulli logits, or the Gaussian mean)."""
-    return torch.sigmoid(output) if likelihood == "bernoulli" else output
+    """The image a decoder output stands for (the sigmoid of the output for ``"bernoulli"`` and
+    ``"sigmoid-mse"``, the Gaussian mean itself for ``"gaussian"``)."""
+    return output if likelihood == "gaussian" else torch.sigmoid(output)

@@ -24,8 +24,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from manifold_ext._optional import require
+from manifold_ext._training import train_loop
 from manifold_ext.ops import closest_centre_kl, nearest_centre_kl
-from manifold_ext.vae.networks import decoder_mean, make_decoder, make_encoder, reconstruction_nll
+from manifold_ext.vae.networks import (
+    decoder_mean,
+    make_decoder,
+    make_encoder,
+    reconstruction_nll,
+)
 
 
 class RAE(nn.Module):
@@ -83,7 +90,9 @@ class RAE(nn.Module):
     @torch.no_grad()
     def reconstruction_error(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """Per-sample squared error ||x - D(E(x))||^2, [B]."""
-        return torch.cat([(self.decode_mean(self.encode(c)) - c).square().flatten(1).sum(1) for c in x.split(batch_size)])
+        return torch.cat(
+            [(self.decode_mean(self.encode(c)) - c).square().flatten(1).sum(1) for c in x.split(batch_size)]
+        )
 
 
 class ExPostGMM:
@@ -91,16 +100,18 @@ class ExPostGMM:
     ``GaussianMixture``, with torch in and out."""
 
     def __init__(self, n_components: int = 10, covariance_type: str = "full", seed: int = 0, **kwargs):
-        from sklearn.mixture import GaussianMixture
-
-        self.gmm = GaussianMixture(n_components=n_components, covariance_type=covariance_type,
-                                   random_state=seed, **kwargs)
+        mixture = require("sklearn.mixture", feature="ExPostGMM")
+        self.gmm = mixture.GaussianMixture(
+            n_components=n_components, covariance_type=covariance_type, random_state=seed, **kwargs
+        )
 
     def fit(self, codes: torch.Tensor) -> "ExPostGMM":
         codes = codes.detach().cpu().double().numpy()
         if len(codes) < self.gmm.n_components:
-            raise ValueError(f"need at least {self.gmm.n_components} codes to fit {self.gmm.n_components} components, "
-                             f"got {len(codes)}")
+            raise ValueError(
+                f"need at least {self.gmm.n_components} codes to fit {self.gmm.n_components} components, "
+                f"got {len(codes)}"
+            )
         self.gmm.fit(codes)
         return self
 
@@ -116,30 +127,42 @@ class ExPostGMM:
         return torch.from_numpy(codes[order]).float()
 
 
-def train_autoencoder(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None, *, steps: int = 1000,
-                      batch_size: int = 128, lr: float = 1e-3, device: torch.device | str = "cpu",
-                      progress: bool = True, desc: str = "training") -> list[float]:
-    """Adam on ``model(x)["loss"]`` (or ``model(x, y)["loss"]`` with labels); returns the losses."""
+def train_autoencoder(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    steps: int = 1000,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    desc: str = "training",
+    seed: int | None = None,
+) -> list[float]:
+    """Adam on ``model(x)["loss"]`` (or ``model(x, y)["loss"]`` with labels); returns the losses.
+
+    Minibatches are drawn from a generator seeded with ``seed``, or from torch's global
+    generator when ``seed`` is None (seed it with ``torch.manual_seed``).
+    """
     device = torch.device(device)
     model.to(device).train()
     images = images.to(device)
     labels = labels.to(device) if labels is not None else None
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps, eta_min=lr * 0.05)
-    losses: list[float] = []
-    bar = tqdm(range(steps), desc=desc, unit="step", mininterval=0.5, disable=not progress)
-    for step in bar:
-        batch = torch.randint(0, len(images), (batch_size,), device=device)
+
+    def step_loss(step: int, generator: torch.Generator | None) -> torch.Tensor:
+        if generator is None:
+            batch = torch.randint(0, len(images), (batch_size,), device=device)
+        else:
+            batch = torch.randint(0, len(images), (batch_size,), generator=generator).to(device)
         out = model(images[batch]) if labels is None else model(images[batch], labels[batch])
-        optimiser.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimiser.step()
-        schedule.step()
-        losses.append(out["loss"].item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        return out["loss"]
+
+    log = train_loop(
+        model.parameters(), step_loss, steps=steps, lr=lr, min_lr_fraction=0.05, seed=seed, desc=desc, progress=progress
+    )
     model.eval()
-    return losses
+    return log.loss
 
 
 class GMMClassifier(nn.Module):
@@ -158,10 +181,22 @@ class GMMClassifier(nn.Module):
     quantile of the training reconstruction errors.
     """
 
-    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, *, latent_dim: int | None = None,
-                 centres: torch.Tensor | None = None, centre_scale: float = 3.0, noise_std: float = 0.5,
-                 alpha: float = 1.0, net: str = "conv", hidden: int = 32, likelihood: str = "bernoulli",
-                 encoder: nn.Module | None = None, decoder: nn.Module | None = None):
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        *,
+        latent_dim: int | None = None,
+        centres: torch.Tensor | None = None,
+        centre_scale: float = 3.0,
+        noise_std: float = 0.5,
+        alpha: float = 1.0,
+        net: str = "conv",
+        hidden: int = 32,
+        likelihood: str = "bernoulli",
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+    ):
         super().__init__()
         if centres is None:
             latent_dim = latent_dim or num_classes
@@ -266,7 +301,7 @@ class GMMClassifier(nn.Module):
     @torch.no_grad()
     def calibrate(self, x: torch.Tensor, y: torch.Tensor, quantile: float = 0.997, shrinkage: float = 1e-3) -> dict:
         """Fit the per-class code covariances and the rejection thresholds on training data."""
-        from scipy.stats import chi2
+        chi2 = require("scipy.stats", feature="GMMClassifier.calibrate").chi2
 
         if not 0.0 < quantile < 1.0:
             raise ValueError(f"quantile must be in (0, 1), got {quantile}")
@@ -300,18 +335,23 @@ class GMMClassifier(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"{who}: x must have a floating-point dtype, got {x.dtype}")
         if x.dim() != 1 + len(self.image_shape) or tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"{who}: x must be a batch of images [B, {', '.join(map(str, self.image_shape))}] "
-                             f"(the model's image_shape), got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"{who}: x must be a batch of images [B, {', '.join(map(str, self.image_shape))}] "
+                f"(the model's image_shape), got shape {tuple(x.shape)}"
+            )
         if x.numel() and not torch.isfinite(x).all():
             raise ValueError(f"{who}: x contains NaN or infinite values")
 
     def _check_calibrated(self, who: str, alternative: str = "") -> None:
         if not self.calibrated:
-            raise ValueError(f"{who}: the model is not calibrated (tau_enc = {self.tau_enc}, "
-                             f"tau_dec = {self.tau_dec}); call calibrate(x_train, y_train) first{alternative}")
+            raise ValueError(
+                f"{who}: the model is not calibrated (tau_enc = {self.tau_enc}, "
+                f"tau_dec = {self.tau_dec}); call calibrate(x_train, y_train) first{alternative}"
+            )
 
-    def _invert_decoder(self, x: torch.Tensor, starts: torch.Tensor, steps: int, lr: float,
-                        bar) -> tuple[torch.Tensor, ...]:
+    def _invert_decoder(
+        self, x: torch.Tensor, starts: torch.Tensor, steps: int, lr: float, bar
+    ) -> tuple[torch.Tensor, ...]:
         """Eq. 4.8 for a chunk [B, ...]: z* = argmin_z ||g(z) - x||^2 from the k starts [k, d].
 
         The B*k problems are one Adam run on a [B, k, d] tensor: the loss is a sum of
@@ -342,9 +382,17 @@ class GMMClassifier(nn.Module):
         rows = torch.arange(batch, device=x.device)
         return best_z[rows, start], best_error[rows, start], start
 
-    def reclassify(self, x: torch.Tensor, *, steps: int = 300, lr: float = 0.05, batch_size: int = 256,
-                   reject: bool = True, starts: torch.Tensor | None = None,
-                   progress: bool = True) -> dict[str, torch.Tensor]:
+    def reclassify(
+        self,
+        x: torch.Tensor,
+        *,
+        steps: int = 300,
+        lr: float = 0.05,
+        batch_size: int = 256,
+        reject: bool = True,
+        starts: torch.Tensor | None = None,
+        progress: bool = True,
+    ) -> dict[str, torch.Tensor]:
         """Reclassification by decoder inversion (thesis 004 §4.7, Eq. 4.8).
 
         z* = argmin_z ||g(z) - x||^2 is found by Adam (``steps`` updates of size ``lr``)
@@ -384,16 +432,27 @@ class GMMClassifier(nn.Module):
             self._check_calibrated(who, ", or pass reject=False to label every input without rejection")
         if starts is None:
             starts = self.centres
-        if not isinstance(starts, torch.Tensor) or starts.dim() != 2 or starts.shape[0] < 1 \
-                or starts.shape[1] != self.latent_dim:
+        if (
+            not isinstance(starts, torch.Tensor)
+            or starts.dim() != 2
+            or starts.shape[0] < 1
+            or starts.shape[1] != self.latent_dim
+        ):
             shape = tuple(starts.shape) if isinstance(starts, torch.Tensor) else type(starts).__name__
             raise ValueError(f"{who}: starts must be codes [S, {self.latent_dim}] with S >= 1, got {shape}")
         starts = starts.detach().to(device=self.centres.device, dtype=self.centres.dtype)
         chunks = x.split(batch_size) if x.shape[0] else (x,)
-        with tqdm(total=steps * len(chunks), desc="reclassifying (Eq. 4.8)", unit="step", mininterval=0.5,
-                  disable=not progress, leave=False) as bar:
-            z, error, start = (torch.cat(parts) for parts in zip(*(self._invert_decoder(c, starts, steps, lr, bar)
-                                                                   for c in chunks)))
+        with tqdm(
+            total=steps * len(chunks),
+            desc="reclassifying (Eq. 4.8)",
+            unit="step",
+            mininterval=0.5,
+            disable=not progress,
+            leave=False,
+        ) as bar:
+            z, error, start = (
+                torch.cat(parts) for parts in zip(*(self._invert_decoder(c, starts, steps, lr, bar) for c in chunks))
+            )
         with torch.no_grad():
             label = self.nearest_class(z) if z.shape[0] else torch.zeros(0, dtype=torch.long, device=x.device)
             mahalanobis2 = self._mahalanobis2(z, label)
@@ -404,9 +463,17 @@ class GMMClassifier(nn.Module):
         out["rejected"] = out["rejected_latent"] | out["rejected_recon"]
         return out
 
-    def predict_with_defence(self, x: torch.Tensor, *, reject_fooling: bool = True, reclassify_all: bool = False,
-                             steps: int = 300, lr: float = 0.05, batch_size: int = 256,
-                             progress: bool = True) -> dict[str, torch.Tensor]:
+    def predict_with_defence(
+        self,
+        x: torch.Tensor,
+        *,
+        reject_fooling: bool = True,
+        reclassify_all: bool = False,
+        steps: int = 300,
+        lr: float = 0.05,
+        batch_size: int = 256,
+        progress: bool = True,
+    ) -> dict[str, torch.Tensor]:
         """The full defence of thesis 004 §4.6-4.7: classify with rejection, then reclassify.
 
         1. ``predict``: nearest centre of f(x); flag x when its code is beyond tau_enc
@@ -432,9 +499,16 @@ class GMMClassifier(nn.Module):
         label = first["label"].clone()
         rejected = torch.zeros_like(flagged)
         if to_reclassify.any():
-            second = self.reclassify(x[to_reclassify], steps=steps, lr=lr, batch_size=batch_size,
-                                     reject=reject_fooling, progress=progress)
+            second = self.reclassify(
+                x[to_reclassify], steps=steps, lr=lr, batch_size=batch_size, reject=reject_fooling, progress=progress
+            )
             label[to_reclassify] = second["label"]
             rejected[to_reclassify] = second["rejected"]
-        return {"label": label, "initial_label": first["label"], "rejected_initially": flagged,
-                "reclassified": to_reclassify, "label_changed": label != first["label"], "rejected": rejected}
+        return {
+            "label": label,
+            "initial_label": first["label"],
+            "rejected_initially": flagged,
+            "reclassified": to_reclassify,
+            "label_changed": label != first["label"],
+            "rejected": rejected,
+        }
