@@ -33,8 +33,9 @@ extensions = [
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
 # notes/* are included into the generated pages, not pages of their own
-exclude_patterns = ["_build", "_ext", "results/README.md", "guides/README.md", "reproductions/notes/*",
-                    "benchmarks/notes/*"]
+# results/<demo>/*.md are the demos' own tables; the results pages are generated from summary.json
+exclude_patterns = ["_build", "_ext", "results/README.md", "results/*/*.md", "guides/README.md",
+                    "reproductions/notes/*", "benchmarks/notes/*"]
 
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3

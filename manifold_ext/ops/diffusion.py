@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from manifold_ext.ops._checks import as_float, check_device
+from manifold_ext.ops._docs import fill_doc
 from manifold_ext.ops._second_order import (
     differentiable_leaf,
     refuse_gradient,
@@ -24,16 +25,6 @@ from manifold_ext.ops._second_order import (
 Abar = float | torch.Tensor
 
 _NOT_IN_ABAR = "the noise schedule is a constant of the model"
-
-
-def _fill_doc(**pieces):
-    """Put the text shared by the ops' docstrings (``{name}`` fields) into a docstring, written once here."""
-
-    def decorate(fn):
-        fn.__doc__ = fn.__doc__.format(**{name: text.strip("\n") for name, text in pieces.items()})
-        return fn
-
-    return decorate
 
 
 _DTYPES = """
@@ -68,7 +59,7 @@ def _abar(value: Abar, name: str, op: str) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 # Op family 2: log-likelihood accumulation
 # ---------------------------------------------------------------------------
-@_fill_doc(dtypes=_DTYPES, schedule=_SCHEDULE_RANGE)
+@fill_doc(dtypes=_DTYPES, schedule=_SCHEDULE_RANGE)
 def diffusion_nll_step(
     acc: torch.Tensor,
     x_t: torch.Tensor,
@@ -138,7 +129,7 @@ def diffusion_nll_step(
         acc, x_t, x_next, eps, _abar(abar_t, "abar_t", op), _abar(abar_next, "abar_next", op))
 
 
-@_fill_doc(dtypes=_DTYPES, schedule=_SCHEDULE_RANGE)
+@fill_doc(dtypes=_DTYPES, schedule=_SCHEDULE_RANGE)
 def diffusion_nll_step_and_forward(
     acc: torch.Tensor,
     x_t: torch.Tensor,
@@ -155,7 +146,7 @@ def diffusion_nll_step_and_forward(
     ``diffusion_nll_step(acc, x_t, x_next, eps, abar_t, abar_next)`` and
     ``x_after = diffusion_forward_step(x_next, noise, abar_next, abar_after)``
     (Eq. 17), in one pass over memory: the likelihood loop scores the pair
-    (t, t + dt) and draws x_{{t + 2dt}} while it reads x_{{t + dt}}.
+    (t, t + dt) and draws x_{t + 2dt} while it reads x_{t + dt}.
 
     Shapes:
         ``x_t``, ``x_next``, ``eps``, ``noise``: ``[B, *]``; ``acc``: ``[B]``.
@@ -184,7 +175,7 @@ def diffusion_nll_step_and_forward(
     )
 
 
-@_fill_doc(dtypes=_DTYPES, nan=_ELEMENTWISE_NAN)
+@fill_doc(dtypes=_DTYPES, nan=_ELEMENTWISE_NAN)
 def diffusion_forward_step(x_t: torch.Tensor, noise: torch.Tensor, abar_t: Abar, abar_next: Abar) -> torch.Tensor:
     """Eq. 17: ``x_next = sqrt(abar_next/abar_t) x_t + sqrt(1 - abar_next/abar_t) noise``.
 
@@ -241,7 +232,7 @@ def _step_sections(eta: str = "") -> str:
                                  schedule=_SCHEDULE_RANGE.strip("\n"), eta=eta)
 
 
-@_fill_doc(sections=_step_sections())
+@fill_doc(sections=_step_sections())
 def ddpm_step(
     x_t: torch.Tensor, eps: torch.Tensor, abar_t: Abar, abar_prev: Abar, noise: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -251,13 +242,15 @@ def ddpm_step(
     ``x_prev = (x_t - (1 - alpha) / sqrt(1 - abar_t) eps) / sqrt(alpha) + sqrt(1 - alpha) noise``.
     The mean equals that of Def. 2.1; the variance is DDPM's ``sigma^2 = beta``.
     ``noise=None`` returns the mean (Ho et al. add no noise on the last step).
-{sections}"""
+
+    {sections}
+    """
     op = "ddpm_step"
     return torch.ops.manifold_ext.ddpm_step.default(
         x_t, eps, _abar(abar_t, "abar_t", op), _abar(abar_prev, "abar_prev", op), noise)
 
 
-@_fill_doc(sections=_step_sections(eta=", or ``eta`` outside [0, 1]"))
+@fill_doc(sections=_step_sections(eta=", or ``eta`` outside [0, 1]"))
 def ddim_step(
     x_t: torch.Tensor,
     eps: torch.Tensor,
@@ -272,13 +265,15 @@ def ddim_step(
     ``sigma = eta sqrt((1 - abar_prev)/(1 - abar_t)) sqrt(1 - abar_t/abar_prev)``,
     ``x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma noise``.
     ``eta`` in [0, 1]: 0 is deterministic DDIM, 1 equals :func:`large_step`.
-{sections}"""
+
+    {sections}
+    """
     op = "ddim_step"
     return torch.ops.manifold_ext.ddim_step.default(
         x_t, eps, _abar(abar_t, "abar_t", op), _abar(abar_prev, "abar_prev", op), as_float(eta, "eta", op), noise)
 
 
-@_fill_doc(sections=_step_sections())
+@fill_doc(sections=_step_sections())
 def large_step(
     x_t: torch.Tensor, eps: torch.Tensor, abar_t: Abar, abar_prev: Abar, noise: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -290,7 +285,9 @@ def large_step(
     and ``var = (abar_prev - abar_t)(1 - abar_prev) / (abar_prev (1 - abar_t))``.
     (Eq. 12 as printed lacks the square root on ``1 - abar_t``; Eq. 19 and
     Eq. 28 + 31 have it, and so does this op.) ``noise=None`` returns ``mu``.
-{sections}"""
+
+    {sections}
+    """
     op = "large_step"
     return torch.ops.manifold_ext.large_step.default(
         x_t, eps, _abar(abar_t, "abar_t", op), _abar(abar_prev, "abar_prev", op), noise)
@@ -315,21 +312,25 @@ _RK4_SECTIONS = """
 """
 
 
-@_fill_doc(sections=_RK4_SECTIONS.format(nan=_ELEMENTWISE_NAN.strip("\n"), h=""))
+@fill_doc(sections=_RK4_SECTIONS.format(nan=_ELEMENTWISE_NAN.strip("\n"), h=""))
 def rk4_combine(k1: torch.Tensor, k2: torch.Tensor, k3: torch.Tensor, k4: torch.Tensor) -> torch.Tensor:
     """``(k1 + 2 k2 + 2 k3 + k4) / 6`` in one pass: the RK4 noise estimate of Eq. 39.
-{sections}"""
+
+    {sections}
+    """
     return torch.ops.manifold_ext.rk4_combine.default(k1, k2, k3, k4)
 
 
-@_fill_doc(sections=_RK4_SECTIONS.format(
+@fill_doc(sections=_RK4_SECTIONS.format(
     nan=_ELEMENTWISE_NAN.strip("\n"),
     h="\n        ValueError: ``h`` not finite. TypeError: ``h`` not a real number."))
 def rk4_update(
     x: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, k3: torch.Tensor, k4: torch.Tensor, h: float
 ) -> torch.Tensor:
     """``x + h (k1 + 2 k2 + 2 k3 + k4) / 6`` in one pass: the RK4 update of Eq. 33 for any ODE.
-{sections}"""
+
+    {sections}
+    """
     return torch.ops.manifold_ext.rk4_update.default(x, k1, k2, k3, k4, as_float(h, "h", "rk4_update"))
 
 

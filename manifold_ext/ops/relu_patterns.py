@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from manifold_ext.ops._checks import as_int, check_device
+from manifold_ext.ops._docs import fill_doc
 from manifold_ext.ops._second_order import NotDifferentiableError
 
 BITS_PER_WORD = 64
@@ -32,14 +33,6 @@ BITS_PER_WORD = 64
 _PACKED_DEVICES = """
         CPU and CUDA; ``int64`` patterns (meta/fake tensors trace). Tensors of
         one call on one device (a meta tensor mixed with real ones is refused)."""
-
-
-def _fill_doc(**pieces):
-    def decorate(fn):
-        fn.__doc__ = fn.__doc__.format(**{name: text.strip("\n") for name, text in pieces.items()})
-        return fn
-
-    return decorate
 
 
 def words_for_units(num_units: int) -> int:
@@ -88,7 +81,7 @@ def activation_patterns(
     return torch.ops.manifold_ext.activation_patterns.default(x, list(weights), list(biases))
 
 
-@_fill_doc(devices=_PACKED_DEVICES)
+@fill_doc(devices=_PACKED_DEVICES)
 def unpack_patterns(packed: torch.Tensor, num_units: int) -> torch.Tensor:
     """Packed patterns -> one bool per hidden unit (``num_units = H``).
 
@@ -111,7 +104,7 @@ def unpack_patterns(packed: torch.Tensor, num_units: int) -> torch.Tensor:
     return torch.ops.manifold_ext.unpack_patterns.default(packed, as_int(num_units, "num_units", "unpack_patterns"))
 
 
-@_fill_doc(devices=_PACKED_DEVICES)
+@fill_doc(devices=_PACKED_DEVICES)
 def pack_patterns(bits: torch.Tensor) -> torch.Tensor:
     """One bool per hidden unit -> packed patterns (the packing of :func:`activation_patterns`).
 
@@ -131,7 +124,7 @@ def pack_patterns(bits: torch.Tensor) -> torch.Tensor:
     return torch.ops.manifold_ext.pack_patterns.default(bits)
 
 
-@_fill_doc(devices=_PACKED_DEVICES)
+@fill_doc(devices=_PACKED_DEVICES)
 def hamming_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Hamming distances between two sets of packed patterns: ``popcount(a_i XOR b_j)``.
 
@@ -155,7 +148,7 @@ def hamming_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.ops.manifold_ext.hamming_distance.default(a, b)
 
 
-@_fill_doc(devices=_PACKED_DEVICES)
+@fill_doc(devices=_PACKED_DEVICES)
 def hamming_topk(query: torch.Tensor, ref: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` Hamming-nearest reference patterns of every query, without the full distance matrix.
 
