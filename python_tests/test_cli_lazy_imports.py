@@ -1,12 +1,12 @@
-"""`manifold-ext --help` and friends answer fast: they import no demo, no benchmark and no
-optional heavy package (issue 20, item 7). Checked structurally, in fresh interpreters."""
+"""`manifold-ext --help` and friends answer fast: they import neither torch nor manifold_ext, no demo,
+no benchmark and no optional heavy package (issue 20, item 7: every call took 4.5 s, torch's import).
+Checked structurally, in fresh interpreters, not by timing."""
 from __future__ import annotations
 
 import json
 import pkgutil
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -18,7 +18,7 @@ HEAVY = ("sklearn", "matplotlib", "scipy", "cvxpy", "highspy", "distributed")
 # Run the CLI in a fresh interpreter and report which modules it had imported.
 PROBE = """
 import json, sys
-from manifold_ext.cli import main
+from manifold_ext_cli import main
 try:
     main({argv!r})
 except SystemExit:
@@ -43,12 +43,15 @@ def demo_modules(modules: set[str]) -> list[str]:
     return sorted(m for m in modules if m.startswith("manifold_ext.demos.") and m != "manifold_ext.demos.__init__")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["demo", "list"]])
+@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["demo", "list"], ["likelihood", "--help"],
+                                  ["bench", "--help"]])
 def test_help_and_list_import_no_demo_and_no_optional_package(argv):
     modules = modules_after(argv)
     assert heavy_modules(modules) == [], f"manifold-ext {' '.join(argv)} imported {heavy_modules(modules)[:5]}"
     assert demo_modules(modules) == [], f"manifold-ext {' '.join(argv)} imported {demo_modules(modules)}"
-    assert "manifold_ext.benchmark" not in modules
+    if argv[0] != "bench":  # `bench --help` lists the benchmark's own options: it imports the package
+        assert "torch" not in modules and "manifold_ext" not in modules, f"manifold-ext {' '.join(argv)} imported torch"
+        assert "manifold_ext.benchmark" not in modules
 
 
 def test_demo_help_imports_only_that_demo():
@@ -56,21 +59,15 @@ def test_demo_help_imports_only_that_demo():
     assert demo_modules(modules) == ["manifold_ext.demos.common", "manifold_ext.demos.coupling_flow"]
 
 
-def _seconds(code: str) -> float:
-    best = float("inf")
-    for _ in range(2):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
-        best = min(best, time.perf_counter() - start)
-    return best
+def test_the_installed_command_is_the_light_one():
+    from importlib.metadata import entry_points
 
+    (command,) = [e for e in entry_points(group="console_scripts") if e.name == "manifold-ext"]
+    assert command.value == "manifold_ext_cli:main"
+    import manifold_ext.cli
+    import manifold_ext_cli
 
-def test_help_costs_little_more_than_importing_the_package():
-    """Wall time, with a generous margin (the machine may be loaded): `--help` may cost what
-    `import manifold_ext` (torch and the compiled ops) costs, plus a second at most."""
-    baseline = _seconds("import manifold_ext")
-    help_time = _seconds("from manifold_ext.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass")
-    assert help_time < 1.5 * baseline + 1.0, f"--help took {help_time:.2f} s, import manifold_ext {baseline:.2f} s"
+    assert manifold_ext.cli.main is manifold_ext_cli.main
 
 
 def test_every_demo_module_is_registered():
