@@ -124,7 +124,26 @@ def test_attack_demo_quick_table41_and_fgsm_sweep(quick_run):
     rows = {row["id"]: row for row in summary["paper_comparison"]}
     for eps in section["eps"]:
         assert rows[f"004-fig43-eps{eps:g}-rejected"]["ours"] == sweep[f"{eps:g}"]["thresh_rejected"]
+    assert rows["004-table41-recovered"]["ours"] == run["recovered_percent_of_rejected"]
+    assert rows["004-table41-thresh-rejected-train-images"]["ours"] == train["thresh_rejected"]
     assert (out / "table41_fig43.png").stat().st_size > 10_000
+
+
+def test_table41_rows_each_come_from_their_own_measurement():
+    """The recovered row once carried the mean of the training-image rejection (a variable reused)."""
+    from manifold_ext.demos.attack.table41 import comparison_rows
+
+    def record(recovered, train_rejected, after):
+        verdict = {f"{mode}_{metric}": 1.0 for mode in ("no_thresh", "thresh")
+                   for metric in ("accuracy", "error", "rejected")}
+        return {"clean": verdict, "recovered_percent_of_rejected": recovered, "recovered_count": 1,
+                "rejected_count": 2, "train_images_verdict": {"thresh_rejected": train_rejected},
+                "accuracy_after_reclassification": after, "fgsm": {"0": {**verdict}}}
+
+    rows = {row["id"]: row for row in comparison_rows([record(40.0, 3.0, 90.0), record(60.0, 5.0, 92.0)], [0.0], "")}
+    assert rows["004-table41-recovered"]["ours"] == pytest.approx(50.0)
+    assert rows["004-table41-thresh-rejected-train-images"]["ours"] == pytest.approx(4.0)
+    assert rows["004-table41-recovered-accuracy"]["ours"] == pytest.approx(91.0)
 
 
 def test_attack_demo_quick_gmm_classifier_rejects_and_reclassifies(quick_run):

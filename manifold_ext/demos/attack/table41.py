@@ -203,27 +203,9 @@ def _figure(path, runs: list[dict], eps_values, data_name: str) -> None:
     plt.close(fig)
 
 
-def run_table41(args, device, figures: dict) -> tuple[dict, list[dict]]:
-    """Table 4.1 and Fig. 4.3 over ``--t41-seeds`` seeds; returns (summary section, paper_comparison rows)."""
-    split = _data(args)
-    seeds = args.t41_seeds or (1 if args.quick else 3)
-    eps_values = [float(e) for e in (args.fgsm_eps or DEFAULT_EPS)]
-    if any(e < 0 for e in eps_values):
-        raise SystemExit(f"--fgsm-eps must be >= 0, got {eps_values}")
-    start = time.perf_counter()
-    runs = [_one_seed(args, split, args.seed + k, eps_values, device) for k in range(seeds)]
-    seconds = time.perf_counter() - start
-    figures["table41_fig43"] = str(args.out / "table41_fig43.png")
-    _figure(figures["table41_fig43"], runs, eps_values, split.name)
-
-    data = "MNIST (local copy)" if split.name == "mnist" else "scikit-learn 8x8 digits, 10 classes"
-    setup = (
-        f"{data} ({split.x_train.shape[0]} train / {split.x_test.shape[0]} test) instead of MNIST "
-        f"(60,000 / 10,000); {args.t41_net} nets ({args.t41_channels} channels), "
-        f"{seeds} training seed(s)"
-    )
-    if split.name == "mnist":
-        setup = f"MNIST as the thesis; {args.t41_net} nets, {seeds} training seed(s)"
+def comparison_rows(per_seed: list[dict], eps_values: list[float], setup: str) -> list[dict]:
+    """The ``paper_comparison`` rows of Table 4.1 and Fig. 4.3 from the per-seed records of the summary."""
+    runs = per_seed
     rows = []
     names = {"accuracy": "accuracy", "error": "error", "rejected": "rejected"}
     for mode, label in (("no-thresh", "without thresholds"), ("thresh", "with the §4.6 thresholds")):
@@ -245,7 +227,6 @@ def run_table41(args, device, figures: dict) -> tuple[dict, list[dict]]:
             )
     recovered_percent = [run["recovered_percent_of_rejected"] for run in runs]
     counts = ", ".join(f"{run['recovered_count']} of {run['rejected_count']}" for run in runs)
-    mean, sd = _mean_sd(recovered_percent)
     mean, sd = _mean_sd([run["train_images_verdict"]["thresh_rejected"] for run in runs])
     rows.append(
         paper_row(
@@ -259,6 +240,7 @@ def run_table41(args, device, figures: dict) -> tuple[dict, list[dict]]:
             setup=setup + "; training images, not test images",
         )
     )
+    mean, sd = _mean_sd(recovered_percent)
     rows.append(
         paper_row(
             "004-table41-recovered",
@@ -312,7 +294,32 @@ def run_table41(args, device, figures: dict) -> tuple[dict, list[dict]]:
         )
     )
 
+    return rows
+
+
+def run_table41(args, device, figures: dict) -> tuple[dict, list[dict]]:
+    """Table 4.1 and Fig. 4.3 over ``--t41-seeds`` seeds; returns (summary section, paper_comparison rows)."""
+    split = _data(args)
+    seeds = args.t41_seeds or (1 if args.quick else 3)
+    eps_values = [float(e) for e in (args.fgsm_eps or DEFAULT_EPS)]
+    if any(e < 0 for e in eps_values):
+        raise SystemExit(f"--fgsm-eps must be >= 0, got {eps_values}")
+    start = time.perf_counter()
+    runs = [_one_seed(args, split, args.seed + k, eps_values, device) for k in range(seeds)]
+    seconds = time.perf_counter() - start
+    figures["table41_fig43"] = str(args.out / "table41_fig43.png")
+    _figure(figures["table41_fig43"], runs, eps_values, split.name)
+
+    data = "MNIST (local copy)" if split.name == "mnist" else "scikit-learn 8x8 digits, 10 classes"
+    setup = (
+        f"{data} ({split.x_train.shape[0]} train / {split.x_test.shape[0]} test) instead of MNIST "
+        f"(60,000 / 10,000); {args.t41_net} nets ({args.t41_channels} channels), "
+        f"{seeds} training seed(s)"
+    )
+    if split.name == "mnist":
+        setup = f"MNIST as the thesis; {args.t41_net} nets, {seeds} training seed(s)"
     per_seed = [{k: v for k, v in run.items() if k not in ("model", "examples")} for run in runs]
+    rows = comparison_rows(per_seed, eps_values, setup)
     section = {
         "data": data,
         "train_images": int(split.x_train.shape[0]),
