@@ -18,6 +18,7 @@
 
 #include "affine_coupling/affine_coupling_cpu_rows.h"
 #include "affine_coupling/affine_coupling_host.h"
+#include "common/checks.h"
 #include "common/cpu_capability.h"
 
 namespace manifold_ext {
@@ -60,13 +61,6 @@ ChunkSpan chunk_span(int64_t chunk, const RowGeometry& g, const ChunkPlan& p) {
   s.begin = (chunk % p.chunks_per_row) * kChunkLen;
   s.len = std::min(kChunkLen, g.row_len - s.begin);
   return s;
-}
-
-void check_cpu(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": expected CPU tensors, got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-              ": the CPU kernel supports float32 and float64, got ", x.scalar_type(),
-              " (float16/bfloat16 are supported on CUDA)");
 }
 
 std::tuple<at::Tensor, at::Tensor> affine_coupling_cpu(const at::Tensor& x_in, const at::Tensor& h_in,

@@ -24,6 +24,7 @@
 #include <tuple>
 
 #include "affine_coupling/affine_coupling_host.h"
+#include "common/checks.h"
 #include "common/cuda_utils.cuh"
 
 namespace manifold_ext {
@@ -136,10 +137,6 @@ __global__ void __launch_bounds__(kThreads) coupling_backward_kernel(
     grad_h[t_idx] = static_cast<scalar_t>(g.shift);
     grad_h[r_idx] = static_cast<scalar_t>(g.raw);
   }
-}
-
-void check_cuda(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.is_cuda(), op, ": expected CUDA tensors, got ", x.device());
 }
 
 std::tuple<at::Tensor, at::Tensor> affine_coupling_cuda(const at::Tensor& x_in, const at::Tensor& h_in,

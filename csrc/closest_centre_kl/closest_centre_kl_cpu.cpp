@@ -19,6 +19,7 @@
 
 #include "closest_centre_kl/closest_centre_kl_cpu_rows.h"
 #include "closest_centre_kl/closest_centre_kl_host.h"
+#include "common/checks.h"
 #include "common/cpu_capability.h"
 
 namespace manifold_ext {
@@ -34,13 +35,6 @@ constexpr int64_t kGatherRows = 256;
 
 int64_t row_grain(int64_t n, int64_t work_per_element = 1) {
   return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, n * work_per_element));
-}
-
-void check_cpu(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": expected CPU tensors, got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-              ": the CPU kernel supports float32 and float64, got ", x.scalar_type(),
-              " (float16/bfloat16 are supported on CUDA)");
 }
 
 KlParams kl_params(const ClosestCentreOptions& o) {

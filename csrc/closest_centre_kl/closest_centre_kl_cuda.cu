@@ -24,6 +24,7 @@
 #include <tuple>
 
 #include "closest_centre_kl/closest_centre_kl_host.h"
+#include "common/checks.h"
 #include "common/cuda_utils.cuh"
 
 namespace manifold_ext {
@@ -172,10 +173,6 @@ void launch_forward(const ForwardArgs<scalar_t>& args, const Centres& given, cud
         args, given);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-void check_cuda(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.is_cuda(), op, ": expected CUDA tensors, got ", x.device());
 }
 
 // The backward gathers centres[index[r]] for every sample. An index out of

@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "closest_centre_kl/closest_centre_kl.h"
+#include "common/checks.h"
 #include "common/repr.h"
 
 namespace manifold_ext {
@@ -87,20 +88,14 @@ inline ClosestCentreOptions parse_closest_centre(const at::Tensor& mu, const at:
   TORCH_CHECK_VALUE(!has_mask || has_target, op,
                     ": a mask selects the dimensions guided by target; pass target as well (partially guided)");
   if (has_target) {
-    TORCH_CHECK(target->sizes() == mu.sizes(), op, ": target must have the shape of mu ", mu.sizes(), ", got ",
-                target->sizes());
-    TORCH_CHECK(target->device() == mu.device(), op, ": target must be on the device of mu (", mu.device(),
-                "), got ", target->device());
-    TORCH_CHECK(target->scalar_type() == mu.scalar_type(), op, ": target must have the dtype of mu (",
-                mu.scalar_type(), "), got ", target->scalar_type());
+    check_like(*target, mu, op, "target", "mu");
   }
   if (has_mask) {
     TORCH_CHECK(mask->scalar_type() == at::kBool, op, ": mask must be a bool tensor, got ", mask->scalar_type());
     const bool per_dimension = mask->dim() == 1 && mask->size(0) == mu.size(1);
     TORCH_CHECK(per_dimension || mask->sizes() == mu.sizes(), op, ": mask must have shape [n] = [", mu.size(1),
                 "] or [B, n] = ", mu.sizes(), ", got ", mask->sizes());
-    TORCH_CHECK(mask->device() == mu.device(), op, ": mask must be on the device of mu (", mu.device(), "), got ",
-                mask->device());
+    check_same_device(*mask, mu, op, "mask", "mu");
   }
 
   ClosestCentreOptions options{};
@@ -146,8 +141,7 @@ inline void check_centres(const at::Tensor& mu, const at::Tensor& centres, const
               mu.size(1), " (the latent size of mu), got ", centres.sizes());
   TORCH_CHECK(centres.size(0) >= 1, op, ": centres must hold at least one centre (K >= 1), got shape ",
               centres.sizes());
-  TORCH_CHECK(centres.device() == mu.device(), op, ": centres must be on the device of mu (", mu.device(),
-              "), got ", centres.device());
+  check_same_device(centres, mu, op, "centres", "mu");
   TORCH_CHECK(centres.scalar_type() == mu.scalar_type(), op, ": centres must have the dtype of mu (",
               mu.scalar_type(), "), got ", centres.scalar_type());
 }

@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/checks.h"
 #include "common/cpu_capability.h"
 #include "diffusion/diffusion_cpu_rows.h"
 #include "diffusion/diffusion_host.h"
@@ -46,13 +47,6 @@ namespace {
 
 // Elements per task chunk: 4096 keeps a chunk's operands in L1/L2.
 constexpr int64_t kChunkLen = 4096;
-
-void check_cpu(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": expected CPU tensors, got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-              ": the CPU kernel supports float32 and float64, got ", x.scalar_type(),
-              " (float16/bfloat16 are supported on CUDA)");
-}
 
 // std::vector that leaves its elements uninitialised: per-sample coefficient
 // arrays are written in full by parallel tasks right after allocation, and

@@ -34,6 +34,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "diffusion/diffusion_device_checks.h"
 #include "diffusion/diffusion_host.h"
@@ -46,10 +47,6 @@ constexpr int kThreads = 256;
 constexpr int64_t kChunkLen = 4096;   // elements per block in the long-row likelihood kernel
 constexpr int64_t kShortRowLen = 32;  // samples up to this size: one thread per sample
 constexpr int64_t kWarpRowLen = 1024;  // samples up to this size: one warp per sample
-
-void check_cuda(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.is_cuda(), op, ": expected CUDA tensors, got ", x.device());
-}
 
 int64_t per_sample_len(const at::Tensor& x) { return x.size(0) == 0 ? 0 : x.numel() / x.size(0); }
 

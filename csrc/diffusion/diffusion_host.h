@@ -14,6 +14,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/checks.h"
 #include "common/repr.h"
 #include "diffusion/diffusion.h"
 
@@ -189,22 +190,6 @@ inline AbarPair read_abar_pair(const at::Tensor& a, const at::Tensor& b, const a
   }
   if (check_fit) check_per_sample_coefficients_fit(pair, rule, x.scalar_type(), op, name_a, name_b);
   return pair;
-}
-
-inline void check_floating(const at::Tensor& x, const char* op, const char* name) {
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": expected a floating-point dtype for ", name, ", got ",
-              x.scalar_type());
-}
-
-// `other` must match x in shape, dtype and device.
-inline void check_like(const at::Tensor& other, const at::Tensor& x, const char* op, const char* name,
-                       const char* x_name) {
-  TORCH_CHECK(other.sizes() == x.sizes(), op, ": ", name, " must have the shape of ", x_name, " ", x.sizes(),
-              ", got ", other.sizes());
-  TORCH_CHECK(other.device() == x.device(), op, ": ", name, " must be on the device of ", x_name, " (", x.device(),
-              "), got ", other.device());
-  TORCH_CHECK(other.scalar_type() == x.scalar_type(), op, ": ", name, " must have the dtype of ", x_name, " (",
-              x.scalar_type(), "), got ", other.scalar_type());
 }
 
 inline void check_batched(const at::Tensor& x, const char* op, const char* name) {

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <tuple>
 
+#include "common/checks.h"
 #include "gaussian_elbo/gaussian_elbo.h"
 #include "gaussian_elbo/gaussian_elbo_host.h"
 
@@ -45,13 +46,6 @@ double lane_sum(int64_t n, TermFn term) {
   double total = 0.0;
   for (int l = 0; l < kLanes; ++l) total += lanes[l];
   return total;
-}
-
-void check_cpu(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": expected CPU tensors, got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-              ": the CPU kernel supports float32 and float64, got ", x.scalar_type(),
-              " (float16/bfloat16 are supported on CUDA)");
 }
 
 std::tuple<at::Tensor, at::Tensor> gaussian_elbo_cpu(const at::Tensor& x_in, const at::Tensor& x_mean_in,

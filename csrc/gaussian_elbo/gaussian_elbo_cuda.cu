@@ -23,6 +23,7 @@
 #include <limits>
 #include <tuple>
 
+#include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "gaussian_elbo/gaussian_elbo.h"
 #include "gaussian_elbo/gaussian_elbo_host.h"
@@ -161,10 +162,6 @@ __global__ void __launch_bounds__(kThreads) elbo_backward_kernel(
       grad_logvar[j] = static_cast<scalar_t>(lg.logvar);
     }
   }
-}
-
-void check_cuda(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.is_cuda(), op, ": expected CUDA tensors, got ", x.device());
 }
 
 std::tuple<at::Tensor, at::Tensor> gaussian_elbo_cuda(const at::Tensor& x_in, const at::Tensor& x_mean_in,

@@ -28,6 +28,7 @@
 #include <limits>
 #include <tuple>
 
+#include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "relu_patterns/relu_patterns_host.h"
 
@@ -36,10 +37,6 @@ namespace relu_patterns {
 namespace {
 
 constexpr int kThreads = 256;
-
-void check_cuda(const at::Tensor& t, const char* op) {
-  TORCH_CHECK(t.device().is_cuda(), op, ": expected CUDA tensors, got ", t.device());
-}
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) pack_layer_and_relu_kernel(
