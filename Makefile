@@ -5,6 +5,7 @@
 #   make bench       benchmark every op family, write benchmarks/results/
 #   make cuda-check  compile the CUDA kernels against CUDA torch (needs nvcc)
 #   make gpu-check   on a GPU machine: build for its GPU, CUDA tests, compute-sanitizer, GPU benchmarks
+#   make lint-cpp    C++/CUDA style check (.clang-format); make format-cpp rewrites the files
 #   make docs        build the documentation (docs/_build/html), warnings are errors
 #   make wheel       build an sdist and a manylinux wheel for the installed torch (dist/)
 #
@@ -20,7 +21,7 @@ BIN := $(VENV)/bin
 # Build requirements must be present before a --no-build-isolation build.
 BUILD_REQS := scikit-build-core>=0.10 cmake>=3.30 ninja
 
-.PHONY: setup demo test test-slow bench cuda-check gpu-check docs wheel clean
+.PHONY: setup demo test test-slow bench cuda-check gpu-check lint-cpp format-cpp docs wheel clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +61,18 @@ GPU_CHECK_OUT ?= gpu-check-out
 WHEELS ?=
 gpu-check:
 	./.ci/gpu-check "$(GPU_CHECK_OUT)" $(WHEELS)
+
+# C++/CUDA style, checked by the pinned clang-format (releases format differently).
+CLANG_FORMAT_REQ := clang-format==23.1.5
+CPP_SOURCES = $(shell git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu' 'csrc/*.cuh')
+lint-cpp: $(BIN)/python
+	$(BIN)/pip install --quiet "$(CLANG_FORMAT_REQ)"
+	$(BIN)/clang-format --dry-run -Werror --style=file $(CPP_SOURCES)
+	@echo "lint-cpp: $(words $(CPP_SOURCES)) C++/CUDA files formatted as .clang-format says"
+
+format-cpp: $(BIN)/python
+	$(BIN)/pip install --quiet "$(CLANG_FORMAT_REQ)"
+	$(BIN)/clang-format -i --style=file $(CPP_SOURCES)
 
 # Sphinx site; the reproduction and benchmark pages are generated from the committed
 # docs/results/*/summary.json and benchmarks/results/*.json on every build.
