@@ -290,6 +290,18 @@ def _closest_backward(ctx, grad_kl, grad_centre):
     return grad_mu, grad_logvar, grad_target, None, None, None, None, None, None
 
 
+def _sum_per_centre(rows: torch.Tensor, index: torch.Tensor, num_centres: int) -> torch.Tensor:
+    """``out[k] = sum of rows[b] with index[b] == k``, added in sample order whatever the thread count.
+
+    ``index_put_(accumulate=True)`` and ``index_add_`` split the samples between threads on the CPU (and use
+    atomics on CUDA), so their low bits change with ``torch.get_num_threads()``; a stable sort followed by a
+    segment sum gives every centre one sequential sum.
+    """
+    order = torch.argsort(index, stable=True)
+    counts = torch.bincount(index, minlength=num_centres)
+    return torch.segment_reduce(rows[order], "sum", lengths=counts, axis=0)
+
+
 def _nearest_setup_context(ctx, inputs, output):
     mu, logvar, centres, sigma0 = inputs
     _, index = output
@@ -307,9 +319,7 @@ def _nearest_backward(ctx, grad_kl, grad_index):
         grad_kl, mu, logvar, centres, index, ctx.sigma0)
     grad_centres = None
     if ctx.needs_input_grad[2]:  # each sample pulls its own centre: -dKL/dmu summed per centre
-        # index_put_ with accumulate adds in sample order on the CPU whatever the thread count (index_add_ does
-        # not); on CUDA it uses atomics unless torch.use_deterministic_algorithms(True) is set.
-        grad_centres = torch.zeros_like(centres).index_put_((index,), -grad_mu.to(centres.dtype), accumulate=True)
+        grad_centres = _sum_per_centre(-grad_mu.to(centres.dtype), index, centres.size(0))
     return grad_mu, grad_logvar, grad_centres, None
 
 

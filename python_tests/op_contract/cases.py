@@ -831,6 +831,8 @@ REGION_SYSTEM = OpCase(
 )
 
 
+from op_contract.region_clip_case import REGION_CLIP_2D  # noqa: E402  (needs the classes above)
+
 CASES: list[OpCase] = [
     AFFINE_COUPLING,
     DIFFUSION_NLL_STEP, DIFFUSION_NLL_STEP_AND_FORWARD, DIFFUSION_FORWARD_STEP, DDPM_STEP, DDIM_STEP, LARGE_STEP,
@@ -838,6 +840,7 @@ CASES: list[OpCase] = [
     CLOSEST_CENTRE_KL, NEAREST_CENTRE_KL,
     GAUSSIAN_ELBO,
     ACTIVATION_PATTERNS, UNPACK_PATTERNS, PACK_PATTERNS, HAMMING_DISTANCE, HAMMING_TOPK, REGION_SYSTEM,
+    REGION_CLIP_2D,
 ]
 DIFFERENTIABLE = [case for case in CASES if case.differentiable]
 BY_NAME = {case.name: case for case in CASES}
