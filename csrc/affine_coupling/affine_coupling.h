@@ -25,7 +25,7 @@ enum class CouplingScale : int {
 };
 
 // Glow shifts before scaling; the others scale then shift.
-ME_HD constexpr bool shifts_before_scaling(CouplingScale scale) {
+MANIFOLD_EXT_HD constexpr bool shifts_before_scaling(CouplingScale scale) {
   return scale == CouplingScale::Glow;
 }
 
@@ -40,7 +40,7 @@ struct ScaleTerms {
 // s(r) and what the forward, reverse and backward passes need of it.
 // kWantLog skips the log when only gradients are wanted.
 template <CouplingScale kScale, bool kWantLog, typename T>
-ME_HD ScaleTerms<T> scale_terms(T raw, T clamp) {
+MANIFOLD_EXT_HD ScaleTerms<T> scale_terms(T raw, T clamp) {
   ScaleTerms<T> k;
   if constexpr (kScale == CouplingScale::Glow) {
     // sigmoid and log-sigmoid of z = r + 2 from one exp of -|z|, so neither
@@ -77,7 +77,7 @@ struct CouplingOutput {
 };
 
 template <CouplingScale kScale, bool kReverse, typename T>
-ME_HD CouplingOutput<T> coupling_forward(T x, T shift, T raw, T clamp) {
+MANIFOLD_EXT_HD CouplingOutput<T> coupling_forward(T x, T shift, T raw, T clamp) {
   const ScaleTerms<T> k = scale_terms<kScale, /*kWantLog=*/true>(raw, clamp);
   CouplingOutput<T> out;
   if constexpr (!kReverse) {
@@ -100,7 +100,7 @@ struct CouplingGrads {
 // Vector-Jacobian product of coupling_forward for one element, given the
 // upstream gradients of y (grad_y) and of the sample's logdet (grad_logdet).
 template <CouplingScale kScale, bool kReverse, typename T>
-ME_HD CouplingGrads<T> coupling_backward(T grad_y, T grad_logdet, T x, T shift, T raw, T clamp) {
+MANIFOLD_EXT_HD CouplingGrads<T> coupling_backward(T grad_y, T grad_logdet, T x, T shift, T raw, T clamp) {
   const ScaleTerms<T> k = scale_terms<kScale, /*kWantLog=*/false>(raw, clamp);
   CouplingGrads<T> g;
   if constexpr (!kReverse) {
@@ -166,9 +166,9 @@ struct RowGeometry {
   int64_t row_len;          // S (cross) or C*S (split)
 };
 
-ME_HD int64_t active_offset(int64_t row, int64_t row_len) { return row * row_len; }
-ME_HD int64_t shift_offset(int64_t row, int64_t row_len) { return 2 * row * row_len; }
-ME_HD int64_t raw_offset(int64_t row, int64_t row_len) { return (2 * row + 1) * row_len; }
+MANIFOLD_EXT_HD int64_t active_offset(int64_t row, int64_t row_len) { return row * row_len; }
+MANIFOLD_EXT_HD int64_t shift_offset(int64_t row, int64_t row_len) { return 2 * row * row_len; }
+MANIFOLD_EXT_HD int64_t raw_offset(int64_t row, int64_t row_len) { return (2 * row + 1) * row_len; }
 
 }  // namespace affine_coupling
 }  // namespace manifold_ext

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "common/cpu_capability.h"
 #include "affine_coupling/affine_coupling.h"
 
 namespace manifold_ext {
@@ -49,9 +50,7 @@ struct BackwardRow {
   void backward_row(const BackwardRow<double>& row, const RowMode& mode);       \
   }
 
-MANIFOLD_EXT_DECLARE_COUPLING_ROWS(cpu_default)
-MANIFOLD_EXT_DECLARE_COUPLING_ROWS(cpu_avx2)
-MANIFOLD_EXT_DECLARE_COUPLING_ROWS(cpu_avx512)
+MANIFOLD_EXT_FOR_EACH_CPU_ISA(MANIFOLD_EXT_DECLARE_COUPLING_ROWS)
 
 }  // namespace affine_coupling
 }  // namespace manifold_ext

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "common/cpu_capability.h"
 #include "closest_centre_kl/closest_centre_kl.h"
 
 namespace manifold_ext {
@@ -73,9 +74,7 @@ struct NearestRows {
   int64_t centre_block(bool is_double);                                           \
   }
 
-MANIFOLD_EXT_DECLARE_CENTRE_KL_ROWS(cpu_default)
-MANIFOLD_EXT_DECLARE_CENTRE_KL_ROWS(cpu_avx2)
-MANIFOLD_EXT_DECLARE_CENTRE_KL_ROWS(cpu_avx512)
+MANIFOLD_EXT_FOR_EACH_CPU_ISA(MANIFOLD_EXT_DECLARE_CENTRE_KL_ROWS)
 
 }  // namespace closest_centre_kl
 }  // namespace manifold_ext

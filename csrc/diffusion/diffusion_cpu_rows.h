@@ -11,6 +11,7 @@
 
 #include <cstdint>
 
+#include "common/cpu_capability.h"
 #include "diffusion/diffusion.h"
 
 namespace manifold_ext {
@@ -117,9 +118,7 @@ struct Rk4Span {
   void nll_per_sample_rows(const NllPerSampleRows<double>& r);    \
   }
 
-MANIFOLD_EXT_DECLARE_DIFFUSION_ROWS(cpu_default)
-MANIFOLD_EXT_DECLARE_DIFFUSION_ROWS(cpu_avx2)
-MANIFOLD_EXT_DECLARE_DIFFUSION_ROWS(cpu_avx512)
+MANIFOLD_EXT_FOR_EACH_CPU_ISA(MANIFOLD_EXT_DECLARE_DIFFUSION_ROWS)
 
 }  // namespace diffusion
 }  // namespace manifold_ext

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "common/cpu_capability.h"
+
 namespace manifold_ext {
 namespace relu_patterns {
 
@@ -19,9 +21,7 @@ namespace relu_patterns {
                     int64_t words, int64_t count, int32_t* dist);                                        \
   }
 
-MANIFOLD_EXT_DECLARE_HAMMING_ROWS(cpu_default)
-MANIFOLD_EXT_DECLARE_HAMMING_ROWS(cpu_avx2)
-MANIFOLD_EXT_DECLARE_HAMMING_ROWS(cpu_avx512)
+MANIFOLD_EXT_FOR_EACH_CPU_ISA(MANIFOLD_EXT_DECLARE_HAMMING_ROWS)
 
 }  // namespace relu_patterns
 }  // namespace manifold_ext
