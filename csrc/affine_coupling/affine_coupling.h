@@ -25,9 +25,7 @@ enum class CouplingScale : int {
 };
 
 // Glow shifts before scaling; the others scale then shift.
-MANIFOLD_EXT_HD constexpr bool shifts_before_scaling(CouplingScale scale) {
-  return scale == CouplingScale::Glow;
-}
+MANIFOLD_EXT_HD constexpr bool shifts_before_scaling(CouplingScale scale) { return scale == CouplingScale::Glow; }
 
 template <typename T>
 struct ScaleTerms {
@@ -72,8 +70,8 @@ MANIFOLD_EXT_HD ScaleTerms<T> scale_terms(T raw, T clamp) {
 
 template <typename T>
 struct CouplingOutput {
-  T y;        // transformed active element
-  T logdet;   // its contribution to log|det J|: +log s forward, -log s reverse
+  T y;       // transformed active element
+  T logdet;  // its contribution to log|det J|: +log s forward, -log s reverse
 };
 
 template <CouplingScale kScale, bool kReverse, typename T>
@@ -139,12 +137,9 @@ decltype(auto) dispatch_coupling_mode(CouplingScale scale, bool reverse, Fn&& fn
   using Forward = std::false_type;
   using Reverse = std::true_type;
   switch (scale) {
-    case CouplingScale::Glow:
-      return reverse ? fn(Glow{}, Reverse{}) : fn(Glow{}, Forward{});
-    case CouplingScale::Exp:
-      return reverse ? fn(Exp{}, Reverse{}) : fn(Exp{}, Forward{});
-    default:
-      return reverse ? fn(SoftClamp{}, Reverse{}) : fn(SoftClamp{}, Forward{});
+    case CouplingScale::Glow: return reverse ? fn(Glow{}, Reverse{}) : fn(Glow{}, Forward{});
+    case CouplingScale::Exp: return reverse ? fn(Exp{}, Reverse{}) : fn(Exp{}, Forward{});
+    default: return reverse ? fn(SoftClamp{}, Reverse{}) : fn(SoftClamp{}, Forward{});
   }
 }
 

@@ -64,15 +64,15 @@ ChunkSpan chunk_span(int64_t chunk, const RowGeometry& g, const ChunkPlan& p) {
 }
 
 std::tuple<at::Tensor, at::Tensor> affine_coupling_cpu(const at::Tensor& x_in, const at::Tensor& h_in,
-                                                       c10::string_view scale, c10::string_view layout,
-                                                       double clamp, bool reverse) {
+                                                       c10::string_view scale, c10::string_view layout, double clamp,
+                                                       bool reverse) {
   const CouplingMode mode = parse_mode(scale, layout, clamp, reverse);
   const RowGeometry geometry = check_inputs(x_in, h_in, mode);
   check_cpu(x_in, "affine_coupling");
-  const at::Tensor x = x_in.contiguous();  // [B, C, *spatial]
-  const at::Tensor h = h_in.contiguous();  // [B, 2C, *spatial]
-  at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);    // [B, C, *spatial]
-  at::Tensor logdet = at::empty({geometry.batch}, x.options());      // [B]
+  const at::Tensor x = x_in.contiguous();                          // [B, C, *spatial]
+  const at::Tensor h = h_in.contiguous();                          // [B, 2C, *spatial]
+  at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);  // [B, C, *spatial]
+  at::Tensor logdet = at::empty({geometry.batch}, x.options());    // [B]
 
   const ChunkPlan plan = plan_chunks(geometry);
   std::vector<double> chunk_logdet(static_cast<size_t>(plan.total_chunks));
@@ -104,9 +104,11 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_cpu(const at::Tensor& x_in, c
   return {y, logdet};
 }
 
-std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cpu(
-    const at::Tensor& grad_y_in, const at::Tensor& grad_logdet_in, const at::Tensor& x_in, const at::Tensor& h_in,
-    c10::string_view scale, c10::string_view layout, double clamp, bool reverse) {
+std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cpu(const at::Tensor& grad_y_in,
+                                                                const at::Tensor& grad_logdet_in,
+                                                                const at::Tensor& x_in, const at::Tensor& h_in,
+                                                                c10::string_view scale, c10::string_view layout,
+                                                                double clamp, bool reverse) {
   const CouplingMode mode = parse_mode(scale, layout, clamp, reverse);
   const RowGeometry geometry = check_inputs(x_in, h_in, mode);
   check_backward_inputs(grad_y_in, grad_logdet_in, x_in);
@@ -136,10 +138,10 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cpu(
         const int64_t a = active_offset(span.row, len) + span.begin;
         const int64_t t = shift_offset(span.row, len) + span.begin;
         const int64_t r = raw_offset(span.row, len) + span.begin;
-        const BackwardRow<scalar_t> row{grad_y_data + a,      x_data + a,          h_data + t,
-                                        h_data + r,           grad_x_data + a,     grad_h_data + t,
-                                        grad_h_data + r,      grad_logdet_data[chunk / plan.chunks_per_sample],
-                                        span.len};
+        const BackwardRow<scalar_t> row{
+            grad_y_data + a, x_data + a,      h_data + t,      h_data + r,
+            grad_x_data + a, grad_h_data + t, grad_h_data + r, grad_logdet_data[chunk / plan.chunks_per_sample],
+            span.len};
         MANIFOLD_EXT_CALL_CPU_ISA(isa, backward_row, row, row_mode);
       }
     });

@@ -6,8 +6,8 @@
 
 #include <cstdint>
 
-#include "common/cpu_capability.h"
 #include "affine_coupling/affine_coupling.h"
+#include "common/cpu_capability.h"
 
 namespace manifold_ext {
 namespace affine_coupling {
@@ -41,13 +41,13 @@ struct BackwardRow {
 };
 
 // Declares the row loops of one instruction-set namespace.
-#define MANIFOLD_EXT_DECLARE_COUPLING_ROWS(ns)                                  \
-  namespace ns {                                                                \
-  /* Writes y for the row and returns the sum of its logdet terms. */           \
-  double forward_row(const ForwardRow<float>& row, const RowMode& mode);        \
-  double forward_row(const ForwardRow<double>& row, const RowMode& mode);       \
-  void backward_row(const BackwardRow<float>& row, const RowMode& mode);        \
-  void backward_row(const BackwardRow<double>& row, const RowMode& mode);       \
+#define MANIFOLD_EXT_DECLARE_COUPLING_ROWS(ns)                            \
+  namespace ns {                                                          \
+  /* Writes y for the row and returns the sum of its logdet terms. */     \
+  double forward_row(const ForwardRow<float>& row, const RowMode& mode);  \
+  double forward_row(const ForwardRow<double>& row, const RowMode& mode); \
+  void backward_row(const BackwardRow<float>& row, const RowMode& mode);  \
+  void backward_row(const BackwardRow<double>& row, const RowMode& mode); \
   }
 
 MANIFOLD_EXT_FOR_EACH_CPU_ISA(MANIFOLD_EXT_DECLARE_COUPLING_ROWS)

@@ -22,15 +22,14 @@ double forward_row_impl(const ForwardRow<scalar_t>& row, scalar_t clamp) {
   V logdet_v(scalar_t(0));
   int64_t i = 0;
   for (; i + V::size() <= row.n; i += V::size()) {
-    const CouplingOutput<V> out = coupling_forward<kScale, kReverse>(
-        V::loadu(row.x + i), V::loadu(row.shift + i), V::loadu(row.raw + i), clamp_v);
+    const CouplingOutput<V> out = coupling_forward<kScale, kReverse>(V::loadu(row.x + i), V::loadu(row.shift + i),
+                                                                     V::loadu(row.raw + i), clamp_v);
     out.y.store(row.y + i);
     logdet_v += out.logdet;
   }
   double logdet = hd_lane_sum(logdet_v);
   for (; i < row.n; ++i) {
-    const CouplingOutput<scalar_t> out =
-        coupling_forward<kScale, kReverse>(row.x[i], row.shift[i], row.raw[i], clamp);
+    const CouplingOutput<scalar_t> out = coupling_forward<kScale, kReverse>(row.x[i], row.shift[i], row.raw[i], clamp);
     row.y[i] = out.y;
     logdet += out.logdet;
   }
@@ -44,16 +43,16 @@ void backward_row_impl(const BackwardRow<scalar_t>& row, scalar_t clamp) {
   const V grad_logdet_v(row.grad_logdet);
   int64_t i = 0;
   for (; i + V::size() <= row.n; i += V::size()) {
-    const CouplingGrads<V> g = coupling_backward<kScale, kReverse>(
-        V::loadu(row.grad_y + i), grad_logdet_v, V::loadu(row.x + i), V::loadu(row.shift + i),
-        V::loadu(row.raw + i), clamp_v);
+    const CouplingGrads<V> g =
+        coupling_backward<kScale, kReverse>(V::loadu(row.grad_y + i), grad_logdet_v, V::loadu(row.x + i),
+                                            V::loadu(row.shift + i), V::loadu(row.raw + i), clamp_v);
     g.x.store(row.grad_x + i);
     g.shift.store(row.grad_shift + i);
     g.raw.store(row.grad_raw + i);
   }
   for (; i < row.n; ++i) {
-    const CouplingGrads<scalar_t> g = coupling_backward<kScale, kReverse>(
-        row.grad_y[i], row.grad_logdet, row.x[i], row.shift[i], row.raw[i], clamp);
+    const CouplingGrads<scalar_t> g =
+        coupling_backward<kScale, kReverse>(row.grad_y[i], row.grad_logdet, row.x[i], row.shift[i], row.raw[i], clamp);
     row.grad_x[i] = g.x;
     row.grad_shift[i] = g.shift;
     row.grad_raw[i] = g.raw;
@@ -63,8 +62,7 @@ void backward_row_impl(const BackwardRow<scalar_t>& row, scalar_t clamp) {
 template <typename scalar_t>
 double forward_row_any(const ForwardRow<scalar_t>& row, const RowMode& mode) {
   return dispatch_coupling_mode(mode.scale, mode.reverse, [&](auto scale, auto reverse) {
-    return forward_row_impl<decltype(scale)::value, decltype(reverse)::value>(
-        row, static_cast<scalar_t>(mode.clamp));
+    return forward_row_impl<decltype(scale)::value, decltype(reverse)::value>(row, static_cast<scalar_t>(mode.clamp));
   });
 }
 

@@ -44,8 +44,8 @@ inline void check_same_device(const at::Tensor& other, const at::Tensor& x, cons
 // `other` matches `x` in shape, device and dtype.
 inline void check_like(const at::Tensor& other, const at::Tensor& x, const char* op, const char* name,
                        const char* x_name) {
-  TORCH_CHECK(other.sizes() == x.sizes(), op, ": ", name, " must have the shape of ", x_name, " ", x.sizes(),
-              ", got ", other.sizes());
+  TORCH_CHECK(other.sizes() == x.sizes(), op, ": ", name, " must have the shape of ", x_name, " ", x.sizes(), ", got ",
+              other.sizes());
   check_same_device(other, x, op, name, x_name);
   TORCH_CHECK(other.scalar_type() == x.scalar_type(), op, ": ", name, " must have the dtype of ", x_name, " (",
               x.scalar_type(), "), got ", other.scalar_type());

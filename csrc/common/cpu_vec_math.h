@@ -20,23 +20,41 @@ template <typename T>
 using Vec = at::vec::Vectorized<T>;
 
 template <typename T>
-inline Vec<T> hd_exp(const Vec<T>& v) { return v.exp(); }
+inline Vec<T> hd_exp(const Vec<T>& v) {
+  return v.exp();
+}
 template <typename T>
-inline Vec<T> hd_log(const Vec<T>& v) { return v.log(); }
+inline Vec<T> hd_log(const Vec<T>& v) {
+  return v.log();
+}
 template <typename T>
-inline Vec<T> hd_sqrt(const Vec<T>& v) { return v.sqrt(); }
+inline Vec<T> hd_sqrt(const Vec<T>& v) {
+  return v.sqrt();
+}
 template <typename T>
-inline Vec<T> hd_log1p(const Vec<T>& v) { return v.log1p(); }
+inline Vec<T> hd_log1p(const Vec<T>& v) {
+  return v.log1p();
+}
 template <typename T>
-inline Vec<T> hd_tanh(const Vec<T>& v) { return v.tanh(); }
+inline Vec<T> hd_tanh(const Vec<T>& v) {
+  return v.tanh();
+}
 template <typename T>
-inline Vec<T> hd_abs(const Vec<T>& v) { return v.abs(); }
+inline Vec<T> hd_abs(const Vec<T>& v) {
+  return v.abs();
+}
 template <typename T>
-inline Vec<T> hd_round(const Vec<T>& v) { return v.round(); }  // ties to even
+inline Vec<T> hd_round(const Vec<T>& v) {
+  return v.round();
+}  // ties to even
 template <typename T>
-inline Vec<T> hd_min(const Vec<T>& a, const Vec<T>& b) { return at::vec::minimum(a, b); }
+inline Vec<T> hd_min(const Vec<T>& a, const Vec<T>& b) {
+  return at::vec::minimum(a, b);
+}
 template <typename T>
-inline Vec<T> hd_fmadd(const Vec<T>& a, const Vec<T>& b, const Vec<T>& c) { return at::vec::fmadd(a, b, c); }
+inline Vec<T> hd_fmadd(const Vec<T>& a, const Vec<T>& b, const Vec<T>& c) {
+  return at::vec::fmadd(a, b, c);
+}
 
 // `mask` comes from a lane-wise comparison (all bits set where true).
 template <typename T>

@@ -58,8 +58,7 @@ struct BackwardMean {
 };
 
 MANIFOLD_EXT_HD BackwardMean backward_mean_coefficients(double abar_t, double abar_prev) {
-  return {::sqrt(abar_prev / abar_t),
-          -(abar_prev - abar_t) / (::sqrt(abar_t * abar_prev) * ::sqrt(1.0 - abar_t))};
+  return {::sqrt(abar_prev / abar_t), -(abar_prev - abar_t) / (::sqrt(abar_t * abar_prev) * ::sqrt(1.0 - abar_t))};
 }
 
 // Eq. 12 / Eq. 20: the posterior variance of x_prev given x_t and x0,
@@ -137,9 +136,9 @@ MANIFOLD_EXT_HD T linear_step_without_noise(T x, T eps, const StepCoefficients<T
 // ---------------------------------------------------------------------------
 template <typename T>
 struct NllCoefficients {
-  T s;         // Eq. 18 mean scale: sqrt(abar_next / abar_t)
-  T kq;        // 1 / (2 var_q), var_q = 1 - abar_next / abar_t   (Eq. 18)
-  T cx;        // Eq. 19 mean: cx x_next + ce eps
+  T s;   // Eq. 18 mean scale: sqrt(abar_next / abar_t)
+  T kq;  // 1 / (2 var_q), var_q = 1 - abar_next / abar_t   (Eq. 18)
+  T cx;  // Eq. 19 mean: cx x_next + ce eps
   T ce;
   T kp;        // 1 / (2 var_p)                                   (Eq. 20)
   T log_norm;  // (log var_p - log var_q) / 2, per element
@@ -179,7 +178,7 @@ MANIFOLD_EXT_HD NllCoefficients<T> nll_coefficients(T abar_t, T abar_next) {
 // One element's share of the step's term (without the D * log_norm constant).
 template <typename T>
 MANIFOLD_EXT_HD T nll_element(T x_t, T x_next, T eps, const NllCoefficients<T>& c) {
-  const T forward_residual = x_next - c.s * x_t;               // Eq. 18
+  const T forward_residual = x_next - c.s * x_t;                   // Eq. 18
   const T backward_residual = x_t - (c.cx * x_next + c.ce * eps);  // Eq. 19
   return c.kp * backward_residual * backward_residual - c.kq * forward_residual * forward_residual;
 }

@@ -139,16 +139,21 @@ at::Tensor linear_step_cpu(const char* op, StepKind kind, const at::Tensor& x_in
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffusion_linear_step_cpu", [&] {
     using Coef = StepCoefficients<scalar_t>;
-    const CoefVector<Coef> coef = coefficients_for<Coef, scalar_t>(
-        pair, [&](double a, double b) { return step_coefficients(kind, a, b, eta); });
+    const CoefVector<Coef> coef =
+        coefficients_for<Coef, scalar_t>(pair, [&](double a, double b) { return step_coefficients(kind, a, b, eta); });
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     const scalar_t* eps_data = eps.const_data_ptr<scalar_t>();
     const scalar_t* noise_data = noise.defined() ? noise.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
     auto rows_at = [&](int64_t offset, int64_t rows, int64_t row_len, int64_t first_coef, int64_t stride) {
-      return LinearStepRows<scalar_t>{x_data + offset, eps_data + offset,
-                                      noise_data ? noise_data + offset : nullptr, out_data + offset,
-                                      coef.data() + first_coef, stride, rows, row_len};
+      return LinearStepRows<scalar_t>{x_data + offset,
+                                      eps_data + offset,
+                                      noise_data ? noise_data + offset : nullptr,
+                                      out_data + offset,
+                                      coef.data() + first_coef,
+                                      stride,
+                                      rows,
+                                      row_len};
     };
     if (!pair.per_sample) {
       // One set of coefficients: a flat elementwise pass in chunks.
@@ -172,34 +177,34 @@ at::Tensor linear_step_cpu(const char* op, StepKind kind, const at::Tensor& x_in
 
 at::Tensor diffusion_forward_step_cpu(const at::Tensor& x_t, const at::Tensor& noise, const at::Tensor& abar_t,
                                       const at::Tensor& abar_next) {
-  return linear_step_cpu("diffusion_forward_step", StepKind::Forward, x_t, noise, std::nullopt, abar_t, abar_next,
-                         0.0, "x_t", "noise", "abar_t", "abar_next");
+  return linear_step_cpu("diffusion_forward_step", StepKind::Forward, x_t, noise, std::nullopt, abar_t, abar_next, 0.0,
+                         "x_t", "noise", "abar_t", "abar_next");
 }
 
 at::Tensor ddpm_step_cpu(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& abar_t,
                          const at::Tensor& abar_prev, const std::optional<at::Tensor>& noise) {
-  return linear_step_cpu("ddpm_step", StepKind::Ddpm, x_t, eps, noise, abar_t, abar_prev, 0.0, "x_t", "eps",
-                         "abar_t", "abar_prev");
+  return linear_step_cpu("ddpm_step", StepKind::Ddpm, x_t, eps, noise, abar_t, abar_prev, 0.0, "x_t", "eps", "abar_t",
+                         "abar_prev");
 }
 
 at::Tensor ddim_step_cpu(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& abar_t,
                          const at::Tensor& abar_prev, double eta, const std::optional<at::Tensor>& noise) {
   check_eta(eta, "ddim_step");
-  return linear_step_cpu("ddim_step", StepKind::Ddim, x_t, eps, noise, abar_t, abar_prev, eta, "x_t", "eps",
-                         "abar_t", "abar_prev");
+  return linear_step_cpu("ddim_step", StepKind::Ddim, x_t, eps, noise, abar_t, abar_prev, eta, "x_t", "eps", "abar_t",
+                         "abar_prev");
 }
 
 at::Tensor large_step_cpu(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& abar_t,
                           const at::Tensor& abar_prev, const std::optional<at::Tensor>& noise) {
-  return linear_step_cpu("large_step", StepKind::Large, x_t, eps, noise, abar_t, abar_prev, 0.0, "x_t", "eps",
-                         "abar_t", "abar_prev");
+  return linear_step_cpu("large_step", StepKind::Large, x_t, eps, noise, abar_t, abar_prev, 0.0, "x_t", "eps", "abar_t",
+                         "abar_prev");
 }
 
 // Gradients of out = cx x + ce eps + cn noise: (cx g, ce g, cn g).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> diffusion_step_backward_cpu(const at::Tensor& grad_in,
-                                                                        c10::string_view step,
-                                                                        const at::Tensor& abar_a,
-                                                                        const at::Tensor& abar_b, double eta) {
+                                                                           c10::string_view step,
+                                                                           const at::Tensor& abar_a,
+                                                                           const at::Tensor& abar_b, double eta) {
   const char* op = "diffusion_step_backward";
   const StepKind kind = parse_step(step);
   if (kind == StepKind::Ddim) check_eta(eta, op);
@@ -214,8 +219,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> diffusion_step_backward_cpu(const
   const int64_t len = per_sample_len(grad);
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "diffusion_step_backward_cpu", [&] {
     using Coef = StepCoefficients<scalar_t>;
-    const CoefVector<Coef> coef = coefficients_for<Coef, scalar_t>(
-        pair, [&](double a, double b) { return step_coefficients(kind, a, b, eta); });
+    const CoefVector<Coef> coef =
+        coefficients_for<Coef, scalar_t>(pair, [&](double a, double b) { return step_coefficients(kind, a, b, eta); });
     const int64_t stride = pair.per_sample ? 1 : 0;
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
@@ -344,9 +349,8 @@ at::Tensor finish_accumulator(const NllInputs& in, const CoefVector<NllCoefficie
                               const std::vector<double>& sums) {
   const int64_t stride = in.pair.per_sample ? 1 : 0;
   const double len = static_cast<double>(in.len);
-  return add_to_accumulator(in, [&](int64_t b) {
-    return len * static_cast<double>(coef[b * stride].log_norm) + sums[b];
-  });
+  return add_to_accumulator(in,
+                            [&](int64_t b) { return len * static_cast<double>(coef[b * stride].log_norm) + sums[b]; });
 }
 
 // Samples this short with a per-sample schedule take the one-pass path
@@ -391,8 +395,7 @@ at::Tensor diffusion_nll_step_cpu(const at::Tensor& acc, const at::Tensor& x_t, 
 
 std::tuple<at::Tensor, at::Tensor> diffusion_nll_step_and_forward_cpu(
     const at::Tensor& acc, const at::Tensor& x_t, const at::Tensor& x_next, const at::Tensor& eps,
-    const at::Tensor& noise_in, const at::Tensor& abar_t, const at::Tensor& abar_next,
-    const at::Tensor& abar_after) {
+    const at::Tensor& noise_in, const at::Tensor& abar_t, const at::Tensor& abar_next, const at::Tensor& abar_after) {
   const char* op = "diffusion_nll_step_and_forward";
   const NllInputs in = prepare_nll(op, acc, x_t, x_next, eps, abar_t, abar_next);
   check_like(noise_in, x_t, op, "noise", "x_t");
@@ -480,8 +483,7 @@ at::Tensor rk4_cpu(const char* op, const at::Tensor* x_in, const at::Tensor& k1_
   TORCH_CHECK_VALUE(std::isfinite(h), op, ": the step h must be finite, got ", h);
   check_cpu(like, op);
   const at::Tensor x = x_in ? x_in->contiguous() : at::Tensor();
-  const at::Tensor k1 = k1_in.contiguous(), k2 = k2_in.contiguous(), k3 = k3_in.contiguous(),
-                   k4 = k4_in.contiguous();
+  const at::Tensor k1 = k1_in.contiguous(), k2 = k2_in.contiguous(), k3 = k3_in.contiguous(), k4 = k4_in.contiguous();
   at::Tensor out = at::empty_like(k1, at::MemoryFormat::Contiguous);
   const int64_t numel = k1.numel();
   const CpuIsa isa = cpu_isa();

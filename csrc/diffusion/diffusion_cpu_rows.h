@@ -20,10 +20,10 @@ namespace diffusion {
 // out = x * c.x + eps * c.eps (+ noise * c.noise)
 template <typename scalar_t>
 struct LinearStepRows {
-  const scalar_t* x;       // [rows * len]
-  const scalar_t* eps;     // [rows * len]
-  const scalar_t* noise;   // [rows * len] or nullptr (no noise term)
-  scalar_t* out;           // [rows * len]
+  const scalar_t* x;      // [rows * len]
+  const scalar_t* eps;    // [rows * len]
+  const scalar_t* noise;  // [rows * len] or nullptr (no noise term)
+  scalar_t* out;          // [rows * len]
   const StepCoefficients<scalar_t>* coef;
   int64_t coef_stride;
   int64_t rows;
@@ -38,19 +38,19 @@ struct NllRows {
   const scalar_t* x_next;  // [rows * len]
   const scalar_t* eps;     // [rows * len]
   const NllCoefficients<scalar_t>* coef;
-  const scalar_t* noise;   // [rows * len] or nullptr
-  scalar_t* x_after;       // [rows * len] or nullptr
+  const scalar_t* noise;  // [rows * len] or nullptr
+  scalar_t* x_after;      // [rows * len] or nullptr
   const StepCoefficients<scalar_t>* forward_coef;
   int64_t coef_stride;
   int64_t rows;
   int64_t len;
-  double* sums;            // [rows]
+  double* sums;  // [rows]
 };
 
 // Gradients of the likelihood step for rows whose sample-term gradient is grad[r].
 template <typename scalar_t>
 struct NllBackwardRows {
-  const scalar_t* grad;    // [rows], one upstream gradient per row
+  const scalar_t* grad;  // [rows], one upstream gradient per row
   const scalar_t* x_t;
   const scalar_t* x_next;
   const scalar_t* eps;
@@ -86,7 +86,7 @@ struct NllPerSampleRows {
   const double* abar_next;  // [rows]
   int64_t rows;
   int64_t len;
-  double* terms;            // [rows]
+  double* terms;  // [rows]
 };
 
 // out = x + h (k1 + 2 k2 + 2 k3 + k4) / 6 over n elements (x == nullptr: h = 1, no x).

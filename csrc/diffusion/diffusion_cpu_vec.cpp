@@ -97,7 +97,8 @@ void nll_short_rows_shared(const NllRows<scalar_t>& r) {
     for (; i + V::size() <= n; i += V::size()) {
       const V xn = V::loadu(r.x_next + base + i);
       nll_element(V::loadu(r.x_t + base + i), xn, V::loadu(r.eps + base + i), cv).store(terms + i);
-      if constexpr (kFused) linear_step_without_noise(xn, V::loadu(r.noise + base + i), fcv).store(r.x_after + base + i);
+      if constexpr (kFused)
+        linear_step_without_noise(xn, V::loadu(r.noise + base + i), fcv).store(r.x_after + base + i);
     }
     for (; i < n; ++i) {
       terms[i] = nll_element(r.x_t[base + i], r.x_next[base + i], r.eps[base + i], c);
@@ -141,9 +142,8 @@ void nll_rows_impl(const NllRows<scalar_t>& r) {
   const StepCoefficients<scalar_t> no_forward{};
   for (int64_t row = 0; row < r.rows; ++row) {
     const int64_t base = row * r.len;
-    r.sums[row] = nll_span<kFused>(r.x_t + base, r.x_next + base, r.eps + base,
-                                   kFused ? r.noise + base : nullptr, kFused ? r.x_after + base : nullptr, r.len,
-                                   r.coef[row * r.coef_stride],
+    r.sums[row] = nll_span<kFused>(r.x_t + base, r.x_next + base, r.eps + base, kFused ? r.noise + base : nullptr,
+                                   kFused ? r.x_after + base : nullptr, r.len, r.coef[row * r.coef_stride],
                                    kFused ? r.forward_coef[row * r.coef_stride] : no_forward);
   }
 }

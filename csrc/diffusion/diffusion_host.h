@@ -44,7 +44,8 @@ inline std::string schedule_requirement(ScheduleRule rule, const char* name_a, c
     case ScheduleRule::Forward:
       return "need 0 < " + b + " <= " + a + " <= 1 (Eq. 17: noise can only be added going forward)";
     default:
-      return "need 0 < " + a + " < 1 and " + a + " <= " + b + " <= 1 (a backward step goes from a noisier time to "
+      return "need 0 < " + a + " < 1 and " + a + " <= " + b +
+             " <= 1 (a backward step goes from a noisier time to "
              "a cleaner one)";
   }
 }
@@ -67,8 +68,8 @@ inline double largest_coefficient(ScheduleRule rule, double a, double b) {
   switch (rule) {
     case ScheduleRule::Likelihood: {
       const NllCoefficients<double> c = nll_coefficients(a, b);
-      return std::max({std::abs(c.s), std::abs(c.kq), std::abs(c.cx), std::abs(c.ce), std::abs(c.kp),
-                       std::abs(c.log_norm)});
+      return std::max(
+          {std::abs(c.s), std::abs(c.kq), std::abs(c.cx), std::abs(c.ce), std::abs(c.kp), std::abs(c.log_norm)});
     }
     case ScheduleRule::Forward: return 1.0;  // sqrt(abar_next / abar_t) and sqrt(1 - abar_next / abar_t)
     default: {
@@ -97,8 +98,8 @@ inline void check_coefficients_fit(ScheduleRule rule, double a, double b, at::Sc
   if (largest <= limit) return;  // (false for NaN, which the schedule check has refused already)
   const std::string where = sample < 0 ? std::string() : " at sample " + std::to_string(sample);
   TORCH_CHECK_VALUE(false, op, ": the schedule", where, ", ", name_a, " = ", repr(a), " and ", name_b, " = ", repr(b),
-                    ", gives the step a coefficient of ", repr(largest), ", beyond the largest float32 (",
-                    repr(limit), "); the kernels compute in float32 for ", dtype,
+                    ", gives the step a coefficient of ", repr(largest), ", beyond the largest float32 (", repr(limit),
+                    "); the kernels compute in float32 for ", dtype,
                     " inputs and would return inf or NaN. Use float64 inputs or a less extreme schedule");
 }
 
@@ -106,9 +107,9 @@ inline void check_coefficients_fit(ScheduleRule rule, double a, double b, at::Sc
 // pair per sample.
 struct AbarPair {
   bool per_sample = false;
-  double a = 0, b = 0;   // shared values
-  at::Tensor a_values;   // [B] float64 on the inputs' device, when per_sample
-  at::Tensor b_values;   // [B]
+  double a = 0, b = 0;  // shared values
+  at::Tensor a_values;  // [B] float64 on the inputs' device, when per_sample
+  at::Tensor b_values;  // [B]
 };
 
 inline void check_abar_tensor(const at::Tensor& abar, int64_t batch, const at::Tensor& x, const char* op,
@@ -169,9 +170,8 @@ inline AbarPair read_abar_pair(const at::Tensor& a, const at::Tensor& b, const a
   if (a.dim() == 0 && b.dim() == 0) {
     pair.a = a.item<double>();
     pair.b = b.item<double>();
-    TORCH_CHECK_VALUE(schedule_ok(rule, pair.a, pair.b), op, ": invalid schedule, got ", name_a, " = ",
-                      repr(pair.a), " and ", name_b, " = ", repr(pair.b), "; ",
-                      schedule_requirement(rule, name_a, name_b));
+    TORCH_CHECK_VALUE(schedule_ok(rule, pair.a, pair.b), op, ": invalid schedule, got ", name_a, " = ", repr(pair.a),
+                      " and ", name_b, " = ", repr(pair.b), "; ", schedule_requirement(rule, name_a, name_b));
     if (check_fit) check_coefficients_fit(rule, pair.a, pair.b, x.scalar_type(), op, name_a, name_b, -1);
     return pair;
   }
@@ -199,8 +199,8 @@ inline void check_batched(const at::Tensor& x, const char* op, const char* name)
 
 // acc: [B] float32 or float64, on x's device.
 inline void check_accumulator(const at::Tensor& acc, const at::Tensor& x, const char* op) {
-  TORCH_CHECK(acc.dim() == 1 && acc.size(0) == x.size(0), op, ": acc must have shape [B] = [", x.size(0),
-              "], got ", acc.sizes());
+  TORCH_CHECK(acc.dim() == 1 && acc.size(0) == x.size(0), op, ": acc must have shape [B] = [", x.size(0), "], got ",
+              acc.sizes());
   TORCH_CHECK(acc.scalar_type() == at::kFloat || acc.scalar_type() == at::kDouble, op,
               ": acc must be float32 or float64 (the log-likelihood is accumulated in float32 or wider), got ",
               acc.scalar_type());

@@ -60,8 +60,8 @@ MANIFOLD_EXT_HD bool intersect(const Line& a, const Line& b, double& x, double& 
 // Where the edge from p (on line `edge_line`) to q crosses `cut`, whose values at p and q are
 // sp <= 0 < sq or sq <= 0 < sp. The exact intersection of the two lines, unless the lines are
 // nearly parallel or rounding puts it off the segment: then the interpolation along p -> q.
-MANIFOLD_EXT_HD void crossing(const Vertex& p, const Vertex& q, double sp, double sq, const Line& edge_line, const Line& cut,
-                    double& x, double& y) {
+MANIFOLD_EXT_HD void crossing(const Vertex& p, const Vertex& q, double sp, double sq, const Line& edge_line,
+                              const Line& cut, double& x, double& y) {
   const double t = sp / (sp - sq);
   const double ix = p.x + t * (q.x - p.x);
   const double iy = p.y + t * (q.y - p.y);
@@ -113,7 +113,8 @@ MANIFOLD_EXT_HD int clip(const Vertex* in, int n, const Line* lines, int32_t cut
 }
 
 // The rectangle [lo0, hi0] x [lo1, hi1] counter-clockwise; its four lines are lines[first..first+3].
-MANIFOLD_EXT_HD void rectangle(double lo0, double lo1, double hi0, double hi1, Line* lines, int32_t first, Vertex* out) {
+MANIFOLD_EXT_HD void rectangle(double lo0, double lo1, double hi0, double hi1, Line* lines, int32_t first,
+                               Vertex* out) {
   lines[first + 0] = Line{0.0, -1.0, -lo1};  // bottom: y >= lo1
   lines[first + 1] = Line{1.0, 0.0, hi0};    // right:  x <= hi0
   lines[first + 2] = Line{0.0, 1.0, hi1};    // top:    y <= hi1
@@ -142,7 +143,7 @@ MANIFOLD_EXT_HD bool solve_triple(const Line& a, const Line& b, const Line& c, d
 
 // Whether (x, y, r) satisfies u_l . x + r <= e_l for every line in `set` (and r <= cap).
 MANIFOLD_EXT_HD bool chebyshev_feasible(const Line* lines, const int32_t* set, int k, double cap, bool capped, double x,
-                              double y, double r) {
+                                        double y, double r) {
   const double scale = 1.0 + hd_abs(x) + hd_abs(y) + hd_abs(r);
   if (capped && r > cap + kFeasibleRtol * scale) return false;
   for (int l = 0; l < k; ++l) {
@@ -156,8 +157,8 @@ MANIFOLD_EXT_HD bool chebyshev_feasible(const Line* lines, const int32_t* set, i
 // them (and r <= cap when capped), by the vertices of the 3-variable LP. The normals must span
 // the plane (or capped must be set), so the LP has a vertex optimum. False when no triple is
 // feasible (rounding); the caller then falls back to the LP path.
-MANIFOLD_EXT_HD bool chebyshev(const Line* lines, const int32_t* set, int k, double cap, bool capped, double& cx, double& cy,
-                     double& radius) {
+MANIFOLD_EXT_HD bool chebyshev(const Line* lines, const int32_t* set, int k, double cap, bool capped, double& cx,
+                               double& cy, double& radius) {
   const Line cap_line{0.0, 0.0, cap};
   const int total = k + (capped ? 1 : 0);
   bool found = false;

@@ -15,10 +15,10 @@ namespace relu_patterns {
 // Distances from one packed query row to `count` consecutive reference
 // patterns stored word-major: word w of reference r is
 // refs_word_major[w * ref_stride + r]. Writes dist[0..count).
-#define MANIFOLD_EXT_DECLARE_HAMMING_ROWS(ns)                                                           \
-  namespace ns {                                                                                        \
-  void hamming_tile(const int64_t* query, const int64_t* refs_word_major, int64_t ref_stride,           \
-                    int64_t words, int64_t count, int32_t* dist);                                        \
+#define MANIFOLD_EXT_DECLARE_HAMMING_ROWS(ns)                                                                \
+  namespace ns {                                                                                             \
+  void hamming_tile(const int64_t* query, const int64_t* refs_word_major, int64_t ref_stride, int64_t words, \
+                    int64_t count, int32_t* dist);                                                           \
   }
 
 MANIFOLD_EXT_FOR_EACH_CPU_ISA(MANIFOLD_EXT_DECLARE_HAMMING_ROWS)
