@@ -54,8 +54,8 @@ struct Grid {
 template <typename T>
 ME_HD T grid_centre(T mu, const Grid<T>& grid) {
   T centre = grid.offset + grid.spacing * hd_round((mu - grid.offset) / grid.spacing);
-  centre = hd_where(centre < grid.low, grid.low, centre);
-  centre = hd_where(centre > grid.high, grid.high, centre);
+  centre = hd_where(hd_lt(centre, grid.low), grid.low, centre);
+  centre = hd_where(hd_lt(grid.high, centre), grid.high, centre);
   return centre;
 }
 

@@ -15,6 +15,12 @@
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define ME_HD __host__ __device__ __forceinline__
 #define ME_HOST_DEVICE __host__ __device__
+#elif defined(__GNUC__)
+// Forced: the per-element math is small and called in the innermost loops; in
+// the baseline-ISA copy GCC otherwise leaves some of it as calls that pass
+// vectors through the stack.
+#define ME_HD inline __attribute__((always_inline))
+#define ME_HOST_DEVICE
 #else
 #define ME_HD inline
 #define ME_HOST_DEVICE
@@ -46,6 +52,18 @@ ME_HD double hd_round(double v) { return ::nearbyint(v); }
 
 ME_HD float hd_min(float a, float b) { return a < b ? a : b; }
 ME_HD double hd_min(double a, double b) { return a < b ? a : b; }
+
+// Comparisons: a bool for scalars, a lane mask for vectors (cpu_vec_math.h).
+// Kernels compare through these rather than the operators so that the
+// baseline-ISA CPU copy can supply fast vector versions.
+template <typename T>
+ME_HD bool hd_lt(T a, T b) {
+  return a < b;
+}
+template <typename T>
+ME_HD bool hd_le(T a, T b) {
+  return a <= b;
+}
 
 // Branch-free select: `condition` is a bool for scalars, a lane mask for vectors.
 template <typename T>
@@ -113,8 +131,8 @@ ME_HD T tanh_series_or_exp(T a) {
     series = series * a2 + T(2.0f / 15.0f);
     series = series * a2 + T(-1.0f / 3.0f);
     series = series * a2 + T(1.0f);
-    const T magnitude = hd_where(abs_a < T(0.45f), abs_a * series, from_exp);
-    return hd_where(a < T(0), -magnitude, magnitude);
+    const T magnitude = hd_where(hd_lt(abs_a, T(0.45f)), abs_a * series, from_exp);
+    return hd_where(hd_lt(a, T(0)), -magnitude, magnitude);
   }
 }
 

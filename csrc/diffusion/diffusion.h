@@ -170,7 +170,7 @@ ME_HD NllCoefficients<T> nll_coefficients(T abar_t, T abar_next) {
   c.cx = one / c.s;
   c.ce = -jump / hd_sqrt(abar_t * abar_next * keep_next);
   // Eq. 20 over Eq. 18: var_p / var_q = (1 - abar_t) / (1 - abar_next); 1 under the t = 0 convention.
-  const T variance_ratio = hd_where(abar_t < one, (one - abar_t) / keep_next, one);
+  const T variance_ratio = hd_where(hd_lt(abar_t, one), (one - abar_t) / keep_next, one);
   c.kp = c.kq / variance_ratio;
   c.log_norm = half * hd_log(variance_ratio);
   return c;
