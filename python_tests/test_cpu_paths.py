@@ -147,3 +147,144 @@ def test_coupling_every_isa_copy_matches_reference(isa):
     assert result["isa"] == isa, f"asked for {isa}, kernels ran {result['isa']}"
     bad = {key: err for key, err in result["worst"].items() if err > 2e-5}
     assert not bad, f"{isa}: relative errors above 2e-5: {bad}"
+
+
+# ---------------------------------------------------------------------------
+# Diffusion likelihood step: samples of one or two elements go SIMD-wide across
+# samples (2-D points deinterleaved), per-sample schedules have their
+# coefficients computed in the inputs' precision and are checked in the same
+# pass; every path adds straight into the accumulator.
+# ---------------------------------------------------------------------------
+from manifold_ext import ops  # noqa: E402
+from manifold_ext.reference import diffusion as diffusion_ref  # noqa: E402
+
+
+def _schedule(batch, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    abar_t = torch.rand(batch, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    abar_next = abar_t * (torch.rand(batch, generator=g, dtype=torch.float64) * 0.5 + 0.4)
+    abar_t[::37] = 1.0  # t = 0 pairs in several lanes
+    return abar_t, abar_next
+
+
+def _likelihood_inputs(shape, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g, dtype=dtype) for _ in range(4)]
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("acc_dtype", [torch.float32, torch.float64], ids=["acc32", "acc64"])
+def test_nll_step_per_sample_short_samples(length, dtype, acc_dtype):
+    batch = 1003  # whole vectors, whole tasks and a partial tail
+    x_t, x_next, eps, _ = _likelihood_inputs((batch, length), dtype)
+    abar_t, abar_next = _schedule(batch)
+    acc = torch.randn(batch, dtype=acc_dtype)
+    out = ops.diffusion_nll_step(acc, x_t, x_next, eps, abar_t, abar_next)
+    expected = diffusion_ref.diffusion_nll_step_reference(acc.double(), x_t.double(), x_next.double(), eps.double(),
+                                                          abar_t, abar_next)
+    assert out.dtype == acc_dtype
+    scale = float((1 / (1 - abar_next / abar_t)).max()) * length
+    tol = 1e-10 if dtype == torch.float64 and acc_dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(out.double(), expected, rtol=1e-6, atol=tol * scale)
+
+
+@pytest.mark.parametrize("length", [1, 2, 5])
+def test_nll_step_per_sample_invalid_pair_found_in_the_same_pass(length):
+    batch = 5000
+    x_t, x_next, eps, _ = _likelihood_inputs((batch, length), torch.float32)
+    abar_t, abar_next = _schedule(batch)
+    abar_next[4321] = abar_t[4321]  # dt = 0
+    abar_next[4400] = float("nan")
+    with pytest.raises(ValueError, match=r"invalid schedule at sample 4321, got abar_t = .* need 0 < abar_next < abar_t"):
+        ops.diffusion_nll_step(torch.zeros(batch, dtype=torch.float64), x_t, x_next, eps, abar_t, abar_next)
+
+
+@pytest.mark.parametrize("length", [1, 2])
+def test_nll_step_and_forward_tiny_samples(length):
+    batch = 1003
+    x_t, x_next, eps, noise = _likelihood_inputs((batch, length), torch.float32)
+    acc = torch.randn(batch, dtype=torch.float64)
+    acc_new, x_after = ops.diffusion_nll_step_and_forward(acc, x_t, x_next, eps, noise, 0.9, 0.8, 0.7)
+    acc_ref, after_ref = diffusion_ref.diffusion_nll_step_and_forward_reference(
+        acc, x_t.double(), x_next.double(), eps.double(), noise.double(), 0.9, 0.8, 0.7)
+    torch.testing.assert_close(acc_new, acc_ref, rtol=1e-6, atol=2e-4)
+    torch.testing.assert_close(x_after.double(), after_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_nll_step_long_samples_float32_accumulator():
+    x_t, x_next, eps, _ = _likelihood_inputs((3, 9000), torch.float32)
+    acc = torch.randn(3, dtype=torch.float32)
+    out = ops.diffusion_nll_step(acc, x_t, x_next, eps, 0.9, 0.8)
+    expected = diffusion_ref.diffusion_nll_step_reference(acc.double(), x_t.double(), x_next.double(), eps.double(),
+                                                          0.9, 0.8)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-2)
+
+
+def test_nll_step_nan_input_stays_in_its_sample():
+    x_t, x_next, eps, _ = _likelihood_inputs((40, 2), torch.float32)
+    x_t[17, 1] = float("nan")
+    abar_t, abar_next = _schedule(40)
+    for a, b in ((0.9, 0.8), (abar_t, abar_next)):
+        out = ops.diffusion_nll_step(torch.zeros(40, dtype=torch.float64), x_t, x_next, eps, a, b)
+        assert torch.isnan(out[17]) and torch.isfinite(out[torch.arange(40) != 17]).all()
+
+
+DIFFUSION_ISA_SCRIPT = r"""
+import json, torch, manifold_ext
+from manifold_ext import ops
+from manifold_ext.reference import diffusion as ref
+torch.manual_seed(0)
+worst = {}
+for length in (1, 2, 3, 12):
+    x_t, x_next, eps, noise = (torch.randn(301, length) for _ in range(4))
+    acc = torch.randn(301, dtype=torch.float64)
+    a = torch.rand(301, dtype=torch.float64) * 0.9 + 0.05
+    b = a * 0.7
+    a[::50] = 1.0
+    d = lambda t: t.double()
+    cases = {
+        'shared': (ops.diffusion_nll_step(acc, x_t, x_next, eps, 0.9, 0.8),
+                   ref.diffusion_nll_step_reference(acc, d(x_t), d(x_next), d(eps), 0.9, 0.8)),
+        'per-sample': (ops.diffusion_nll_step(acc, x_t, x_next, eps, a, b),
+                       ref.diffusion_nll_step_reference(acc, d(x_t), d(x_next), d(eps), a, b)),
+        'fused': (ops.diffusion_nll_step_and_forward(acc, x_t, x_next, eps, noise, 0.9, 0.8, 0.7)[0],
+                  ref.diffusion_nll_step_and_forward_reference(acc, d(x_t), d(x_next), d(eps), d(noise), 0.9, 0.8,
+                                                               0.7)[0]),
+    }
+    for name, (got, want) in cases.items():
+        worst[f'{length}-{name}'] = ((got - want).abs() / (1 + want.abs())).max().item()
+print(json.dumps({'isa': manifold_ext.build_info()['cpu_isa_in_use'], 'worst': worst}))
+"""
+
+
+@pytest.mark.parametrize("isa", _isas())
+def test_diffusion_every_isa_copy_matches_reference(isa):
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", DIFFUSION_ISA_SCRIPT], env=env, capture_output=True, text=True,
+                          check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["isa"] == isa
+    bad = {key: err for key, err in result["worst"].items() if err > 1e-5}
+    assert not bad, f"{isa}: relative errors above 1e-5: {bad}"
+
+
+@pytest.mark.parametrize("shape", [(7, 2), (1003, 2), (5, 1), (9, 3), (4, 3, 11, 13)], ids=str)
+@pytest.mark.parametrize("per_sample", [False, True], ids=["shared", "per-sample"])
+def test_fused_step_equals_the_two_ops_bit_for_bit(shape, per_sample):
+    """The fused likelihood-and-forward step and the two separate ops round every element alike
+    (masked last vectors everywhere, no scalar tails), so a chain run either way is the same."""
+    x_t, x_next, eps, noise = _likelihood_inputs(shape, torch.float32)
+    acc = torch.randn(shape[0], dtype=torch.float64)
+    if per_sample:
+        abar_t, abar_next = _schedule(shape[0])
+        abar_after = abar_next * 0.9
+    else:
+        abar_t, abar_next, abar_after = 0.9, 0.8, 0.7
+    acc_fused, after_fused = ops.diffusion_nll_step_and_forward(acc, x_t, x_next, eps, noise, abar_t, abar_next,
+                                                                abar_after)
+    after = ops.diffusion_forward_step(x_next, noise, abar_next, abar_after)
+    assert torch.equal(after_fused, after)
+    if not per_sample:  # the per-sample one-pass likelihood path is its own code for 1-2 elements
+        assert torch.equal(acc_fused, ops.diffusion_nll_step(acc, x_t, x_next, eps, abar_t, abar_next))

@@ -220,17 +220,20 @@ void backward_rows_direct(const CouplingGradData<scalar_t>& d, const RowRun& run
   const V clamp_v(clamp);
   const int64_t L = d.geometry.row_len;
   for (int64_t q = run.first_row; q < run.first_row + run.rows; ++q) {
+    // Local pointers: stores through the outputs could alias `d` in the compiler's view.
     const int64_t a = active_offset(q, L) + run.begin;
     const int64_t t = shift_offset(q, L) + run.begin;
     const int64_t r = raw_offset(q, L) + run.begin;
+    const scalar_t *grad_y = d.grad_y + a, *x = d.x + a, *shift = d.h + t, *raw = d.h + r;
+    scalar_t *grad_x = d.grad_x + a, *grad_shift = d.grad_h + t, *grad_raw = d.grad_h + r;
     const V grad_logdet(d.grad_logdet[q / d.geometry.rows_per_sample]);
     for_each_vector<V>(run.len, [&](int64_t i, auto count) {
       const CouplingGrads<V> g = coupling_backward<kScale, kReverse>(
-          V::loadu(d.grad_y + a + i, count), grad_logdet, V::loadu(d.x + a + i, count),
-          V::loadu(d.h + t + i, count), V::loadu(d.h + r + i, count), clamp_v);
-      g.x.store(d.grad_x + a + i, count);
-      g.shift.store(d.grad_h + t + i, count);
-      g.raw.store(d.grad_h + r + i, count);
+          V::loadu(grad_y + i, count), grad_logdet, V::loadu(x + i, count), V::loadu(shift + i, count),
+          V::loadu(raw + i, count), clamp_v);
+      g.x.store(grad_x + i, count);
+      g.shift.store(grad_shift + i, count);
+      g.raw.store(grad_raw + i, count);
     });
   }
 }
@@ -251,11 +254,13 @@ void backward_rows_gathered(const CouplingGradData<scalar_t>& d, const RowRun& r
     const int64_t e0 = active_offset(q0, L);
     gather_shift_raw(d.h + shift_offset(q0, L), L, rows, shift, raw);
     spread_sample_values(d.grad_logdet, e0, n, sample_len, grad_logdet);
+    const scalar_t *grad_y = d.grad_y + e0, *x = d.x + e0;
+    scalar_t* grad_x = d.grad_x + e0;
     for_each_vector<V>(n, [&](int64_t i, auto count) {
       const CouplingGrads<V> g = coupling_backward<kScale, kReverse>(
-          V::loadu(d.grad_y + e0 + i, count), V::loadu(grad_logdet + i, count), V::loadu(d.x + e0 + i, count),
+          V::loadu(grad_y + i, count), V::loadu(grad_logdet + i, count), V::loadu(x + i, count),
           V::loadu(shift + i, count), V::loadu(raw + i, count), clamp_v);
-      g.x.store(d.grad_x + e0 + i, count);
+      g.x.store(grad_x + i, count);
       g.shift.store(shift + i, count);  // the buffers now hold the gradients
       g.raw.store(raw + i, count);
     });

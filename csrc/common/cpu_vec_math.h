@@ -143,6 +143,8 @@ template <typename T>
 inline Vec<T> hd_min(const Vec<T>& a, const Vec<T>& b) { return at::vec::minimum(a, b); }
 
 template <typename T>
+inline Vec<T> hd_fma(const Vec<T>& a, const Vec<T>& b, const Vec<T>& c) { return at::vec::fmadd(a, b, c); }
+template <typename T>
 inline Vec<T> hd_lt(const Vec<T>& a, const Vec<T>& b) { return a < b; }
 template <typename T>
 inline Vec<T> hd_le(const Vec<T>& a, const Vec<T>& b) { return a <= b; }

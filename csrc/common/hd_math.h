@@ -50,6 +50,13 @@ ME_HD double hd_abs(double v) { return ::fabs(v); }
 ME_HD float hd_round(float v) { return ::nearbyintf(v); }
 ME_HD double hd_round(double v) { return ::nearbyint(v); }
 
+// a * b + c: one fused multiply-add in the SIMD kernels (at::vec::fmadd, a single
+// rounding where the ISA has FMA); scalar code leaves the choice to the compiler.
+template <typename T>
+ME_HD T hd_fma(T a, T b, T c) {
+  return a * b + c;
+}
+
 ME_HD float hd_min(float a, float b) { return a < b ? a : b; }
 ME_HD double hd_min(double a, double b) { return a < b ? a : b; }
 
@@ -100,12 +107,12 @@ ME_HD T log1p_unit_interval(T e) {
     const T w = e / (T(2) + e);
     const T w2 = w * w;
     T series = T(1.0f / 13.0f);
-    series = series * w2 + T(1.0f / 11.0f);
-    series = series * w2 + T(1.0f / 9.0f);
-    series = series * w2 + T(1.0f / 7.0f);
-    series = series * w2 + T(1.0f / 5.0f);
-    series = series * w2 + T(1.0f / 3.0f);
-    series = series * w2 + T(1.0f);
+    series = hd_fma(series, w2, T(1.0f / 11.0f));
+    series = hd_fma(series, w2, T(1.0f / 9.0f));
+    series = hd_fma(series, w2, T(1.0f / 7.0f));
+    series = hd_fma(series, w2, T(1.0f / 5.0f));
+    series = hd_fma(series, w2, T(1.0f / 3.0f));
+    series = hd_fma(series, w2, T(1.0f));
     return T(2) * w * series;
   }
 }
@@ -124,13 +131,13 @@ ME_HD T tanh_series_or_exp(T a) {
     const T from_exp = (T(1) - e) / (T(1) + e);
     const T a2 = abs_a * abs_a;
     T series = T(-929569.0f / 638512875.0f);
-    series = series * a2 + T(21844.0f / 6081075.0f);
-    series = series * a2 + T(-1382.0f / 155925.0f);
-    series = series * a2 + T(62.0f / 2835.0f);
-    series = series * a2 + T(-17.0f / 315.0f);
-    series = series * a2 + T(2.0f / 15.0f);
-    series = series * a2 + T(-1.0f / 3.0f);
-    series = series * a2 + T(1.0f);
+    series = hd_fma(series, a2, T(21844.0f / 6081075.0f));
+    series = hd_fma(series, a2, T(-1382.0f / 155925.0f));
+    series = hd_fma(series, a2, T(62.0f / 2835.0f));
+    series = hd_fma(series, a2, T(-17.0f / 315.0f));
+    series = hd_fma(series, a2, T(2.0f / 15.0f));
+    series = hd_fma(series, a2, T(-1.0f / 3.0f));
+    series = hd_fma(series, a2, T(1.0f));
     const T magnitude = hd_where(hd_lt(abs_a, T(0.45f)), abs_a * series, from_exp);
     return hd_where(hd_lt(a, T(0)), -magnitude, magnitude);
   }

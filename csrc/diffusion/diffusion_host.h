@@ -17,21 +17,6 @@
 namespace manifold_ext {
 namespace diffusion {
 
-// Which inequality a pair (a, b) of abar values must satisfy.
-enum class ScheduleRule {
-  Likelihood,  // (abar_t, abar_next):  0 < abar_next < abar_t <= 1   (Eq. 17-20)
-  Forward,     // (abar_t, abar_next):  0 < abar_next <= abar_t <= 1  (Eq. 17)
-  Backward,    // (abar_t, abar_prev):  0 < abar_t < 1, abar_t <= abar_prev <= 1  (Eq. 12, DDPM, DDIM)
-};
-
-inline bool schedule_ok(ScheduleRule rule, double a, double b) {
-  switch (rule) {
-    case ScheduleRule::Likelihood: return b > 0 && b < a && a <= 1;
-    case ScheduleRule::Forward: return b > 0 && b <= a && a <= 1;
-    default: return a > 0 && a < 1 && a <= b && b <= 1;
-  }
-}
-
 inline std::string schedule_requirement(ScheduleRule rule, const char* name_a, const char* name_b) {
   const std::string a(name_a), b(name_b);
   switch (rule) {
@@ -86,8 +71,26 @@ inline int64_t first_bad_sample(const at::Tensor& av, const at::Tensor& bv, Sche
   return ok.logical_not().nonzero().select(1, 0)[0].item<int64_t>();
 }
 
+// Raises the error naming the first sample whose pair breaks `rule`; returns
+// when every pair is valid.
+inline void check_abar_samples(const AbarPair& pair, ScheduleRule rule, const char* op, const char* name_a,
+                               const char* name_b) {
+  if (!pair.per_sample || pair.a_values.size(0) == 0) return;
+  const int64_t bad = first_bad_sample(pair.a_values, pair.b_values, rule);
+  if (bad >= 0) {
+    const at::Tensor& av = pair.a_values;
+    const at::Tensor& bv = pair.b_values;
+    TORCH_CHECK_VALUE(false, op, ": invalid schedule at sample ", bad, ", got ", name_a, " = ",
+                      av[bad].item<double>(), " and ", name_b, " = ", bv[bad].item<double>(), "; ",
+                      schedule_requirement(rule, name_a, name_b));
+  }
+}
+
+// check_samples = false leaves the per-sample pairs to the caller, which then
+// calls check_abar_samples (the CPU one-pass likelihood path checks its lanes
+// while it computes, instead of a separate pass over the schedule).
 inline AbarPair read_abar_pair(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x, ScheduleRule rule,
-                               const char* op, const char* name_a, const char* name_b) {
+                               const char* op, const char* name_a, const char* name_b, bool check_samples = true) {
   const int64_t batch = x.size(0);
   check_abar_tensor(a, batch, x, op, name_a);
   check_abar_tensor(b, batch, x, op, name_b);
@@ -103,15 +106,7 @@ inline AbarPair read_abar_pair(const at::Tensor& a, const at::Tensor& b, const a
   pair.per_sample = true;
   pair.a_values = a.to(options).expand({batch}).contiguous();
   pair.b_values = b.to(options).expand({batch}).contiguous();
-  if (batch == 0) return pair;
-  const int64_t bad = first_bad_sample(pair.a_values, pair.b_values, rule);
-  if (bad >= 0) {
-    const at::Tensor& av = pair.a_values;
-    const at::Tensor& bv = pair.b_values;
-    TORCH_CHECK_VALUE(false, op, ": invalid schedule at sample ", bad, ", got ", name_a, " = ",
-                      av[bad].item<double>(), " and ", name_b, " = ", bv[bad].item<double>(), "; ",
-                      schedule_requirement(rule, name_a, name_b));
-  }
+  if (check_samples) check_abar_samples(pair, rule, op, name_a, name_b);
   return pair;
 }
 
