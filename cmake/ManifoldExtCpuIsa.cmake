@@ -35,14 +35,6 @@ function(manifold_ext_add_cpu_vec_kernels target)
       target_compile_definitions(${_obj} PRIVATE CPU_CAPABILITY_${isa})
     endif()
     target_compile_options(${_obj} PRIVATE ${_isa_flags_${isa}})
-    # No silent fusing of a * b + c into one FMA: GCC's default (-ffp-contract=fast)
-    # fuses where its passes happen to see the pattern, so the same formula rounded
-    # differently in two kernels (the fused likelihood-and-forward step against the
-    # forward step) and in the three ISA copies. FMAs stay where a kernel asks for
-    # one (at::vec::fmadd).
-    if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
-      target_compile_options(${_obj} PRIVATE -ffp-contract=off)
-    endif()
     # GCC 12 flags its own intrinsic headers (`__Y` in avx512fintrin.h) as
     # uninitialised, and notes the vector-argument ABI; torch's build silences
     # the same.

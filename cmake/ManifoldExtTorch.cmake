@@ -154,12 +154,23 @@ function(manifold_ext_configure_target target)
     MANIFOLD_EXT_TORCH_VERSION="${MANIFOLD_EXT_TORCH_VERSION}")
   if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
     target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-O3 -Wall -Wextra -Wno-unused-parameter>)
+    # No implicit fused multiply-add: GCC contracts a * b + c into an FMA where
+    # the instruction set has one (the AVX2/AVX-512 copies of the kernels) and
+    # not elsewhere (the default copy), so an overflow could give inf on one
+    # ISA and NaN on another. Every ISA copy now evaluates the same IEEE
+    # operations; the few places that want an FMA say so (hd_fmadd).
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-ffp-contract=off>)
   endif()
   if(MANIFOLD_EXT_WITH_CUDA)
     target_compile_definitions(${target} PRIVATE MANIFOLD_EXT_WITH_CUDA=1)
     set_target_properties(${target} PROPERTIES
       CUDA_STANDARD ${MANIFOLD_EXT_CXX_STANDARD} CUDA_STANDARD_REQUIRED ON)
-    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr>)
+    # --fmad=false: no implicit fused multiply-add in CUDA code either (nvcc
+    # fuses a * b + c by default), so the element math rounds as in the CPU
+    # kernels (-ffp-contract=off above): the same float32 terms, the same inf
+    # or NaN on overflow. The kernels are memory-bound; hd_fmadd still fuses
+    # where a formula asks for it.
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr --fmad=false>)
     if(MANIFOLD_EXT_CUDA_EXTRA_INCLUDES)
       target_include_directories(${target} PRIVATE ${MANIFOLD_EXT_CUDA_EXTRA_INCLUDES})
     endif()

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "common/cpu_capability.h"
+#include "diffusion/diffusion_device_checks.h"
 
 TORCH_LIBRARY(manifold_ext, m) {
   // ---- Op family 1: fused affine coupling (paper 000 §2.1; Glow/RealNVP) ----
@@ -140,4 +141,9 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "manifold_ext compiled operators (registered as torch.ops.manifold_ext.*)";
   m.def("build_info", &build_info,
         "How this build was made: torch version it was compiled against, CUDA kernels, CPU instruction sets.");
+  m.def(
+      "_set_deferred_schedule_checks",
+      [](bool deferred) { return manifold_ext::diffusion::deferred_schedule_checks_flag().exchange(deferred); },
+      "Check per-sample diffusion schedules on CUDA inside the kernels (True) or before the launch (False); "
+      "returns the previous setting. Use manifold_ext.ops.deferred_schedule_checks().");
 }

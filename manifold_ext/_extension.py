@@ -30,7 +30,9 @@ def load_extension():
     if _major_minor(built_against) != _major_minor(torch.__version__):
         raise ImportError(
             f"manifold_ext was compiled against torch {built_against}, but torch {torch.__version__} "
-            "is installed; rebuild it: `pip install --no-build-isolation --force-reinstall --no-deps .`"
+            "is installed: a build of manifold_ext loads only in the torch release it was compiled against "
+            f"(its wheels require torch=={'.'.join(map(str, _major_minor(built_against)))}.*). Install that "
+            "torch, or rebuild against this one: `pip install --no-build-isolation --force-reinstall --no-deps .`"
         )
     return _C
 

@@ -1,10 +1,23 @@
-"""Shared pytest configuration: devices, slow reproductions, seeding."""
+"""Shared pytest configuration: devices, slow reproductions, seeding, hypothesis profiles."""
 from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 import manifold_ext  # noqa: F401  (registers torch.ops.manifold_ext.*)
+
+# Property tests (python_tests/op_contract/test_properties.py). The default profile is fixed and bounded, so the
+# suite is deterministic and fast; `pytest --hypothesis-profile=thorough` searches deeper with fresh examples.
+settings.register_profile(
+    "ci", derandomize=True, max_examples=6, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+settings.register_profile(
+    "thorough", max_examples=300, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+settings.load_profile("ci")
 
 
 def pytest_addoption(parser):
@@ -17,12 +30,13 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--runslow"):
-        return
     skip_slow = pytest.mark.skip(reason="full-size reproduction: run with --runslow")
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "slow" in item.keywords:
+        if "slow" in item.keywords and not config.getoption("--runslow"):
             item.add_marker(skip_slow)
+        if item.get_closest_marker("cuda") and not torch.cuda.is_available():
+            item.add_marker(skip_cuda)
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -48,6 +62,3 @@ def one_thread():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

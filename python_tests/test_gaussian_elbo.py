@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from conftest import requires_cuda
 from manifold_ext.ops import gaussian_elbo
 from manifold_ext.reference import gaussian_elbo_reference
 
@@ -102,84 +101,6 @@ def test_is_the_vae_elbo_with_closed_form_kl():
     torch.testing.assert_close(elbo, log_lik - kl_expected, rtol=1e-12, atol=1e-12)
 
 
-def test_non_contiguous_inputs(device):
-    x = torch.rand(4, 8, 8, 3, device=device).permute(0, 3, 1, 2)  # [B, C, H, W], channels-last strides
-    x_mean = torch.rand(4, 3, 8, 16, device=device)[..., ::2]
-    mu = torch.randn(6, 4, device=device).t()
-    logvar = torch.randn(4, 6, device=device)
-    assert not (x.is_contiguous() or x_mean.is_contiguous() or mu.is_contiguous())
-    out = gaussian_elbo(x, x_mean, mu, logvar)
-    out_c = gaussian_elbo(x.contiguous(), x_mean.contiguous(), mu.contiguous(), logvar)
-    for a, b in zip(out, out_c):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
-def test_result_independent_of_thread_count():
-    inputs = make_inputs((64, 3, 32, 32), (64, 16))
-    previous = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        first = gaussian_elbo(*inputs)
-        torch.set_num_threads(max(2, previous))
-        second = gaussian_elbo(*inputs)
-    finally:
-        torch.set_num_threads(previous)
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
-
-
-# ---------------------------------------------------------------------------
-# The op as a PyTorch citizen: opcheck, torch.compile
-# ---------------------------------------------------------------------------
-def test_opcheck(device):
-    x, x_mean, mu, logvar = make_inputs((3, 1, 4, 5), (3, 2), torch.float32, device)
-    args = (x.requires_grad_(), x_mean.requires_grad_(), mu.requires_grad_(), logvar.requires_grad_(), -1.5)
-    torch.library.opcheck(torch.ops.manifold_ext.gaussian_elbo.default, args)
-
-
-def test_opcheck_backward(device):
-    inputs = make_inputs((3, 1, 4, 5), (3, 2), torch.float32, device)
-    args = (torch.randn(3, device=device), torch.randn(3, device=device), *inputs, -1.5)
-    torch.library.opcheck(torch.ops.manifold_ext.gaussian_elbo_backward.default, args)
-
-
-class _TinyVAE(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.encoder = torch.nn.Linear(16, 4)
-        self.decoder = torch.nn.Linear(2, 16)
-
-    def forward(self, x, noise):
-        mu, logvar = self.encoder(x.flatten(1)).chunk(2, 1)
-        x_mean = torch.sigmoid(self.decoder(mu + torch.exp(0.5 * logvar) * noise)).view_as(x)
-        elbo, _ = gaussian_elbo(x, x_mean, mu, logvar, decoder_logvar=-2.0)
-        return -elbo.mean()
-
-
-def test_torch_compile_fullgraph(device):
-    module = _TinyVAE().to(device)
-    x, noise = torch.rand(5, 1, 4, 4, device=device), torch.randn(5, 2, device=device)
-    # aot_eager traces the whole graph through the fake kernel and the autograd
-    # formula like inductor does, without inductor's C++ code generation (a
-    # minute on a shared 2-core machine).
-    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
-    loss_eager = module(x, noise)
-    grads_eager = torch.autograd.grad(loss_eager, list(module.parameters()))
-    loss_compiled = compiled(x, noise)
-    grads_compiled = torch.autograd.grad(loss_compiled, list(module.parameters()))
-    torch.testing.assert_close(loss_compiled, loss_eager, rtol=1e-5, atol=1e-5)
-    for a, b in zip(grads_compiled, grads_eager):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-
-
-def test_torch_compile_dynamic_shapes():
-    fn = torch.compile(lambda *t: gaussian_elbo(*t, decoder_logvar=-1.0), fullgraph=True, dynamic=True,
-                       backend="aot_eager")
-    for batch, side, latents in ((2, 4, 3), (3, 6, 5), (5, 3, 2)):
-        inputs = make_inputs((batch, 1, side, side), (batch, latents))
-        for a, b in zip(fn(*inputs), gaussian_elbo_reference(*inputs, -1.0)):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
-
-
 # ---------------------------------------------------------------------------
 # Bad input: clear errors naming the problem
 # ---------------------------------------------------------------------------
@@ -216,23 +137,17 @@ def test_backward_bad_gradient_shape():
         torch.ops.manifold_ext.gaussian_elbo_backward(torch.randn(3), torch.randn(2), *inputs, 0.0)
 
 
-def test_compile_reports_bad_shape_at_trace_time():
-    fn = torch.compile(lambda *t: gaussian_elbo(*t), fullgraph=True, backend="aot_eager")
-    with pytest.raises(Exception, match="x_mean must have the shape of x"):
-        fn(torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 3), torch.randn(2, 3), torch.randn(2, 3))
-
-
 # ---------------------------------------------------------------------------
 # CUDA
 # ---------------------------------------------------------------------------
-@requires_cuda
+@pytest.mark.cuda
 def test_device_mismatch():
     x, x_mean, mu, logvar = make_inputs((2, 1, 4, 4), (2, 3))
     with pytest.raises(RuntimeError, match="same device"):
         gaussian_elbo(x, x_mean.cuda(), mu, logvar)
 
 
-@requires_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("x_shape,z_shape", SHAPES + [((256, 3, 64, 64), (256, 64))], ids=str)
 def test_cuda_matches_cpu(x_shape, z_shape):
     inputs = make_inputs(x_shape, z_shape, torch.float64)
@@ -247,7 +162,7 @@ def test_cuda_matches_cpu(x_shape, z_shape):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-12, atol=1e-12)
 
 
-@requires_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 def test_cuda_half_precision_accumulates_in_float32(dtype):
     inputs = [t.to(dtype) for t in make_inputs((8, 3, 16, 16), (8, 16), torch.float32, "cuda")]
@@ -256,3 +171,30 @@ def test_cuda_half_precision_accumulates_in_float32(dtype):
     elbo_ref, kl_ref = gaussian_elbo_reference(*(t.float() for t in inputs), -2.0)
     torch.testing.assert_close(elbo, elbo_ref, rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(kl, kl_ref, rtol=1e-5, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------
+# Issue 13 item 7: decoder_logvar whose exp(-s) overflows the compute dtype
+# ---------------------------------------------------------------------------
+def test_decoder_logvar_too_small_for_the_dtype_is_refused():
+    """decoder_logvar <= -89 in float32 with x == x_mean gave 0 * inf = NaN."""
+    x, _, mu, logvar = make_inputs((2, 1, 4, 4), (2, 3))
+    with pytest.raises(ValueError, match=r"decoder_logvar = -89.0 is too small: the kernels multiply by "
+                                         r"exp\(-decoder_logvar\) in float32, where it overflows; "
+                                         r"need decoder_logvar >= -88.722839"):
+        gaussian_elbo(x, x.clone(), mu, logvar, decoder_logvar=-89.0)
+    with pytest.raises(ValueError, match="need decoder_logvar >= -88.722839"):  # at trace time too
+        gaussian_elbo(*(t.to("meta") for t in (x, x, mu, logvar)), decoder_logvar=-89.0)
+    # float64 computes it: the exact, finite log-likelihood of x == x_mean
+    elbo, kl = gaussian_elbo(x.double(), x.double(), mu.double(), logvar.double(), decoder_logvar=-89.0)
+    expected = -0.5 * 16 * (-89.0 + math.log(2 * math.pi)) - kl
+    torch.testing.assert_close(elbo, expected)
+    # the smallest accepted value in float32 stays finite
+    elbo, _ = gaussian_elbo(x, x.clone(), mu, logvar, decoder_logvar=-88.722839)
+    assert torch.isfinite(elbo).all()
+
+
+def test_decoder_logvar_may_be_passed_positionally_like_the_reference():
+    inputs = make_inputs((2, 1, 4, 4), (2, 3), torch.float64)
+    for a, b in zip(gaussian_elbo(*inputs, -1.0), gaussian_elbo_reference(*inputs, -1.0)):
+        torch.testing.assert_close(a, b)

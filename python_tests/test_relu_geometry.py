@@ -214,8 +214,8 @@ def test_executors_give_the_serial_answer():
 
 def test_default_moves_long_enumerations_to_a_local_process_pool():
     net = ReLUNetwork.from_module(random_network((6, 6), 2, seed=6))
-    inline = enumerate_regions(net, box=(-1, 1), executor=None, batch_size=8, progress=False)
-    quick = enumerate_regions(net, box=(-1, 1), batch_size=8, progress=False)  # "auto": done before 2 s
+    inline = enumerate_regions(net, box=(-1, 1), executor=None, batch_size=2, progress=False)
+    quick = enumerate_regions(net, box=(-1, 1), batch_size=2, progress=False)  # "auto": done before 2 s
     pooled = enumerate_regions(net, box=(-1, 1), pool_after=0.0, workers=2, batch_size=2, progress=False)
     assert not inline.used_executor and not quick.used_executor
     assert pooled.used_executor  # spawned workers, single-threaded each

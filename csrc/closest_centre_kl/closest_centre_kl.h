@@ -51,9 +51,12 @@ struct Grid {
 
 // Nearest grid point of mu, ties to even (torch.round), then clipped. The
 // comparisons keep a NaN mu NaN (torch.clamp propagates NaN too).
+// offset + spacing * k is rounded after the product and after the sum on every
+// backend (hd_mul_then_add), as torch's separate mul and add round it, so CPU,
+// CUDA and the reference agree bit for bit for any spacing and offset.
 template <typename T>
 ME_HD T grid_centre(T mu, const Grid<T>& grid) {
-  T centre = grid.offset + grid.spacing * hd_round((mu - grid.offset) / grid.spacing);
+  T centre = hd_mul_then_add(grid.spacing, hd_round((mu - grid.offset) / grid.spacing), grid.offset);
   centre = hd_where(hd_lt(centre, grid.low), grid.low, centre);
   centre = hd_where(hd_lt(grid.high, centre), grid.high, centre);
   return centre;
@@ -101,6 +104,29 @@ template <typename T>
 ME_HD T squared_gap(T mu, T centre) {
   const T d = mu - centre;
   return d * d;
+}
+
+// NaN rule of the nearest-centre search (as torch.argmin): a NaN distance
+// counts as nearer than any number, and among NaN distances the first centre
+// wins. So a NaN in mu or in a centre is never skipped: it is chosen, and its
+// KL is NaN. `is_nearer` is the running comparison of a search that visits
+// centres in increasing index order (replacing only on "strictly nearer" keeps
+// the first of equal distances); it is a bool for scalars, a lane mask for
+// CPU vectors.
+template <typename T>
+ME_HD auto is_nearer(T dist, T best) {
+  return (dist < best) | ((dist != dist) & (best == best));
+}
+
+// The same order between two (distance, index) candidates found separately
+// (search lanes or threads): NaN first, then the smaller distance, then the
+// smaller index.
+template <typename T>
+ME_HD bool ranks_before(T dist_a, int64_t index_a, T dist_b, int64_t index_b) {
+  const bool nan_a = dist_a != dist_a;
+  const bool nan_b = dist_b != dist_b;
+  if (nan_a || nan_b) return nan_a && (!nan_b || index_a < index_b);
+  return dist_a < dist_b || (dist_a == dist_b && index_a < index_b);
 }
 
 }  // namespace closest_centre_kl

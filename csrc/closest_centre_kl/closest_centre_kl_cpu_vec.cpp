@@ -85,31 +85,26 @@ void block_terms(const scalar_t* mu, const scalar_t* logvar, const scalar_t* tar
                  scalar_t* centre, scalar_t* terms, int64_t count, const KlParams& params) {
   using V = Vec<scalar_t>;
   const LaneParams<V> pv = lane_params<V, scalar_t>(params);
-  const LaneParams<scalar_t> ps = lane_params<scalar_t, scalar_t>(params);
   // Masked: the bool bytes as 0/1 lanes of the element type, so a lane-wise
   // compare turns them into blend masks.
   alignas(64) scalar_t guided[kSource == CentreSource::Masked ? kBlock : 1];
   if constexpr (kSource == CentreSource::Masked) {
     for (int64_t i = 0; i < count; ++i) guided[i] = mask[i] ? scalar_t(1) : scalar_t(0);
   }
-  int64_t i = 0;
-  for (; i + V::size() <= count; i += V::size()) {
-    const V m = V::loadu(mu + i);
+  // The last, partial vector goes through the same vector code (partial loads
+  // and stores): a scalar tail would use libm's exp where the body uses the
+  // vector exp, and which elements fall in a tail depends on where the thread
+  // partition cuts the rows, so results would depend on the thread count.
+  for (int64_t i = 0; i < count; i += V::size()) {
+    const int64_t lanes = std::min<int64_t>(V::size(), count - i);
+    const V m = V::loadu(mu + i, lanes);
     V t(scalar_t(0));
     V g(scalar_t(0));
-    if constexpr (kSource != CentreSource::Rounded) t = V::loadu(target + i);
-    if constexpr (kSource == CentreSource::Masked) g = V::loadu(guided + i) != V(scalar_t(0));
+    if constexpr (kSource != CentreSource::Rounded) t = V::loadu(target + i, lanes);
+    if constexpr (kSource == CentreSource::Masked) g = V::loadu(guided + i, lanes) != V(scalar_t(0));
     const V c = choose_centre<kSource>(m, t, g, pv.grid);
-    if constexpr (kStoreCentre) c.store(centre + i);
-    twice_kl_term(m, V::loadu(logvar + i), c, pv.prior).store(terms + i);
-  }
-  for (; i < count; ++i) {
-    const scalar_t t = kSource != CentreSource::Rounded ? target[i] : scalar_t(0);
-    bool g = false;
-    if constexpr (kSource == CentreSource::Masked) g = guided[i] != scalar_t(0);
-    const scalar_t c = choose_centre<kSource>(mu[i], t, g, ps.grid);
-    if constexpr (kStoreCentre) centre[i] = c;
-    terms[i] = twice_kl_term(mu[i], logvar[i], c, ps.prior);
+    if constexpr (kStoreCentre) c.store(centre + i, lanes);
+    twice_kl_term(m, V::loadu(logvar + i, lanes), c, pv.prior).store(terms + i, lanes);
   }
 }
 
@@ -177,7 +172,6 @@ template <typename scalar_t>
 void backward_rows_impl(const BackwardRows<scalar_t>& rows, const KlParams& params) {
   using V = Vec<scalar_t>;
   const PriorVariance<V> pv = lane_params<V, scalar_t>(params).prior;
-  const PriorVariance<scalar_t> ps = lane_params<scalar_t, scalar_t>(params).prior;
   alignas(64) scalar_t grad[kBlock];  // each element's row gradient
   const int64_t n = rows.n;
   for_each_block(rows.rows, n, [&](const BlockSpan& span) {
@@ -190,17 +184,12 @@ void backward_rows_impl(const BackwardRows<scalar_t>& rows, const KlParams& para
     const scalar_t* centre = rows.centre + offset;
     scalar_t* grad_mu = rows.grad_mu + offset;
     scalar_t* grad_logvar = rows.grad_logvar + offset;
-    int64_t i = 0;
-    for (; i + V::size() <= span.count; i += V::size()) {
-      const KlGrads<V> g =
-          kl_term_grads(V::loadu(grad + i), V::loadu(mu + i), V::loadu(logvar + i), V::loadu(centre + i), pv);
-      g.mu.store(grad_mu + i);
-      g.logvar.store(grad_logvar + i);
-    }
-    for (; i < span.count; ++i) {
-      const KlGrads<scalar_t> g = kl_term_grads(grad[i], mu[i], logvar[i], centre[i], ps);
-      grad_mu[i] = g.mu;
-      grad_logvar[i] = g.logvar;
+    for (int64_t i = 0; i < span.count; i += V::size()) {  // the partial last vector too (see block_terms)
+      const int64_t lanes = std::min<int64_t>(V::size(), span.count - i);
+      const KlGrads<V> g = kl_term_grads(V::loadu(grad + i, lanes), V::loadu(mu + i, lanes),
+                                         V::loadu(logvar + i, lanes), V::loadu(centre + i, lanes), pv);
+      g.mu.store(grad_mu + i, lanes);
+      g.logvar.store(grad_logvar + i, lanes);
     }
   });
 }
@@ -257,8 +246,10 @@ void nearest_samples(const NearestRows<scalar_t>& rows, int64_t first_row) {
     }
     for (int v = 0; v < kLaneVecs; ++v) {
       const V lane_index = V::arange(static_cast<scalar_t>(k0 + v * kW), scalar_t(1));
+      // Padding columns (+inf) are never nearer, not even when mu is inf and (inf - inf)^2 is NaN.
+      const V real_centre = lane_index < V(static_cast<scalar_t>(rows.num_centres));
       for (int s = 0; s < kSamples; ++s) {
-        const V closer = dist[s][v] < best[s][v];
+        const V closer = is_nearer(dist[s][v], best[s][v]) & real_centre;  // NaN rule: closest_centre_kl.h
         best[s][v] = hd_where(closer, dist[s][v], best[s][v]);
         best_index[s][v] = hd_where(closer, lane_index, best_index[s][v]);
       }
@@ -274,7 +265,7 @@ void nearest_samples(const NearestRows<scalar_t>& rows, int64_t first_row) {
     scalar_t min_value = values[0];
     scalar_t min_index = indices[0];
     for (int64_t l = 1; l < kLaneVecs * kW; ++l) {
-      if (values[l] < min_value || (values[l] == min_value && indices[l] < min_index)) {
+      if (ranks_before(values[l], static_cast<int64_t>(indices[l]), min_value, static_cast<int64_t>(min_index))) {
         min_value = values[l];
         min_index = indices[l];
       }

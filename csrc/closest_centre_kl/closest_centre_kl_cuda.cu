@@ -5,7 +5,8 @@
 // Forward: one warp per sample when rows are long enough to fill a warp
 // (n >= kWarpRowLen), else one thread per sample; each adds its elements' KL
 // terms and reduces them in registers/shuffles (no atomics, deterministic).
-// Backward: a grid-stride elementwise pass. nearest_centre_kl first finds each
+// Backward: a grid-stride elementwise pass (32-bit index math below 2^31
+// elements). nearest_centre_kl first finds each
 // sample's nearest centre (one thread per sample, the centres read warp-uniformly
 // through the cache), then runs the same forward/backward kernels with the
 // chosen centre rows gathered on the fly.
@@ -114,7 +115,7 @@ __global__ void __launch_bounds__(kThreads) kl_forward_warp_rows_kernel(ForwardA
   }
 }
 
-template <typename scalar_t, typename Centres>
+template <typename scalar_t, typename index_t, typename Centres>
 __global__ void __launch_bounds__(kThreads) kl_backward_kernel(
     const at::opmath_type<scalar_t>* __restrict__ grad_kl,  // [B]
     const scalar_t* __restrict__ mu,                        // [B, n]
@@ -122,12 +123,11 @@ __global__ void __launch_bounds__(kThreads) kl_backward_kernel(
     Centres centres,                                        // row r -> its n centres
     scalar_t* __restrict__ grad_mu,                         // [B, n]
     scalar_t* __restrict__ grad_logvar,                     // [B, n]
-    int64_t numel, int64_t n, PriorVariance<at::opmath_type<scalar_t>> prior) {
+    index_t numel, index_t n, PriorVariance<at::opmath_type<scalar_t>> prior) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < numel;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = idx / n;
-    const int64_t i = idx - r * n;
+  for (index_t idx = cuda::grid_stride_begin<index_t>(); idx < numel; idx += cuda::grid_stride_step<index_t>()) {
+    const index_t r = idx / n;
+    const index_t i = idx - r * n;
     const KlGrads<acc_t> g = kl_term_grads(grad_kl[r], static_cast<acc_t>(mu[idx]), static_cast<acc_t>(logvar[idx]),
                                            static_cast<acc_t>(centres.row(r)[i]), prior);
     grad_mu[idx] = static_cast<scalar_t>(g.mu);
@@ -176,6 +176,20 @@ void launch_forward(const ForwardArgs<scalar_t>& args, const Centres& given, cud
 
 void check_cuda(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.is_cuda(), op, ": expected CUDA tensors, got ", x.device());
+}
+
+// The backward gathers centres[index[r]] for every sample. An index out of
+// range would trip the device-side assert in GatheredCentres::row, which leaves
+// the CUDA context unusable; it is refused here instead, before the launch,
+// with the CPU kernel's error (one reduction and one device->host sync; the
+// index a forward call returned always passes).
+void check_index_range(const at::Tensor& index, int64_t num_centres, const char* op) {
+  if (index.numel() == 0) return;
+  const at::Tensor out_of_range = index.lt(0).logical_or_(index.ge(num_centres));
+  if (!out_of_range.any().item<bool>()) return;
+  const int64_t sample = out_of_range.nonzero().select(1, 0)[0].item<int64_t>();
+  TORCH_CHECK(false, op, ": index ", index[sample].item<int64_t>(), " of sample ", sample, " is out of range for ",
+              num_centres, " centres");
 }
 
 template <typename scalar_t>
@@ -241,11 +255,15 @@ void launch_backward(const at::Tensor& grad_kl, const at::Tensor& mu, const at::
   const int64_t numel = mu.numel();
   if (numel == 0) return;
   const PriorVariance<double> prior = prior_variance(sigma0);
-  kl_backward_kernel<scalar_t><<<cuda::grid_stride_blocks(numel, kThreads), kThreads, 0, stream>>>(
-      grad_kl.const_data_ptr<acc_t>(), mu.const_data_ptr<scalar_t>(), logvar.const_data_ptr<scalar_t>(), centres,
-      grad_mu.mutable_data_ptr<scalar_t>(), grad_logvar.mutable_data_ptr<scalar_t>(), numel, mu.size(1),
-      PriorVariance<acc_t>{static_cast<acc_t>(prior.log_var), static_cast<acc_t>(prior.inv_var)});
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cuda::dispatch_index_type(numel, [&](auto index_zero) {
+    using index_t = decltype(index_zero);
+    kl_backward_kernel<scalar_t, index_t><<<cuda::grid_stride_blocks(numel, kThreads), kThreads, 0, stream>>>(
+        grad_kl.const_data_ptr<acc_t>(), mu.const_data_ptr<scalar_t>(), logvar.const_data_ptr<scalar_t>(), centres,
+        grad_mu.mutable_data_ptr<scalar_t>(), grad_logvar.mutable_data_ptr<scalar_t>(), static_cast<index_t>(numel),
+        static_cast<index_t>(mu.size(1)),
+        PriorVariance<acc_t>{static_cast<acc_t>(prior.log_var), static_cast<acc_t>(prior.inv_var)});
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> closest_centre_kl_backward_cuda(const at::Tensor& grad_kl_in,
@@ -313,6 +331,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_centre_kl_backward_cuda(const at::Ten
   const at::Tensor logvar = logvar_in.contiguous();
   const at::Tensor centres = centres_in.contiguous();
   const at::Tensor index = index_in.contiguous();
+  check_index_range(index, centres.size(0), "nearest_centre_kl_backward");
   const at::Tensor grad_kl = grad_kl_in.to(kl_dtype(mu.scalar_type())).contiguous();
   at::Tensor grad_mu = at::empty_like(mu, at::MemoryFormat::Contiguous);
   at::Tensor grad_logvar = at::empty_like(mu, at::MemoryFormat::Contiguous);

@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "closest_centre_kl/closest_centre_kl.h"
+#include "common/repr.h"
 
 namespace manifold_ext {
 namespace closest_centre_kl {
@@ -27,6 +28,25 @@ struct ClosestCentreOptions {
 
 inline void check_sigma0(double sigma0, const char* op) {
   TORCH_CHECK_VALUE(std::isfinite(sigma0) && sigma0 > 0, op, ": sigma0 must be a finite number > 0, got ", sigma0);
+}
+
+// The kernels multiply by 1/sigma0^2 in the compute dtype (float32 for
+// float32/float16/bfloat16 inputs). Below sqrt(1 / largest finite) that is inf,
+// and a posterior sitting exactly on its centre would get 0 * inf = NaN
+// instead of its KL; such a sigma0 is refused.
+inline double smallest_sigma0(at::ScalarType dtype) {
+  const double largest = dtype == at::kDouble ? std::numeric_limits<double>::max()
+                                              : static_cast<double>(std::numeric_limits<float>::max());
+  return std::nextafter(1.0 / std::sqrt(largest), std::numeric_limits<double>::infinity());
+}
+
+inline void check_sigma0_fits(double sigma0, at::ScalarType dtype, const char* op) {
+  check_sigma0(sigma0, op);
+  const double smallest = smallest_sigma0(dtype);
+  TORCH_CHECK_VALUE(sigma0 >= smallest && std::isfinite(1.0 / (sigma0 * sigma0)), op, ": sigma0 = ", repr(sigma0),
+                    " is too small: the kernels multiply by 1/sigma0^2 in ",
+                    dtype == at::kDouble ? "float64" : "float32", ", where it overflows; need sigma0 >= ",
+                    repr(smallest));
 }
 
 inline PriorVariance<double> prior_variance(double sigma0) {
@@ -53,7 +73,7 @@ inline ClosestCentreOptions parse_closest_centre(const at::Tensor& mu, const at:
                                                  c10::optional<double> high) {
   constexpr const char* op = "closest_centre_kl";
   check_posterior(mu, logvar, op);
-  check_sigma0(sigma0, op);
+  check_sigma0_fits(sigma0, mu.scalar_type(), op);
   TORCH_CHECK_VALUE(std::isfinite(spacing) && spacing > 0, op, ": spacing must be a finite number > 0, got ",
                     spacing);
   TORCH_CHECK_VALUE(std::isfinite(offset), op, ": offset must be finite, got ", offset);
@@ -107,7 +127,7 @@ inline void check_closest_backward(const at::Tensor& grad_kl, const at::Tensor& 
                                    const at::Tensor& centre, double sigma0) {
   constexpr const char* op = "closest_centre_kl_backward";
   check_posterior(mu, logvar, op);
-  check_sigma0(sigma0, op);
+  check_sigma0_fits(sigma0, mu.scalar_type(), op);
   TORCH_CHECK(grad_kl.dim() == 1 && grad_kl.size(0) == mu.size(0), op, ": grad_kl must have shape [B] = [",
               mu.size(0), "], got ", grad_kl.sizes());
   TORCH_CHECK(centre.sizes() == mu.sizes(), op, ": centre must have the shape of mu ", mu.sizes(), ", got ",
@@ -136,7 +156,7 @@ inline void check_nearest(const at::Tensor& mu, const at::Tensor& logvar, const 
                           double sigma0) {
   constexpr const char* op = "nearest_centre_kl";
   check_posterior(mu, logvar, op);
-  check_sigma0(sigma0, op);
+  check_sigma0_fits(sigma0, mu.scalar_type(), op);
   check_centres(mu, centres, op);
 }
 
@@ -144,7 +164,7 @@ inline void check_nearest_backward(const at::Tensor& grad_kl, const at::Tensor& 
                                    const at::Tensor& centres, const at::Tensor& index, double sigma0) {
   constexpr const char* op = "nearest_centre_kl_backward";
   check_posterior(mu, logvar, op);
-  check_sigma0(sigma0, op);
+  check_sigma0_fits(sigma0, mu.scalar_type(), op);
   check_centres(mu, centres, op);
   TORCH_CHECK(grad_kl.dim() == 1 && grad_kl.size(0) == mu.size(0), op, ": grad_kl must have shape [B] = [",
               mu.size(0), "], got ", grad_kl.sizes());

@@ -141,9 +141,9 @@ template <typename T>
 inline Vec<T> hd_round(const Vec<T>& v) { return v.round(); }  // ties to even
 template <typename T>
 inline Vec<T> hd_min(const Vec<T>& a, const Vec<T>& b) { return at::vec::minimum(a, b); }
-
 template <typename T>
-inline Vec<T> hd_fma(const Vec<T>& a, const Vec<T>& b, const Vec<T>& c) { return at::vec::fmadd(a, b, c); }
+inline Vec<T> hd_fmadd(const Vec<T>& a, const Vec<T>& b, const Vec<T>& c) { return at::vec::fmadd(a, b, c); }
+
 template <typename T>
 inline Vec<T> hd_lt(const Vec<T>& a, const Vec<T>& b) { return a < b; }
 template <typename T>

@@ -50,15 +50,53 @@ ME_HD double hd_abs(double v) { return ::fabs(v); }
 ME_HD float hd_round(float v) { return ::nearbyintf(v); }
 ME_HD double hd_round(double v) { return ::nearbyint(v); }
 
-// a * b + c: one fused multiply-add in the SIMD kernels (at::vec::fmadd, a single
-// rounding where the ISA has FMA); scalar code leaves the choice to the compiler.
-template <typename T>
-ME_HD T hd_fma(T a, T b, T c) {
-  return a * b + c;
-}
-
 ME_HD float hd_min(float a, float b) { return a < b ? a : b; }
 ME_HD double hd_min(double a, double b) { return a < b ? a : b; }
+
+// a * b + c, fused where the instruction set has FMA. The CPU kernels are built
+// with -ffp-contract=off, so every ISA copy evaluates the header formulas as the
+// same sequence of IEEE operations (an overflow gives the same inf or NaN on
+// each); polynomial series, whose terms are bounded, ask for the fused form
+// here explicitly. cpu_vec_math.h adds the vector overload (at::vec::fmadd).
+ME_HD float hd_fmadd(float a, float b, float c) {
+#if defined(__CUDA_ARCH__) || defined(__FMA__)
+  return ::fmaf(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+ME_HD double hd_fmadd(double a, double b, double c) {
+#if defined(__CUDA_ARCH__) || defined(__FMA__)
+  return ::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// a * b + c with two roundings (the product, then the sum), never fused into
+// one FMA: the rounding every backend must agree on where results are compared
+// bit for bit (the grid centres of closest_centre_kl against each other and
+// against torch's separate mul and add). nvcc fuses a * b + c by default
+// (--fmad=true) but never __fmul_rn/__fadd_rn; the CPU kernels are built with
+// -ffp-contract=off, so the plain operators (scalar or at::vec) round twice.
+ME_HD float hd_mul_then_add(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(__fmul_rn(a, b), c);
+#else
+  return a * b + c;
+#endif
+}
+ME_HD double hd_mul_then_add(double a, double b, double c) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(__dmul_rn(a, b), c);
+#else
+  return a * b + c;
+#endif
+}
+template <typename V>  // CPU SIMD vectors (at::vec::Vectorized)
+inline V hd_mul_then_add(const V& a, const V& b, const V& c) {
+  return a * b + c;
+}
 
 // Comparisons: a bool for scalars, a lane mask for vectors (cpu_vec_math.h).
 // Kernels compare through these rather than the operators so that the
@@ -107,12 +145,12 @@ ME_HD T log1p_unit_interval(T e) {
     const T w = e / (T(2) + e);
     const T w2 = w * w;
     T series = T(1.0f / 13.0f);
-    series = hd_fma(series, w2, T(1.0f / 11.0f));
-    series = hd_fma(series, w2, T(1.0f / 9.0f));
-    series = hd_fma(series, w2, T(1.0f / 7.0f));
-    series = hd_fma(series, w2, T(1.0f / 5.0f));
-    series = hd_fma(series, w2, T(1.0f / 3.0f));
-    series = hd_fma(series, w2, T(1.0f));
+    series = hd_fmadd(series, w2, T(1.0f / 11.0f));
+    series = hd_fmadd(series, w2, T(1.0f / 9.0f));
+    series = hd_fmadd(series, w2, T(1.0f / 7.0f));
+    series = hd_fmadd(series, w2, T(1.0f / 5.0f));
+    series = hd_fmadd(series, w2, T(1.0f / 3.0f));
+    series = hd_fmadd(series, w2, T(1.0f));
     return T(2) * w * series;
   }
 }
@@ -131,13 +169,13 @@ ME_HD T tanh_series_or_exp(T a) {
     const T from_exp = (T(1) - e) / (T(1) + e);
     const T a2 = abs_a * abs_a;
     T series = T(-929569.0f / 638512875.0f);
-    series = hd_fma(series, a2, T(21844.0f / 6081075.0f));
-    series = hd_fma(series, a2, T(-1382.0f / 155925.0f));
-    series = hd_fma(series, a2, T(62.0f / 2835.0f));
-    series = hd_fma(series, a2, T(-17.0f / 315.0f));
-    series = hd_fma(series, a2, T(2.0f / 15.0f));
-    series = hd_fma(series, a2, T(-1.0f / 3.0f));
-    series = hd_fma(series, a2, T(1.0f));
+    series = hd_fmadd(series, a2, T(21844.0f / 6081075.0f));
+    series = hd_fmadd(series, a2, T(-1382.0f / 155925.0f));
+    series = hd_fmadd(series, a2, T(62.0f / 2835.0f));
+    series = hd_fmadd(series, a2, T(-17.0f / 315.0f));
+    series = hd_fmadd(series, a2, T(2.0f / 15.0f));
+    series = hd_fmadd(series, a2, T(-1.0f / 3.0f));
+    series = hd_fmadd(series, a2, T(1.0f));
     const T magnitude = hd_where(hd_lt(abs_a, T(0.45f)), abs_a * series, from_exp);
     return hd_where(hd_lt(a, T(0)), -magnitude, magnitude);
   }

@@ -380,9 +380,9 @@ at::Tensor diffusion_nll_step_cpu(const at::Tensor& acc, const at::Tensor& x_t, 
   at::Tensor acc_new = at::empty_like(in.acc, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(in.x_t.scalar_type(), "diffusion_nll_step_cpu", [&] {
     if (one_pass) {
-      if (nll_step_short_per_sample<scalar_t>(in, acc_new) > 0) {
-        check_abar_samples(in.pair, ScheduleRule::Likelihood, op, "abar_t", "abar_next");  // raises
-      }
+      const int64_t invalid_pairs = nll_step_short_per_sample<scalar_t>(in, acc_new);
+      check_abar_samples(in.pair, ScheduleRule::Likelihood, in.x_t.scalar_type(), op, "abar_t", "abar_next",
+                         /*schedules_valid=*/invalid_pairs == 0);
       return;
     }
     const CoefVector<NllCoefficients<scalar_t>> coef = nll_coefficients_for<scalar_t>(in.pair);

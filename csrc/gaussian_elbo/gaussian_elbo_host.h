@@ -7,9 +7,19 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <limits>
+
+#include "common/repr.h"
 
 namespace manifold_ext {
 namespace gaussian_elbo {
+
+inline double smallest_decoder_logvar(at::ScalarType dtype) {
+  const double largest = dtype == at::kDouble ? std::numeric_limits<double>::max()
+                                              : static_cast<double>(std::numeric_limits<float>::max());
+  // the smallest s with exp(-s) <= largest, rounded up to a number that is safely inside
+  return -std::floor(std::log(largest) * 1e6) / 1e6;
+}
 
 struct ElboGeometry {
   int64_t batch;    // B
@@ -37,6 +47,15 @@ inline ElboGeometry check_inputs(const at::Tensor& x, const at::Tensor& x_mean, 
               ": all inputs must have the same dtype, got x ", dtype, ", x_mean ", x_mean.scalar_type(), ", mu ",
               mu.scalar_type(), ", logvar ", logvar.scalar_type());
   TORCH_CHECK_VALUE(std::isfinite(decoder_logvar), op, ": decoder_logvar must be finite, got ", decoder_logvar);
+  // The kernels multiply by exp(-decoder_logvar) in the compute dtype (float32
+  // for float32/float16/bfloat16 inputs). Below -log(largest finite) that is
+  // inf, and a pixel with x == x_mean would get 0 * inf = NaN instead of its
+  // (large, finite) log-likelihood; such a decoder_logvar is refused.
+  const double smallest = smallest_decoder_logvar(dtype);
+  TORCH_CHECK_VALUE(decoder_logvar >= smallest, op, ": decoder_logvar = ", repr(decoder_logvar),
+                    " is too small: the kernels multiply by exp(-decoder_logvar) in ",
+                    dtype == at::kDouble ? "float64" : "float32", ", where it overflows; need decoder_logvar >= ",
+                    repr(smallest));
   ElboGeometry g{};
   g.batch = x.size(0);
   g.pixels = 1;  // from the shape, so batch 0 still has per-sample sizes

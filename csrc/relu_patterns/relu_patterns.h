@@ -6,7 +6,9 @@
 // (Eq. 4), stored in int64 words: hidden unit g is bit (g % 64) of word
 // (g / 64), least significant bit first. Bits past the last unit are 0.
 // Tie rule (Eq. 3): a unit is active (bit 1) iff its pre-activation is > 0;
-// exactly 0 (and NaN, as for `pre > 0` in PyTorch) gives 0.
+// exactly 0 gives 0. NaN rule: a NaN pre-activation has no sign, so its bit is
+// undefined; the host refuses it (check_preactivations in relu_patterns_host.h)
+// before any bit is packed.
 #pragma once
 
 #include <cstdint>

@@ -91,6 +91,7 @@ at::Tensor activation_patterns_cpu(const at::Tensor& x, at::TensorList weights, 
   int64_t offset = 0;
   for (size_t j = 0; j < weights.size(); ++j) {
     at::Tensor pre = at::addmm(biases[j], layer_input, weights[j].t());  // [N, h_j], Eq. 2 pre-activation
+    check_preactivations(pre, static_cast<int64_t>(j), offset, op);        // NaN rule: relu_patterns_host.h
     const bool last = j + 1 == weights.size();
     AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "activation_patterns_cpu",
                                [&] { pack_layer_and_relu<scalar_t>(pre, packed, offset, !last); });

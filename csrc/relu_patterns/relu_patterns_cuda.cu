@@ -7,9 +7,13 @@
 // launches are ordered on the stream, so no atomics).
 // hamming_distance: references word-major; a block of threads covers
 // consecutive references (coalesced loads) for a group of queries whose words
-// sit in shared memory. hamming_topk: one thread per query with its bounded
-// heap in the output rows; every thread of a warp reads the same reference
-// word (a broadcast), so the [Nq, Nr] matrix is never formed.
+// sit in shared memory. hamming_topk: the references are dealt out to S
+// "splits" (split s takes references s, s + S, s + 2S, ...), one thread per
+// (query, split) keeps the split's bounded top-k heap, so consecutive threads
+// read consecutive references (coalesced) and a single query still fills the
+// GPU; a second pass merges each query's S heaps (ties by the smaller index,
+// so the result does not depend on S). With S = 1 the first pass writes the
+// output directly. The [Nq, Nr] matrix is never formed.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -21,6 +25,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <tuple>
 
 #include "common/cuda_utils.cuh"
@@ -93,14 +98,13 @@ at::Tensor activation_patterns_cuda(const at::Tensor& x, at::TensorList weights,
   return packed;
 }
 
+template <typename index_t>
 __global__ void __launch_bounds__(kThreads) unpack_kernel(const int64_t* __restrict__ packed,  // [N, words]
                                                           bool* __restrict__ bits,             // [N, H]
-                                                          int64_t rows, int64_t units, int64_t words) {
-  const int64_t total = rows * units;
-  for (int64_t item = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; item < total;
-       item += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t n = item / units;
-    bits[item] = unit_is_active(packed + n * words, item % units);
+                                                          index_t total, index_t units, int64_t words) {
+  for (index_t item = cuda::grid_stride_begin<index_t>(); item < total; item += cuda::grid_stride_step<index_t>()) {
+    const index_t n = item / units;
+    bits[item] = unit_is_active(packed + int64_t(n) * words, item - n * units);
   }
 }
 
@@ -113,9 +117,13 @@ at::Tensor unpack_patterns_cuda(const at::Tensor& packed_in, int64_t num_units) 
   at::Tensor bits = at::empty({rows, num_units}, packed.options().dtype(at::kBool));
   const int64_t total = rows * num_units;
   if (total == 0) return bits;
-  unpack_kernel<<<cuda::grid_stride_blocks(total, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      packed.const_data_ptr<int64_t>(), bits.mutable_data_ptr<bool>(), rows, num_units, packed.size(1));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cuda::dispatch_index_type(total, [&](auto index_zero) {
+    using index_t = decltype(index_zero);
+    unpack_kernel<index_t><<<cuda::grid_stride_blocks(total, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        packed.const_data_ptr<int64_t>(), bits.mutable_data_ptr<bool>(), static_cast<index_t>(total),
+        static_cast<index_t>(num_units), packed.size(1));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
   return bits;
 }
 
@@ -218,27 +226,41 @@ at::Tensor hamming_distance_cuda(const at::Tensor& a_in, const at::Tensor& b_in)
 
 // Query words held in registers when the pattern is at most this many words (1,024 units).
 constexpr int kRegisterWords = 16;
+constexpr int kTopkThreads = 128;
+// A split scans at least this many references (so its heap upkeep stays small
+// next to the scan), and a query is cut into at most this many splits (the
+// merge pass reads splits * k candidates per query on one thread).
+constexpr int64_t kMinRefsPerSplit = 64;
+constexpr int64_t kMaxSplits = 1024;
+// Candidate storage of the split pass: at most this many bytes.
+constexpr int64_t kMaxCandidateBytes = int64_t(512) << 20;
 
+// Pass 1: thread (q, s) offers references s, s + splits, ... (increasing index
+// order, so an equal distance never displaces a kept one) to a heap of
+// capacity k at heap_dist/heap_index + (q * splits + s) * k. Unused entries
+// get index -1. With splits == 1 the heap is sorted in place: it is the answer.
 template <bool kInRegisters>
-__global__ void __launch_bounds__(128) hamming_topk_kernel(
+__global__ void __launch_bounds__(kTopkThreads) hamming_topk_split_kernel(
     const int64_t* __restrict__ query,           // [Nq, words]
     const int64_t* __restrict__ ref_word_major,  // [words, Nr]
-    int32_t* __restrict__ top_dist,              // [Nq, k]
-    int64_t* __restrict__ top_index,             // [Nq, k]
-    int64_t num_query, int64_t num_ref, int64_t words, int64_t k) {
-  const int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (q >= num_query) return;
+    int32_t* __restrict__ heap_dist,             // [Nq, splits, k]
+    int64_t* __restrict__ heap_index,            // [Nq, splits, k]
+    int64_t num_query, int64_t num_ref, int64_t words, int64_t k, int64_t splits) {
+  const int64_t item = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (item >= num_query * splits) return;
+  const int64_t q = item / splits;
+  const int64_t split = item - q * splits;
   const int64_t* query_row = query + q * words;
   uint64_t query_words[kInRegisters ? kRegisterWords : 1];
   if (kInRegisters) {
 #pragma unroll
     for (int w = 0; w < kRegisterWords; ++w) query_words[w] = w < words ? static_cast<uint64_t>(query_row[w]) : 0;
   }
-  int32_t* heap_dist = top_dist + q * k;
-  int64_t* heap_index = top_index + q * k;
+  int32_t* dist = heap_dist + item * k;
+  int64_t* index = heap_index + item * k;
   int64_t size = 0;
   int32_t worst = 0;
-  for (int64_t r = 0; r < num_ref; ++r) {
+  for (int64_t r = split; r < num_ref; r += splits) {
     int32_t d = 0;
     if (kInRegisters) {
 #pragma unroll
@@ -250,12 +272,63 @@ __global__ void __launch_bounds__(128) hamming_topk_kernel(
         d += popcount64(static_cast<uint64_t>(query_row[w]) ^ static_cast<uint64_t>(ref_word_major[w * num_ref + r]));
       }
     }
-    // References arrive in increasing index order, so an equal distance never displaces.
     if (size == k && d >= worst) continue;
-    size = heap_offer(heap_dist, heap_index, k, size, d, r);
-    worst = heap_dist[0];
+    size = heap_offer(dist, index, k, size, d, r);
+    worst = dist[0];
   }
-  heap_sort_ascending(heap_dist, heap_index, size);
+  if (splits == 1) {
+    heap_sort_ascending(dist, index, size);
+  } else {
+    for (int64_t e = size; e < k; ++e) index[e] = -1;
+  }
+}
+
+// Pass 2: one thread per query merges its splits * k candidates (skipping
+// unused entries) into the output heap, then sorts it. heap_offer orders by
+// (distance, index), so the arrival order of candidates does not matter.
+__global__ void __launch_bounds__(kTopkThreads) hamming_topk_merge_kernel(
+    const int32_t* __restrict__ cand_dist,   // [Nq, splits * k]
+    const int64_t* __restrict__ cand_index,  // [Nq, splits * k]
+    int32_t* __restrict__ top_dist,          // [Nq, k]
+    int64_t* __restrict__ top_index,         // [Nq, k]
+    int64_t num_query, int64_t k, int64_t candidates_per_query) {
+  const int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (q >= num_query) return;
+  const int32_t* dist_in = cand_dist + q * candidates_per_query;
+  const int64_t* index_in = cand_index + q * candidates_per_query;
+  int32_t* dist = top_dist + q * k;
+  int64_t* index = top_index + q * k;
+  int64_t size = 0;
+  for (int64_t c = 0; c < candidates_per_query; ++c) {
+    if (index_in[c] < 0) continue;
+    size = heap_offer(dist, index, k, size, dist_in[c], index_in[c]);
+  }
+  heap_sort_ascending(dist, index, size);
+}
+
+// Splits per query: enough (query, split) threads to fill the device, each
+// split at least kMinRefsPerSplit references, at most kMaxSplits, and the
+// candidates within kMaxCandidateBytes; 1 (no merge pass) when one thread per
+// query already fills the device.
+int64_t topk_splits(int64_t num_query, int64_t num_ref, int64_t k) {
+  const int64_t filling = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 2048;
+  int64_t splits = (filling + num_query - 1) / num_query;
+  splits = std::min(splits, std::max<int64_t>(1, num_ref / kMinRefsPerSplit));
+  splits = std::min(splits, kMaxSplits);
+  const int64_t bytes_per_split = num_query * k * int64_t(sizeof(int32_t) + sizeof(int64_t));
+  splits = std::min(splits, std::max<int64_t>(1, kMaxCandidateBytes / std::max<int64_t>(1, bytes_per_split)));
+  return std::max<int64_t>(1, splits);
+}
+
+template <bool kInRegisters>
+void launch_topk_split(const at::Tensor& query, const at::Tensor& ref_word_major, int32_t* dist, int64_t* index,
+                       int64_t num_ref, int64_t k, int64_t splits, cudaStream_t stream) {
+  const int64_t num_query = query.size(0);
+  const int64_t blocks = (num_query * splits + kTopkThreads - 1) / kTopkThreads;
+  hamming_topk_split_kernel<kInRegisters><<<blocks, kTopkThreads, 0, stream>>>(
+      query.const_data_ptr<int64_t>(), ref_word_major.const_data_ptr<int64_t>(), dist, index, num_query, num_ref,
+      query.size(1), k, splits);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& query_in, const at::Tensor& ref_in,
@@ -266,22 +339,37 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& query_in,
   const at::Tensor query = query_in.contiguous();
   const at::Tensor ref_word_major = ref_in.t().contiguous();
   const int64_t num_query = query.size(0);
+  const int64_t num_ref = ref_in.size(0);
   at::Tensor top_dist = at::empty({num_query, k}, query.options().dtype(at::kInt));
   at::Tensor top_index = at::empty({num_query, k}, query.options().dtype(at::kLong));
   if (num_query == 0 || k == 0) return {top_dist, top_index};
-  const int threads = 128;
-  const int64_t blocks = (num_query + threads - 1) / threads;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const int64_t words = query.size(1);
-  if (words <= kRegisterWords) {
-    hamming_topk_kernel<true><<<blocks, threads, 0, stream>>>(
-        query.const_data_ptr<int64_t>(), ref_word_major.const_data_ptr<int64_t>(), top_dist.mutable_data_ptr<int32_t>(),
-        top_index.mutable_data_ptr<int64_t>(), num_query, ref_in.size(0), words, k);
-  } else {
-    hamming_topk_kernel<false><<<blocks, threads, 0, stream>>>(
-        query.const_data_ptr<int64_t>(), ref_word_major.const_data_ptr<int64_t>(), top_dist.mutable_data_ptr<int32_t>(),
-        top_index.mutable_data_ptr<int64_t>(), num_query, ref_in.size(0), words, k);
+  const bool in_registers = query.size(1) <= kRegisterWords;
+  const int64_t splits = topk_splits(num_query, num_ref, k);
+  TORCH_CHECK((num_query * splits + kTopkThreads - 1) / kTopkThreads <= std::numeric_limits<int>::max(),
+              "hamming_topk: too many query patterns for one launch");
+  if (splits == 1) {  // one thread per query fills the device: its heap is the output row
+    if (in_registers) {
+      launch_topk_split<true>(query, ref_word_major, top_dist.mutable_data_ptr<int32_t>(),
+                              top_index.mutable_data_ptr<int64_t>(), num_ref, k, 1, stream);
+    } else {
+      launch_topk_split<false>(query, ref_word_major, top_dist.mutable_data_ptr<int32_t>(),
+                               top_index.mutable_data_ptr<int64_t>(), num_ref, k, 1, stream);
+    }
+    return {top_dist, top_index};
   }
+  at::Tensor cand_dist = at::empty({num_query, splits * k}, query.options().dtype(at::kInt));
+  at::Tensor cand_index = at::empty({num_query, splits * k}, query.options().dtype(at::kLong));
+  if (in_registers) {
+    launch_topk_split<true>(query, ref_word_major, cand_dist.mutable_data_ptr<int32_t>(),
+                            cand_index.mutable_data_ptr<int64_t>(), num_ref, k, splits, stream);
+  } else {
+    launch_topk_split<false>(query, ref_word_major, cand_dist.mutable_data_ptr<int32_t>(),
+                             cand_index.mutable_data_ptr<int64_t>(), num_ref, k, splits, stream);
+  }
+  hamming_topk_merge_kernel<<<(num_query + kTopkThreads - 1) / kTopkThreads, kTopkThreads, 0, stream>>>(
+      cand_dist.const_data_ptr<int32_t>(), cand_index.const_data_ptr<int64_t>(), top_dist.mutable_data_ptr<int32_t>(),
+      top_index.mutable_data_ptr<int64_t>(), num_query, k, splits * k);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {top_dist, top_index};
 }

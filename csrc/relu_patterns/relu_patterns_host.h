@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <tuple>
 #include <vector>
 
@@ -95,11 +96,45 @@ inline void check_topk(const at::Tensor& query, const at::Tensor& ref, int64_t k
                     ref.size(0), "], got k = ", k);
 }
 
+// Bits past the last unit must be 0 (the packing convention): a set one means
+// the patterns belong to a wider network (or are not patterns), and ignoring
+// it would silently drop a unit.
+inline void check_no_bits_beyond(const at::Tensor& packed, int64_t num_units, const char* name, const char* op) {
+  const int64_t used_in_last_word = num_units % kBitsPerWord;
+  if (used_in_last_word == 0 || packed.size(0) == 0) return;
+  const at::Tensor last_word = packed.select(1, packed.size(1) - 1);
+  const at::Tensor beyond = at::bitwise_right_shift(last_word, used_in_last_word).ne(0);
+  if (!beyond.any().item<bool>()) return;
+  const int64_t row = beyond.nonzero().select(1, 0)[0].item<int64_t>();
+  TORCH_CHECK_VALUE(false, op, ": ", name, " row ", row, " has bits set beyond unit ", num_units - 1, " (", num_units,
+                    " units fill ", used_in_last_word, " bits of the last int64 word; the rest must be 0): patterns "
+                    "of a network with more units?");
+}
+
 inline void check_unpack(const at::Tensor& packed, int64_t num_units) {
   check_packed(packed, "packed", "unpack_patterns");
   TORCH_CHECK_VALUE(num_units >= 0, "unpack_patterns: num_units must be >= 0, got ", num_units);
   TORCH_CHECK_VALUE(words_for_units(num_units) == packed.size(1), "unpack_patterns: ", num_units, " units need ",
                     words_for_units(num_units), " int64 words per pattern, but packed has shape ", packed.sizes());
+  check_no_bits_beyond(packed, num_units, "packed", "unpack_patterns");
+}
+
+// Eq. 3 gives a unit's bit from the sign of its pre-activation; a NaN has no
+// sign (pre > 0 is false, so it would read as inactive and the ReLU would pass
+// 0 to the next layer, whose bits would look plausible). The pattern of such a
+// sample is undefined: refuse it, naming the first NaN. One sum over the layer
+// finds out cheaply (a NaN, or an inf of each sign, makes it NaN); only then
+// are the elements looked at.
+inline void check_preactivations(const at::Tensor& pre, int64_t layer, int64_t layer_offset, const char* op) {
+  if (pre.numel() == 0 || !std::isnan(pre.sum().item<double>())) return;
+  const at::Tensor nan = at::isnan(pre);
+  if (!nan.any().item<bool>()) return;  // only infinities of both signs
+  const at::Tensor where = nan.nonzero();
+  const int64_t sample = where[0][0].item<int64_t>();
+  const int64_t unit = where[0][1].item<int64_t>();
+  TORCH_CHECK_VALUE(false, op, ": the pre-activation of hidden unit ", layer_offset + unit, " (unit ", unit,
+                    " of layer ", layer, ") is NaN for sample ", sample,
+                    ", so its pattern bit is undefined; check x, the weights and the biases for NaN and inf");
 }
 
 inline void check_pack(const at::Tensor& bits) {
@@ -141,6 +176,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> region_system_
                     " hidden units, so patterns need ", shape.words, " int64 words each, got shape ", patterns.sizes());
   TORCH_CHECK_VALUE(patterns.device() == weights[0].device(), op, ": patterns and weights must be on one device, got ",
                     patterns.device(), " and ", weights[0].device());
+  check_no_bits_beyond(patterns, shape.hidden_units, "patterns", op);
 
   const int64_t num_patterns = patterns.size(0);
   const int64_t d = shape.input_dim;

@@ -10,6 +10,14 @@ cvxpy problem per bit; ``compile`` is this package's readable reference path
 (one parametrised cvxpy problem, compiled once); ``ours`` is the fast path
 (screening + one reused HiGHS model). All three must give the same answers,
 which each case asserts before timing.
+
+Enumeration cases time all of Algorithm 1 on networks from
+:meth:`~manifold_ext.relu_geometry.ReLUNetwork.random` (hyperplanes crossing the
+box as a trained network's do): ``eager`` is the per-bit cvxpy traversal (or,
+for networks where that takes many minutes, this package's LP path), ``ours``
+the default (exact C++ polygon clipping in 2-D, screening + HiGHS otherwise);
+the region sets are asserted identical, and the shape column gives the count
+(regions/s in the note).
 """
 from __future__ import annotations
 
@@ -18,7 +26,11 @@ import torch
 
 from manifold_ext.benchmark.harness import BenchCase
 from manifold_ext.ops import activation_patterns, hamming_distance, hamming_topk
-from manifold_ext.reference import activation_bits_reference, hamming_distance_bits_reference, hamming_topk_bits_reference
+from manifold_ext.reference import (
+    activation_bits_reference,
+    hamming_distance_bits_reference,
+    hamming_topk_bits_reference,
+)
 
 
 def _mlp_weights(d: int, widths: list[int], device, seed: int = 0):
@@ -45,7 +57,8 @@ def _pipeline_case(n: int, d: int, widths: list[int], k: int, device) -> BenchCa
                                                activation_bits_reference(r, weights, biases), k)
 
         def ours():
-            return hamming_topk(activation_patterns(query, weights, biases), activation_patterns(ref, weights, biases), k)
+            return hamming_topk(activation_patterns(query, weights, biases), activation_patterns(ref, weights, biases),
+                                k)
 
         compiled = torch.compile(eager_pipeline, dynamic=False)
         got, want = ours(), eager_pipeline(query, ref)
@@ -91,7 +104,7 @@ def _patterns_case(n: int, d: int, widths: list[int], device) -> BenchCase:
 
 
 # ---------------------------------------------------------------------------
-# Active-bit LPs
+# Active-bit LPs and region enumeration
 # ---------------------------------------------------------------------------
 def naive_active_bits(A: np.ndarray, c: np.ndarray, box=None, tol: float = 1e-7) -> np.ndarray:
     """The public toolbox's approach: for every bit, build a new cvxpy problem (Eq. 6) and solve it.
@@ -116,10 +129,12 @@ def naive_active_bits(A: np.ndarray, c: np.ndarray, box=None, tol: float = 1e-7)
 
 
 def naive_enumerate(net, box, tol: float = 1e-7) -> set[bytes]:
-    """Algorithm 1 with :func:`naive_active_bits` (and a plain set for the visited patterns)."""
+    """Algorithm 1 with :func:`naive_active_bits` (and a plain set for the visited patterns), started
+    at the box centre (or the origin)."""
     from manifold_ext.relu_geometry import flip_units
 
-    start = net.patterns(np.zeros((1, net.input_dim))).numpy()[0]
+    centre = np.zeros((1, net.input_dim)) if box is None else np.full((1, net.input_dim), 0.5 * (box[0] + box[1]))
+    start = net.patterns(centre).numpy()[0]
     seen, frontier, regions = {start.tobytes()}, [start], set()
     while frontier:
         pattern = frontier.pop()
@@ -134,19 +149,18 @@ def naive_enumerate(net, box, tol: float = 1e-7) -> set[bytes]:
     return regions
 
 
-def _toy_network():
-    from manifold_ext.demos.relu_polyhedra import train_regressor
+def _network(d: int, widths: list[int], seed: int = 0):
+    """A random network whose hyperplanes cross the unit box as a trained one's do (deterministic)."""
     from manifold_ext.relu_geometry import ReLUNetwork
 
-    model, _ = train_regressor([10, 10], 2, 800, seed=0)
-    return ReLUNetwork.from_module(model)
+    return ReLUNetwork.random(d, widths, seed=seed)
 
 
 def _active_bits_case() -> BenchCase:
     def make():
         from manifold_ext.relu_geometry import active_set
 
-        net = _toy_network()
+        net = _network(2, [10, 10])
         regions = net.regions(net.patterns(np.random.default_rng(0).uniform(-1, 1, (8, 2))))
         box = (-1.0, 1.0)
 
@@ -159,37 +173,59 @@ def _active_bits_case() -> BenchCase:
         def ours():
             return [active_set(r, box).bits for r in regions]
 
-        results = [eager(), reference(), ours()]
+        results = [eager(), reference(), ours(), [active_set(r, box, method="clip").bits for r in regions]]
         for other in results[1:]:
             assert all(np.array_equal(a, b) for a, b in zip(results[0], other)), "active bits disagree"
         return {"eager": eager, "compile": reference, "ours": ours}
 
-    return BenchCase(family="relu", name="active bits, 8 regions of the 2x10 net", shape="20 rows, d=2, box",
+    return BenchCase(family="relu", name="active bits, 8 regions of a 2x10 net", shape="20 rows, d=2, box",
                      dtype="float64", make=make, max_rounds=3, warmup_calls=0,
                      note="LP case: eager = new cvxpy problem per bit (public toolbox), compile = parametrised "
                           "cvxpy reference, ours = screening + reused HiGHS model; answers asserted equal")
 
 
-def _enumeration_case() -> BenchCase:
+def _enumeration_case(d: int, widths: list[int], box: tuple[float, float] | None, baseline: str | None,
+                      max_regions: int | None = None) -> BenchCase:
+    """Every region of a d-D net (or the first ``max_regions``): ``eager`` the per-bit cvxpy Algorithm 1
+    (baseline="cvxpy"), or, where that would take many minutes, the package's LP path
+    (baseline="highs"), or none; ``ours`` the default (exact C++ polygon clipping for d = 2,
+    screening + HiGHS otherwise), in this process."""
+    where = "R^%d" % d if box is None else f"[{box[0]:g},{box[1]:g}]^{d}"
+    arch = "x".join(map(str, [len(widths), widths[0]])) if len(set(widths)) == 1 else "-".join(map(str, widths))
+    first = "" if max_regions is None else f"first {max_regions:,} "
+    case = BenchCase(family="relu", name=f"enumerate {first}regions, {d}-D {arch} net in {where}", shape="",
+                     dtype="float64", make=lambda: {}, max_rounds=1 if baseline == "cvxpy" else 3, warmup_calls=0)
+
     def make():
         from manifold_ext.relu_geometry import enumerate_regions
 
-        net = _toy_network()
-        box = (-1.0, 1.0)
+        net = _network(d, widths)
 
         def ours():
-            return enumerate_regions(net, box=box, executor=None, progress=False).keys()
+            return enumerate_regions(net, box=box, executor=None, max_regions=max_regions, progress=False)
 
         def eager():
-            return naive_enumerate(net, box)
+            if baseline == "cvxpy":
+                return naive_enumerate(net, box)
+            return enumerate_regions(net, box=box, method="highs", executor=None, progress=False).keys()
 
-        want = ours()
-        assert eager() == want, "naive enumeration disagrees"
+        result = ours()
+        seconds = min(ours().seconds, result.seconds)
+        count = len(result)
+        bounded = "" if result.bounded is None else f" ({result.num_bounded} bounded)"
+        case.shape = f"{count} regions{bounded}, H={sum(widths)}"
+        rate = f"ours = method '{result.method}' in one process, about {count / seconds:,.0f} regions/s"
+        if baseline is None:
+            case.note = rate + ("" if max_regions is None else " (over the first regions of the traversal)")
+            return {"ours": ours}
+        assert eager() == result.keys(), "the baseline's region set differs from ours"
+        what = "new cvxpy problem per bit (public toolbox's Algorithm 1)" if baseline == "cvxpy" else \
+            "this package's LP path (screening + HiGHS)"
+        case.note = f"eager = {what}; {rate}; region sets asserted identical"
         return {"eager": eager, "ours": ours}
 
-    return BenchCase(family="relu", name="enumerate all regions of the 2x10 net in [-1,1]^2", shape="d=2, box",
-                     dtype="float64", make=make, max_rounds=2, warmup_calls=0,
-                     note="LP case: eager = Algorithm 1 with a new cvxpy problem per bit; region sets asserted equal")
+    case.make = make
+    return case
 
 
 def cases(device: torch.device, quick: bool = False) -> list[BenchCase]:
@@ -202,6 +238,13 @@ def cases(device: torch.device, quick: bool = False) -> list[BenchCase]:
         _distance_case(4096, 64, device),
         _patterns_case(100_000, 64, [256, 256, 256, 256], device),
     ]
-    if device.type == "cpu":  # the LPs run on the CPU whatever the device
-        out += [_active_bits_case(), _enumeration_case()]
+    if device.type == "cpu":  # the geometry runs on the CPU whatever the device
+        out += [
+            _active_bits_case(),
+            _enumeration_case(2, [10, 10], (-1.0, 1.0), "cvxpy"),  # issue 14: >= 200x per-bit cvxpy
+            _enumeration_case(2, [10, 10], None, "cvxpy"),
+            _enumeration_case(3, [10, 10, 10], (-0.5, 0.5), "cvxpy"),  # issue 14: >= 50x per-bit cvxpy
+            _enumeration_case(2, [25, 25, 25], None, "highs"),  # Table 1's largest net, all of R^2
+            _enumeration_case(8, [8, 8], (-1.0, 1.0), None, max_regions=1000),
+        ]
     return out

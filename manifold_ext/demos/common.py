@@ -35,12 +35,10 @@ def write_json(path: Path, payload: dict) -> None:
 
 def pyplot():
     """matplotlib's pyplot on the non-interactive Agg backend (no display needed)."""
-    import matplotlib
+    from manifold_ext._optional import require
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    require("matplotlib", feature="the demos' figures").use("Agg")
+    return require("matplotlib.pyplot", feature="the demos' figures")
 
 
 # --- paper comparison rows ---------------------------------------------------

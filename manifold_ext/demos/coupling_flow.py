@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 import torch
-from sklearn.datasets import make_circles, make_moons
-from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
+
+from manifold_ext._optional import require
 
 from manifold_ext.demos.common import add_common_arguments, pyplot, seed_everything, write_json
 from manifold_ext.flows import FlowSequential, GlowStep, StandardNormalFlow
@@ -31,10 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _points(kind: str, n: int, seed: int) -> torch.Tensor:
+    datasets = require("sklearn.datasets", feature="the coupling demo's two-moons data")
     if kind == "moons":
-        points, _ = make_moons(n, noise=0.05, random_state=seed)
+        points, _ = datasets.make_moons(n, noise=0.05, random_state=seed)
     elif kind == "circles":
-        points, _ = make_circles(n, noise=0.05, factor=0.5, random_state=seed)
+        points, _ = datasets.make_circles(n, noise=0.05, factor=0.5, random_state=seed)
     else:  # uniform noise over the moons' bounding box
         points = np.random.default_rng(seed).uniform([-1.5, -1.0], [2.5, 1.5], size=(n, 2))
     return torch.tensor(points, dtype=torch.float32)
@@ -112,6 +113,7 @@ def run(args: argparse.Namespace) -> dict:
     train_seconds = time.perf_counter() - start
 
     log_p = {kind: _log_prob(flow, points, device) for kind, points in test.items()}
+    roc_auc_score = require("sklearn.metrics", feature="the coupling demo's AUROC").roc_auc_score
     auroc = {
         kind: float(roc_auc_score(np.r_[np.ones(len(log_p["moons"])), np.zeros(len(log_p[kind]))],
                                   torch.cat([log_p["moons"], log_p[kind]]).numpy()))

@@ -5,6 +5,7 @@ Each module registers, for its ``torch.ops.manifold_ext`` operators, a fake
 autograd formula (backed by a compiled backward operator).
 """
 from manifold_ext.ops.affine_coupling import COUPLING_LAYOUTS, COUPLING_SCALES, affine_coupling
+from manifold_ext.ops.closest_centre_kl import closest_centre_kl, nearest_centre_kl
 from manifold_ext.ops.diffusion import (
     ddim_step,
     ddpm_step,
@@ -15,7 +16,7 @@ from manifold_ext.ops.diffusion import (
     rk4_combine,
     rk4_update,
 )
-from manifold_ext.ops.closest_centre_kl import closest_centre_kl, nearest_centre_kl
+from manifold_ext.ops._schedule_checks import deferred_schedule_checks  # noqa: F401  (a setting, not an op)
 from manifold_ext.ops.gaussian_elbo import gaussian_elbo
 from manifold_ext.ops.relu_patterns import (
     activation_patterns,

@@ -5,6 +5,7 @@ compiled kernels against them, and the benchmarks time them as "eager" and,
 compiled with ``torch.compile``, as "compile". One reference per op, no copies.
 """
 from manifold_ext.reference.affine_coupling import affine_coupling_reference
+from manifold_ext.reference.closest_centre_kl import closest_centre_kl_reference, nearest_centre_kl_reference
 from manifold_ext.reference.diffusion import (
     ddim_step_reference,
     ddpm_step_reference,
@@ -15,7 +16,6 @@ from manifold_ext.reference.diffusion import (
     rk4_combine_reference,
     rk4_update_reference,
 )
-from manifold_ext.reference.closest_centre_kl import closest_centre_kl_reference, nearest_centre_kl_reference
 from manifold_ext.reference.gaussian_elbo import gaussian_elbo_reference
 from manifold_ext.reference.relu_patterns import (
     activation_bits_reference,

@@ -4,6 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from manifold_ext.ops.affine_coupling import affine_coupling
+from manifold_ext.reference._spec import reference_of
+
 
 def split_coupling_params(h: torch.Tensor, channels: int, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Shift t and raw scale r from the coupling network output h [B, 2C, ...]."""
@@ -25,16 +28,9 @@ def log_scale(raw: torch.Tensor, scale: str, clamp: float) -> torch.Tensor:
     raise ValueError(f"unknown scale {scale!r}; expected 'glow', 'exp' or 'softclamp'")
 
 
-def affine_coupling_reference(
-    x: torch.Tensor,
-    h: torch.Tensor,
-    *,
-    scale: str = "glow",
-    layout: str = "cross",
-    clamp: float = 2.0,
-    reverse: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """y and per-sample log|det J| of the affine coupling; see ``manifold_ext.ops.affine_coupling``."""
+@reference_of(affine_coupling)
+def affine_coupling_reference(x, h, *, scale, layout, clamp, reverse):
+    """``y`` and the per-sample ``log|det J|``, written as the formulas read."""
     shift, raw = split_coupling_params(h, x.shape[1], layout)
     log_s = log_scale(raw, scale, clamp)
     s = torch.exp(log_s)

@@ -3,16 +3,12 @@ from __future__ import annotations
 
 import math
 
-import torch
+from manifold_ext.ops.gaussian_elbo import gaussian_elbo
+from manifold_ext.reference._spec import reference_of
 
 
-def gaussian_elbo_reference(
-    x: torch.Tensor,
-    x_mean: torch.Tensor,
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
-    decoder_logvar: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+@reference_of(gaussian_elbo)
+def gaussian_elbo_reference(x, x_mean, mu, logvar, decoder_logvar):
     """Per-sample single-sample ELBO of a VAE with Gaussian decoder and encoder (paper 000 Eq. 21-22).
 
     ``elbo[b] = log N(x | x_mean, exp(decoder_logvar) I) - KL(N(mu, exp(logvar)) || N(0, I))``::

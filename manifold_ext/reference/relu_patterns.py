@@ -11,10 +11,14 @@ from typing import Sequence
 
 import torch
 
+from manifold_ext import ops
+from manifold_ext.reference._spec import reference_of
+
 BITS_PER_WORD = 64
 
 
-def pack_patterns_reference(bits: torch.Tensor) -> torch.Tensor:
+@reference_of(ops.pack_patterns)
+def pack_patterns_reference(bits):
     """``bool [N, H]`` -> ``int64 [N, ceil(H/64)]``, unit ``g`` at bit ``g % 64`` of word ``g // 64``."""
     n, units = bits.shape
     words = (units + BITS_PER_WORD - 1) // BITS_PER_WORD
@@ -25,7 +29,8 @@ def pack_patterns_reference(bits: torch.Tensor) -> torch.Tensor:
     return (padded.view(n, words, BITS_PER_WORD) << shifts).sum(-1)
 
 
-def unpack_patterns_reference(packed: torch.Tensor, num_units: int) -> torch.Tensor:
+@reference_of(ops.unpack_patterns)
+def unpack_patterns_reference(packed, num_units):
     """``int64 [N, ceil(H/64)]`` -> ``bool [N, H]``."""
     shifts = torch.arange(BITS_PER_WORD, device=packed.device, dtype=torch.int64)
     bits = (packed.unsqueeze(-1) >> shifts) & 1
@@ -46,8 +51,8 @@ def activation_bits_reference(x: torch.Tensor, weights: Sequence[torch.Tensor],
     return torch.cat(bits, dim=1)
 
 
-def activation_patterns_reference(x: torch.Tensor, weights: Sequence[torch.Tensor],
-                                  biases: Sequence[torch.Tensor]) -> torch.Tensor:
+@reference_of(ops.activation_patterns)
+def activation_patterns_reference(x, weights, biases):
     """Packed patterns ``int64 [N, ceil(H/64)]`` (the compiled op's output format)."""
     return pack_patterns_reference(activation_bits_reference(x, weights, biases))
 
@@ -65,7 +70,8 @@ def hamming_distance_bits_reference(a_bits: torch.Tensor, b_bits: torch.Tensor) 
     return dist.round().to(torch.int32)
 
 
-def hamming_distance_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+@reference_of(ops.hamming_distance)
+def hamming_distance_reference(a, b):
     """``int32 [Na, Nb]`` Hamming distances between packed patterns (unpacks, then matrix products)."""
     units = a.shape[1] * BITS_PER_WORD
     return hamming_distance_bits_reference(unpack_patterns_reference(a, units), unpack_patterns_reference(b, units))
@@ -92,14 +98,16 @@ def hamming_topk_bits_reference(query_bits: torch.Tensor, ref_bits: torch.Tensor
     return torch.cat(dists), torch.cat(indices)
 
 
-def hamming_topk_reference(query: torch.Tensor, ref: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+@reference_of(ops.hamming_topk)
+def hamming_topk_reference(query, ref, k):
     """Packed-pattern version of :func:`hamming_topk_bits_reference`."""
     units = query.shape[1] * BITS_PER_WORD
-    return hamming_topk_bits_reference(unpack_patterns_reference(query, units), unpack_patterns_reference(ref, units), k)
+    query_bits = unpack_patterns_reference(query, units)
+    return hamming_topk_bits_reference(query_bits, unpack_patterns_reference(ref, units), k)
 
 
-def region_system_reference(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
-                            patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+@reference_of(ops.region_system)
+def region_system_reference(weights, biases, patterns):
     """Eq. 5 written out pattern by pattern: ``(A [P,H,d], c [P,H], W_hat [P,n_out,d], b_hat [P,n_out])``.
 
     ``W_hat_1 = W_1``, ``b_hat_1 = b_1``; ``W_hat_j = W_j diag(s_{j-1}) W_hat_{j-1}``,

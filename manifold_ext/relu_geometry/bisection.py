@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from manifold_ext.ops.relu_patterns import hamming_distance
+from manifold_ext.relu_geometry._checks import as_float
 from manifold_ext.relu_geometry.network import ReLUNetwork
 
 
@@ -83,6 +84,11 @@ def bisect_to_neighbour(network: ReLUNetwork, x, y, *, min_interval: float = 1e-
     if x.shape != (network.input_dim,) or y.shape != (network.input_dim,):
         raise ValueError(f"bisect_to_neighbour: x and y must be points of dimension {network.input_dim}, "
                          f"got shapes {x.shape} and {y.shape}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("bisect_to_neighbour: x and y must be finite")
+    for name, value in (("min_interval", min_interval), ("tol", tol)):
+        if not as_float(value, f"bisect_to_neighbour: {name}") > 0:
+            raise ValueError(f"bisect_to_neighbour: {name} must be > 0, got {value}")
     v = y - x
     H = network.num_units
 

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from manifold_ext.ops.relu_patterns import hamming_topk
+from manifold_ext.relu_geometry._checks import as_int
 from manifold_ext.relu_geometry.network import ReLUNetwork
 
 
@@ -21,9 +22,7 @@ class HammingNearestNeighbour:
     """
 
     def __init__(self, k: int = 1, network: ReLUNetwork | None = None):
-        if k < 1:
-            raise ValueError(f"HammingNearestNeighbour: k must be >= 1, got {k}")
-        self.k = int(k)
+        self.k = as_int(k, "HammingNearestNeighbour: k", minimum=1)
         self.network = network
         self._ref: torch.Tensor | None = None
         self._labels: np.ndarray | None = None
@@ -58,7 +57,11 @@ class HammingNearestNeighbour:
         if query.shape[1] != self._ref.shape[1]:
             raise ValueError(f"HammingNearestNeighbour: patterns have {query.shape[1]} words, the training "
                              f"patterns {self._ref.shape[1]}")
-        dist, index = hamming_topk(query.to(self._ref.device), self._ref, self.k if k is None else k)
+        k = self.k if k is None else as_int(k, "HammingNearestNeighbour.kneighbors: k", minimum=1)
+        if k > self._ref.shape[0]:
+            raise ValueError(f"HammingNearestNeighbour.kneighbors: k = {k} exceeds the {self._ref.shape[0]} training "
+                             "patterns")
+        dist, index = hamming_topk(query.to(self._ref.device), self._ref, k)
         return dist.cpu().numpy(), index.cpu().numpy()
 
     def predict(self, X) -> np.ndarray:

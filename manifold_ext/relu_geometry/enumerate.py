@@ -1,313 +1,277 @@
-"""Neighbours and the enumeration of all regions (paper 001, Algorithm 1, traversal and pruning).
+"""The enumeration of all regions (paper 001, Algorithm 1, traversal and pruning).
 
-Starting from the region of one point, every region is analysed once: its
-facets (active bits, Eq. 6) are found, and flipping each facet's bits gives a
-neighbour sharing that facet. Patterns are deduplicated by hashing their packed
-bytes (a set lookup, not a scan). Within a box the traversal stays inside it
-(facets of region ∩ box, box faces excluded) and counts the regions whose
-intersection with the box has an interior; without a box it covers all of R^d
-and reports which regions are bounded.
+Starting from the region of one point, every region is analysed once: its facets (active
+bits, Eq. 6) are found, and the pattern across each facet (its bits flipped, settled layer by
+layer in degenerate networks: :mod:`manifold_ext.relu_geometry.facets`) is a neighbour.
+Patterns are deduplicated on the driver in a hash set of their packed bytes. Within a box the
+traversal stays inside it (facets of region ∩ box, box faces excluded) and counts the regions
+whose intersection with the box has an interior; without a box it covers all of R^d and
+reports which regions are bounded.
 
-Regions are analysed in batches through any ``concurrent.futures.Executor``
-(``ProcessPoolExecutor``, Dask's ``client.get_executor()``, Ray's executor, ...);
-each wave of the traversal is one round of ``executor.submit`` calls. By
-default (``executor="auto"``) batches run in this process until the enumeration
-has taken ``pool_after`` seconds, and the rest goes to a local process pool: a
-small network never pays for starting workers, a large one gets every core.
-Batches are combined in submission order, so the result does not depend on
-where they ran.
+The frontier is cut into batches analysed by workers (:mod:`._analysis`): the exact 2-D op
+for 2-D input, the LP paths otherwise. Batches go through any ``concurrent.futures.Executor``
+(``ProcessPoolExecutor``, Dask's ``client.get_executor()``, ...). The driver keeps up to
+``max_in_flight`` batches submitted, always consumes the oldest one first and forms new
+batches only from what it has consumed, so the batches, and the regions in the order found,
+are the same whichever executor ran them, with however many workers; only ``batch_size`` and
+``max_in_flight`` change the order (never the set). By default (``executor="auto"``) batches
+run in this process until the enumeration has taken ``pool_after`` seconds, and the rest go to
+a local process pool: a small network never pays for starting workers, a large one gets every
+core. With ``out_dir`` the regions are streamed to NumPy shards (:mod:`.results`) instead of
+being kept.
 """
 from __future__ import annotations
 
-import dataclasses
-import multiprocessing
-import os
 import time
-import warnings
-from concurrent.futures import Executor, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Iterable
+from collections import deque
+from concurrent.futures import Executor
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from manifold_ext.relu_geometry.lp import DEFAULT_TOL, Box, active_set, as_box, is_bounded
-from manifold_ext.relu_geometry.network import Region, ReLUNetwork
+from manifold_ext.relu_geometry._analysis import analyse_batch
+from manifold_ext.relu_geometry._checks import as_int
+from manifold_ext.relu_geometry._executors import BatchRunner, _Deferred
+from manifold_ext.relu_geometry.facets import flip_units, neighbours, point_across_facet  # noqa: F401 (re-export)
+from manifold_ext.relu_geometry.lp import DEFAULT_TOL, METHODS, Box, RegionLPError, as_box, check_tol
+from manifold_ext.relu_geometry.network import ReLUNetwork
+from manifold_ext.relu_geometry.results import EnumerationResult, EnumerationShards, MemorySink, ShardSink
 
-
-def flip_units(pattern: np.ndarray, units: Iterable[int]) -> np.ndarray:
-    """A copy of a packed pattern ``[words]`` with the bits of ``units`` flipped."""
-    flipped = np.array(pattern, dtype=np.int64, copy=True).view(np.uint64)
-    for unit in units:
-        flipped[int(unit) // 64] ^= np.uint64(1) << np.uint64(int(unit) % 64)
-    return flipped.view(np.int64)
-
-
-def neighbours(region: Region, box=None, *, tol: float = DEFAULT_TOL) -> np.ndarray:
-    """Packed patterns ``[q, words]`` of the regions sharing a facet with ``region`` (within ``box``).
-
-    Each facet's bits are flipped together (one bit, unless several units share the
-    facet's hyperplane, e.g. duplicated units).
-    """
-    groups = active_set(region, box, tol=tol).groups
-    if not groups:
-        return np.zeros((0, len(region.pattern)), dtype=np.int64)
-    return np.stack([flip_units(region.pattern, g) for g in groups])
-
-
-@dataclasses.dataclass
-class RegionAnalysis:
-    """What the traversal learns about one candidate pattern."""
-
-    empty: bool
-    groups: list[np.ndarray]
-    interior_point: np.ndarray | None
-    radius: float
-    bounded: bool | None
-    n_lps: int
-    failures: list[str]
-
-
-def analyse_patterns(network: ReLUNetwork, patterns: np.ndarray, box: Box | None, tol: float,
-                     check_bounded: bool) -> list[RegionAnalysis]:
-    """Facets, interior point and boundedness of each packed pattern. Runs in worker processes."""
-    A, c, _, _ = network.systems(torch.from_numpy(np.ascontiguousarray(patterns)))
-    out = []
-    for i in range(len(patterns)):
-        act = active_set((A[i], c[i]), box, tol=tol, on_failure="report")
-        bounded = None
-        failures = list(act.failures)
-        if check_bounded and not act.empty:
-            # The recession cone only needs the facets (redundant rows do not change the region).
-            rows = act.bits if len(act.bits) else np.arange(A.shape[1])
-            try:
-                bounded = is_bounded((A[i][rows], c[i][rows]), tol=tol)
-            except Exception as error:  # reported, never guessed
-                failures.append(f"boundedness LP failed: {error}")
-        out.append(RegionAnalysis(act.empty, act.groups, act.interior_point, act.radius, bounded, act.n_lps,
-                                  failures))
-    return out
-
-
-def _single_threaded_worker() -> None:
-    torch.set_num_threads(1)  # one process per core already
-
-
-class _BatchRunner:
-    """Runs the batches of each wave where ``executor`` says (see :func:`enumerate_regions`)."""
-
-    MODES = ("auto", "process", "inline")
-
-    def __init__(self, executor, pool_after: float, workers: int | None):
-        if isinstance(executor, Executor):
-            self.mode, self.executor = "given", executor
-        elif executor is None or executor in self.MODES:
-            self.mode, self.executor = executor or "inline", None
-        else:
-            raise ValueError(f"enumerate_regions: executor must be a concurrent.futures.Executor, None or one of "
-                             f"{self.MODES}, got {executor!r}")
-        if pool_after < 0:
-            raise ValueError(f"enumerate_regions: pool_after must be >= 0 seconds, got {pool_after}")
-        if workers is not None and workers < 1:
-            raise ValueError(f"enumerate_regions: workers must be >= 1, got {workers}")
-        self.pool_after = pool_after
-        self.workers = workers or os.cpu_count() or 1
-        self.started = time.perf_counter()
-        self.own_pool: ProcessPoolExecutor | None = None
-        self.used_executor = False
-
-    def _pool(self) -> Executor:
-        if self.executor is None:
-            # spawn: forking a process whose torch/OpenMP threads are running is unsafe.
-            self.own_pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_single_threaded_worker)
-            self.executor = self.own_pool
-        return self.executor
-
-    def _use_pool(self, remaining: int) -> bool:
-        if self.mode == "given":
-            return True
-        if self.mode == "inline":
-            return False
-        if self.executor is not None:  # the local pool is running: keep using it
-            return True
-        if remaining < 2 or self.workers < 2:  # nothing to run side by side
-            return False
-        return self.mode == "process" or time.perf_counter() - self.started >= self.pool_after
-
-    def run(self, network, batches: list, *args) -> Iterable:
-        """The analyses of each batch, in order."""
-        i = 0
-        while i < len(batches):
-            if not self._use_pool(len(batches) - i):
-                yield _analyse_batch(network, batches[i], *args)
-                i += 1
-                continue
-            futures = [self._pool().submit(_analyse_batch, network, b, *args) for b in batches[i:]]
-            self.used_executor = True
-            try:
-                for future in futures:
-                    yield future.result()
-                    i += 1
-            except BrokenProcessPool as error:
-                if self.own_pool is None:
-                    raise
-                # E.g. a script without an `if __name__ == "__main__":` guard, which spawned
-                # workers re-run on import: finish in this process instead of failing.
-                warnings.warn(f"enumerate_regions: the local process pool failed ({error}; a script without "
-                              "an `if __name__ == '__main__':` guard?); continuing in this process",
-                              RuntimeWarning, stacklevel=2)
-                self.close()
-                self.mode = "inline"
-
-    def close(self) -> None:
-        if self.own_pool is not None:
-            self.own_pool.shutdown(cancel_futures=True)
-            self.own_pool = None
-            self.executor = None
-
-
-
-def _analyse_batch(network, patterns, box_bounds, tol, check_bounded):
-    box = None if box_bounds is None else Box(np.asarray(box_bounds[0]), np.asarray(box_bounds[1]))
-    return analyse_patterns(network, patterns, box, tol, check_bounded)
-
-
-@dataclasses.dataclass
-class EnumerationResult:
-    """All regions found by :func:`enumerate_regions`, in traversal order."""
-
-    patterns: np.ndarray  # int64 [R, words]
-    interior_points: np.ndarray  # [R, d] a point inside each region (Chebyshev centre within the box)
-    radii: np.ndarray  # [R] Chebyshev radius within the box (capped at 1 without a box)
-    num_facets: np.ndarray  # [R]
-    bounded: np.ndarray | None  # [R] bool, without a box only
-    box: Box | None
-    empty_candidates: int  # flipped patterns whose region had no interior (degenerate hyperplanes)
-    failures: list[str]  # failed LPs, with the region they belong to
-    n_lps: int
-    seconds: float
-    truncated: bool  # stopped at max_regions
-    used_executor: bool = False  # some batches ran through an executor (the one given, or the local pool)
-
-    def __len__(self) -> int:
-        return len(self.patterns)
-
-    @property
-    def num_bounded(self) -> int | None:
-        return None if self.bounded is None else int(self.bounded.sum())
-
-    @property
-    def num_unbounded(self) -> int | None:
-        return None if self.bounded is None else int((~self.bounded).sum())
-
-    def keys(self) -> set[bytes]:
-        return {p.tobytes() for p in self.patterns}
-
-    def index_of(self, patterns) -> np.ndarray:
-        """Position of each packed pattern ``[P, words]`` in this result, or -1 if absent."""
-        lookup = {p.tobytes(): i for i, p in enumerate(self.patterns)}
-        patterns = np.asarray(patterns, dtype=np.int64)
-        return np.array([lookup.get(p.tobytes(), -1) for p in patterns], dtype=np.int64)
-
-    def regions(self, network: ReLUNetwork) -> list[Region]:
-        return network.regions(torch.from_numpy(self.patterns))
+# Default batch sizes: the 2-D op analyses a region in microseconds, an LP path in milliseconds.
+DEFAULT_BATCH_SIZE = {"clip": 256, "highs": 32, "cvxpy": 8}
+# Candidate points tried around the start when its own region has no interior (e.g. the origin of a
+# bias-free network, which lies on every first-layer hyperplane).
+SEED_RADII = (1e-6, 1e-3, 1e-1, 1.0)
+SEED_POINTS = 16
 
 
 def enumerate_regions(network: ReLUNetwork, box=None, *, start=None, tol: float = DEFAULT_TOL,
-                      executor: Executor | str | None = "auto", pool_after: float = 2.0,
-                      workers: int | None = None, batch_size: int = 64, max_regions: int | None = None,
-                      progress: bool = True) -> EnumerationResult:
+                      method: str = "auto", executor: Executor | str | None = "auto", scheduler: str | None = None,
+                      pool_after: float = 2.0, workers: int | None = None, batch_size: int | None = None,
+                      max_in_flight: int = 32, max_regions: int | None = None, out_dir=None,
+                      shard_size: int = 100_000, progress: bool = True) -> EnumerationResult | EnumerationShards:
     """All linear regions of ``network``, in ``box`` or in all of R^d (Algorithm 1).
 
     Args:
         network: a :class:`ReLUNetwork`.
         box: ``None`` for all of R^d (then ``bounded`` is reported per region), or ``(lo, hi)``
-            (scalars or per-dimension) to enumerate the regions meeting the box with an interior.
+            (see :func:`~manifold_ext.relu_geometry.as_box`) to enumerate the regions meeting the box
+            with an interior.
         start: point(s) ``[d]`` or ``[n, d]`` whose regions seed the traversal (default: the box
-            centre, or the origin). The regions of a box are connected, so one seed suffices.
-        tol: distance tolerance of the LPs (see :mod:`manifold_ext.relu_geometry.lp`).
-        executor: where batches of regions are analysed: any ``concurrent.futures.Executor``
-            (used for every wave); ``"auto"`` (default): in this process until the enumeration
-            has run ``pool_after`` seconds, then in a local process pool started for the rest
-            (small networks finish before a worker would have started); ``"process"``: a local
-            process pool from the first wave with two or more batches; ``None`` or ``"inline"``:
-            always in this process.
+            centre, or the origin). The regions of a box are connected, so one seed suffices; if no
+            start point's region has an interior (a point on a hyperplane of a degenerate network),
+            points around it are tried, and if none has one either the call raises.
+        tol: distance tolerance (see :mod:`manifold_ext.relu_geometry.lp`).
+        method: how regions are analysed: ``"auto"`` (default: ``"clip"`` for 2-D input, else
+            ``"highs"``), ``"clip"`` (exact polygon clipping in C++, 2-D only), ``"highs"`` or
+            ``"cvxpy"`` (the LP paths). All give the same regions.
+        executor: where batches are analysed: any ``concurrent.futures.Executor`` (Dask:
+            ``client.get_executor()``); ``"auto"`` (default): in this process until the enumeration
+            has run ``pool_after`` seconds, then in a local process pool; ``"process"``: a local
+            process pool from the start; ``None`` or ``"inline"``: always in this process.
+        scheduler: the address of a running Dask scheduler (e.g. ``"tcp://10.0.0.1:8786"``): the
+            batches run on its cluster (needs ``pip install 'manifold_ext[distributed]'``); the
+            client is closed at the end. Not together with an ``executor``.
         pool_after: seconds before ``"auto"`` starts its pool.
         workers: processes of the local pool (default: ``os.cpu_count()``).
-        batch_size: regions per task.
-        max_regions: stop after this many regions (``truncated`` is then set).
+        batch_size: regions per task (default 256 for ``"clip"``, 32 for ``"highs"``, 8 for ``"cvxpy"``).
+        max_in_flight: batches submitted ahead of the one being consumed (the parallelism an
+            executor can use). With ``batch_size`` it fixes the order of the regions found.
+        max_regions: stop after this many regions (``truncated`` is then set); at least 1.
+        out_dir: a new or empty folder: stream the regions to NumPy shards there and return an
+            :class:`EnumerationShards` (driver memory then holds only the visited patterns).
+        shard_size: regions per shard file with ``out_dir``.
         progress: show a tqdm progress bar.
+
+    Returns:
+        :class:`EnumerationResult` (in memory) or, with ``out_dir``, :class:`EnumerationShards`.
     """
-    if batch_size < 1:
-        raise ValueError(f"enumerate_regions: batch_size must be >= 1, got {batch_size}")
     t0 = time.perf_counter()
     d = network.input_dim
     box = as_box(box, d)
-    if start is None:
-        start = box.centre if box is not None else np.zeros(d)
-    start = np.atleast_2d(np.asarray(start, dtype=np.float64))
-    if box is not None and not np.all(box.contains(start)):
-        raise ValueError("enumerate_regions: the start points must lie inside the box")
-    seeds = network.patterns(start).numpy()
-    seen: set[bytes] = set()
-    frontier = []
-    for p in seeds:
-        if p.tobytes() not in seen:
-            seen.add(p.tobytes())
-            frontier.append(p)
-    box_bounds = None if box is None else box.as_tuple()
+    tol = check_tol(tol, box, "enumerate_regions")
+    method = _resolve_method(method, d)
+    batch_size = DEFAULT_BATCH_SIZE[method] if batch_size is None else as_int(
+        batch_size, "enumerate_regions: batch_size", minimum=1)
+    max_in_flight = as_int(max_in_flight, "enumerate_regions: max_in_flight", minimum=1)
+    if max_regions is not None:
+        max_regions = as_int(max_regions, "enumerate_regions: max_regions", minimum=1)
+    shard_size = as_int(shard_size, "enumerate_regions: shard_size", minimum=1)
+    start = _start_points(start, box, d)
+    client = None
+    if scheduler is not None:
+        if executor != "auto":
+            raise ValueError("enumerate_regions: pass either executor= or scheduler=, not both")
+        from manifold_ext._distributed import dask_executor
+
+        executor, client = dask_executor(scheduler)
+    runner = BatchRunner(executor, pool_after, workers)
     check_bounded = box is None
-    patterns, points, radii, facets, bounded, failures = [], [], [], [], [], []
-    empty = 0
-    n_lps = 0
-    truncated = False
-    runner = _BatchRunner(executor, pool_after, workers)
+    box_array = None if box is None else box.as_array()
+    sink = (MemorySink(network.num_words, d, check_bounded) if out_dir is None
+            else ShardSink(out_dir, network.num_words, d, check_bounded, shard_size))
+    traversal = _Traversal(network, runner, sink, (box_array, tol, check_bounded, method), batch_size,
+                           max_in_flight, max_regions)
     bar = tqdm(desc="enumerating regions", unit="region", disable=not progress, mininterval=0.5)
+    traversal.bar = bar
     try:
-        while frontier and not truncated:
-            batches = [np.stack(frontier[i:i + batch_size]) for i in range(0, len(frontier), batch_size)]
-            results = runner.run(network, batches, box_bounds, tol, check_bounded)
-            next_frontier = []
-            for batch, analyses in zip(batches, results):
-                for pattern, res in zip(batch, analyses):
-                    n_lps += res.n_lps
-                    failures += [f"region {pattern.tolist()}: {msg}" for msg in res.failures]
-                    if res.empty:
-                        empty += 1
-                        continue
-                    patterns.append(pattern)
-                    points.append(res.interior_point)
-                    radii.append(res.radius)
-                    facets.append(len(res.groups))
-                    bounded.append(res.bounded)
-                    bar.update(1)
-                    for group in res.groups:
-                        flipped = flip_units(pattern, group)
-                        key = flipped.tobytes()
-                        if key not in seen:
-                            seen.add(key)
-                            next_frontier.append(flipped)
-                    if max_regions is not None and len(patterns) >= max_regions:
-                        truncated = True
-                        break
-                if truncated:
-                    break
-            frontier = next_frontier
+        traversal.seed(start, box)
+        traversal.run()
     finally:
         bar.close()
         runner.close()
-    words = network.num_words
-    return EnumerationResult(
-        patterns=np.array(patterns, dtype=np.int64).reshape(-1, words),
-        interior_points=np.array(points, dtype=np.float64).reshape(-1, d),
-        radii=np.array(radii, dtype=np.float64),
-        num_facets=np.array(facets, dtype=np.int64),
-        bounded=None if box is not None else np.array([bool(b) for b in bounded], dtype=bool),
-        box=box, empty_candidates=empty, failures=failures, n_lps=n_lps,
-        seconds=time.perf_counter() - t0, truncated=truncated, used_executor=runner.used_executor,
-    )
+        if client is not None:
+            client.close()
+    seconds = time.perf_counter() - t0
+    stats = dict(box=box, empty_candidates=traversal.empty, failures=traversal.failures, n_lps=traversal.n_lps,
+                 seconds=seconds, truncated=traversal.truncated, used_executor=runner.used_executor, method=method,
+                 fallbacks=traversal.fallbacks, num_batches=traversal.batches)
+    if out_dir is None:
+        patterns, points, radii, facets, bounded = sink.arrays()
+        return EnumerationResult(patterns=patterns, interior_points=points, radii=radii, num_facets=facets,
+                                 bounded=bounded, **stats)
+    sink.flush()
+    num_bounded = sink.num_bounded if check_bounded else None
+    num_unbounded = sink.count - sink.num_bounded if check_bounded else None
+    sink.write_manifest({
+        "complete": True, "network": repr(network), "words": network.num_words, "dim": d, "tol": tol,
+        "box": None if box is None else [box.lo.tolist(), box.hi.tolist()], "num_regions": sink.count,
+        "num_bounded": num_bounded, "num_unbounded": num_unbounded, "empty_candidates": traversal.empty,
+        "failures": traversal.failures, "n_lps": traversal.n_lps, "seconds": seconds, "truncated": traversal.truncated,
+        "used_executor": runner.used_executor, "method": method, "fallbacks": traversal.fallbacks,
+        "batch_size": batch_size, "max_in_flight": max_in_flight, "num_batches": traversal.batches,
+    })
+    return EnumerationShards(directory=sink.directory, num_regions=sink.count, num_bounded=num_bounded,
+                             num_unbounded=num_unbounded, shard_files=[f["file"] for f in sink.files], **stats)
+
+
+def _resolve_method(method: str, d: int) -> str:
+    if method == "auto":
+        return "clip" if d == 2 else "highs"
+    if method not in METHODS:
+        raise ValueError(f"enumerate_regions: method must be 'auto' or one of {METHODS}, got {method!r}")
+    if method == "clip" and d != 2:
+        raise ValueError(f"enumerate_regions: method='clip' (exact polygon clipping) needs a 2-D input space, got "
+                         f"dimension {d}")
+    return method
+
+
+def _start_points(start, box: Box | None, d: int) -> np.ndarray:
+    if start is None:
+        return (box.centre if box is not None else np.zeros(d))[None]
+    points = np.asarray(start.detach().cpu() if hasattr(start, "detach") else start, dtype=np.float64)
+    if points.ndim == 1:
+        points = points[None]
+    if points.ndim != 2 or points.shape[1] != d or len(points) == 0:
+        raise ValueError(f"enumerate_regions: start must be a point [{d}] or points [n, {d}], got shape "
+                         f"{np.shape(start)}")
+    if not np.all(np.isfinite(points)):
+        raise ValueError("enumerate_regions: the start points must be finite")
+    if box is not None and not np.all(box.contains(points)):
+        raise ValueError("enumerate_regions: the start points must lie inside the box")
+    return points
+
+
+def _keys(patterns: np.ndarray) -> list:
+    """Hashable keys of packed patterns ``[n, words]``: Python ints for one word, else their bytes."""
+    if patterns.shape[1] == 1:
+        return patterns[:, 0].tolist()
+    return np.ascontiguousarray(patterns).view(f"V{8 * patterns.shape[1]}").ravel().tolist()
+
+
+class _Traversal:
+    """The driver's state: visited patterns, the pending frontier, batches in flight, counts."""
+
+    def __init__(self, network, runner, sink, analysis_args, batch_size, max_in_flight, max_regions):
+        self.network, self.runner, self.sink = network, runner, sink
+        self.args = analysis_args
+        self.batch_size, self.max_in_flight, self.max_regions = batch_size, max_in_flight, max_regions
+        self.seen: set = set()
+        self.pending: deque = deque()  # chunks [k, words] of patterns waiting for a batch
+        self.pending_count = 0
+        self.in_flight: deque = deque()  # (patterns, future)
+        self.empty = self.n_lps = self.fallbacks = self.batches = 0
+        self.failures: list[str] = []
+        self.truncated = False
+        self.bar = None
+
+    def seed(self, start: np.ndarray, box: Box | None) -> None:
+        """Analyse the start points' regions here; if none has an interior, points around the first."""
+        candidates = [start]
+        rng = np.random.default_rng(0)
+        scale = box.half_width if box is not None else 1.0 + np.abs(start[0])
+        for radius in SEED_RADII:
+            around = start[0] + radius * scale * rng.uniform(-1, 1, size=(SEED_POINTS, len(start[0])))
+            candidates.append(around if box is None else np.clip(around, box.lo, box.hi))
+        for points in candidates:
+            patterns = self.network.patterns(points).numpy()
+            _, first = np.unique(patterns, axis=0, return_index=True)
+            fresh = [p for p in patterns[np.sort(first)] if _keys(p[None])[0] not in self.seen]
+            if not fresh:
+                continue
+            batch = np.stack(fresh)
+            self.seen.update(_keys(batch))
+            self._consume(batch, _Deferred(analyse_batch, (self.network, batch, *self.args)).result())
+            if self.sink.count:
+                return
+        raise RegionLPError(
+            f"enumerate_regions: no region with an interior (Chebyshev radius > tol = {self.args[1]}) at the start "
+            f"point(s) or at {SEED_POINTS * len(SEED_RADII)} points around them; "
+            + (f"LP failures: {self.failures[:3]}" if self.failures else
+               "is the box inside a single flat region of a degenerate network?"))
+
+    def run(self) -> None:
+        self._fill()
+        while self.in_flight and not self.truncated:
+            batch, future = self.in_flight.popleft()
+            self._consume(batch, self.runner.result(future, analyse_batch, self.network, batch, *self.args))
+            self._fill()
+        for _, future in self.in_flight:
+            future.cancel()
+
+    def _fill(self) -> None:
+        """Submit batches while fewer than max_in_flight are out (partial batches too: keep workers busy)."""
+        while not self.truncated and self.pending_count and len(self.in_flight) < self.max_in_flight:
+            take, parts = min(self.batch_size, self.pending_count), []
+            while take:
+                chunk = self.pending.popleft()
+                if len(chunk) > take:
+                    parts.append(chunk[:take])
+                    self.pending.appendleft(chunk[take:])
+                    take = 0
+                else:
+                    parts.append(chunk)
+                    take -= len(chunk)
+            batch = np.concatenate(parts)
+            self.pending_count -= len(batch)
+            self.in_flight.append((batch, self.runner.submit(analyse_batch, self.network, batch, *self.args)))
+
+    def _consume(self, batch: np.ndarray, result) -> None:
+        self.batches += 1
+        kept = batch[result.keep]
+        n = len(kept)
+        if self.max_regions is not None and self.sink.count + n >= self.max_regions:
+            n = self.max_regions - self.sink.count
+            self.truncated = True
+        bounded = None if result.bounded is None else result.bounded[:n]
+        self.sink.add(kept[:n], result.points[:n], result.radii[:n], result.num_facets[:n], bounded)
+        self.empty += int((~result.keep).sum())
+        self.n_lps += result.n_lps
+        self.fallbacks += result.fallbacks
+        self.failures += result.failures
+        if self.bar is not None:
+            self.bar.update(n)
+        if self.truncated or not len(result.neighbours):
+            return
+        fresh = np.zeros(len(result.neighbours), dtype=bool)
+        seen = self.seen
+        for i, key in enumerate(_keys(result.neighbours)):
+            if key not in seen:
+                seen.add(key)
+                fresh[i] = True
+        if fresh.any():
+            self.pending.append(result.neighbours[fresh])
+            self.pending_count += int(fresh.sum())
 
 
 def sample_patterns(network: ReLUNetwork, box, n: int, *, seed: int = 0, grid: bool = False,
@@ -316,8 +280,12 @@ def sample_patterns(network: ReLUNetwork, box, n: int, *, seed: int = 0, grid: b
     ``n`` points when ``grid``). Sampling can only find a subset of the regions an exact
     enumeration finds; the demos and tests use it to check :func:`enumerate_regions`."""
     box = as_box(box, network.input_dim)
+    if box is None:
+        raise ValueError("sample_patterns: needs a box (lo, hi) to sample from, got None")
+    n = as_int(n, "sample_patterns: n", minimum=1)
+    chunk = as_int(chunk, "sample_patterns: chunk", minimum=1)
     d = network.input_dim
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(as_int(seed, "sample_patterns: seed"))
     if grid:
         per_dim = max(2, int(round(n ** (1.0 / d))))
         axes = [np.linspace(box.lo[k], box.hi[k], per_dim) for k in range(d)]
@@ -328,6 +296,4 @@ def sample_patterns(network: ReLUNetwork, box, n: int, *, seed: int = 0, grid: b
     for i in range(0, len(points), chunk):
         p = network.patterns(points[i:i + chunk]).numpy()
         unique.append(np.unique(p, axis=0))
-    if not unique:
-        return np.zeros((0, network.num_words), dtype=np.int64)
     return np.unique(np.concatenate(unique), axis=0)

@@ -23,8 +23,13 @@ def _as_float64(t) -> torch.Tensor:
 class Region:
     """One linear region: the pattern, its inequalities ``A x <= c`` (Eq. 5) and the affine map there.
 
-    ``A [H, d]`` and ``c [H]`` have one row per hidden unit, in pattern order; the
-    network equals ``W_hat x + b_hat`` on the region.
+    ``A [H, d]`` and ``c [H]`` have one row per hidden unit, in pattern order, exactly as
+    :func:`~manifold_ext.ops.region_system` builds them (not normalised: the geometry
+    functions normalise each row to unit length themselves, so tolerances are distances);
+    the network equals ``W_hat x + b_hat`` on the region. ``row_scale [H]`` and
+    ``offset_scale [H]`` are the norms of the same rows and offsets built from ``|W|`` and
+    ``|b|``: the size of the terms whose cancellation produced each row, against which a row
+    is decided to be zero (see :func:`manifold_ext.relu_geometry.lp.zero_rows`).
     """
 
     pattern: np.ndarray  # int64 [words], packed as in manifold_ext.ops.activation_patterns
@@ -33,6 +38,8 @@ class Region:
     c: np.ndarray  # [H]
     W_hat: np.ndarray  # [n_out, d]
     b_hat: np.ndarray  # [n_out]
+    row_scale: np.ndarray | None = None  # [H]
+    offset_scale: np.ndarray | None = None  # [H]
 
     @property
     def input_dim(self) -> int:
@@ -90,7 +97,14 @@ class ReLUNetwork:
             if w.shape[1] != fan_in:
                 raise ValueError(f"ReLUNetwork: layer {j} takes {w.shape[1]} inputs but the previous layer has "
                                  f"{fan_in} units")
+            for name, t in (("weights", w), ("biases", b)):
+                bad = ~torch.isfinite(t)
+                if bad.any():
+                    raise ValueError(f"ReLUNetwork: layer {j} {name} contain {int(bad.sum())} NaN or infinite "
+                                     f"value(s) (first at index {tuple(torch.nonzero(bad)[0].tolist())}); the "
+                                     "regions of such a network are undefined")
             fan_in = w.shape[0]
+        self._abs_layers: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -105,38 +119,89 @@ class ReLUNetwork:
         return cls(weights, biases)
 
     @classmethod
+    def random(cls, input_dim: int, widths: Sequence[int], *, seed: int = 0, outputs: int = 1,
+               box=(-1.0, 1.0)) -> "ReLUNetwork":
+        """A random network (normal weights scaled by ``1/sqrt(fan_in)``) whose first-layer hyperplanes
+        pass through uniform points of ``box`` and deeper units through typical activations, as a
+        trained network's do (PyTorch's default initialisation leaves most hyperplanes outside a
+        unit box). For benchmarks and tests that need realistic region counts; deterministic in ``seed``."""
+        from manifold_ext.relu_geometry._checks import as_int
+        from manifold_ext.relu_geometry.lp import as_box
+
+        input_dim = as_int(input_dim, "ReLUNetwork.random: input_dim", minimum=1)
+        widths = [as_int(w, "ReLUNetwork.random: widths", minimum=1) for w in widths]
+        bounds = as_box(box, input_dim)
+        g = np.random.default_rng(as_int(seed, "ReLUNetwork.random: seed"))
+        weights, biases, fan_in = [], [], input_dim
+        for layer, width in enumerate(widths):
+            w = g.standard_normal((width, fan_in)) / np.sqrt(fan_in)
+            through = (g.uniform(bounds.lo, bounds.hi, (width, fan_in)) if layer == 0
+                       else 0.3 * np.abs(g.standard_normal((width, fan_in))))
+            weights.append(w)
+            biases.append(-(w * through).sum(axis=1))
+            fan_in = width
+        weights.append(g.standard_normal((as_int(outputs, "ReLUNetwork.random: outputs", minimum=1), fan_in)))
+        biases.append(np.zeros(outputs))
+        return cls.from_weights(weights, biases)
+
+    @classmethod
     def from_module(cls, module: nn.Module, check: bool = True) -> "ReLUNetwork":
         """From an ``nn.Sequential`` of ``Linear``/``ReLU`` (nested Sequentials, ``Identity`` and
-        ``Dropout`` allowed; consecutive ``Linear`` layers are composed), or from a module whose
-        top-level ``Linear`` children are applied in registration order with a ReLU after each but
-        the last. With ``check`` (default) the result is compared with ``module`` on random inputs
-        and a mismatch raises, so a module this reading does not describe is never silently accepted.
+        ``Dropout`` allowed; consecutive ``Linear`` layers are composed), or from any module whose
+        forward is such a chain: it is read with ``torch.fx`` (so the order in which children are
+        registered does not matter), or failing that as its top-level ``Linear`` children in
+        registration order with a ReLU after each but the last. With ``check`` (default) the result
+        is compared with ``module`` on random inputs, to a tolerance set by the module's dtype
+        (float16/bfloat16 modules work), and a mismatch raises, so a module this reading does not
+        describe is never silently accepted. The geometry is that of the float64 copy of the weights.
         """
+        params = list(module.parameters())
+        if not params:
+            raise TypeError(f"ReLUNetwork.from_module: {type(module).__name__} has no parameters (no Linear layers)")
+        for name, p in module.named_parameters():
+            bad = ~torch.isfinite(p.detach())
+            if bad.any():
+                raise ValueError(f"ReLUNetwork.from_module: parameter {name!r} contains {int(bad.sum())} NaN or "
+                                 "infinite value(s); the regions of such a network are undefined")
         if isinstance(module, nn.Sequential):
             net = cls._from_sequential(module)
             if check:
                 net._check_against(module)
             return net
-        linears = [child for child in module.children() if isinstance(child, nn.Linear)]
         others = [type(child).__name__ for child in module.children()
                   if not isinstance(child, (nn.Linear, nn.ReLU, nn.Identity, nn.Dropout))]
         if others:
             raise TypeError(f"ReLUNetwork.from_module: {type(module).__name__} has children other than "
                             f"Linear/ReLU ({', '.join(others)}); only ReLU MLPs have this polyhedral structure")
+        linears = [(name, child) for name, child in module.named_children() if isinstance(child, nn.Linear)]
         if not linears:
             raise TypeError(f"ReLUNetwork.from_module: {type(module).__name__} has no Linear layers")
-        weights = [layer.weight for layer in linears]
-        biases = [layer.bias if layer.bias is not None else torch.zeros(layer.out_features) for layer in linears]
-        candidates = []
+        traced, trace_problem = _trace_chain(module)
+        weights = [layer.weight for _, layer in linears]
+        biases = [layer.bias if layer.bias is not None else torch.zeros(layer.out_features) for _, layer in linears]
+        order = ", ".join(name for name, _ in linears)
+        candidates = [] if traced is None else [("its forward read with torch.fx",
+                                                  lambda: cls._from_sequential(traced))]
         if len(linears) >= 2:
-            candidates.append(cls.from_weights(weights, biases, output_layer=True))
-        candidates.append(cls.from_weights(weights, biases, output_layer=False))
-        for net in candidates:
+            candidates.append((f"Linear children in registration order ({order}) with an affine output",
+                               lambda: cls.from_weights(weights, biases, output_layer=True)))
+        candidates.append((f"Linear children in registration order ({order}) with a ReLU after each",
+                           lambda: cls.from_weights(weights, biases, output_layer=False)))
+        tried = []
+        for what, build in candidates:
+            try:
+                net = build()
+            except (ValueError, TypeError) as error:  # e.g. shapes that do not chain in this order
+                tried.append(f"{what} ({error})")
+                continue
             if net._matches(module):
                 return net
+            tried.append(f"{what} (does not reproduce the output)")
+        tried = "; ".join(tried)
         raise ValueError(f"ReLUNetwork.from_module: {type(module).__name__}'s forward is neither its Linear "
-                         "children in registration order with ReLUs between them (affine output) nor with a "
-                         "ReLU after every one; wrap it as nn.Sequential or use ReLUNetwork.from_weights")
+                         f"children in registration order with ReLUs between them nor a Linear/ReLU chain torch.fx "
+                         f"can read ({trace_problem or 'read, but it does not reproduce the output'}); tried: {tried}. "
+                         "Wrap it as nn.Sequential or use ReLUNetwork.from_weights")
 
     @classmethod
     def _from_sequential(cls, seq: nn.Sequential) -> "ReLUNetwork":
@@ -183,14 +248,27 @@ class ReLUNetwork:
         param = next(module.parameters())
         g = torch.Generator().manual_seed(0)
         x = torch.randn(samples, self.input_dim, generator=g, dtype=torch.float64) * 2
-        with torch.no_grad():
-            want = module(x.to(device=param.device, dtype=param.dtype)).to("cpu", torch.float64)
+        x = x.to(param.dtype).to(torch.float64)  # inputs the module's dtype represents exactly
+        try:
+            with torch.no_grad():
+                want = module(x.to(device=param.device, dtype=param.dtype)).to("cpu", torch.float64)
+        except (RuntimeError, TypeError, ValueError):  # e.g. the forward does not take [N, d]
+            return False
         got = self.forward(x)
         if want.shape != got.shape:
             return False
-        scale = 1.0 + want.abs().max().item()
-        tol = 1e-9 if param.dtype == torch.float64 else 1e-4
-        return bool(torch.allclose(got, want, rtol=tol, atol=tol * scale))
+        # Rounding of the module's own dtype: a few ulps of the largest term of each output.
+        eps = torch.finfo(param.dtype).eps if param.dtype.is_floating_point else 1e-12
+        magnitude = self._magnitude(x)
+        tol = 16 * (len(self.hidden_weights) + 1) * max(eps, 1e-12) * (magnitude + 1e-30)
+        return bool(torch.all((got - want).abs() <= tol))
+
+    def _magnitude(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's output computed with |W|, |b| and |x|: the size of the terms each output sums."""
+        h = x.abs()
+        for w, b in zip(self.hidden_weights, self.hidden_biases):
+            h = h @ w.abs().T + b.abs()
+        return h @ self.output_weight.abs().T + self.output_bias.abs()
 
     def _check_against(self, module: nn.Module) -> None:
         if not self._matches(module):
@@ -231,12 +309,16 @@ class ReLUNetwork:
         sizes = " -> ".join(map(str, [self.input_dim, *self.hidden_sizes, self.output_dim]))
         return f"ReLUNetwork({sizes})"
 
+    _STATE = ("hidden_weights", "hidden_biases", "output_weight", "output_bias")
+
     def __getstate__(self):  # plain arrays travel to worker processes cheaply
-        return {k: [t.numpy() for t in v] if isinstance(v, list) else v.numpy() for k, v in self.__dict__.items()}
+        return {k: [t.numpy() for t in v] if isinstance(v, list) else v.numpy()
+                for k, v in self.__dict__.items() if k in self._STATE}
 
     def __setstate__(self, state):
         self.__dict__.update({k: [torch.from_numpy(a) for a in v] if isinstance(v, list) else torch.from_numpy(v)
                               for k, v in state.items()})
+        self._abs_layers = None
 
     # ------------------------------------------------------------------ evaluation
     def _inputs(self, x) -> torch.Tensor:
@@ -271,24 +353,103 @@ class ReLUNetwork:
         A, c, W_hat, b_hat = region_system(self.layers_weights, self.layers_biases, patterns)
         return A.numpy(), c.numpy(), W_hat.numpy(), b_hat.numpy()
 
+    def system_scales(self, patterns) -> tuple[np.ndarray, np.ndarray]:
+        """``(row_scale [P, H], offset_scale [P, H])``: the norms of each region's rows and offsets built
+        from ``|W|`` and ``|b|`` instead of ``W`` and ``b``, i.e. the size of the terms whose sum (with
+        cancellation) each row of :meth:`systems` is. A row far below its scale is a zero row."""
+        patterns = self._packed(patterns)
+        if self._abs_layers is None:
+            self._abs_layers = ([w.abs() for w in self.layers_weights], [b.abs() for b in self.layers_biases])
+        A_abs, c_abs, _, _ = region_system(*self._abs_layers, patterns)
+        return torch.linalg.vector_norm(A_abs, dim=-1).numpy(), c_abs.abs().numpy()
+
     def regions(self, patterns) -> list[Region]:
         """:class:`Region` of each packed pattern ``[P, words]``."""
         patterns = self._packed(patterns)
         A, c, W_hat, b_hat = self.systems(patterns)
+        row_scale, offset_scale = self.system_scales(patterns)
         p = patterns.numpy()
-        return [Region(p[i].copy(), self.num_units, A[i], c[i], W_hat[i], b_hat[i]) for i in range(len(p))]
+        return [Region(p[i].copy(), self.num_units, A[i], c[i], W_hat[i], b_hat[i], row_scale[i], offset_scale[i])
+                for i in range(len(p))]
+
+    def region_of_point(self, x) -> Region:
+        """The region containing the point ``x [d]`` (its pattern under the tie rule of Eq. 3)."""
+        point = np.asarray(x.detach().cpu() if torch.is_tensor(x) else x, dtype=np.float64)
+        if point.ndim == 2 and point.shape[0] == 1:
+            point = point[0]
+        if point.shape != (self.input_dim,):
+            raise ValueError(f"{self!r}.region_of_point: x must be one point of shape [{self.input_dim}], got shape "
+                             f"{point.shape}; for several points use regions(patterns(x))")
+        return self.regions(self.patterns(point[None]))[0]
+
+    def region_of_pattern(self, pattern) -> Region:
+        """The region of one packed pattern ``int64 [words]`` (see :func:`manifold_ext.ops.activation_patterns`)."""
+        p = pattern if torch.is_tensor(pattern) else np.asarray(pattern)
+        if p.dtype not in (np.int64, torch.int64):
+            raise ValueError(f"{self!r}.region_of_pattern: a pattern is packed int64 [{self.num_words}] (see "
+                             f"manifold_ext.ops.activation_patterns), got dtype {p.dtype}"
+                             + ("; for a point use region_of_point(x) or region(x=...)"
+                                if str(p.dtype).replace("torch.", "").startswith(("float", "bfloat")) else ""))
+        if tuple(p.shape) not in ((self.num_words,), (1, self.num_words)):
+            raise ValueError(f"{self!r}.region_of_pattern: a pattern is packed int64 [{self.num_words}], got shape "
+                             f"{tuple(p.shape)}")
+        return self.regions(torch.as_tensor(p).reshape(1, -1))[0]
 
     def region(self, pattern=None, *, x=None) -> Region:
-        """The region of one packed pattern ``[words]``, or of the point ``x [d]``."""
+        """The region of one packed pattern ``[words]`` (``region(pattern)``) or of one point
+        (``region(x=point)``); the same as :meth:`region_of_pattern` / :meth:`region_of_point`."""
         if (pattern is None) == (x is None):
-            raise ValueError("ReLUNetwork.region: pass exactly one of a pattern or a point x=")
-        if x is not None:
-            pattern = self.patterns(x)[0]
-        return self.regions(torch.as_tensor(pattern).reshape(1, -1))[0]
+            raise ValueError("ReLUNetwork.region: pass exactly one of a packed pattern (region(pattern)) or a point "
+                             "(region(x=point)); or call region_of_pattern / region_of_point")
+        return self.region_of_point(x) if x is not None else self.region_of_pattern(pattern)
 
     def _packed(self, patterns) -> torch.Tensor:
         p = torch.as_tensor(np.asarray(patterns) if not torch.is_tensor(patterns) else patterns)
         if p.dtype != torch.int64 or p.dim() != 2 or p.shape[1] != self.num_words:
             raise ValueError(f"{self!r}: patterns must be packed int64 [P, {self.num_words}], got "
                              f"{p.dtype} {tuple(p.shape)}")
+        spare = self.num_words * 64 - self.num_units  # bits past the last unit must be 0
+        if spare and len(p):
+            high = p[:, -1] & ~((1 << (64 - spare)) - 1)
+            if bool((high != 0).any()):
+                row = int(torch.nonzero(high != 0)[0, 0])
+                raise ValueError(f"{self!r}: pattern {row} has bits set beyond its {self.num_units} hidden units "
+                                 f"(bits {self.num_units}..{self.num_words * 64 - 1} of the packed words must be 0)")
         return p.to("cpu").contiguous()
+
+
+_RELU_FUNCTIONS = (torch.relu, torch.relu_, nn.functional.relu)
+
+
+def _trace_chain(module: nn.Module) -> tuple[nn.Sequential | None, str]:
+    """The module's forward as an ``nn.Sequential`` when ``torch.fx`` traces it to a plain chain of
+    Linear / ReLU (module, function or method) / Identity / Dropout; else ``(None, why not)``."""
+    import torch.fx
+
+    try:
+        graph = torch.fx.symbolic_trace(module).graph
+    except Exception as error:  # any tracing failure just means: not readable this way
+        return None, f"torch.fx could not trace it: {type(error).__name__}"
+    nodes = list(graph.nodes)
+    if len(nodes) < 3 or nodes[0].op != "placeholder" or nodes[-1].op != "output":
+        return None, "its forward is not a chain of layers"
+    layers: list[nn.Module] = []
+    previous = nodes[0]
+    for node in nodes[1:-1]:
+        if not node.args or node.args[0] is not previous or any(a is not None for a in node.args[1:]):
+            return None, f"its forward is not a chain of layers (at {node.name})"
+        if node.op == "call_module":
+            layer = module.get_submodule(node.target)
+            if isinstance(layer, (nn.Linear, nn.ReLU)):
+                layers.append(layer)
+            elif not isinstance(layer, (nn.Identity, nn.Dropout)):
+                return None, f"it calls {type(layer).__name__}"
+        elif (node.op == "call_function" and node.target in _RELU_FUNCTIONS) or (
+                node.op == "call_method" and node.target in ("relu", "relu_")):
+            layers.append(nn.ReLU())
+        else:
+            return None, f"its forward does more than Linear/ReLU (at {node.name})"
+        previous = node
+    if nodes[-1].args[0] is not previous:
+        return None, "its output is not the end of the chain"
+    return nn.Sequential(*layers), ""

@@ -5,7 +5,7 @@ import colorsys
 
 import numpy as np
 
-from manifold_ext.relu_geometry.lp import as_box, clip_polygon
+from manifold_ext.relu_geometry.lp import as_box, as_system, clip_polygon
 from manifold_ext.relu_geometry.network import Region
 
 
@@ -15,11 +15,10 @@ def region_polygon(region: Region, box) -> np.ndarray:
     if region.input_dim != 2:
         raise ValueError(f"region_polygon: needs a 2-D input space, got dimension {region.input_dim}")
     box = as_box(box, 2)
-    norms = np.linalg.norm(region.A, axis=1)
-    zero = norms == 0
-    if np.any(region.c[zero] < 0):
+    system = as_system(region)  # zero rows decided as everywhere else (lp.zero_rows)
+    if system.infeasible:
         return np.zeros((0, 2))
-    return clip_polygon(box.lo, box.hi, region.A[~zero], region.c[~zero])
+    return clip_polygon(box.lo, box.hi, system.A[~system.zero], system.c[~system.zero])
 
 
 def affine_map_colour(W_hat: np.ndarray, b_hat: np.ndarray, scale: float) -> tuple[float, float, float]:

@@ -1,0 +1,48 @@
+"""Every op a *_cuda.cu file registers has its CUDA kernel in the installed build.
+
+Usage: python .ci/check_cuda_kernels.py REPO   (run outside the source tree, so the
+installed manifold_ext is imported). The ops to expect are read from the
+m.impl("name", ...) lines of csrc/*/*_cuda.cu, so a family that is CPU-only by
+design (no _cuda.cu) is listed, not failed; a .cu file that was not compiled in,
+or a kernel that did not register, fails.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+import manifold_ext
+
+
+def expected_cuda_ops(repo: Path) -> set[str]:
+    names = set()
+    for source in sorted(repo.glob("csrc/*/*_cuda.cu")):
+        names.update(re.findall(r'm\.impl\("(\w+)"', source.read_text()))
+    return {f"manifold_ext::{name}" for name in names}
+
+
+def main() -> int:
+    repo = Path(sys.argv[1])
+    info = manifold_ext.build_info()
+    print("-- build:", info)
+    if not info["cuda"]:
+        print("FAILED: the extension was built without its CUDA kernels")
+        return 1
+    ops = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("manifold_ext::"))
+    expected = expected_cuda_ops(repo)
+    missing = sorted(op for op in expected if not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"))
+    cpu_only = sorted(op for op in ops if op not in expected
+                      and not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"))
+    print(f"-- {len(ops)} manifold_ext ops; {len(expected) - len(missing)} of the {len(expected)} with a "
+          f"CUDA kernel in csrc/ registered; CPU-only by design: {cpu_only or 'none'}")
+    if missing:
+        print(f"FAILED: ops whose CUDA kernel did not register: {missing}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Region enumeration past one process (issue 19): a real Dask cluster (LocalCluster, 2 process
+workers on loopback, started and closed here), the local process pool, and disk shards; every
+run gives exactly the in-process result."""
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import multiprocessing
+
+import numpy as np
+import pytest
+from relu_geometry_cases import spread_network
+
+from manifold_ext.relu_geometry import EnumerationShards, enumerate_regions, load_regions
+
+
+def _same(a, b):
+    assert np.array_equal(a.patterns, b.patterns)  # same regions, same order
+    np.testing.assert_array_equal(a.radii, b.radii)
+    np.testing.assert_array_equal(a.interior_points, b.interior_points)
+    np.testing.assert_array_equal(a.num_facets, b.num_facets)
+    assert (a.bounded is None and b.bounded is None) or np.array_equal(a.bounded, b.bounded)
+    assert a.empty_candidates == b.empty_candidates and a.n_lps == b.n_lps
+
+
+CASES = [  # (network, box, method): the exact 2-D op and the LP path, in a box and in all of R^d
+    (lambda: spread_network([12, 12], 2, 0), (-1.0, 1.0), "clip"),
+    (lambda: spread_network([8, 8], 2, 1), None, "clip"),
+    (lambda: spread_network([6, 6], 3, 2), (-1.0, 1.0), "highs"),
+]
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                       dashboard_address=None, silence_logs=logging.ERROR)
+    client = distributed.Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+@pytest.mark.parametrize("make,box,method", CASES, ids=["2d-box", "2d-R2", "3d-box"])
+def test_dask_cluster_gives_the_in_process_result(dask_client, make, box, method):
+    net = make()
+    local = enumerate_regions(net, box=box, method=method, executor=None, batch_size=8, progress=False)
+    remote = enumerate_regions(net, box=box, method=method, executor=dask_client.get_executor(), batch_size=8,
+                               progress=False)
+    assert remote.used_executor and len(local) > 20
+    _same(local, remote)
+
+
+def test_dask_scheduler_address(dask_client, tmp_path):
+    """scheduler= opens its own client through manifold_ext._distributed.dask_executor; with out_dir the
+    regions stream to shards that load back to the in-process result."""
+    net = spread_network([12, 12], 2, 3)
+    local = enumerate_regions(net, box=(-1.0, 1.0), executor=None, batch_size=16, progress=False)
+    shards = enumerate_regions(net, box=(-1.0, 1.0), scheduler=dask_client.scheduler.address, batch_size=16,
+                               out_dir=tmp_path / "run", shard_size=40, progress=False)
+    assert isinstance(shards, EnumerationShards) and shards.used_executor
+    assert len(shards) == len(local) and len(shards.shard_files) > 1
+    _same(local, load_regions(tmp_path / "run").load())
+
+
+def test_threads_and_forked_processes_give_the_in_process_result():
+    """(Spawned local pools: test_relu_geometry.py::test_default_moves_long_enumerations_to_a_local_process_pool.)"""
+    net = spread_network([6, 6], 3, 4)
+    inline = enumerate_regions(net, box=(-1, 1), executor=None, batch_size=4, progress=False)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        _same(inline, enumerate_regions(net, box=(-1, 1), executor=pool, batch_size=4, progress=False))
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+        _same(inline, enumerate_regions(net, box=(-1, 1), executor=pool, batch_size=4, progress=False))
+
+
+def test_batching_changes_the_order_never_the_set():
+    net = spread_network([10, 10], 2, 5)
+    a = enumerate_regions(net, executor=None, batch_size=3, max_in_flight=2, progress=False)
+    b = enumerate_regions(net, executor=None, batch_size=500, progress=False)
+    assert a.keys() == b.keys() and a.num_bounded == b.num_bounded
+
+
+def test_shards_stream_and_load(tmp_path):
+    net = spread_network([10, 10], 2, 6)
+    memory = enumerate_regions(net, executor=None, progress=False)
+    shards = enumerate_regions(net, executor=None, out_dir=tmp_path / "r2", shard_size=25, progress=False)
+    assert (shards.num_regions, shards.num_bounded, shards.num_unbounded) == (
+        len(memory), memory.num_bounded, memory.num_unbounded)
+    parts = list(load_regions(tmp_path / "r2").iter_shards())
+    assert [len(p) for p in parts[:-1]] == [25] * (len(parts) - 1) or all(len(p) >= 25 for p in parts[:-1])
+    assert sum(len(p) for p in parts) == len(memory)
+    _same(memory, shards.load())
+    with pytest.raises(FileExistsError, match="is not empty"):
+        enumerate_regions(net, executor=None, out_dir=tmp_path / "r2", progress=False)
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        load_regions(tmp_path)
