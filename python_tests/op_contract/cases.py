@@ -831,8 +831,7 @@ REGION_SYSTEM = OpCase(
 )
 
 
-# Its module builds on the definitions above (OpCase, Maker, F64, Sample), hence imported here.
-from op_contract.region_clip_case import REGION_CLIP_2D  # noqa: E402
+from op_contract.region_clip_case import REGION_CLIP_2D  # noqa: E402  (needs the classes above)
 
 CASES: list[OpCase] = [
     AFFINE_COUPLING,

@@ -83,7 +83,7 @@ def _check(case, sample, outputs, dtype) -> None:
     torch.testing.assert_close(radius[nonempty], capped, rtol=0, atol=1e-8)
     if box is None:
         assert torch.equal(bounded[nonempty], want[3][nonempty]), "region_clip_2d: boundedness differs"
-    for i in torch.nonzero(nonempty).flatten().tolist():
+    for i in nonempty.nonzero().flatten().tolist():
         rows = ~ignore[i]
         a, b = A[i][rows], c[i][rows]
         depth = (b - a @ centre[i]) / torch.linalg.vector_norm(a, dim=1)
