@@ -2,7 +2,8 @@
 #
 #   make demo        set up .venv, build the extension, run the main demo
 #   make test        set up .venv, build the extension, run the whole test suite
-#   make bench       benchmark every op family, write benchmarks/results/
+#   make bench       benchmark every op family, write benchmarks/results/ (this ISA path)
+#   make bench-isas  the same for every CPU ISA path (avx512, avx2, default)
 #   make cuda-check  compile the CUDA kernels against CUDA torch (needs nvcc)
 #   make gpu-check   on a GPU machine: build for its GPU, CUDA tests, compute-sanitizer, GPU benchmarks
 #   make lint        ruff check + ruff format --check + clang-format check (lint-python, lint-cpp);
@@ -22,7 +23,7 @@ BIN := $(VENV)/bin
 # Build requirements must be present before a --no-build-isolation build.
 BUILD_REQS := scikit-build-core>=0.10 cmake>=3.30 ninja
 
-.PHONY: setup demo test test-slow bench cuda-check gpu-check lint lint-python lint-cpp format-cpp docs wheel clean
+.PHONY: setup demo test test-slow bench bench-isas cuda-check gpu-check lint lint-python lint-cpp format-cpp docs wheel clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +45,18 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest python_tests --runslow $(PYTEST_ARGS)
 
+# Only --update-results writes the committed benchmarks/results/ (a plain
+# `manifold-ext bench` writes demo_out/bench/). --scaling adds the one-thread
+# timing of the large cases.
 bench: setup
-	$(BIN)/manifold-ext bench
+	$(BIN)/manifold-ext bench --update-results --scaling
+
+# One results file pair per ISA path: ATEN_CPU_CAPABILITY steers torch's kernels,
+# torch.compile's code generation and ours alike.
+bench-isas: setup
+	for isa in avx512 avx2 default; do \
+	  ATEN_CPU_CAPABILITY=$$isa $(BIN)/manifold-ext bench --update-results --scaling || exit 1; \
+	done
 
 # Compile-check the CUDA kernels in a second environment with CUDA torch.
 CUDA_VENV ?= .venv-cuda

@@ -46,7 +46,7 @@ MANIFOLD_EXT_HD ScaleTerms<T> scale_terms(T raw, T clamp) {
     const T z = raw + T(2);
     const T e = hd_exp(-hd_abs(z));
     const T one_plus_e = T(1) + e;
-    const auto z_nonneg = z >= T(0);
+    const auto z_nonneg = hd_le(T(0), z);
     const T numerator = hd_where(z_nonneg, T(1), e);
     k.scale = numerator / one_plus_e;
     k.inv_scale = one_plus_e / numerator;

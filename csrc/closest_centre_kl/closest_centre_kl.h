@@ -57,8 +57,8 @@ struct Grid {
 template <typename T>
 MANIFOLD_EXT_HD T grid_centre(T mu, const Grid<T>& grid) {
   T centre = hd_mul_then_add(grid.spacing, hd_round((mu - grid.offset) / grid.spacing), grid.offset);
-  centre = hd_where(centre < grid.low, grid.low, centre);
-  centre = hd_where(centre > grid.high, grid.high, centre);
+  centre = hd_where(hd_lt(centre, grid.low), grid.low, centre);
+  centre = hd_where(hd_lt(grid.high, centre), grid.high, centre);
   return centre;
 }
 

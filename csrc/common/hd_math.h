@@ -14,6 +14,11 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define MANIFOLD_EXT_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// Forced: the per-element math is small and called in the innermost loops; in
+// the baseline-ISA copy GCC otherwise leaves some of it as calls that pass
+// vectors through the stack.
+#define MANIFOLD_EXT_HD inline __attribute__((always_inline))
 #else
 #define MANIFOLD_EXT_HD inline
 #endif
@@ -90,6 +95,18 @@ inline V hd_mul_then_add(const V& a, const V& b, const V& c) {
   return a * b + c;
 }
 
+// Comparisons: a bool for scalars, a lane mask for vectors (cpu_vec_math.h).
+// Kernels compare through these rather than the operators so that the
+// baseline-ISA CPU copy can supply fast vector versions.
+template <typename T>
+MANIFOLD_EXT_HD bool hd_lt(T a, T b) {
+  return a < b;
+}
+template <typename T>
+MANIFOLD_EXT_HD bool hd_le(T a, T b) {
+  return a <= b;
+}
+
 // Branch-free select: `condition` is a bool for scalars, a lane mask for vectors.
 template <typename T>
 MANIFOLD_EXT_HD T hd_where(bool condition, T if_true, T if_false) {
@@ -156,8 +173,8 @@ MANIFOLD_EXT_HD T tanh_series_or_exp(T a) {
     series = hd_fmadd(series, a2, T(2.0f / 15.0f));
     series = hd_fmadd(series, a2, T(-1.0f / 3.0f));
     series = hd_fmadd(series, a2, T(1.0f));
-    const T magnitude = hd_where(abs_a < T(0.45f), abs_a * series, from_exp);
-    return hd_where(a < T(0), -magnitude, magnitude);
+    const T magnitude = hd_where(hd_lt(abs_a, T(0.45f)), abs_a * series, from_exp);
+    return hd_where(hd_lt(a, T(0)), -magnitude, magnitude);
   }
 }
 

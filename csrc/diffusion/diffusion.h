@@ -22,6 +22,22 @@
 namespace manifold_ext {
 namespace diffusion {
 
+// Which inequality a pair (a, b) of abar values must satisfy.
+enum class ScheduleRule {
+  Likelihood,  // (abar_t, abar_next):  0 < abar_next < abar_t <= 1   (Eq. 17-20)
+  Forward,     // (abar_t, abar_next):  0 < abar_next <= abar_t <= 1  (Eq. 17)
+  Backward,    // (abar_t, abar_prev):  0 < abar_t < 1, abar_t <= abar_prev <= 1  (Eq. 12, DDPM, DDIM)
+};
+
+// False for NaN as well.
+MANIFOLD_EXT_HD bool schedule_ok(ScheduleRule rule, double a, double b) {
+  switch (rule) {
+    case ScheduleRule::Likelihood: return b > 0 && b < a && a <= 1;
+    case ScheduleRule::Forward: return b > 0 && b <= a && a <= 1;
+    default: return a > 0 && a < 1 && a <= b && b <= 1;
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Sampler and forward steps: out = x * cx + eps * ce + noise * cn
 // ---------------------------------------------------------------------------
@@ -150,16 +166,16 @@ MANIFOLD_EXT_HD NllCoefficients<To> cast_coefficients(const NllCoefficients<From
           static_cast<To>(c.ce), static_cast<To>(c.kp), static_cast<To>(c.log_norm)};
 }
 
-// Written with five divisions, two square roots and one log per pair, and
-// templated over T: double on the host and the device, and
-// at::vec::Vectorized<double> in the CPU kernels, which evaluate it for a
-// per-sample schedule SIMD-wide (there it costs more than the memory pass).
-// The t = 0 branch is a select.
+// The coefficients from abar_t, abar_next and the three gaps jump = abar_t -
+// abar_next, keep_next = 1 - abar_next, keep_t = 1 - abar_t. The gaps are
+// formed in double by the callers (exact for the small differences of nearby
+// times), so T may be float: the CPU kernels evaluate this SIMD-wide for
+// per-sample schedules in the inputs' precision (five divisions, two square
+// roots and one log per pair would otherwise cost more than the memory pass).
+// keep_t = 0 (abar_t = 1) is the t = 0 convention, taken by a select.
 template <typename T>
-MANIFOLD_EXT_HD NllCoefficients<T> nll_coefficients(T abar_t, T abar_next) {
-  const T one(1), half(0.5);
-  const T jump = abar_t - abar_next;  // > 0
-  const T keep_next = one - abar_next;
+MANIFOLD_EXT_HD NllCoefficients<T> nll_coefficients_from_gaps(T abar_t, T abar_next, T jump, T keep_next, T keep_t) {
+  const T one(1), half(0.5), zero(0);
   NllCoefficients<T> c;
   c.s = hd_sqrt(abar_next / abar_t);  // Eq. 18 mean
   c.kq = half * abar_t / jump;        // var_q = jump / abar_t          (Eq. 18)
@@ -169,10 +185,15 @@ MANIFOLD_EXT_HD NllCoefficients<T> nll_coefficients(T abar_t, T abar_next) {
   c.cx = one / c.s;
   c.ce = -jump / hd_sqrt(abar_t * abar_next * keep_next);
   // Eq. 20 over Eq. 18: var_p / var_q = (1 - abar_t) / (1 - abar_next); 1 under the t = 0 convention.
-  const T variance_ratio = hd_where(abar_t < one, (one - abar_t) / keep_next, one);
+  const T variance_ratio = hd_where(hd_lt(zero, keep_t), keep_t / keep_next, one);
   c.kp = c.kq / variance_ratio;
   c.log_norm = half * hd_log(variance_ratio);
   return c;
+}
+
+// In double from the two abar values (host, device, and the shared-schedule CPU path).
+MANIFOLD_EXT_HD NllCoefficients<double> nll_coefficients(double abar_t, double abar_next) {
+  return nll_coefficients_from_gaps(abar_t, abar_next, abar_t - abar_next, 1.0 - abar_next, 1.0 - abar_t);
 }
 
 // One element's share of the step's term (without the D * log_norm constant).

@@ -30,8 +30,19 @@ struct LinearStepRows {
   int64_t len;
 };
 
-// sums[r] = sum over row r of nll_element(x_t, x_next, eps); when `noise` is
-// given, also x_after = forward step of x_next (the fused variant).
+// The likelihood step's per-sample output, from the first sample of a span on:
+// out[r] = in[r] + term_r, added in double and stored in the accumulator's
+// dtype (float32 or float64, is_double).
+struct AccumulatorSpan {
+  const void* in;
+  void* out;
+  bool is_double;
+};
+
+// Per row r: its term len * log_norm + sum of nll_element(x_t, x_next, eps)
+// over the row, added to the accumulator (acc); or, when `sums` is given (a
+// piece of a longer sample), only the element sum, into sums[r]. When `noise`
+// is given, also x_after = forward step of x_next (the fused variant).
 template <typename scalar_t>
 struct NllRows {
   const scalar_t* x_t;     // [rows * len]
@@ -44,7 +55,8 @@ struct NllRows {
   int64_t coef_stride;
   int64_t rows;
   int64_t len;
-  double* sums;  // [rows]
+  AccumulatorSpan acc;  // rows [0, rows) of the accumulator, unless sums is given
+  double* sums;         // [rows] or nullptr
 };
 
 // Gradients of the likelihood step for rows whose sample-term gradient is grad[r].
@@ -74,9 +86,11 @@ struct NllCoefficientSpan {
 };
 
 // Short samples with a per-sample schedule (e.g. 2-D points at mixed times), in
-// one pass: terms[r] = len * log_norm_r + sum over row r of nll_element, with
-// the coefficients of a block of rows computed SIMD-wide on the fly (no
-// coefficient array in memory).
+// one pass: each row's term len * log_norm_r + sum over row r of nll_element
+// is added to the accumulator, with the coefficients computed SIMD-wide on the
+// fly (no coefficient array in memory). nll_per_sample_rows returns how many
+// rows have a pair (abar_t, abar_next) that breaks ScheduleRule::Likelihood:
+// the caller checks the schedule in the same pass and raises afterwards.
 template <typename scalar_t>
 struct NllPerSampleRows {
   const scalar_t* x_t;      // [rows * len]
@@ -86,7 +100,7 @@ struct NllPerSampleRows {
   const double* abar_next;  // [rows]
   int64_t rows;
   int64_t len;
-  double* terms;  // [rows]
+  AccumulatorSpan acc;  // rows [0, rows) of the accumulator
 };
 
 // out = x + h (k1 + 2 k2 + 2 k3 + k4) / 6 over n elements (x == nullptr: h = 1, no x).
@@ -114,8 +128,8 @@ struct Rk4Span {
   void rk4_span(const Rk4Span<double>& s);                        \
   void nll_coefficient_span(const NllCoefficientSpan<float>& s);  \
   void nll_coefficient_span(const NllCoefficientSpan<double>& s); \
-  void nll_per_sample_rows(const NllPerSampleRows<float>& r);     \
-  void nll_per_sample_rows(const NllPerSampleRows<double>& r);    \
+  int64_t nll_per_sample_rows(const NllPerSampleRows<float>& r);  \
+  int64_t nll_per_sample_rows(const NllPerSampleRows<double>& r); \
   }
 
 MANIFOLD_EXT_FOR_EACH_CPU_ISA(MANIFOLD_EXT_DECLARE_DIFFUSION_ROWS)

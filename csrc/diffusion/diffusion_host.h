@@ -21,21 +21,6 @@
 namespace manifold_ext {
 namespace diffusion {
 
-// Which inequality a pair (a, b) of abar values must satisfy.
-enum class ScheduleRule {
-  Likelihood,  // (abar_t, abar_next):  0 < abar_next < abar_t <= 1   (Eq. 17-20)
-  Forward,     // (abar_t, abar_next):  0 < abar_next <= abar_t <= 1  (Eq. 17)
-  Backward,    // (abar_t, abar_prev):  0 < abar_t < 1, abar_t <= abar_prev <= 1  (Eq. 12, DDPM, DDIM)
-};
-
-inline bool schedule_ok(ScheduleRule rule, double a, double b) {
-  switch (rule) {
-    case ScheduleRule::Likelihood: return b > 0 && b < a && a <= 1;
-    case ScheduleRule::Forward: return b > 0 && b <= a && a <= 1;
-    default: return a > 0 && a < 1 && a <= b && b <= 1;
-  }
-}
-
 inline std::string schedule_requirement(ScheduleRule rule, const char* name_a, const char* name_b) {
   const std::string a(name_a), b(name_b);
   switch (rule) {
@@ -160,8 +145,30 @@ inline void check_per_sample_coefficients_fit(const AbarPair& pair, ScheduleRule
   for (int64_t i = 0; i < av.size(0); ++i) check_coefficients_fit(rule, a[i], b[i], dtype, op, name_a, name_b, i);
 }
 
+// The per-sample checks: raises the error naming the first sample whose pair
+// breaks `rule`, then (float32 compute) the first whose coefficients do not fit
+// float32; returns when every pair passes. schedules_valid = true skips the
+// first check where the caller has already counted no invalid pair (the CPU
+// one-pass likelihood path checks its lanes while it computes, instead of a
+// separate pass over the schedule).
+inline void check_abar_samples(const AbarPair& pair, ScheduleRule rule, at::ScalarType dtype, const char* op,
+                               const char* name_a, const char* name_b, bool schedules_valid = false) {
+  if (!pair.per_sample || pair.a_values.size(0) == 0) return;
+  const int64_t bad = schedules_valid ? -1 : first_bad_sample(pair.a_values, pair.b_values, rule);
+  if (bad >= 0) {
+    const at::Tensor& av = pair.a_values;
+    const at::Tensor& bv = pair.b_values;
+    TORCH_CHECK_VALUE(false, op, ": invalid schedule at sample ", bad, ", got ", name_a, " = ",
+                      repr(av[bad].item<double>()), " and ", name_b, " = ", repr(bv[bad].item<double>()), "; ",
+                      schedule_requirement(rule, name_a, name_b));
+  }
+  if (!computes_in_double(dtype)) check_per_sample_coefficients_fit(pair, rule, dtype, op, name_a, name_b);
+}
+
+// check_samples = false leaves the per-sample pairs to the caller, which then
+// calls check_abar_samples.
 inline AbarPair read_abar_pair(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x, ScheduleRule rule,
-                               const char* op, const char* name_a, const char* name_b) {
+                               const char* op, const char* name_a, const char* name_b, bool check_samples = true) {
   const int64_t batch = x.size(0);
   check_abar_tensor(a, batch, x, op, name_a);
   check_abar_tensor(b, batch, x, op, name_b);
@@ -179,16 +186,7 @@ inline AbarPair read_abar_pair(const at::Tensor& a, const at::Tensor& b, const a
   pair.per_sample = true;
   pair.a_values = a.to(options).expand({batch}).contiguous();
   pair.b_values = b.to(options).expand({batch}).contiguous();
-  if (batch == 0) return pair;
-  const int64_t bad = first_bad_sample(pair.a_values, pair.b_values, rule);
-  if (bad >= 0) {
-    const at::Tensor& av = pair.a_values;
-    const at::Tensor& bv = pair.b_values;
-    TORCH_CHECK_VALUE(false, op, ": invalid schedule at sample ", bad, ", got ", name_a, " = ",
-                      repr(av[bad].item<double>()), " and ", name_b, " = ", repr(bv[bad].item<double>()), "; ",
-                      schedule_requirement(rule, name_a, name_b));
-  }
-  if (check_fit) check_per_sample_coefficients_fit(pair, rule, x.scalar_type(), op, name_a, name_b);
+  if (check_samples) check_abar_samples(pair, rule, x.scalar_type(), op, name_a, name_b);
   return pair;
 }
 
