@@ -2,9 +2,12 @@
 #
 #   make demo        set up .venv, build the extension, run the main demo
 #   make test        set up .venv, build the extension, run the whole test suite
-#   make bench       benchmark every op family, write benchmarks/results/
+#   make bench       benchmark every op family, write benchmarks/results/ (this ISA path)
+#   make bench-isas  the same for every CPU ISA path (avx512, avx2, default)
 #   make cuda-check  compile the CUDA kernels against CUDA torch (needs nvcc)
 #   make gpu-check   on a GPU machine: build for its GPU, CUDA tests, compute-sanitizer, GPU benchmarks
+#   make lint        ruff check + ruff format --check + clang-format check (lint-python, lint-cpp);
+#                    make format-cpp rewrites csrc/ as .clang-format says
 #   make docs        build the documentation (docs/_build/html), warnings are errors
 #   make wheel       build an sdist and a manylinux wheel for the installed torch (dist/)
 #
@@ -20,7 +23,7 @@ BIN := $(VENV)/bin
 # Build requirements must be present before a --no-build-isolation build.
 BUILD_REQS := scikit-build-core>=0.10 cmake>=3.30 ninja
 
-.PHONY: setup demo test test-slow bench cuda-check gpu-check docs wheel clean
+.PHONY: setup demo test test-slow bench bench-isas cuda-check gpu-check lint lint-python lint-cpp format-cpp docs wheel clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +45,18 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest python_tests --runslow $(PYTEST_ARGS)
 
+# Only --update-results writes the committed benchmarks/results/ (a plain
+# `manifold-ext bench` writes demo_out/bench/). --scaling adds the one-thread
+# timing of the large cases.
 bench: setup
-	$(BIN)/manifold-ext bench
+	$(BIN)/manifold-ext bench --update-results --scaling
+
+# One results file pair per ISA path: ATEN_CPU_CAPABILITY steers torch's kernels,
+# torch.compile's code generation and ours alike.
+bench-isas: setup
+	for isa in avx512 avx2 default; do \
+	  ATEN_CPU_CAPABILITY=$$isa $(BIN)/manifold-ext bench --update-results --scaling || exit 1; \
+	done
 
 # Compile-check the CUDA kernels in a second environment with CUDA torch.
 CUDA_VENV ?= .venv-cuda
@@ -60,6 +73,28 @@ GPU_CHECK_OUT ?= gpu-check-out
 WHEELS ?=
 gpu-check:
 	./.ci/gpu-check "$(GPU_CHECK_OUT)" $(WHEELS)
+
+# Style checked by tools, not by review (issue 17.4): ruff (lint with import order,
+# lines <= 120; format check) over the Python, clang-format (.clang-format) over csrc/.
+# Both pinned, as in pyproject's test extra: releases format differently.
+LINT_REQS := ruff==0.17.6 clang-format==23.1.5
+CPP_SOURCES = $(shell git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu' 'csrc/*.cuh')
+lint: lint-python lint-cpp
+
+lint-python: $(BIN)/python
+	$(BIN)/pip install --quiet $(LINT_REQS)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+lint-cpp: $(BIN)/python
+	$(BIN)/pip install --quiet $(LINT_REQS)
+	$(BIN)/clang-format --dry-run -Werror --style=file $(CPP_SOURCES)
+	@echo "lint-cpp: $(words $(CPP_SOURCES)) C++/CUDA files formatted as .clang-format says"
+
+# Rewrites csrc/ as .clang-format says (the Python is formatted with `ruff format`).
+format-cpp: $(BIN)/python
+	$(BIN)/pip install --quiet $(LINT_REQS)
+	$(BIN)/clang-format -i --style=file $(CPP_SOURCES)
 
 # Sphinx site; the reproduction and benchmark pages are generated from the committed
 # docs/results/*/summary.json and benchmarks/results/*.json on every build.

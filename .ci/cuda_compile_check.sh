@@ -4,6 +4,8 @@
 # Works without a GPU: kernels compile and register, they just cannot run.
 set -euo pipefail
 venv=$1; torch_spec=$2; archs=$3
+# Absolute: the kernel check and the tests run from a temporary directory.
+case $venv in /*) ;; *) venv=$PWD/$venv ;; esac
 repo=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3.11}
 

@@ -84,8 +84,10 @@ def test_smoke_test_calls_every_op():
 
 
 def test_smoke_test_refuses_a_source_tree():
+    # The checkout these tests belong to, not manifold_ext.__file__: make cuda-check runs them against an
+    # installed (non-editable) copy, whose folder is no source tree.
     with pytest.raises(SystemExit, match="imported from a source tree"):
-        smoke_test.check_not_from_a_checkout(Path(manifold_ext.__file__).parents[1] / "manifold_ext" / "__init__.py")
+        smoke_test.check_not_from_a_checkout(REPO / "manifold_ext" / "__init__.py")
 
 
 # --- reproduction pages --------------------------------------------------------------------------
@@ -150,6 +152,11 @@ HARNESS_FORMAT = {"environment": {"torch": "2.13.0+cpu", "threads": 2, "device":
 MACHINE_ISA_FORMAT = {"machine": "AMD EPYC 9B14", "isa": "avx2", "threads": 1, "torch": "2.14.1", "date": "2026-12-02",
                       "rows": [BENCH_ROW]}
 
+BENCH_FORMAT = {"schema": 2, "machine": "cpu-amd-epyc-9b14-avx2-2threads", "device": "cpu", "isa": "avx2",
+                "threads": 2, "torch": "2.14.1", "date": "2026-12-03",
+                "load_average": {"start": [17.9, 16.5, 12.0], "end": [15.0, 16.0, 12.1]},
+                "environment": {"cpu": "AMD EPYC 9B14", "threads": 2}, "results": [BENCH_ROW]}
+
 
 def test_benchmark_pages_accept_both_formats(tmp_path):
     results = tmp_path / "results"
@@ -158,11 +165,14 @@ def test_benchmark_pages_accept_both_formats(tmp_path):
     (results / "amd-epyc-avx2.json").write_text(json.dumps(MACHINE_ISA_FORMAT))
     (results / "fig5-end-to-end.json").write_text(json.dumps({"fused": {"seconds": 86.0}, "device": "cpu",
                                                                "threads": 2}))
+    (results / "cpu-amd-epyc-9b14-avx2-2threads.json").write_text(json.dumps(BENCH_FORMAT))
     generate_pages.generate_benchmarks(results, tmp_path / "pages")
     page = (tmp_path / "pages" / "coupling.md").read_text()
     assert "**cpu-amd-epyc-2threads**: ISA path `avx512`, 2 threads, torch 2.13.0+cpu" in page
     assert "**AMD EPYC 9B14**: ISA path `avx2`, 1 threads, torch 2.14.1" in page
-    assert page.count("| fwd | 64x16 | float32 | 2.000 | 1.000 | 0.500 | 4.00× | 2.00× | 1.25 |") == 2
+    assert ("**cpu-amd-epyc-9b14-avx2-2threads**: ISA path `avx2`, 2 threads, torch 2.14.1, device `cpu`, 2026-12-03, "
+            "load average 17.9 / 16.5 / 12 at the start") in page
+    assert page.count("| fwd | 64x16 | float32 | 2.000 | 1.000 | 0.500 | 4.00× | 2.00× | 1.25 |") == 3
     assert "dispatch-bound" in page
     assert "fig5-end-to-end.json" in (tmp_path / "pages" / "zz-records.md").read_text()
 
@@ -174,6 +184,7 @@ def test_benchmark_pages_accept_both_formats(tmp_path):
     ({"environment": {"torch": "2.13", "threads": 1, "device": "cpu", "date": "d", "manifold_ext_build": {}},
       "results": []}, "missing cpu_isa_in_use"),
     ({"seconds": 3.0}, "neither a benchmark table nor a record"),
+    ({k: v for k, v in BENCH_FORMAT.items() if k != "isa"}, "missing isa"),
 ])
 def test_benchmark_generator_is_strict_about_missing_fields(tmp_path, payload, message):
     (tmp_path / "bad.json").write_text(json.dumps(payload))

@@ -25,9 +25,7 @@ enum class CouplingScale : int {
 };
 
 // Glow shifts before scaling; the others scale then shift.
-ME_HD constexpr bool shifts_before_scaling(CouplingScale scale) {
-  return scale == CouplingScale::Glow;
-}
+MANIFOLD_EXT_HD constexpr bool shifts_before_scaling(CouplingScale scale) { return scale == CouplingScale::Glow; }
 
 template <typename T>
 struct ScaleTerms {
@@ -40,7 +38,7 @@ struct ScaleTerms {
 // s(r) and what the forward, reverse and backward passes need of it.
 // kWantLog skips the log when only gradients are wanted.
 template <CouplingScale kScale, bool kWantLog, typename T>
-ME_HD ScaleTerms<T> scale_terms(T raw, T clamp) {
+MANIFOLD_EXT_HD ScaleTerms<T> scale_terms(T raw, T clamp) {
   ScaleTerms<T> k;
   if constexpr (kScale == CouplingScale::Glow) {
     // sigmoid and log-sigmoid of z = r + 2 from one exp of -|z|, so neither
@@ -48,7 +46,7 @@ ME_HD ScaleTerms<T> scale_terms(T raw, T clamp) {
     const T z = raw + T(2);
     const T e = hd_exp(-hd_abs(z));
     const T one_plus_e = T(1) + e;
-    const auto z_nonneg = z >= T(0);
+    const auto z_nonneg = hd_le(T(0), z);
     const T numerator = hd_where(z_nonneg, T(1), e);
     k.scale = numerator / one_plus_e;
     k.inv_scale = one_plus_e / numerator;
@@ -72,12 +70,12 @@ ME_HD ScaleTerms<T> scale_terms(T raw, T clamp) {
 
 template <typename T>
 struct CouplingOutput {
-  T y;        // transformed active element
-  T logdet;   // its contribution to log|det J|: +log s forward, -log s reverse
+  T y;       // transformed active element
+  T logdet;  // its contribution to log|det J|: +log s forward, -log s reverse
 };
 
 template <CouplingScale kScale, bool kReverse, typename T>
-ME_HD CouplingOutput<T> coupling_forward(T x, T shift, T raw, T clamp) {
+MANIFOLD_EXT_HD CouplingOutput<T> coupling_forward(T x, T shift, T raw, T clamp) {
   const ScaleTerms<T> k = scale_terms<kScale, /*kWantLog=*/true>(raw, clamp);
   CouplingOutput<T> out;
   if constexpr (!kReverse) {
@@ -100,7 +98,7 @@ struct CouplingGrads {
 // Vector-Jacobian product of coupling_forward for one element, given the
 // upstream gradients of y (grad_y) and of the sample's logdet (grad_logdet).
 template <CouplingScale kScale, bool kReverse, typename T>
-ME_HD CouplingGrads<T> coupling_backward(T grad_y, T grad_logdet, T x, T shift, T raw, T clamp) {
+MANIFOLD_EXT_HD CouplingGrads<T> coupling_backward(T grad_y, T grad_logdet, T x, T shift, T raw, T clamp) {
   const ScaleTerms<T> k = scale_terms<kScale, /*kWantLog=*/false>(raw, clamp);
   CouplingGrads<T> g;
   if constexpr (!kReverse) {
@@ -139,12 +137,9 @@ decltype(auto) dispatch_coupling_mode(CouplingScale scale, bool reverse, Fn&& fn
   using Forward = std::false_type;
   using Reverse = std::true_type;
   switch (scale) {
-    case CouplingScale::Glow:
-      return reverse ? fn(Glow{}, Reverse{}) : fn(Glow{}, Forward{});
-    case CouplingScale::Exp:
-      return reverse ? fn(Exp{}, Reverse{}) : fn(Exp{}, Forward{});
-    default:
-      return reverse ? fn(SoftClamp{}, Reverse{}) : fn(SoftClamp{}, Forward{});
+    case CouplingScale::Glow: return reverse ? fn(Glow{}, Reverse{}) : fn(Glow{}, Forward{});
+    case CouplingScale::Exp: return reverse ? fn(Exp{}, Reverse{}) : fn(Exp{}, Forward{});
+    default: return reverse ? fn(SoftClamp{}, Reverse{}) : fn(SoftClamp{}, Forward{});
   }
 }
 
@@ -166,9 +161,9 @@ struct RowGeometry {
   int64_t row_len;          // S (cross) or C*S (split)
 };
 
-ME_HD int64_t active_offset(int64_t row, int64_t row_len) { return row * row_len; }
-ME_HD int64_t shift_offset(int64_t row, int64_t row_len) { return 2 * row * row_len; }
-ME_HD int64_t raw_offset(int64_t row, int64_t row_len) { return (2 * row + 1) * row_len; }
+MANIFOLD_EXT_HD int64_t active_offset(int64_t row, int64_t row_len) { return row * row_len; }
+MANIFOLD_EXT_HD int64_t shift_offset(int64_t row, int64_t row_len) { return 2 * row * row_len; }
+MANIFOLD_EXT_HD int64_t raw_offset(int64_t row, int64_t row_len) { return (2 * row + 1) * row_len; }
 
 }  // namespace affine_coupling
 }  // namespace manifold_ext

@@ -1,10 +1,10 @@
 // CPU kernels of the affine coupling op: validation, output allocation, and
-// the parallel walk over row chunks. The per-element work happens in the
-// vectorised row loops (affine_coupling_cpu_vec.cpp, one copy per ISA).
+// the parallel walk over runs of rows. The per-element work happens in the
+// vectorised loops (affine_coupling_cpu_vec.cpp, one copy per ISA).
 //
-// Determinism: each chunk's logdet partial sum lands in its own slot and the
-// slots of a sample are added in a fixed order, so results do not depend on
-// the number of threads.
+// Determinism: a run holding whole samples writes their logdet; otherwise each
+// run's partial sum lands in its own slot and the slots of a sample are added
+// in a fixed order. Either way results do not depend on the number of threads.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -18,101 +18,141 @@
 
 #include "affine_coupling/affine_coupling_cpu_rows.h"
 #include "affine_coupling/affine_coupling_host.h"
+#include "common/checks.h"
 #include "common/cpu_capability.h"
 
 namespace manifold_ext {
 namespace affine_coupling {
 namespace {
 
-// Rows longer than this are cut into chunks so that long rows (split layout,
-// large images) still spread across threads; 4096 elements keep a chunk's
-// operands (4 arrays x 16 KiB in float32) inside L1/L2.
+// Work is cut into runs of rows of about kChunkLen elements: whole samples
+// when a sample is that short (vector data: one run holds many samples), else
+// whole rows of one sample, else pieces of one long row. 4096 elements keep a
+// run's operands (4 arrays x 16 KiB in float32) inside L1/L2. The cut depends
+// on the shapes only, never on the number of threads, and each sample's
+// logdet is summed in a fixed order: results do not depend on the threads.
 constexpr int64_t kChunkLen = 4096;
 // Minimum work per parallel task, in elements.
 constexpr int64_t kGrainElems = 32768;
 
-struct ChunkPlan {
-  int64_t chunks_per_row;
-  int64_t chunks_per_sample;
-  int64_t total_chunks;
-  int64_t grain;  // chunks per parallel task
+enum class RunKind { Samples, RowsOfSample, RowPieces };
+
+struct RunPlan {
+  RunKind kind;
+  int64_t per_run;          // samples per run (Samples) or rows per run (RowsOfSample)
+  int64_t pieces_per_row;   // RowPieces
+  int64_t runs_per_sample;  // RowsOfSample, RowPieces
+  int64_t total_runs;
+  int64_t grain;  // runs per parallel task
 };
 
-ChunkPlan plan_chunks(const RowGeometry& g) {
-  ChunkPlan p{};
-  p.chunks_per_row = (g.row_len + kChunkLen - 1) / kChunkLen;
-  p.chunks_per_sample = g.rows_per_sample * p.chunks_per_row;
-  p.total_chunks = g.batch * p.chunks_per_sample;
-  p.grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, std::min(g.row_len, kChunkLen)));
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+RunPlan plan_runs(const RowGeometry& g) {
+  RunPlan p{};
+  const int64_t sample_len = g.rows_per_sample * g.row_len;
+  int64_t run_elems;
+  if (sample_len <= kChunkLen) {
+    p.kind = RunKind::Samples;
+    p.per_run = kChunkLen / std::max<int64_t>(1, sample_len);
+    p.total_runs = ceil_div(g.batch, p.per_run);
+    run_elems = p.per_run * sample_len;
+  } else if (g.row_len <= kChunkLen) {
+    p.kind = RunKind::RowsOfSample;
+    p.per_run = kChunkLen / g.row_len;
+    p.runs_per_sample = ceil_div(g.rows_per_sample, p.per_run);
+    p.total_runs = g.batch * p.runs_per_sample;
+    run_elems = p.per_run * g.row_len;
+  } else {
+    p.kind = RunKind::RowPieces;
+    p.pieces_per_row = ceil_div(g.row_len, kChunkLen);
+    p.runs_per_sample = g.rows_per_sample * p.pieces_per_row;
+    p.total_runs = g.batch * p.runs_per_sample;
+    run_elems = kChunkLen;
+  }
+  p.grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, run_elems));
   return p;
 }
 
-// Element range [begin, begin + len) of chunk `chunk` within global row `row`.
-struct ChunkSpan {
-  int64_t row;
-  int64_t begin;
-  int64_t len;
-};
-
-ChunkSpan chunk_span(int64_t chunk, const RowGeometry& g, const ChunkPlan& p) {
-  ChunkSpan s{};
-  s.row = chunk / p.chunks_per_row;
-  s.begin = (chunk % p.chunks_per_row) * kChunkLen;
-  s.len = std::min(kChunkLen, g.row_len - s.begin);
-  return s;
-}
-
-void check_cpu(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": expected CPU tensors, got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-              ": the CPU kernel supports float32 and float64, got ", x.scalar_type(),
-              " (float16/bfloat16 are supported on CUDA)");
+RowRun run_at(int64_t k, const RowGeometry& g, const RunPlan& p) {
+  const int64_t R = g.rows_per_sample;
+  const int64_t L = g.row_len;
+  switch (p.kind) {
+    case RunKind::Samples: {
+      const int64_t first_sample = k * p.per_run;
+      return RowRun{first_sample * R, std::min(p.per_run, g.batch - first_sample) * R, 0, L};
+    }
+    case RunKind::RowsOfSample: {
+      const int64_t part = k % p.runs_per_sample;
+      const int64_t first_row = (k / p.runs_per_sample) * R + part * p.per_run;
+      return RowRun{first_row, std::min(p.per_run, R - part * p.per_run), 0, L};
+    }
+    default: {
+      const int64_t part = k % p.runs_per_sample;
+      const int64_t row = (k / p.runs_per_sample) * R + part / p.pieces_per_row;
+      const int64_t begin = (part % p.pieces_per_row) * kChunkLen;
+      return RowRun{row, 1, begin, std::min(kChunkLen, L - begin)};
+    }
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> affine_coupling_cpu(const at::Tensor& x_in, const at::Tensor& h_in,
-                                                       c10::string_view scale, c10::string_view layout,
-                                                       double clamp, bool reverse) {
+                                                       c10::string_view scale, c10::string_view layout, double clamp,
+                                                       bool reverse) {
   const CouplingMode mode = parse_mode(scale, layout, clamp, reverse);
   const RowGeometry geometry = check_inputs(x_in, h_in, mode);
   check_cpu(x_in, "affine_coupling");
-  const at::Tensor x = x_in.contiguous();  // [B, C, *spatial]
-  const at::Tensor h = h_in.contiguous();  // [B, 2C, *spatial]
-  at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);    // [B, C, *spatial]
-  at::Tensor logdet = at::empty({geometry.batch}, x.options());      // [B]
+  const at::Tensor x = x_in.contiguous();                          // [B, C, *spatial]
+  const at::Tensor h = h_in.contiguous();                          // [B, 2C, *spatial]
+  at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);  // [B, C, *spatial]
+  at::Tensor logdet = at::empty({geometry.batch}, x.options());    // [B]
 
-  const ChunkPlan plan = plan_chunks(geometry);
-  std::vector<double> chunk_logdet(static_cast<size_t>(plan.total_chunks));
+  const RunPlan plan = plan_runs(geometry);
   const RowMode row_mode{mode.scale, mode.reverse, mode.clamp};
   const CpuIsa isa = cpu_isa();
+  if (geometry.batch == 0) return {y, logdet};
+  if (geometry.rows_per_sample * geometry.row_len == 0) {  // no active elements: log|det J| = 0
+    logdet.zero_();
+    return {y, logdet};
+  }
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "affine_coupling_cpu", [&] {
-    const scalar_t* x_data = x.const_data_ptr<scalar_t>();
-    const scalar_t* h_data = h.const_data_ptr<scalar_t>();
-    scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
-    const int64_t len = geometry.row_len;
-    at::parallel_for(0, plan.total_chunks, plan.grain, [&](int64_t first, int64_t last) {
-      for (int64_t chunk = first; chunk < last; ++chunk) {
-        const ChunkSpan span = chunk_span(chunk, geometry, plan);
-        const ForwardRow<scalar_t> row{x_data + active_offset(span.row, len) + span.begin,
-                                       h_data + shift_offset(span.row, len) + span.begin,
-                                       h_data + raw_offset(span.row, len) + span.begin,
-                                       y_data + active_offset(span.row, len) + span.begin, span.len};
-        chunk_logdet[chunk] = MANIFOLD_EXT_CALL_CPU_ISA(isa, forward_row, row, row_mode);
+    const CouplingData<scalar_t> data{x.const_data_ptr<scalar_t>(), h.const_data_ptr<scalar_t>(),
+                                      y.mutable_data_ptr<scalar_t>(), geometry};
+    scalar_t* logdet_data = logdet.mutable_data_ptr<scalar_t>();
+    if (plan.kind == RunKind::Samples) {  // each run holds whole samples: write their logdet directly
+      at::parallel_for(0, plan.total_runs, plan.grain, [&](int64_t first, int64_t last) {
+        std::vector<double> sums(static_cast<size_t>(plan.per_run));
+        for (int64_t k = first; k < last; ++k) {
+          const RowRun run = run_at(k, geometry, plan);
+          MANIFOLD_EXT_CALL_CPU_ISA(isa, forward_run, data, run, row_mode, sums.data());
+          const int64_t first_sample = run.first_row / geometry.rows_per_sample;
+          const int64_t samples = run.rows / geometry.rows_per_sample;
+          for (int64_t j = 0; j < samples; ++j) logdet_data[first_sample + j] = static_cast<scalar_t>(sums[j]);
+        }
+      });
+      return;
+    }
+    std::vector<double> partial(static_cast<size_t>(plan.total_runs));  // one slot per run
+    at::parallel_for(0, plan.total_runs, plan.grain, [&](int64_t first, int64_t last) {
+      for (int64_t k = first; k < last; ++k) {
+        MANIFOLD_EXT_CALL_CPU_ISA(isa, forward_run, data, run_at(k, geometry, plan), row_mode, &partial[k]);
       }
     });
-    scalar_t* logdet_data = logdet.mutable_data_ptr<scalar_t>();
     for (int64_t b = 0; b < geometry.batch; ++b) {
       double sum = 0.0;
-      for (int64_t k = 0; k < plan.chunks_per_sample; ++k) sum += chunk_logdet[b * plan.chunks_per_sample + k];
+      for (int64_t k = 0; k < plan.runs_per_sample; ++k) sum += partial[b * plan.runs_per_sample + k];
       logdet_data[b] = static_cast<scalar_t>(sum);
     }
   });
   return {y, logdet};
 }
 
-std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cpu(
-    const at::Tensor& grad_y_in, const at::Tensor& grad_logdet_in, const at::Tensor& x_in, const at::Tensor& h_in,
-    c10::string_view scale, c10::string_view layout, double clamp, bool reverse) {
+std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cpu(const at::Tensor& grad_y_in,
+                                                                const at::Tensor& grad_logdet_in,
+                                                                const at::Tensor& x_in, const at::Tensor& h_in,
+                                                                c10::string_view scale, c10::string_view layout,
+                                                                double clamp, bool reverse) {
   const CouplingMode mode = parse_mode(scale, layout, clamp, reverse);
   const RowGeometry geometry = check_inputs(x_in, h_in, mode);
   check_backward_inputs(grad_y_in, grad_logdet_in, x_in);
@@ -124,29 +164,22 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cpu(
   at::Tensor grad_x = at::empty_like(x, at::MemoryFormat::Contiguous);             // [B, C, *spatial]
   at::Tensor grad_h = at::empty_like(h, at::MemoryFormat::Contiguous);             // [B, 2C, *spatial]
 
-  const ChunkPlan plan = plan_chunks(geometry);
+  const RunPlan plan = plan_runs(geometry);
   const RowMode row_mode{mode.scale, mode.reverse, mode.clamp};
   const CpuIsa isa = cpu_isa();
+  if (geometry.batch == 0 || geometry.rows_per_sample * geometry.row_len == 0) return {grad_x, grad_h};
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "affine_coupling_backward_cpu", [&] {
-    const scalar_t* grad_y_data = grad_y.const_data_ptr<scalar_t>();
-    const scalar_t* grad_logdet_data = grad_logdet.const_data_ptr<scalar_t>();
-    const scalar_t* x_data = x.const_data_ptr<scalar_t>();
-    const scalar_t* h_data = h.const_data_ptr<scalar_t>();
-    scalar_t* grad_x_data = grad_x.mutable_data_ptr<scalar_t>();
-    scalar_t* grad_h_data = grad_h.mutable_data_ptr<scalar_t>();
-    const int64_t len = geometry.row_len;
-    at::parallel_for(0, plan.total_chunks, plan.grain, [&](int64_t first, int64_t last) {
-      for (int64_t chunk = first; chunk < last; ++chunk) {
-        const ChunkSpan span = chunk_span(chunk, geometry, plan);
-        const int64_t a = active_offset(span.row, len) + span.begin;
-        const int64_t t = shift_offset(span.row, len) + span.begin;
-        const int64_t r = raw_offset(span.row, len) + span.begin;
-        const BackwardRow<scalar_t> row{grad_y_data + a,      x_data + a,          h_data + t,
-                                        h_data + r,           grad_x_data + a,     grad_h_data + t,
-                                        grad_h_data + r,      grad_logdet_data[chunk / plan.chunks_per_sample],
-                                        span.len};
-        MANIFOLD_EXT_CALL_CPU_ISA(isa, backward_row, row, row_mode);
+    const CouplingGradData<scalar_t> data{grad_y.const_data_ptr<scalar_t>(),
+                                          grad_logdet.const_data_ptr<scalar_t>(),
+                                          x.const_data_ptr<scalar_t>(),
+                                          h.const_data_ptr<scalar_t>(),
+                                          grad_x.mutable_data_ptr<scalar_t>(),
+                                          grad_h.mutable_data_ptr<scalar_t>(),
+                                          geometry};
+    at::parallel_for(0, plan.total_runs, plan.grain, [&](int64_t first, int64_t last) {
+      for (int64_t k = first; k < last; ++k) {
+        MANIFOLD_EXT_CALL_CPU_ISA(isa, backward_run, data, run_at(k, geometry, plan), row_mode);
       }
     });
   });

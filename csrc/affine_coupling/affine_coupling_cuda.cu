@@ -24,6 +24,7 @@
 #include <tuple>
 
 #include "affine_coupling/affine_coupling_host.h"
+#include "common/checks.h"
 #include "common/cuda_utils.cuh"
 
 namespace manifold_ext {
@@ -31,17 +32,17 @@ namespace affine_coupling {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kChunkLen = 4096;      // elements per block in the forward pass of long rows
-constexpr int64_t kShortRowLen = 32;     // rows up to this length: one thread per row
-constexpr int64_t kWarpRowLen = 1024;    // rows up to this length: one warp per row
+constexpr int64_t kChunkLen = 4096;    // elements per block in the forward pass of long rows
+constexpr int64_t kShortRowLen = 32;   // rows up to this length: one thread per row
+constexpr int64_t kWarpRowLen = 1024;  // rows up to this length: one warp per row
 
 template <typename scalar_t, CouplingScale kScale, bool kReverse>
-__global__ void __launch_bounds__(kThreads) coupling_forward_chunks_kernel(
-    const scalar_t* __restrict__ x,                      // [B*rows*L]
-    const scalar_t* __restrict__ h,                      // [B*rows*2L]
-    scalar_t* __restrict__ y,                            // [B*rows*L]
-    double* __restrict__ chunk_logdet,                   // [B*rows*chunks_per_row]
-    int64_t row_len, int64_t chunks_per_row, at::opmath_type<scalar_t> clamp) {
+__global__ void __launch_bounds__(kThreads)
+    coupling_forward_chunks_kernel(const scalar_t* __restrict__ x,     // [B*rows*L]
+                                   const scalar_t* __restrict__ h,     // [B*rows*2L]
+                                   scalar_t* __restrict__ y,           // [B*rows*L]
+                                   double* __restrict__ chunk_logdet,  // [B*rows*chunks_per_row]
+                                   int64_t row_len, int64_t chunks_per_row, at::opmath_type<scalar_t> clamp) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t chunk = blockIdx.x;
   const int64_t row = chunk / chunks_per_row;
@@ -67,10 +68,11 @@ __global__ void __launch_bounds__(kThreads) coupling_forward_chunks_kernel(
 // threads idle). Every lane of a warp walks the same rows, so the shuffles see
 // all 32 lanes.
 template <typename scalar_t, CouplingScale kScale, bool kReverse>
-__global__ void __launch_bounds__(kThreads) coupling_forward_warp_rows_kernel(
-    const scalar_t* __restrict__ x, const scalar_t* __restrict__ h, scalar_t* __restrict__ y,
-    double* __restrict__ row_logdet,  // [B*rows]
-    int64_t num_rows, int64_t row_len, at::opmath_type<scalar_t> clamp) {
+__global__ void __launch_bounds__(kThreads)
+    coupling_forward_warp_rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ h,
+                                      scalar_t* __restrict__ y,
+                                      double* __restrict__ row_logdet,  // [B*rows]
+                                      int64_t num_rows, int64_t row_len, at::opmath_type<scalar_t> clamp) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kWarpsPerBlock = kThreads / cuda::kWarpSize;
   const int lane = threadIdx.x % cuda::kWarpSize;
@@ -93,18 +95,18 @@ __global__ void __launch_bounds__(kThreads) coupling_forward_warp_rows_kernel(
 }
 
 template <typename scalar_t, CouplingScale kScale, bool kReverse>
-__global__ void __launch_bounds__(kThreads) coupling_forward_short_rows_kernel(
-    const scalar_t* __restrict__ x, const scalar_t* __restrict__ h, scalar_t* __restrict__ y,
-    double* __restrict__ row_logdet,  // [B*rows]
-    int64_t num_rows, int64_t row_len, at::opmath_type<scalar_t> clamp) {
+__global__ void __launch_bounds__(kThreads)
+    coupling_forward_short_rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ h,
+                                       scalar_t* __restrict__ y,
+                                       double* __restrict__ row_logdet,  // [B*rows]
+                                       int64_t num_rows, int64_t row_len, at::opmath_type<scalar_t> clamp) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t row = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; row < num_rows;
        row += int64_t(gridDim.x) * blockDim.x) {
     double logdet = 0;
     for (int64_t i = 0; i < row_len; ++i) {
       const CouplingOutput<acc_t> out = coupling_forward<kScale, kReverse, acc_t>(
-          static_cast<acc_t>(x[active_offset(row, row_len) + i]),
-          static_cast<acc_t>(h[shift_offset(row, row_len) + i]),
+          static_cast<acc_t>(x[active_offset(row, row_len) + i]), static_cast<acc_t>(h[shift_offset(row, row_len) + i]),
           static_cast<acc_t>(h[raw_offset(row, row_len) + i]), clamp);
       y[active_offset(row, row_len) + i] = static_cast<scalar_t>(out.y);
       logdet += static_cast<double>(out.logdet);
@@ -114,20 +116,20 @@ __global__ void __launch_bounds__(kThreads) coupling_forward_short_rows_kernel(
 }
 
 template <typename scalar_t, typename index_t, CouplingScale kScale, bool kReverse>
-__global__ void __launch_bounds__(kThreads) coupling_backward_kernel(
-    const scalar_t* __restrict__ grad_y,                             // [B*rows*L]
-    const at::opmath_type<scalar_t>* __restrict__ grad_logdet,       // [B]
-    const scalar_t* __restrict__ x,                                  // [B*rows*L]
-    const scalar_t* __restrict__ h,                                  // [B*rows*2L]
-    scalar_t* __restrict__ grad_x,                                   // [B*rows*L]
-    scalar_t* __restrict__ grad_h,                                   // [B*rows*2L]
-    index_t numel, index_t rows_per_sample, index_t row_len, at::opmath_type<scalar_t> clamp) {
+__global__ void __launch_bounds__(kThreads)
+    coupling_backward_kernel(const scalar_t* __restrict__ grad_y,                        // [B*rows*L]
+                             const at::opmath_type<scalar_t>* __restrict__ grad_logdet,  // [B]
+                             const scalar_t* __restrict__ x,                             // [B*rows*L]
+                             const scalar_t* __restrict__ h,                             // [B*rows*2L]
+                             scalar_t* __restrict__ grad_x,                              // [B*rows*L]
+                             scalar_t* __restrict__ grad_h,                              // [B*rows*2L]
+                             index_t numel, index_t rows_per_sample, index_t row_len, at::opmath_type<scalar_t> clamp) {
   using acc_t = at::opmath_type<scalar_t>;
   for (index_t idx = cuda::grid_stride_begin<index_t>(); idx < numel; idx += cuda::grid_stride_step<index_t>()) {
     const index_t row = idx / row_len;
     const index_t i = idx - row * row_len;
     // h has 2 * numel < 2^32 elements on the 32-bit path, so these fit index_t too.
-    const index_t t_idx = index_t(2) * row * row_len + i;      // shift_offset(row, row_len) + i
+    const index_t t_idx = index_t(2) * row * row_len + i;        // shift_offset(row, row_len) + i
     const index_t r_idx = (index_t(2) * row + 1) * row_len + i;  // raw_offset(row, row_len) + i
     const CouplingGrads<acc_t> g = coupling_backward<kScale, kReverse, acc_t>(
         static_cast<acc_t>(grad_y[idx]), grad_logdet[row / rows_per_sample], static_cast<acc_t>(x[idx]),
@@ -138,13 +140,9 @@ __global__ void __launch_bounds__(kThreads) coupling_backward_kernel(
   }
 }
 
-void check_cuda(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.is_cuda(), op, ": expected CUDA tensors, got ", x.device());
-}
-
 std::tuple<at::Tensor, at::Tensor> affine_coupling_cuda(const at::Tensor& x_in, const at::Tensor& h_in,
-                                                        c10::string_view scale, c10::string_view layout,
-                                                        double clamp, bool reverse) {
+                                                        c10::string_view scale, c10::string_view layout, double clamp,
+                                                        bool reverse) {
   const CouplingMode mode = parse_mode(scale, layout, clamp, reverse);
   const RowGeometry g = check_inputs(x_in, h_in, mode);
   check_cuda(x_in, "affine_coupling");
@@ -193,9 +191,11 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_cuda(const at::Tensor& x_in, 
   return {y, chunk_logdet.sum(1).to(acc_dtype)};
 }
 
-std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cuda(
-    const at::Tensor& grad_y_in, const at::Tensor& grad_logdet_in, const at::Tensor& x_in, const at::Tensor& h_in,
-    c10::string_view scale, c10::string_view layout, double clamp, bool reverse) {
+std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cuda(const at::Tensor& grad_y_in,
+                                                                 const at::Tensor& grad_logdet_in,
+                                                                 const at::Tensor& x_in, const at::Tensor& h_in,
+                                                                 c10::string_view scale, c10::string_view layout,
+                                                                 double clamp, bool reverse) {
   const CouplingMode mode = parse_mode(scale, layout, clamp, reverse);
   const RowGeometry g = check_inputs(x_in, h_in, mode);
   check_backward_inputs(grad_y_in, grad_logdet_in, x_in);
@@ -219,8 +219,8 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cuda(
           using index_t = decltype(index_zero);
           coupling_backward_kernel<scalar_t, index_t, decltype(scale_c)::value, decltype(reverse_c)::value>
               <<<cuda::grid_stride_blocks(numel, kThreads), kThreads, 0, stream>>>(
-                  grad_y.const_data_ptr<scalar_t>(), grad_logdet.const_data_ptr<acc_t>(),
-                  x.const_data_ptr<scalar_t>(), h.const_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>(),
+                  grad_y.const_data_ptr<scalar_t>(), grad_logdet.const_data_ptr<acc_t>(), x.const_data_ptr<scalar_t>(),
+                  h.const_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>(),
                   grad_h.mutable_data_ptr<scalar_t>(), static_cast<index_t>(numel),
                   static_cast<index_t>(g.rows_per_sample), static_cast<index_t>(g.row_len),
                   static_cast<acc_t>(mode.clamp));

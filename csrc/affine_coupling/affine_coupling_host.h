@@ -22,8 +22,7 @@ struct CouplingMode {
   double clamp;
 };
 
-inline CouplingMode parse_mode(std::string_view scale, std::string_view layout, double clamp,
-                               bool reverse) {
+inline CouplingMode parse_mode(std::string_view scale, std::string_view layout, double clamp, bool reverse) {
   CouplingMode mode{};
   if (scale == "glow") {
     mode.scale = CouplingScale::Glow;
@@ -45,8 +44,7 @@ inline CouplingMode parse_mode(std::string_view scale, std::string_view layout, 
   }
   if (mode.scale == CouplingScale::SoftClamp) {
     TORCH_CHECK_VALUE(std::isfinite(clamp) && clamp > 0,
-                      "affine_coupling: clamp must be a finite number > 0 for scale='softclamp', got ",
-                      clamp);
+                      "affine_coupling: clamp must be a finite number > 0 for scale='softclamp', got ", clamp);
   }
   mode.reverse = reverse;
   mode.clamp = clamp;
@@ -56,12 +54,12 @@ inline CouplingMode parse_mode(std::string_view scale, std::string_view layout, 
 // Validates x [B, C, *spatial] and h [B, 2C, *spatial] and returns the row
 // geometry (see affine_coupling.h).
 inline RowGeometry check_inputs(const at::Tensor& x, const at::Tensor& h, const CouplingMode& mode) {
-  TORCH_CHECK(x.dim() >= 2, "affine_coupling: x must have shape [B, C, *spatial] (rank >= 2), got rank ",
-              x.dim(), " with shape ", x.sizes());
+  TORCH_CHECK(x.dim() >= 2, "affine_coupling: x must have shape [B, C, *spatial] (rank >= 2), got rank ", x.dim(),
+              " with shape ", x.sizes());
   TORCH_CHECK(h.dim() == x.dim(), "affine_coupling: h must have the same rank as x ([B, 2C, *spatial]); x has shape ",
               x.sizes(), " but h has shape ", h.sizes());
-  TORCH_CHECK(x.device() == h.device(), "affine_coupling: x and h must be on the same device, got x on ",
-              x.device(), " and h on ", h.device());
+  TORCH_CHECK(x.device() == h.device(), "affine_coupling: x and h must be on the same device, got x on ", x.device(),
+              " and h on ", h.device());
   TORCH_CHECK(x.scalar_type() == h.scalar_type(), "affine_coupling: x and h must have the same dtype, got x ",
               x.scalar_type(), " and h ", h.scalar_type());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), "affine_coupling: expected a floating-point dtype, got ",
@@ -71,12 +69,12 @@ inline RowGeometry check_inputs(const at::Tensor& x, const at::Tensor& h, const 
   TORCH_CHECK(h.size(0) == batch, "affine_coupling: x and h must have the same batch size, got ", batch, " and ",
               h.size(0));
   TORCH_CHECK(h.size(1) == 2 * channels, "affine_coupling: h must have 2*C = ", 2 * channels,
-              " channels (a shift and a raw scale per active channel of x), got ", h.size(1),
-              " (x has shape ", x.sizes(), ", h has shape ", h.sizes(), ")");
+              " channels (a shift and a raw scale per active channel of x), got ", h.size(1), " (x has shape ",
+              x.sizes(), ", h has shape ", h.sizes(), ")");
   int64_t spatial = 1;
   for (int64_t d = 2; d < x.dim(); ++d) {
-    TORCH_CHECK(h.size(d) == x.size(d), "affine_coupling: x and h must have the same spatial size, got x ",
-                x.sizes(), " and h ", h.sizes());
+    TORCH_CHECK(h.size(d) == x.size(d), "affine_coupling: x and h must have the same spatial size, got x ", x.sizes(),
+                " and h ", h.sizes());
     spatial *= x.size(d);
   }
   RowGeometry geometry{};
@@ -87,16 +85,15 @@ inline RowGeometry check_inputs(const at::Tensor& x, const at::Tensor& h, const 
 }
 
 inline void check_backward_inputs(const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x) {
-  TORCH_CHECK(grad_y.sizes() == x.sizes(), "affine_coupling_backward: grad_y must have the shape of x ",
-              x.sizes(), ", got ", grad_y.sizes());
+  TORCH_CHECK(grad_y.sizes() == x.sizes(), "affine_coupling_backward: grad_y must have the shape of x ", x.sizes(),
+              ", got ", grad_y.sizes());
   TORCH_CHECK(grad_logdet.dim() == 1 && grad_logdet.size(0) == x.size(0),
               "affine_coupling_backward: grad_logdet must have shape [B] = [", x.size(0), "], got ",
               grad_logdet.sizes());
   TORCH_CHECK(grad_y.device() == x.device() && grad_logdet.device() == x.device(),
               "affine_coupling_backward: gradients must be on the device of x (", x.device(), ")");
-  TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(),
-              "affine_coupling_backward: grad_y must have the dtype of x (", x.scalar_type(), "), got ",
-              grad_y.scalar_type());
+  TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(), "affine_coupling_backward: grad_y must have the dtype of x (",
+              x.scalar_type(), "), got ", grad_y.scalar_type());
 }
 
 // logdet is accumulated and returned in float32 for half/bfloat16 inputs.

@@ -55,10 +55,10 @@ struct Grid {
 // backend (hd_mul_then_add), as torch's separate mul and add round it, so CPU,
 // CUDA and the reference agree bit for bit for any spacing and offset.
 template <typename T>
-ME_HD T grid_centre(T mu, const Grid<T>& grid) {
+MANIFOLD_EXT_HD T grid_centre(T mu, const Grid<T>& grid) {
   T centre = hd_mul_then_add(grid.spacing, hd_round((mu - grid.offset) / grid.spacing), grid.offset);
-  centre = hd_where(centre < grid.low, grid.low, centre);
-  centre = hd_where(centre > grid.high, grid.high, centre);
+  centre = hd_where(hd_lt(centre, grid.low), grid.low, centre);
+  centre = hd_where(hd_lt(grid.high, centre), grid.high, centre);
   return centre;
 }
 
@@ -72,7 +72,7 @@ struct PriorVariance {
 // Twice one dimension's contribution to the KL of Eq. 27 (the 1/2 is applied
 // once per sample): exp(r) - 1 - r + (mu - c)^2 / sigma0^2, r = logvar - log sigma0^2.
 template <typename T>
-ME_HD T twice_kl_term(T mu, T logvar, T centre, const PriorVariance<T>& prior) {
+MANIFOLD_EXT_HD T twice_kl_term(T mu, T logvar, T centre, const PriorVariance<T>& prior) {
   const T r = logvar - prior.log_var;
   const T d = mu - centre;
   return (hd_exp(r) - T(1) - r) + d * d * prior.inv_var;
@@ -89,7 +89,7 @@ struct KlGrads {
 //   dKL/dmu_i     = (mu_i - c_i) / sigma0^2
 //   dKL/dlogvar_i = (exp(logvar_i) / sigma0^2 - 1) / 2 = (exp(r_i) - 1) / 2
 template <typename T>
-ME_HD KlGrads<T> kl_term_grads(T grad_kl, T mu, T logvar, T centre, const PriorVariance<T>& prior) {
+MANIFOLD_EXT_HD KlGrads<T> kl_term_grads(T grad_kl, T mu, T logvar, T centre, const PriorVariance<T>& prior) {
   KlGrads<T> g;
   g.mu = grad_kl * (mu - centre) * prior.inv_var;
   g.logvar = grad_kl * T(0.5) * (hd_exp(logvar - prior.log_var) - T(1));
@@ -101,7 +101,7 @@ ME_HD KlGrads<T> kl_term_grads(T grad_kl, T mu, T logvar, T centre, const PriorV
 // differences, not the |mu|^2 - 2 mu.c + |c|^2 expansion, so near-ties are
 // decided by the true distances).
 template <typename T>
-ME_HD T squared_gap(T mu, T centre) {
+MANIFOLD_EXT_HD T squared_gap(T mu, T centre) {
   const T d = mu - centre;
   return d * d;
 }
@@ -114,7 +114,7 @@ ME_HD T squared_gap(T mu, T centre) {
 // the first of equal distances); it is a bool for scalars, a lane mask for
 // CPU vectors.
 template <typename T>
-ME_HD auto is_nearer(T dist, T best) {
+MANIFOLD_EXT_HD auto is_nearer(T dist, T best) {
   return (dist < best) | ((dist != dist) & (best == best));
 }
 
@@ -122,7 +122,7 @@ ME_HD auto is_nearer(T dist, T best) {
 // (search lanes or threads): NaN first, then the smaller distance, then the
 // smaller index.
 template <typename T>
-ME_HD bool ranks_before(T dist_a, int64_t index_a, T dist_b, int64_t index_b) {
+MANIFOLD_EXT_HD bool ranks_before(T dist_a, int64_t index_a, T dist_b, int64_t index_b) {
   const bool nan_a = dist_a != dist_a;
   const bool nan_b = dist_b != dist_b;
   if (nan_a || nan_b) return nan_a && (!nan_b || index_a < index_b);

@@ -19,6 +19,7 @@
 
 #include "closest_centre_kl/closest_centre_kl_cpu_rows.h"
 #include "closest_centre_kl/closest_centre_kl_host.h"
+#include "common/checks.h"
 #include "common/cpu_capability.h"
 
 namespace manifold_ext {
@@ -34,13 +35,6 @@ constexpr int64_t kGatherRows = 256;
 
 int64_t row_grain(int64_t n, int64_t work_per_element = 1) {
   return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, n * work_per_element));
-}
-
-void check_cpu(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": expected CPU tensors, got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-              ": the CPU kernel supports float32 and float64, got ", x.scalar_type(),
-              " (float16/bfloat16 are supported on CUDA)");
 }
 
 KlParams kl_params(const ClosestCentreOptions& o) {
@@ -66,8 +60,8 @@ std::tuple<at::Tensor, at::Tensor> closest_centre_kl_cpu(const at::Tensor& mu_in
   const at::Tensor mask = options.source == CentreSource::Masked ? mask_per_element(*mask_in, mu) : at::Tensor();
   const int64_t batch = mu.size(0);
   const int64_t n = mu.size(1);
-  at::Tensor kl = at::empty({batch}, mu.options());                                 // [B]
-  at::Tensor centre = at::empty_like(mu, at::MemoryFormat::Contiguous);             // [B, n]
+  at::Tensor kl = at::empty({batch}, mu.options());                      // [B]
+  at::Tensor centre = at::empty_like(mu, at::MemoryFormat::Contiguous);  // [B, n]
   const KlParams params = kl_params(options);
   const CpuIsa isa = cpu_isa();
 
@@ -94,18 +88,17 @@ std::tuple<at::Tensor, at::Tensor> closest_centre_kl_cpu(const at::Tensor& mu_in
   return {kl, centre};
 }
 
-std::tuple<at::Tensor, at::Tensor> closest_centre_kl_backward_cpu(const at::Tensor& grad_kl_in,
-                                                                  const at::Tensor& mu_in,
+std::tuple<at::Tensor, at::Tensor> closest_centre_kl_backward_cpu(const at::Tensor& grad_kl_in, const at::Tensor& mu_in,
                                                                   const at::Tensor& logvar_in,
                                                                   const at::Tensor& centre_in, double sigma0) {
   check_closest_backward(grad_kl_in, mu_in, logvar_in, centre_in, sigma0);
   check_cpu(mu_in, "closest_centre_kl_backward");
-  const at::Tensor mu = mu_in.contiguous();                                       // [B, n]
-  const at::Tensor logvar = logvar_in.contiguous();                               // [B, n]
-  const at::Tensor centre = centre_in.contiguous();                               // [B, n]
-  const at::Tensor grad_kl = grad_kl_in.to(mu.scalar_type()).contiguous();       // [B]
-  at::Tensor grad_mu = at::empty_like(mu, at::MemoryFormat::Contiguous);          // [B, n]
-  at::Tensor grad_logvar = at::empty_like(mu, at::MemoryFormat::Contiguous);      // [B, n]
+  const at::Tensor mu = mu_in.contiguous();                                   // [B, n]
+  const at::Tensor logvar = logvar_in.contiguous();                           // [B, n]
+  const at::Tensor centre = centre_in.contiguous();                           // [B, n]
+  const at::Tensor grad_kl = grad_kl_in.to(mu.scalar_type()).contiguous();    // [B]
+  at::Tensor grad_mu = at::empty_like(mu, at::MemoryFormat::Contiguous);      // [B, n]
+  at::Tensor grad_logvar = at::empty_like(mu, at::MemoryFormat::Contiguous);  // [B, n]
   const int64_t batch = mu.size(0);
   const int64_t n = mu.size(1);
   const KlParams params = prior_only_params(sigma0, CentreSource::Target);
@@ -120,9 +113,9 @@ std::tuple<at::Tensor, at::Tensor> closest_centre_kl_backward_cpu(const at::Tens
     scalar_t* grad_logvar_data = grad_logvar.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, batch, row_grain(n), [&](int64_t first, int64_t last) {
       const int64_t start = first * n;
-      const BackwardRows<scalar_t> rows{grad_kl_data + first, mu_data + start,          logvar_data + start,
-                                        centre_data + start,     grad_mu_data + start,     grad_logvar_data + start,
-                                        last - first,         n};
+      const BackwardRows<scalar_t> rows{
+          grad_kl_data + first, mu_data + start,          logvar_data + start, centre_data + start,
+          grad_mu_data + start, grad_logvar_data + start, last - first,        n};
       MANIFOLD_EXT_CALL_CPU_ISA(isa, backward_rows, rows, params);
     });
   });
@@ -166,8 +159,8 @@ std::tuple<at::Tensor, at::Tensor> nearest_centre_kl_cpu(const at::Tensor& mu_in
   const int64_t n = mu.size(1);
   const CpuIsa isa = cpu_isa();
   const int64_t block = MANIFOLD_EXT_CALL_CPU_ISA(isa, centre_block, mu.scalar_type() == at::kDouble);
-  const at::Tensor table = centres_by_dimension(centres, block);  // [n, K_pad]
-  at::Tensor kl = at::empty({batch}, mu.options());                // [B]
+  const at::Tensor table = centres_by_dimension(centres, block);         // [n, K_pad]
+  at::Tensor kl = at::empty({batch}, mu.options());                      // [B]
   at::Tensor index = at::empty({batch}, mu.options().dtype(at::kLong));  // [B]
   const KlParams params = prior_only_params(sigma0, CentreSource::Target);
   const int64_t grain = std::max<int64_t>(1, kGrainDistanceTerms / std::max<int64_t>(1, table.size(1) * n));
@@ -183,8 +176,8 @@ std::tuple<at::Tensor, at::Tensor> nearest_centre_kl_cpu(const at::Tensor& mu_in
       std::vector<scalar_t> chosen(static_cast<size_t>(std::min(kGatherRows, last - first) * n));
       for (int64_t r = first; r < last; r += kGatherRows) {
         const int64_t count = std::min(kGatherRows, last - r);
-        const NearestRows<scalar_t> search{mu_data + r * n, table_data, num_centres, table.size(1),
-                                           index_data + r,  count,      n};
+        const NearestRows<scalar_t> search{mu_data + r * n, table_data, num_centres, table.size(1), index_data + r,
+                                           count,           n};
         MANIFOLD_EXT_CALL_CPU_ISA(isa, nearest_rows, search);
         gather_centres(centre_data, index_data, num_centres, r, count, n, chosen.data(), op);
         const ForwardRows<scalar_t> rows{mu_data + r * n, logvar_data + r * n, chosen.data(), nullptr,
@@ -196,20 +189,19 @@ std::tuple<at::Tensor, at::Tensor> nearest_centre_kl_cpu(const at::Tensor& mu_in
   return {kl, index};
 }
 
-std::tuple<at::Tensor, at::Tensor> nearest_centre_kl_backward_cpu(const at::Tensor& grad_kl_in,
-                                                                  const at::Tensor& mu_in,
+std::tuple<at::Tensor, at::Tensor> nearest_centre_kl_backward_cpu(const at::Tensor& grad_kl_in, const at::Tensor& mu_in,
                                                                   const at::Tensor& logvar_in,
                                                                   const at::Tensor& centres_in,
                                                                   const at::Tensor& index_in, double sigma0) {
   constexpr const char* op = "nearest_centre_kl_backward";
   check_nearest_backward(grad_kl_in, mu_in, logvar_in, centres_in, index_in, sigma0);
   check_cpu(mu_in, op);
-  const at::Tensor mu = mu_in.contiguous();                                  // [B, n]
-  const at::Tensor logvar = logvar_in.contiguous();                          // [B, n]
-  const at::Tensor centres = centres_in.contiguous();                        // [K, n]
-  const at::Tensor index = index_in.contiguous();                            // [B]
-  const at::Tensor grad_kl = grad_kl_in.to(mu.scalar_type()).contiguous();  // [B]
-  at::Tensor grad_mu = at::empty_like(mu, at::MemoryFormat::Contiguous);     // [B, n]
+  const at::Tensor mu = mu_in.contiguous();                                   // [B, n]
+  const at::Tensor logvar = logvar_in.contiguous();                           // [B, n]
+  const at::Tensor centres = centres_in.contiguous();                         // [K, n]
+  const at::Tensor index = index_in.contiguous();                             // [B]
+  const at::Tensor grad_kl = grad_kl_in.to(mu.scalar_type()).contiguous();    // [B]
+  at::Tensor grad_mu = at::empty_like(mu, at::MemoryFormat::Contiguous);      // [B, n]
   at::Tensor grad_logvar = at::empty_like(mu, at::MemoryFormat::Contiguous);  // [B, n]
   const int64_t batch = mu.size(0);
   const int64_t n = mu.size(1);
@@ -231,8 +223,14 @@ std::tuple<at::Tensor, at::Tensor> nearest_centre_kl_backward_cpu(const at::Tens
         const int64_t count = std::min(kGatherRows, last - r);
         gather_centres(centre_data, index_data, num_centres, r, count, n, chosen.data(), op);
         const int64_t start = r * n;
-        const BackwardRows<scalar_t> rows{grad_kl_data + r,  mu_data + start,          logvar_data + start, chosen.data(),
-                                          grad_mu_data + start, grad_logvar_data + start, count,            n};
+        const BackwardRows<scalar_t> rows{grad_kl_data + r,
+                                          mu_data + start,
+                                          logvar_data + start,
+                                          chosen.data(),
+                                          grad_mu_data + start,
+                                          grad_logvar_data + start,
+                                          count,
+                                          n};
         MANIFOLD_EXT_CALL_CPU_ISA(isa, backward_rows, rows, params);
       }
     });

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "closest_centre_kl/closest_centre_kl.h"
+#include "common/cpu_capability.h"
 
 namespace manifold_ext {
 namespace closest_centre_kl {
@@ -50,11 +51,11 @@ struct BackwardRows {
 
 template <typename scalar_t>
 struct NearestRows {
-  const scalar_t* mu;                // [rows, n]
-  const scalar_t* centres_by_dim;    // [n, padded_centres]: centres transposed, padding columns +inf
-  int64_t num_centres;               // K
-  int64_t padded_centres;            // K rounded up to the loops' block of centres
-  int64_t* index;                    // [rows] output: argmin_k |mu - c_k|^2 (first on ties)
+  const scalar_t* mu;              // [rows, n]
+  const scalar_t* centres_by_dim;  // [n, padded_centres]: centres transposed, padding columns +inf
+  int64_t num_centres;             // K
+  int64_t padded_centres;          // K rounded up to the loops' block of centres
+  int64_t* index;                  // [rows] output: argmin_k |mu - c_k|^2 (first on ties)
   int64_t rows;
   int64_t n;
 };
@@ -62,20 +63,18 @@ struct NearestRows {
 // Declares the loops of one instruction-set namespace. centre_block() is how
 // many centres nearest_rows processes per block in that copy: the transposed
 // centre table must be padded to a multiple of it.
-#define MANIFOLD_EXT_DECLARE_CENTRE_KL_ROWS(ns)                                   \
-  namespace ns {                                                                  \
-  void forward_rows(const ForwardRows<float>& rows, const KlParams& params);      \
-  void forward_rows(const ForwardRows<double>& rows, const KlParams& params);     \
-  void backward_rows(const BackwardRows<float>& rows, const KlParams& params);    \
-  void backward_rows(const BackwardRows<double>& rows, const KlParams& params);   \
-  void nearest_rows(const NearestRows<float>& rows);                              \
-  void nearest_rows(const NearestRows<double>& rows);                             \
-  int64_t centre_block(bool is_double);                                           \
+#define MANIFOLD_EXT_DECLARE_CENTRE_KL_ROWS(ns)                                 \
+  namespace ns {                                                                \
+  void forward_rows(const ForwardRows<float>& rows, const KlParams& params);    \
+  void forward_rows(const ForwardRows<double>& rows, const KlParams& params);   \
+  void backward_rows(const BackwardRows<float>& rows, const KlParams& params);  \
+  void backward_rows(const BackwardRows<double>& rows, const KlParams& params); \
+  void nearest_rows(const NearestRows<float>& rows);                            \
+  void nearest_rows(const NearestRows<double>& rows);                           \
+  int64_t centre_block(bool is_double);                                         \
   }
 
-MANIFOLD_EXT_DECLARE_CENTRE_KL_ROWS(cpu_default)
-MANIFOLD_EXT_DECLARE_CENTRE_KL_ROWS(cpu_avx2)
-MANIFOLD_EXT_DECLARE_CENTRE_KL_ROWS(cpu_avx512)
+MANIFOLD_EXT_FOR_EACH_CPU_ISA(MANIFOLD_EXT_DECLARE_CENTRE_KL_ROWS)
 
 }  // namespace closest_centre_kl
 }  // namespace manifold_ext

@@ -63,7 +63,8 @@ struct LaneParams {
 template <typename T, typename scalar_t>
 LaneParams<T> lane_params(const KlParams& p) {
   const auto s = [](double v) { return T(static_cast<scalar_t>(v)); };
-  return {Grid<T>{s(p.offset), s(p.spacing), s(p.low), s(p.high)}, PriorVariance<T>{s(p.log_prior_var), s(p.inv_prior_var)}};
+  return {Grid<T>{s(p.offset), s(p.spacing), s(p.low), s(p.high)},
+          PriorVariance<T>{s(p.log_prior_var), s(p.inv_prior_var)}};
 }
 
 // The centre of one element (vector or scalar) for the compile-time source.
@@ -81,8 +82,8 @@ inline T choose_centre(const T& mu, const T& target, const Guided& guided, const
 // Twice-KL terms of `count` consecutive elements into terms[0..count), and
 // their centres into centre[0..count) when kStoreCentre.
 template <CentreSource kSource, bool kStoreCentre, typename scalar_t>
-void block_terms(const scalar_t* mu, const scalar_t* logvar, const scalar_t* target, const bool* mask,
-                 scalar_t* centre, scalar_t* terms, int64_t count, const KlParams& params) {
+void block_terms(const scalar_t* mu, const scalar_t* logvar, const scalar_t* target, const bool* mask, scalar_t* centre,
+                 scalar_t* terms, int64_t count, const KlParams& params) {
   using V = Vec<scalar_t>;
   const LaneParams<V> pv = lane_params<V, scalar_t>(params);
   // Masked: the bool bytes as 0/1 lanes of the element type, so a lane-wise
@@ -306,9 +307,7 @@ void backward_rows(const BackwardRows<float>& rows, const KlParams& params) { ba
 void backward_rows(const BackwardRows<double>& rows, const KlParams& params) { backward_rows_impl(rows, params); }
 void nearest_rows(const NearestRows<float>& rows) { nearest_rows_impl(rows); }
 void nearest_rows(const NearestRows<double>& rows) { nearest_rows_impl(rows); }
-int64_t centre_block(bool is_double) {
-  return is_double ? centres_per_block<double>() : centres_per_block<float>();
-}
+int64_t centre_block(bool is_double) { return is_double ? centres_per_block<double>() : centres_per_block<float>(); }
 
 }  // namespace MANIFOLD_EXT_CPU_NS
 }  // namespace closest_centre_kl

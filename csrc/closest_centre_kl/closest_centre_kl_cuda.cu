@@ -24,6 +24,7 @@
 #include <tuple>
 
 #include "closest_centre_kl/closest_centre_kl_host.h"
+#include "common/checks.h"
 #include "common/cuda_utils.cuh"
 
 namespace manifold_ext {
@@ -57,11 +58,11 @@ struct GatheredCentres {
 
 template <typename scalar_t>
 struct ForwardArgs {
-  const scalar_t* mu;                      // [B, n]
-  const scalar_t* logvar;                  // [B, n]
-  const bool* mask;                        // [B, n] (Masked) or null
-  scalar_t* centre;                        // [B, n] output, or null
-  at::opmath_type<scalar_t>* kl;           // [B] output
+  const scalar_t* mu;             // [B, n]
+  const scalar_t* logvar;         // [B, n]
+  const bool* mask;               // [B, n] (Masked) or null
+  scalar_t* centre;               // [B, n] output, or null
+  at::opmath_type<scalar_t>* kl;  // [B] output
   int64_t batch;
   int64_t n;
   Grid<at::opmath_type<scalar_t>> grid;
@@ -116,14 +117,14 @@ __global__ void __launch_bounds__(kThreads) kl_forward_warp_rows_kernel(ForwardA
 }
 
 template <typename scalar_t, typename index_t, typename Centres>
-__global__ void __launch_bounds__(kThreads) kl_backward_kernel(
-    const at::opmath_type<scalar_t>* __restrict__ grad_kl,  // [B]
-    const scalar_t* __restrict__ mu,                        // [B, n]
-    const scalar_t* __restrict__ logvar,                    // [B, n]
-    Centres centres,                                        // row r -> its n centres
-    scalar_t* __restrict__ grad_mu,                         // [B, n]
-    scalar_t* __restrict__ grad_logvar,                     // [B, n]
-    index_t numel, index_t n, PriorVariance<at::opmath_type<scalar_t>> prior) {
+__global__ void __launch_bounds__(kThreads)
+    kl_backward_kernel(const at::opmath_type<scalar_t>* __restrict__ grad_kl,  // [B]
+                       const scalar_t* __restrict__ mu,                        // [B, n]
+                       const scalar_t* __restrict__ logvar,                    // [B, n]
+                       Centres centres,                                        // row r -> its n centres
+                       scalar_t* __restrict__ grad_mu,                         // [B, n]
+                       scalar_t* __restrict__ grad_logvar,                     // [B, n]
+                       index_t numel, index_t n, PriorVariance<at::opmath_type<scalar_t>> prior) {
   using acc_t = at::opmath_type<scalar_t>;
   for (index_t idx = cuda::grid_stride_begin<index_t>(); idx < numel; idx += cuda::grid_stride_step<index_t>()) {
     const index_t r = idx / n;
@@ -138,11 +139,10 @@ __global__ void __launch_bounds__(kThreads) kl_backward_kernel(
 // One thread per sample; all threads of a warp read the same centre at the
 // same time (a broadcast), and a sample's own row stays in L1.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) nearest_centre_kernel(
-    const scalar_t* __restrict__ mu,       // [B, n]
-    const scalar_t* __restrict__ centres,  // [K, n]
-    int64_t* __restrict__ index,           // [B]
-    int64_t batch, int64_t num_centres, int64_t n) {
+__global__ void __launch_bounds__(kThreads) nearest_centre_kernel(const scalar_t* __restrict__ mu,       // [B, n]
+                                                                  const scalar_t* __restrict__ centres,  // [K, n]
+                                                                  int64_t* __restrict__ index,           // [B]
+                                                                  int64_t batch, int64_t num_centres, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < batch; r += int64_t(gridDim.x) * blockDim.x) {
     const scalar_t* mu_row = mu + r * n;
@@ -168,14 +168,10 @@ void launch_forward(const ForwardArgs<scalar_t>& args, const Centres& given, cud
     const int64_t blocks = cuda::grid_stride_blocks(args.batch * cuda::kWarpSize, kThreads);
     kl_forward_warp_rows_kernel<kSource><<<blocks, kThreads, 0, stream>>>(args, given);
   } else {
-    kl_forward_thread_rows_kernel<kSource><<<cuda::grid_stride_blocks(args.batch, kThreads), kThreads, 0, stream>>>(
-        args, given);
+    kl_forward_thread_rows_kernel<kSource>
+        <<<cuda::grid_stride_blocks(args.batch, kThreads), kThreads, 0, stream>>>(args, given);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-void check_cuda(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.is_cuda(), op, ": expected CUDA tensors, got ", x.device());
 }
 
 // The backward gathers centres[index[r]] for every sample. An index out of
@@ -224,7 +220,7 @@ std::tuple<at::Tensor, at::Tensor> closest_centre_kl_cuda(const at::Tensor& mu_i
   const at::Tensor logvar = logvar_in.contiguous();  // [B, n]
   const at::Tensor target = options.source != CentreSource::Rounded ? target_in->contiguous() : at::Tensor();
   const at::Tensor mask = options.source == CentreSource::Masked ? mask_per_element(*mask_in, mu) : at::Tensor();
-  at::Tensor centre = at::empty_like(mu, at::MemoryFormat::Contiguous);                      // [B, n]
+  at::Tensor centre = at::empty_like(mu, at::MemoryFormat::Contiguous);                     // [B, n]
   at::Tensor kl = at::empty({mu.size(0)}, mu.options().dtype(kl_dtype(mu.scalar_type())));  // [B]
   const Grid<double> grid{options.offset, options.spacing, options.low, options.high};
   const PriorVariance<double> prior{options.log_prior_var, options.inv_prior_var};
@@ -234,23 +230,17 @@ std::tuple<at::Tensor, at::Tensor> closest_centre_kl_cuda(const at::Tensor& mu_i
     const ForwardArgs<scalar_t> args = forward_args<scalar_t>(mu, logvar, mask, &centre, kl, grid, prior);
     const DenseCentres<scalar_t> given{target.defined() ? target.const_data_ptr<scalar_t>() : nullptr, mu.size(1)};
     switch (options.source) {
-      case CentreSource::Rounded:
-        launch_forward<CentreSource::Rounded>(args, given, stream);
-        break;
-      case CentreSource::Target:
-        launch_forward<CentreSource::Target>(args, given, stream);
-        break;
-      default:
-        launch_forward<CentreSource::Masked>(args, given, stream);
+      case CentreSource::Rounded: launch_forward<CentreSource::Rounded>(args, given, stream); break;
+      case CentreSource::Target: launch_forward<CentreSource::Target>(args, given, stream); break;
+      default: launch_forward<CentreSource::Masked>(args, given, stream);
     }
   });
   return {kl, centre};
 }
 
 template <typename Centres, typename scalar_t>
-void launch_backward(const at::Tensor& grad_kl, const at::Tensor& mu, const at::Tensor& logvar,
-                     const Centres& centres, at::Tensor& grad_mu, at::Tensor& grad_logvar, double sigma0,
-                     cudaStream_t stream) {
+void launch_backward(const at::Tensor& grad_kl, const at::Tensor& mu, const at::Tensor& logvar, const Centres& centres,
+                     at::Tensor& grad_mu, at::Tensor& grad_logvar, double sigma0, cudaStream_t stream) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t numel = mu.numel();
   if (numel == 0) return;
@@ -267,8 +257,7 @@ void launch_backward(const at::Tensor& grad_kl, const at::Tensor& mu, const at::
 }
 
 std::tuple<at::Tensor, at::Tensor> closest_centre_kl_backward_cuda(const at::Tensor& grad_kl_in,
-                                                                   const at::Tensor& mu_in,
-                                                                   const at::Tensor& logvar_in,
+                                                                   const at::Tensor& mu_in, const at::Tensor& logvar_in,
                                                                    const at::Tensor& centre_in, double sigma0) {
   check_closest_backward(grad_kl_in, mu_in, logvar_in, centre_in, sigma0);
   check_cuda(mu_in, "closest_centre_kl_backward");
@@ -298,7 +287,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_centre_kl_cuda(const at::Tensor& mu_i
   const at::Tensor centres = centres_in.contiguous();  // [K, n]
   const int64_t batch = mu.size(0);
   const int64_t n = mu.size(1);
-  at::Tensor index = at::empty({batch}, mu.options().dtype(at::kLong));                  // [B]
+  at::Tensor index = at::empty({batch}, mu.options().dtype(at::kLong));                // [B]
   at::Tensor kl = at::empty({batch}, mu.options().dtype(kl_dtype(mu.scalar_type())));  // [B]
   const Grid<double> unused_grid{0.0, 1.0, 0.0, 0.0};
   const PriorVariance<double> prior = prior_variance(sigma0);
@@ -320,8 +309,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_centre_kl_cuda(const at::Tensor& mu_i
 }
 
 std::tuple<at::Tensor, at::Tensor> nearest_centre_kl_backward_cuda(const at::Tensor& grad_kl_in,
-                                                                   const at::Tensor& mu_in,
-                                                                   const at::Tensor& logvar_in,
+                                                                   const at::Tensor& mu_in, const at::Tensor& logvar_in,
                                                                    const at::Tensor& centres_in,
                                                                    const at::Tensor& index_in, double sigma0) {
   check_nearest_backward(grad_kl_in, mu_in, logvar_in, centres_in, index_in, sigma0);

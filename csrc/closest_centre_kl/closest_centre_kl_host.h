@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "closest_centre_kl/closest_centre_kl.h"
+#include "common/checks.h"
 #include "common/repr.h"
 
 namespace manifold_ext {
@@ -45,62 +46,51 @@ inline void check_sigma0_fits(double sigma0, at::ScalarType dtype, const char* o
   const double smallest = smallest_sigma0(dtype);
   TORCH_CHECK_VALUE(sigma0 >= smallest && std::isfinite(1.0 / (sigma0 * sigma0)), op, ": sigma0 = ", repr(sigma0),
                     " is too small: the kernels multiply by 1/sigma0^2 in ",
-                    dtype == at::kDouble ? "float64" : "float32", ", where it overflows; need sigma0 >= ",
-                    repr(smallest));
+                    dtype == at::kDouble ? "float64" : "float32",
+                    ", where it overflows; need sigma0 >= ", repr(smallest));
 }
 
-inline PriorVariance<double> prior_variance(double sigma0) {
-  return {2.0 * std::log(sigma0), 1.0 / (sigma0 * sigma0)};
-}
+inline PriorVariance<double> prior_variance(double sigma0) { return {2.0 * std::log(sigma0), 1.0 / (sigma0 * sigma0)}; }
 
 // mu and logvar: [B, n], same dtype (floating) and device.
 inline void check_posterior(const at::Tensor& mu, const at::Tensor& logvar, const char* op) {
   TORCH_CHECK(mu.dim() == 2, op, ": mu must have shape [B, n], got shape ", mu.sizes());
   TORCH_CHECK(logvar.sizes() == mu.sizes(), op, ": logvar must have the shape of mu ", mu.sizes(), ", got ",
               logvar.sizes());
-  TORCH_CHECK(logvar.device() == mu.device(), op, ": mu and logvar must be on the same device, got mu on ",
-              mu.device(), " and logvar on ", logvar.device());
+  TORCH_CHECK(logvar.device() == mu.device(), op, ": mu and logvar must be on the same device, got mu on ", mu.device(),
+              " and logvar on ", logvar.device());
   TORCH_CHECK(logvar.scalar_type() == mu.scalar_type(), op, ": mu and logvar must have the same dtype, got mu ",
               mu.scalar_type(), " and logvar ", logvar.scalar_type());
-  TORCH_CHECK(at::isFloatingType(mu.scalar_type()), op, ": expected a floating-point dtype, got ",
-              mu.scalar_type());
+  TORCH_CHECK(at::isFloatingType(mu.scalar_type()), op, ": expected a floating-point dtype, got ", mu.scalar_type());
 }
 
 inline ClosestCentreOptions parse_closest_centre(const at::Tensor& mu, const at::Tensor& logvar,
                                                  const c10::optional<at::Tensor>& target,
-                                                 const c10::optional<at::Tensor>& mask, double sigma0,
-                                                 double spacing, double offset, c10::optional<double> low,
-                                                 c10::optional<double> high) {
+                                                 const c10::optional<at::Tensor>& mask, double sigma0, double spacing,
+                                                 double offset, c10::optional<double> low, c10::optional<double> high) {
   constexpr const char* op = "closest_centre_kl";
   check_posterior(mu, logvar, op);
   check_sigma0_fits(sigma0, mu.scalar_type(), op);
-  TORCH_CHECK_VALUE(std::isfinite(spacing) && spacing > 0, op, ": spacing must be a finite number > 0, got ",
-                    spacing);
+  TORCH_CHECK_VALUE(std::isfinite(spacing) && spacing > 0, op, ": spacing must be a finite number > 0, got ", spacing);
   TORCH_CHECK_VALUE(std::isfinite(offset), op, ": offset must be finite, got ", offset);
   TORCH_CHECK_VALUE(!low.has_value() || !std::isnan(*low), op, ": low must not be NaN");
   TORCH_CHECK_VALUE(!high.has_value() || !std::isnan(*high), op, ": high must not be NaN");
-  TORCH_CHECK_VALUE(!(low.has_value() && high.has_value()) || *low <= *high, op, ": low must be <= high, got low = ",
-                    *low, " and high = ", *high);
+  TORCH_CHECK_VALUE(!(low.has_value() && high.has_value()) || *low <= *high, op,
+                    ": low must be <= high, got low = ", *low, " and high = ", *high);
 
   const bool has_target = target.has_value() && target->defined();
   const bool has_mask = mask.has_value() && mask->defined();
   TORCH_CHECK_VALUE(!has_mask || has_target, op,
                     ": a mask selects the dimensions guided by target; pass target as well (partially guided)");
   if (has_target) {
-    TORCH_CHECK(target->sizes() == mu.sizes(), op, ": target must have the shape of mu ", mu.sizes(), ", got ",
-                target->sizes());
-    TORCH_CHECK(target->device() == mu.device(), op, ": target must be on the device of mu (", mu.device(),
-                "), got ", target->device());
-    TORCH_CHECK(target->scalar_type() == mu.scalar_type(), op, ": target must have the dtype of mu (",
-                mu.scalar_type(), "), got ", target->scalar_type());
+    check_like(*target, mu, op, "target", "mu");
   }
   if (has_mask) {
     TORCH_CHECK(mask->scalar_type() == at::kBool, op, ": mask must be a bool tensor, got ", mask->scalar_type());
     const bool per_dimension = mask->dim() == 1 && mask->size(0) == mu.size(1);
     TORCH_CHECK(per_dimension || mask->sizes() == mu.sizes(), op, ": mask must have shape [n] = [", mu.size(1),
                 "] or [B, n] = ", mu.sizes(), ", got ", mask->sizes());
-    TORCH_CHECK(mask->device() == mu.device(), op, ": mask must be on the device of mu (", mu.device(), "), got ",
-                mask->device());
+    check_same_device(*mask, mu, op, "mask", "mu");
   }
 
   ClosestCentreOptions options{};
@@ -128,32 +118,31 @@ inline void check_closest_backward(const at::Tensor& grad_kl, const at::Tensor& 
   constexpr const char* op = "closest_centre_kl_backward";
   check_posterior(mu, logvar, op);
   check_sigma0_fits(sigma0, mu.scalar_type(), op);
-  TORCH_CHECK(grad_kl.dim() == 1 && grad_kl.size(0) == mu.size(0), op, ": grad_kl must have shape [B] = [",
-              mu.size(0), "], got ", grad_kl.sizes());
+  TORCH_CHECK(grad_kl.dim() == 1 && grad_kl.size(0) == mu.size(0), op, ": grad_kl must have shape [B] = [", mu.size(0),
+              "], got ", grad_kl.sizes());
   TORCH_CHECK(centre.sizes() == mu.sizes(), op, ": centre must have the shape of mu ", mu.sizes(), ", got ",
               centre.sizes());
   TORCH_CHECK(grad_kl.device() == mu.device() && centre.device() == mu.device(), op,
               ": grad_kl and centre must be on the device of mu (", mu.device(), ")");
-  TORCH_CHECK(centre.scalar_type() == mu.scalar_type(), op, ": centre must have the dtype of mu (",
-              mu.scalar_type(), "), got ", centre.scalar_type());
+  TORCH_CHECK(centre.scalar_type() == mu.scalar_type(), op, ": centre must have the dtype of mu (", mu.scalar_type(),
+              "), got ", centre.scalar_type());
   TORCH_CHECK(at::isFloatingType(grad_kl.scalar_type()), op, ": grad_kl must be floating point, got ",
               grad_kl.scalar_type());
 }
 
 // centres: [K, n], K >= 1, the dtype and device of mu.
 inline void check_centres(const at::Tensor& mu, const at::Tensor& centres, const char* op) {
-  TORCH_CHECK(centres.dim() == 2 && centres.size(1) == mu.size(1), op, ": centres must have shape [K, n] with n = ",
-              mu.size(1), " (the latent size of mu), got ", centres.sizes());
+  TORCH_CHECK(centres.dim() == 2 && centres.size(1) == mu.size(1), op,
+              ": centres must have shape [K, n] with n = ", mu.size(1), " (the latent size of mu), got ",
+              centres.sizes());
   TORCH_CHECK(centres.size(0) >= 1, op, ": centres must hold at least one centre (K >= 1), got shape ",
               centres.sizes());
-  TORCH_CHECK(centres.device() == mu.device(), op, ": centres must be on the device of mu (", mu.device(),
-              "), got ", centres.device());
-  TORCH_CHECK(centres.scalar_type() == mu.scalar_type(), op, ": centres must have the dtype of mu (",
-              mu.scalar_type(), "), got ", centres.scalar_type());
+  check_same_device(centres, mu, op, "centres", "mu");
+  TORCH_CHECK(centres.scalar_type() == mu.scalar_type(), op, ": centres must have the dtype of mu (", mu.scalar_type(),
+              "), got ", centres.scalar_type());
 }
 
-inline void check_nearest(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& centres,
-                          double sigma0) {
+inline void check_nearest(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& centres, double sigma0) {
   constexpr const char* op = "nearest_centre_kl";
   check_posterior(mu, logvar, op);
   check_sigma0_fits(sigma0, mu.scalar_type(), op);
@@ -166,8 +155,8 @@ inline void check_nearest_backward(const at::Tensor& grad_kl, const at::Tensor& 
   check_posterior(mu, logvar, op);
   check_sigma0_fits(sigma0, mu.scalar_type(), op);
   check_centres(mu, centres, op);
-  TORCH_CHECK(grad_kl.dim() == 1 && grad_kl.size(0) == mu.size(0), op, ": grad_kl must have shape [B] = [",
-              mu.size(0), "], got ", grad_kl.sizes());
+  TORCH_CHECK(grad_kl.dim() == 1 && grad_kl.size(0) == mu.size(0), op, ": grad_kl must have shape [B] = [", mu.size(0),
+              "], got ", grad_kl.sizes());
   TORCH_CHECK(index.dim() == 1 && index.size(0) == mu.size(0), op, ": index must have shape [B] = [", mu.size(0),
               "], got ", index.sizes());
   TORCH_CHECK(index.scalar_type() == at::kLong, op, ": index must be int64, got ", index.scalar_type());

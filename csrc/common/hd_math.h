@@ -13,53 +13,56 @@
 #include <type_traits>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
-#define ME_HD __host__ __device__ __forceinline__
-#define ME_HOST_DEVICE __host__ __device__
+#define MANIFOLD_EXT_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// Forced: the per-element math is small and called in the innermost loops; in
+// the baseline-ISA copy GCC otherwise leaves some of it as calls that pass
+// vectors through the stack.
+#define MANIFOLD_EXT_HD inline __attribute__((always_inline))
 #else
-#define ME_HD inline
-#define ME_HOST_DEVICE
+#define MANIFOLD_EXT_HD inline
 #endif
 
 namespace manifold_ext {
 
-ME_HD float hd_exp(float v) { return ::expf(v); }
-ME_HD double hd_exp(double v) { return ::exp(v); }
+MANIFOLD_EXT_HD float hd_exp(float v) { return ::expf(v); }
+MANIFOLD_EXT_HD double hd_exp(double v) { return ::exp(v); }
 
-ME_HD float hd_log(float v) { return ::logf(v); }
-ME_HD double hd_log(double v) { return ::log(v); }
+MANIFOLD_EXT_HD float hd_log(float v) { return ::logf(v); }
+MANIFOLD_EXT_HD double hd_log(double v) { return ::log(v); }
 
-ME_HD float hd_sqrt(float v) { return ::sqrtf(v); }
-ME_HD double hd_sqrt(double v) { return ::sqrt(v); }
+MANIFOLD_EXT_HD float hd_sqrt(float v) { return ::sqrtf(v); }
+MANIFOLD_EXT_HD double hd_sqrt(double v) { return ::sqrt(v); }
 
-ME_HD float hd_log1p(float v) { return ::log1pf(v); }
-ME_HD double hd_log1p(double v) { return ::log1p(v); }
+MANIFOLD_EXT_HD float hd_log1p(float v) { return ::log1pf(v); }
+MANIFOLD_EXT_HD double hd_log1p(double v) { return ::log1p(v); }
 
-ME_HD float hd_tanh(float v) { return ::tanhf(v); }
-ME_HD double hd_tanh(double v) { return ::tanh(v); }
+MANIFOLD_EXT_HD float hd_tanh(float v) { return ::tanhf(v); }
+MANIFOLD_EXT_HD double hd_tanh(double v) { return ::tanh(v); }
 
-ME_HD float hd_abs(float v) { return ::fabsf(v); }
-ME_HD double hd_abs(double v) { return ::fabs(v); }
+MANIFOLD_EXT_HD float hd_abs(float v) { return ::fabsf(v); }
+MANIFOLD_EXT_HD double hd_abs(double v) { return ::fabs(v); }
 
 // Round to the nearest integer, ties to even (as torch.round).
-ME_HD float hd_round(float v) { return ::nearbyintf(v); }
-ME_HD double hd_round(double v) { return ::nearbyint(v); }
+MANIFOLD_EXT_HD float hd_round(float v) { return ::nearbyintf(v); }
+MANIFOLD_EXT_HD double hd_round(double v) { return ::nearbyint(v); }
 
-ME_HD float hd_min(float a, float b) { return a < b ? a : b; }
-ME_HD double hd_min(double a, double b) { return a < b ? a : b; }
+MANIFOLD_EXT_HD float hd_min(float a, float b) { return a < b ? a : b; }
+MANIFOLD_EXT_HD double hd_min(double a, double b) { return a < b ? a : b; }
 
 // a * b + c, fused where the instruction set has FMA. The CPU kernels are built
 // with -ffp-contract=off, so every ISA copy evaluates the header formulas as the
 // same sequence of IEEE operations (an overflow gives the same inf or NaN on
 // each); polynomial series, whose terms are bounded, ask for the fused form
 // here explicitly. cpu_vec_math.h adds the vector overload (at::vec::fmadd).
-ME_HD float hd_fmadd(float a, float b, float c) {
+MANIFOLD_EXT_HD float hd_fmadd(float a, float b, float c) {
 #if defined(__CUDA_ARCH__) || defined(__FMA__)
   return ::fmaf(a, b, c);
 #else
   return a * b + c;
 #endif
 }
-ME_HD double hd_fmadd(double a, double b, double c) {
+MANIFOLD_EXT_HD double hd_fmadd(double a, double b, double c) {
 #if defined(__CUDA_ARCH__) || defined(__FMA__)
   return ::fma(a, b, c);
 #else
@@ -73,14 +76,14 @@ ME_HD double hd_fmadd(double a, double b, double c) {
 // against torch's separate mul and add). nvcc fuses a * b + c by default
 // (--fmad=true) but never __fmul_rn/__fadd_rn; the CPU kernels are built with
 // -ffp-contract=off, so the plain operators (scalar or at::vec) round twice.
-ME_HD float hd_mul_then_add(float a, float b, float c) {
+MANIFOLD_EXT_HD float hd_mul_then_add(float a, float b, float c) {
 #if defined(__CUDA_ARCH__)
   return __fadd_rn(__fmul_rn(a, b), c);
 #else
   return a * b + c;
 #endif
 }
-ME_HD double hd_mul_then_add(double a, double b, double c) {
+MANIFOLD_EXT_HD double hd_mul_then_add(double a, double b, double c) {
 #if defined(__CUDA_ARCH__)
   return __dadd_rn(__dmul_rn(a, b), c);
 #else
@@ -92,9 +95,21 @@ inline V hd_mul_then_add(const V& a, const V& b, const V& c) {
   return a * b + c;
 }
 
+// Comparisons: a bool for scalars, a lane mask for vectors (cpu_vec_math.h).
+// Kernels compare through these rather than the operators so that the
+// baseline-ISA CPU copy can supply fast vector versions.
+template <typename T>
+MANIFOLD_EXT_HD bool hd_lt(T a, T b) {
+  return a < b;
+}
+template <typename T>
+MANIFOLD_EXT_HD bool hd_le(T a, T b) {
+  return a <= b;
+}
+
 // Branch-free select: `condition` is a bool for scalars, a lane mask for vectors.
 template <typename T>
-ME_HD T hd_where(bool condition, T if_true, T if_false) {
+MANIFOLD_EXT_HD T hd_where(bool condition, T if_true, T if_false) {
   return condition ? if_true : if_false;
 }
 
@@ -120,7 +135,7 @@ inline constexpr bool hd_is_double_v = std::is_same_v<typename HdScalarOf<T>::ty
 // atanh(w) = w (1 + w^2/3 + w^4/5 + ...); with w^2 <= 1/9 the terms up to
 // w^13 leave a relative truncation error below 2e-8, under float's half-ulp.
 template <typename T>
-ME_HD T log1p_unit_interval(T e) {
+MANIFOLD_EXT_HD T log1p_unit_interval(T e) {
   if constexpr (hd_is_double_v<T>) {
     return hd_log1p(e);
   } else {
@@ -142,7 +157,7 @@ ME_HD T log1p_unit_interval(T e) {
 // Taylor series a (1 - a^2/3 + 2a^4/15 - ...) through a^15 is exact to 2e-9
 // relative. Both are computed and the right one is selected per lane.
 template <typename T>
-ME_HD T tanh_series_or_exp(T a) {
+MANIFOLD_EXT_HD T tanh_series_or_exp(T a) {
   if constexpr (hd_is_double_v<T>) {
     return hd_tanh(a);
   } else {
@@ -158,8 +173,8 @@ ME_HD T tanh_series_or_exp(T a) {
     series = hd_fmadd(series, a2, T(2.0f / 15.0f));
     series = hd_fmadd(series, a2, T(-1.0f / 3.0f));
     series = hd_fmadd(series, a2, T(1.0f));
-    const T magnitude = hd_where(abs_a < T(0.45f), abs_a * series, from_exp);
-    return hd_where(a < T(0), -magnitude, magnitude);
+    const T magnitude = hd_where(hd_lt(abs_a, T(0.45f)), abs_a * series, from_exp);
+    return hd_where(hd_lt(a, T(0)), -magnitude, magnitude);
   }
 }
 

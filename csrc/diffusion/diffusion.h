@@ -22,6 +22,22 @@
 namespace manifold_ext {
 namespace diffusion {
 
+// Which inequality a pair (a, b) of abar values must satisfy.
+enum class ScheduleRule {
+  Likelihood,  // (abar_t, abar_next):  0 < abar_next < abar_t <= 1   (Eq. 17-20)
+  Forward,     // (abar_t, abar_next):  0 < abar_next <= abar_t <= 1  (Eq. 17)
+  Backward,    // (abar_t, abar_prev):  0 < abar_t < 1, abar_t <= abar_prev <= 1  (Eq. 12, DDPM, DDIM)
+};
+
+// False for NaN as well.
+MANIFOLD_EXT_HD bool schedule_ok(ScheduleRule rule, double a, double b) {
+  switch (rule) {
+    case ScheduleRule::Likelihood: return b > 0 && b < a && a <= 1;
+    case ScheduleRule::Forward: return b > 0 && b <= a && a <= 1;
+    default: return a > 0 && a < 1 && a <= b && b <= 1;
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Sampler and forward steps: out = x * cx + eps * ce + noise * cn
 // ---------------------------------------------------------------------------
@@ -33,14 +49,14 @@ struct StepCoefficients {
 };
 
 template <typename To, typename From>
-ME_HD StepCoefficients<To> cast_coefficients(const StepCoefficients<From>& c) {
+MANIFOLD_EXT_HD StepCoefficients<To> cast_coefficients(const StepCoefficients<From>& c) {
   return {static_cast<To>(c.x), static_cast<To>(c.eps), static_cast<To>(c.noise)};
 }
 
 // Eq. 17: x_next = sqrt(abar_next / abar_t) x_t + sqrt(1 - abar_next / abar_t) noise.
 // 1 - abar_next / abar_t is formed as (abar_t - abar_next) / abar_t, which keeps
 // its relative precision when the two are close (small steps).
-ME_HD StepCoefficients<double> forward_step_coefficients(double abar_t, double abar_next) {
+MANIFOLD_EXT_HD StepCoefficients<double> forward_step_coefficients(double abar_t, double abar_next) {
   return {::sqrt(abar_next / abar_t), ::sqrt((abar_t - abar_next) / abar_t), 0.0};
 }
 
@@ -57,21 +73,20 @@ struct BackwardMean {
   double eps;
 };
 
-ME_HD BackwardMean backward_mean_coefficients(double abar_t, double abar_prev) {
-  return {::sqrt(abar_prev / abar_t),
-          -(abar_prev - abar_t) / (::sqrt(abar_t * abar_prev) * ::sqrt(1.0 - abar_t))};
+MANIFOLD_EXT_HD BackwardMean backward_mean_coefficients(double abar_t, double abar_prev) {
+  return {::sqrt(abar_prev / abar_t), -(abar_prev - abar_t) / (::sqrt(abar_t * abar_prev) * ::sqrt(1.0 - abar_t))};
 }
 
 // Eq. 12 / Eq. 20: the posterior variance of x_prev given x_t and x0,
 // (abar_prev - abar_t)(1 - abar_prev) / (abar_prev (1 - abar_t)). It is 0 for
 // prev = 0 (abar_prev = 1): the last sampling step is deterministic.
-ME_HD double posterior_variance(double abar_t, double abar_prev) {
+MANIFOLD_EXT_HD double posterior_variance(double abar_t, double abar_prev) {
   return (abar_prev - abar_t) * (1.0 - abar_prev) / (abar_prev * (1.0 - abar_t));
 }
 
 // Large-step non-Markovian Gaussian step (Def. 2.1, Eq. 12):
 // x_prev = mu + sqrt(posterior variance) noise.
-ME_HD StepCoefficients<double> large_step_coefficients(double abar_t, double abar_prev) {
+MANIFOLD_EXT_HD StepCoefficients<double> large_step_coefficients(double abar_t, double abar_prev) {
   const BackwardMean mean = backward_mean_coefficients(abar_t, abar_prev);
   return {mean.x, mean.eps, ::sqrt(posterior_variance(abar_t, abar_prev))};
 }
@@ -82,7 +97,7 @@ ME_HD StepCoefficients<double> large_step_coefficients(double abar_t, double aba
 // sigma^2 = beta = 1 - alpha (the forward variance of the jump) instead of the
 // posterior variance. (Ho et al. use no noise on the final step; the sampler
 // passes none there.)
-ME_HD StepCoefficients<double> ddpm_step_coefficients(double abar_t, double abar_prev) {
+MANIFOLD_EXT_HD StepCoefficients<double> ddpm_step_coefficients(double abar_t, double abar_prev) {
   const BackwardMean mean = backward_mean_coefficients(abar_t, abar_prev);
   return {mean.x, mean.eps, ::sqrt((abar_prev - abar_t) / abar_prev)};
 }
@@ -91,7 +106,7 @@ ME_HD StepCoefficients<double> ddpm_step_coefficients(double abar_t, double abar
 // sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev),
 // x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma noise.
 // eta = 0 is deterministic DDIM; eta = 1 equals the large step of Eq. 12.
-ME_HD StepCoefficients<double> ddim_step_coefficients(double abar_t, double abar_prev, double eta) {
+MANIFOLD_EXT_HD StepCoefficients<double> ddim_step_coefficients(double abar_t, double abar_prev, double eta) {
   const double variance = eta * eta * posterior_variance(abar_t, abar_prev);
   const double sqrt_ratio = ::sqrt(abar_prev / abar_t);
   const double direction = ::sqrt(::fmax(1.0 - abar_prev - variance, 0.0));
@@ -101,7 +116,7 @@ ME_HD StepCoefficients<double> ddim_step_coefficients(double abar_t, double abar
 // The step kinds by name (the shared backward op takes one).
 enum class StepKind { Forward, Ddpm, Ddim, Large };
 
-ME_HD StepCoefficients<double> step_coefficients(StepKind kind, double a, double b, double eta) {
+MANIFOLD_EXT_HD StepCoefficients<double> step_coefficients(StepKind kind, double a, double b, double eta) {
   switch (kind) {
     case StepKind::Forward: return forward_step_coefficients(a, b);
     case StepKind::Ddpm: return ddpm_step_coefficients(a, b);
@@ -111,12 +126,12 @@ ME_HD StepCoefficients<double> step_coefficients(StepKind kind, double a, double
 }
 
 template <typename T>
-ME_HD T linear_step(T x, T eps, T noise, const StepCoefficients<T>& c) {
+MANIFOLD_EXT_HD T linear_step(T x, T eps, T noise, const StepCoefficients<T>& c) {
   return x * c.x + eps * c.eps + noise * c.noise;
 }
 
 template <typename T>
-ME_HD T linear_step_without_noise(T x, T eps, const StepCoefficients<T>& c) {
+MANIFOLD_EXT_HD T linear_step_without_noise(T x, T eps, const StepCoefficients<T>& c) {
   return x * c.x + eps * c.eps;
 }
 
@@ -137,30 +152,30 @@ ME_HD T linear_step_without_noise(T x, T eps, const StepCoefficients<T>& c) {
 // ---------------------------------------------------------------------------
 template <typename T>
 struct NllCoefficients {
-  T s;         // Eq. 18 mean scale: sqrt(abar_next / abar_t)
-  T kq;        // 1 / (2 var_q), var_q = 1 - abar_next / abar_t   (Eq. 18)
-  T cx;        // Eq. 19 mean: cx x_next + ce eps
+  T s;   // Eq. 18 mean scale: sqrt(abar_next / abar_t)
+  T kq;  // 1 / (2 var_q), var_q = 1 - abar_next / abar_t   (Eq. 18)
+  T cx;  // Eq. 19 mean: cx x_next + ce eps
   T ce;
   T kp;        // 1 / (2 var_p)                                   (Eq. 20)
   T log_norm;  // (log var_p - log var_q) / 2, per element
 };
 
 template <typename To, typename From>
-ME_HD NllCoefficients<To> cast_coefficients(const NllCoefficients<From>& c) {
+MANIFOLD_EXT_HD NllCoefficients<To> cast_coefficients(const NllCoefficients<From>& c) {
   return {static_cast<To>(c.s),  static_cast<To>(c.kq), static_cast<To>(c.cx),
           static_cast<To>(c.ce), static_cast<To>(c.kp), static_cast<To>(c.log_norm)};
 }
 
-// Written with five divisions, two square roots and one log per pair, and
-// templated over T: double on the host and the device, and
-// at::vec::Vectorized<double> in the CPU kernels, which evaluate it for a
-// per-sample schedule SIMD-wide (there it costs more than the memory pass).
-// The t = 0 branch is a select.
+// The coefficients from abar_t, abar_next and the three gaps jump = abar_t -
+// abar_next, keep_next = 1 - abar_next, keep_t = 1 - abar_t. The gaps are
+// formed in double by the callers (exact for the small differences of nearby
+// times), so T may be float: the CPU kernels evaluate this SIMD-wide for
+// per-sample schedules in the inputs' precision (five divisions, two square
+// roots and one log per pair would otherwise cost more than the memory pass).
+// keep_t = 0 (abar_t = 1) is the t = 0 convention, taken by a select.
 template <typename T>
-ME_HD NllCoefficients<T> nll_coefficients(T abar_t, T abar_next) {
-  const T one(1), half(0.5);
-  const T jump = abar_t - abar_next;  // > 0
-  const T keep_next = one - abar_next;
+MANIFOLD_EXT_HD NllCoefficients<T> nll_coefficients_from_gaps(T abar_t, T abar_next, T jump, T keep_next, T keep_t) {
+  const T one(1), half(0.5), zero(0);
   NllCoefficients<T> c;
   c.s = hd_sqrt(abar_next / abar_t);  // Eq. 18 mean
   c.kq = half * abar_t / jump;        // var_q = jump / abar_t          (Eq. 18)
@@ -170,16 +185,21 @@ ME_HD NllCoefficients<T> nll_coefficients(T abar_t, T abar_next) {
   c.cx = one / c.s;
   c.ce = -jump / hd_sqrt(abar_t * abar_next * keep_next);
   // Eq. 20 over Eq. 18: var_p / var_q = (1 - abar_t) / (1 - abar_next); 1 under the t = 0 convention.
-  const T variance_ratio = hd_where(abar_t < one, (one - abar_t) / keep_next, one);
+  const T variance_ratio = hd_where(hd_lt(zero, keep_t), keep_t / keep_next, one);
   c.kp = c.kq / variance_ratio;
   c.log_norm = half * hd_log(variance_ratio);
   return c;
 }
 
+// In double from the two abar values (host, device, and the shared-schedule CPU path).
+MANIFOLD_EXT_HD NllCoefficients<double> nll_coefficients(double abar_t, double abar_next) {
+  return nll_coefficients_from_gaps(abar_t, abar_next, abar_t - abar_next, 1.0 - abar_next, 1.0 - abar_t);
+}
+
 // One element's share of the step's term (without the D * log_norm constant).
 template <typename T>
-ME_HD T nll_element(T x_t, T x_next, T eps, const NllCoefficients<T>& c) {
-  const T forward_residual = x_next - c.s * x_t;               // Eq. 18
+MANIFOLD_EXT_HD T nll_element(T x_t, T x_next, T eps, const NllCoefficients<T>& c) {
+  const T forward_residual = x_next - c.s * x_t;                   // Eq. 18
   const T backward_residual = x_t - (c.cx * x_next + c.ce * eps);  // Eq. 19
   return c.kp * backward_residual * backward_residual - c.kq * forward_residual * forward_residual;
 }
@@ -193,7 +213,7 @@ struct NllElementGrads {
 
 // Gradient of nll_element, scaled by the upstream gradient of the sample's term.
 template <typename T>
-ME_HD NllElementGrads<T> nll_element_backward(T grad, T x_t, T x_next, T eps, const NllCoefficients<T>& c) {
+MANIFOLD_EXT_HD NllElementGrads<T> nll_element_backward(T grad, T x_t, T x_next, T eps, const NllCoefficients<T>& c) {
   const T forward_residual = x_next - c.s * x_t;
   const T backward_residual = x_t - (c.cx * x_next + c.ce * eps);
   const T gq = T(2) * grad * c.kq * forward_residual;   // d/d(forward residual) of -kq r^2, negated
@@ -209,12 +229,12 @@ ME_HD NllElementGrads<T> nll_element_backward(T grad, T x_t, T x_next, T eps, co
 // Runge-Kutta (Eq. 33, Eq. 39): (k1 + 2 k2 + 2 k3 + k4) / 6, and x + h * that.
 // ---------------------------------------------------------------------------
 template <typename T>
-ME_HD T rk4_mean_slope(T k1, T k2, T k3, T k4) {
+MANIFOLD_EXT_HD T rk4_mean_slope(T k1, T k2, T k3, T k4) {
   return (k1 + k4 + T(2) * (k2 + k3)) * T(1.0 / 6.0);
 }
 
 template <typename T>
-ME_HD T rk4_update_element(T x, T k1, T k2, T k3, T k4, T h) {
+MANIFOLD_EXT_HD T rk4_update_element(T x, T k1, T k2, T k3, T k4, T h) {
   return x + h * rk4_mean_slope(k1, k2, k3, k4);
 }
 

@@ -14,12 +14,14 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <functional>
 #include <optional>
 #include <tuple>
 #include <utility>
 #include <vector>
 
+#include "common/checks.h"
 #include "common/cpu_capability.h"
 #include "diffusion/diffusion_cpu_rows.h"
 #include "diffusion/diffusion_host.h"
@@ -46,13 +48,6 @@ namespace {
 
 // Elements per task chunk: 4096 keeps a chunk's operands in L1/L2.
 constexpr int64_t kChunkLen = 4096;
-
-void check_cpu(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": expected CPU tensors, got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-              ": the CPU kernel supports float32 and float64, got ", x.scalar_type(),
-              " (float16/bfloat16 are supported on CUDA)");
-}
 
 // std::vector that leaves its elements uninitialised: per-sample coefficient
 // arrays are written in full by parallel tasks right after allocation, and
@@ -145,16 +140,21 @@ at::Tensor linear_step_cpu(const char* op, StepKind kind, const at::Tensor& x_in
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffusion_linear_step_cpu", [&] {
     using Coef = StepCoefficients<scalar_t>;
-    const CoefVector<Coef> coef = coefficients_for<Coef, scalar_t>(
-        pair, [&](double a, double b) { return step_coefficients(kind, a, b, eta); });
+    const CoefVector<Coef> coef =
+        coefficients_for<Coef, scalar_t>(pair, [&](double a, double b) { return step_coefficients(kind, a, b, eta); });
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     const scalar_t* eps_data = eps.const_data_ptr<scalar_t>();
     const scalar_t* noise_data = noise.defined() ? noise.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
     auto rows_at = [&](int64_t offset, int64_t rows, int64_t row_len, int64_t first_coef, int64_t stride) {
-      return LinearStepRows<scalar_t>{x_data + offset, eps_data + offset,
-                                      noise_data ? noise_data + offset : nullptr, out_data + offset,
-                                      coef.data() + first_coef, stride, rows, row_len};
+      return LinearStepRows<scalar_t>{x_data + offset,
+                                      eps_data + offset,
+                                      noise_data ? noise_data + offset : nullptr,
+                                      out_data + offset,
+                                      coef.data() + first_coef,
+                                      stride,
+                                      rows,
+                                      row_len};
     };
     if (!pair.per_sample) {
       // One set of coefficients: a flat elementwise pass in chunks.
@@ -178,34 +178,34 @@ at::Tensor linear_step_cpu(const char* op, StepKind kind, const at::Tensor& x_in
 
 at::Tensor diffusion_forward_step_cpu(const at::Tensor& x_t, const at::Tensor& noise, const at::Tensor& abar_t,
                                       const at::Tensor& abar_next) {
-  return linear_step_cpu("diffusion_forward_step", StepKind::Forward, x_t, noise, std::nullopt, abar_t, abar_next,
-                         0.0, "x_t", "noise", "abar_t", "abar_next");
+  return linear_step_cpu("diffusion_forward_step", StepKind::Forward, x_t, noise, std::nullopt, abar_t, abar_next, 0.0,
+                         "x_t", "noise", "abar_t", "abar_next");
 }
 
 at::Tensor ddpm_step_cpu(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& abar_t,
                          const at::Tensor& abar_prev, const std::optional<at::Tensor>& noise) {
-  return linear_step_cpu("ddpm_step", StepKind::Ddpm, x_t, eps, noise, abar_t, abar_prev, 0.0, "x_t", "eps",
-                         "abar_t", "abar_prev");
+  return linear_step_cpu("ddpm_step", StepKind::Ddpm, x_t, eps, noise, abar_t, abar_prev, 0.0, "x_t", "eps", "abar_t",
+                         "abar_prev");
 }
 
 at::Tensor ddim_step_cpu(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& abar_t,
                          const at::Tensor& abar_prev, double eta, const std::optional<at::Tensor>& noise) {
   check_eta(eta, "ddim_step");
-  return linear_step_cpu("ddim_step", StepKind::Ddim, x_t, eps, noise, abar_t, abar_prev, eta, "x_t", "eps",
-                         "abar_t", "abar_prev");
+  return linear_step_cpu("ddim_step", StepKind::Ddim, x_t, eps, noise, abar_t, abar_prev, eta, "x_t", "eps", "abar_t",
+                         "abar_prev");
 }
 
 at::Tensor large_step_cpu(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& abar_t,
                           const at::Tensor& abar_prev, const std::optional<at::Tensor>& noise) {
-  return linear_step_cpu("large_step", StepKind::Large, x_t, eps, noise, abar_t, abar_prev, 0.0, "x_t", "eps",
-                         "abar_t", "abar_prev");
+  return linear_step_cpu("large_step", StepKind::Large, x_t, eps, noise, abar_t, abar_prev, 0.0, "x_t", "eps", "abar_t",
+                         "abar_prev");
 }
 
 // Gradients of out = cx x + ce eps + cn noise: (cx g, ce g, cn g).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> diffusion_step_backward_cpu(const at::Tensor& grad_in,
-                                                                        c10::string_view step,
-                                                                        const at::Tensor& abar_a,
-                                                                        const at::Tensor& abar_b, double eta) {
+                                                                           c10::string_view step,
+                                                                           const at::Tensor& abar_a,
+                                                                           const at::Tensor& abar_b, double eta) {
   const char* op = "diffusion_step_backward";
   const StepKind kind = parse_step(step);
   if (kind == StepKind::Ddim) check_eta(eta, op);
@@ -220,8 +220,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> diffusion_step_backward_cpu(const
   const int64_t len = per_sample_len(grad);
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "diffusion_step_backward_cpu", [&] {
     using Coef = StepCoefficients<scalar_t>;
-    const CoefVector<Coef> coef = coefficients_for<Coef, scalar_t>(
-        pair, [&](double a, double b) { return step_coefficients(kind, a, b, eta); });
+    const CoefVector<Coef> coef =
+        coefficients_for<Coef, scalar_t>(pair, [&](double a, double b) { return step_coefficients(kind, a, b, eta); });
     const int64_t stride = pair.per_sample ? 1 : 0;
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
@@ -252,14 +252,15 @@ struct NllInputs {
 };
 
 NllInputs prepare_nll(const char* op, const at::Tensor& acc, const at::Tensor& x_t, const at::Tensor& x_next,
-                      const at::Tensor& eps, const at::Tensor& abar_t, const at::Tensor& abar_next) {
+                      const at::Tensor& eps, const at::Tensor& abar_t, const at::Tensor& abar_next,
+                      bool check_samples = true) {
   check_batched(x_t, op, "x_t");
   check_like(x_next, x_t, op, "x_next", "x_t");
   check_like(eps, x_t, op, "eps", "x_t");
   check_accumulator(acc, x_t, op);
   check_cpu(x_t, op);
   NllInputs in;
-  in.pair = read_abar_pair(abar_t, abar_next, x_t, ScheduleRule::Likelihood, op, "abar_t", "abar_next");
+  in.pair = read_abar_pair(abar_t, abar_next, x_t, ScheduleRule::Likelihood, op, "abar_t", "abar_next", check_samples);
   in.acc = acc.contiguous();
   in.x_t = x_t.contiguous();
   in.x_next = x_next.contiguous();
@@ -269,14 +270,22 @@ NllInputs prepare_nll(const char* op, const at::Tensor& acc, const at::Tensor& x
   return in;
 }
 
-// Runs the row loops over all samples and returns per-sample sums (double).
-// Samples up to kChunkLen elements are processed whole, several per task;
-// longer samples are cut into kChunkLen pieces whose partial sums are added in
-// order afterwards.
+// Rows [first, ...) of acc and acc_new.
+AccumulatorSpan accumulator_span(const at::Tensor& acc, at::Tensor& acc_new, int64_t first) {
+  const int64_t bytes = static_cast<int64_t>(acc.element_size()) * first;
+  return AccumulatorSpan{static_cast<const char*>(acc.const_data_ptr()) + bytes,
+                         static_cast<char*>(acc_new.mutable_data_ptr()) + bytes, acc.scalar_type() == at::kDouble};
+}
+
+// acc_new[b] = acc[b] + D * log_norm_b + (the sum of sample b's element terms):
+// samples up to kChunkLen elements are processed whole, several per task, by
+// row loops that also add to the accumulator (every stream advances in one
+// loop); longer samples are cut into kChunkLen pieces whose partial sums are
+// added in order afterwards.
 template <typename scalar_t>
-std::vector<double> nll_sums(const NllInputs& in, const CoefVector<NllCoefficients<scalar_t>>& coef,
-                             const scalar_t* noise, scalar_t* x_after,
-                             const CoefVector<StepCoefficients<scalar_t>>* forward_coef) {
+void nll_accumulate(const NllInputs& in, const CoefVector<NllCoefficients<scalar_t>>& coef, const scalar_t* noise,
+                    scalar_t* x_after, const CoefVector<StepCoefficients<scalar_t>>* forward_coef,
+                    at::Tensor& acc_new) {
   const CpuIsa isa = cpu_isa();
   const int64_t len = in.len;
   const int64_t stride = in.pair.per_sample ? 1 : 0;
@@ -284,84 +293,65 @@ std::vector<double> nll_sums(const NllInputs& in, const CoefVector<NllCoefficien
   const scalar_t* x_next = in.x_next.const_data_ptr<scalar_t>();
   const scalar_t* eps = in.eps.const_data_ptr<scalar_t>();
   const StepCoefficients<scalar_t>* fc = forward_coef ? forward_coef->data() : nullptr;
-  auto rows_at = [&](int64_t offset, int64_t rows, int64_t row_len, int64_t first_coef, double* sums) {
+  auto rows_at = [&](int64_t offset, int64_t rows, int64_t row_len, int64_t first_sample, double* sums) {
     return NllRows<scalar_t>{x_t + offset,
                              x_next + offset,
                              eps + offset,
-                             coef.data() + first_coef * stride,
+                             coef.data() + first_sample * stride,
                              noise ? noise + offset : nullptr,
                              x_after ? x_after + offset : nullptr,
-                             fc ? fc + first_coef * stride : nullptr,
+                             fc ? fc + first_sample * stride : nullptr,
                              stride,
                              rows,
                              row_len,
+                             accumulator_span(in.acc, acc_new, first_sample),
                              sums};
   };
-  std::vector<double> sums(static_cast<size_t>(in.batch), 0.0);
   if (len <= kChunkLen) {
     const int64_t samples_per_chunk = std::max<int64_t>(1, kChunkLen / std::max<int64_t>(1, len));
     const int64_t chunks = (in.batch + samples_per_chunk - 1) / samples_per_chunk;
     at::parallel_for(0, chunks, 4, [&](int64_t first, int64_t last) {
-      for (int64_t chunk = first; chunk < last; ++chunk) {
-        const int64_t b0 = chunk * samples_per_chunk;
-        const int64_t rows = std::min(samples_per_chunk, in.batch - b0);
-        MANIFOLD_EXT_CALL_CPU_ISA(isa, nll_rows, rows_at(b0 * len, rows, len, b0, sums.data() + b0));
-      }
+      const int64_t b0 = first * samples_per_chunk;
+      const int64_t rows = std::min(last * samples_per_chunk, in.batch) - b0;
+      MANIFOLD_EXT_CALL_CPU_ISA(isa, nll_rows, rows_at(b0 * len, rows, len, b0, nullptr));
     });
-  } else {
-    const int64_t pieces = (len + kChunkLen - 1) / kChunkLen;
-    std::vector<double> partial(static_cast<size_t>(in.batch * pieces));
-    at::parallel_for(0, in.batch * pieces, 4, [&](int64_t first, int64_t last) {
-      for (int64_t k = first; k < last; ++k) {
-        const int64_t b = k / pieces;
-        const int64_t begin = (k % pieces) * kChunkLen;
-        const int64_t n = std::min(kChunkLen, len - begin);
-        NllRows<scalar_t> rows = rows_at(b * len + begin, 1, n, b, partial.data() + k);
-        MANIFOLD_EXT_CALL_CPU_ISA(isa, nll_rows, rows);
-      }
-    });
-    for (int64_t b = 0; b < in.batch; ++b) {
-      double sum = 0;
-      for (int64_t p = 0; p < pieces; ++p) sum += partial[b * pieces + p];
-      sums[b] = sum;
+    return;
+  }
+  const int64_t pieces = (len + kChunkLen - 1) / kChunkLen;
+  std::vector<double> partial(static_cast<size_t>(in.batch * pieces));
+  at::parallel_for(0, in.batch * pieces, 4, [&](int64_t first, int64_t last) {
+    for (int64_t k = first; k < last; ++k) {
+      const int64_t b = k / pieces;
+      const int64_t begin = (k % pieces) * kChunkLen;
+      const int64_t n = std::min(kChunkLen, len - begin);
+      MANIFOLD_EXT_CALL_CPU_ISA(isa, nll_rows, rows_at(b * len + begin, 1, n, b, partial.data() + k));
+    }
+  });
+  const double dlen = static_cast<double>(len);
+  const AccumulatorSpan acc = accumulator_span(in.acc, acc_new, 0);
+  for (int64_t b = 0; b < in.batch; ++b) {
+    double sum = dlen * static_cast<double>(coef[b * stride].log_norm);
+    for (int64_t p = 0; p < pieces; ++p) sum += partial[b * pieces + p];
+    if (acc.is_double) {
+      static_cast<double*>(acc.out)[b] = static_cast<const double*>(acc.in)[b] + sum;
+    } else {
+      static_cast<float*>(acc.out)[b] = static_cast<float>(static_cast<const float*>(acc.in)[b] + sum);
     }
   }
-  return sums;
-}
-
-// acc_new[b] = acc[b] + term_of(b), added in double, stored in acc's dtype.
-template <typename TermOf>
-at::Tensor add_to_accumulator(const NllInputs& in, TermOf&& term_of) {
-  at::Tensor acc_new = at::empty_like(in.acc, at::MemoryFormat::Contiguous);
-  AT_DISPATCH_FLOATING_TYPES(in.acc.scalar_type(), "diffusion_nll_finish", [&] {
-    using acc_t = scalar_t;
-    const acc_t* acc = in.acc.const_data_ptr<acc_t>();
-    acc_t* out = acc_new.mutable_data_ptr<acc_t>();
-    at::parallel_for(0, in.batch, 1 << 14, [&](int64_t first, int64_t last) {
-      for (int64_t b = first; b < last; ++b) out[b] = static_cast<acc_t>(static_cast<double>(acc[b]) + term_of(b));
-    });
-  });
-  return acc_new;
-}
-
-// acc_new[b] = acc[b] + D * log_norm_b + sums[b]
-template <typename input_t>
-at::Tensor finish_accumulator(const NllInputs& in, const CoefVector<NllCoefficients<input_t>>& coef,
-                              const std::vector<double>& sums) {
-  const int64_t stride = in.pair.per_sample ? 1 : 0;
-  const double len = static_cast<double>(in.len);
-  return add_to_accumulator(in, [&](int64_t b) {
-    return len * static_cast<double>(coef[b * stride].log_norm) + sums[b];
-  });
 }
 
 // Samples this short with a per-sample schedule take the one-pass path
-// (coefficients computed block by block inside the row loop).
+// (coefficients computed SIMD-wide inside the row loop, and the schedule
+// checked in the same pass: one read of it instead of two).
 constexpr int64_t kShortSampleLen = 8;
 
+bool takes_one_pass_path(const at::Tensor& x_t, const at::Tensor& abar_t, const at::Tensor& abar_next) {
+  return (abar_t.dim() != 0 || abar_next.dim() != 0) && x_t.dim() >= 1 && per_sample_len(x_t) <= kShortSampleLen;
+}
+
+// Returns how many samples have an invalid schedule (the caller raises).
 template <typename scalar_t>
-at::Tensor nll_step_short_per_sample(const NllInputs& in) {
-  CoefVector<double> terms(static_cast<size_t>(in.batch));
+int64_t nll_step_short_per_sample(const NllInputs& in, at::Tensor& acc_new) {
   const CpuIsa isa = cpu_isa();
   const scalar_t* x_t = in.x_t.const_data_ptr<scalar_t>();
   const scalar_t* x_next = in.x_next.const_data_ptr<scalar_t>();
@@ -369,36 +359,39 @@ at::Tensor nll_step_short_per_sample(const NllInputs& in) {
   const double* a = in.pair.a_values.const_data_ptr<double>();
   const double* b = in.pair.b_values.const_data_ptr<double>();
   const int64_t grain = std::max<int64_t>(1, kChunkLen / std::max<int64_t>(1, in.len));
+  std::atomic<int64_t> invalid_pairs{0};
   at::parallel_for(0, in.batch, grain, [&](int64_t first, int64_t last) {
     const int64_t offset = first * in.len;
-    MANIFOLD_EXT_CALL_CPU_ISA(isa, nll_per_sample_rows,
-                              NllPerSampleRows<scalar_t>{x_t + offset, x_next + offset, eps + offset, a + first,
-                                                         b + first, last - first, in.len, terms.data() + first});
+    invalid_pairs += MANIFOLD_EXT_CALL_CPU_ISA(
+        isa, nll_per_sample_rows,
+        NllPerSampleRows<scalar_t>{x_t + offset, x_next + offset, eps + offset, a + first, b + first, last - first,
+                                   in.len, accumulator_span(in.acc, acc_new, first)});
   });
-  return add_to_accumulator(in, [&](int64_t i) { return terms[i]; });
+  return invalid_pairs.load();
 }
 
 at::Tensor diffusion_nll_step_cpu(const at::Tensor& acc, const at::Tensor& x_t, const at::Tensor& x_next,
                                   const at::Tensor& eps, const at::Tensor& abar_t, const at::Tensor& abar_next) {
-  const NllInputs in = prepare_nll("diffusion_nll_step", acc, x_t, x_next, eps, abar_t, abar_next);
-  at::Tensor acc_new;
+  const char* op = "diffusion_nll_step";
+  const bool one_pass = takes_one_pass_path(x_t, abar_t, abar_next);
+  const NllInputs in = prepare_nll(op, acc, x_t, x_next, eps, abar_t, abar_next, /*check_samples=*/!one_pass);
+  at::Tensor acc_new = at::empty_like(in.acc, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(in.x_t.scalar_type(), "diffusion_nll_step_cpu", [&] {
-    if (in.pair.per_sample && in.len <= kShortSampleLen) {
-      acc_new = nll_step_short_per_sample<scalar_t>(in);
+    if (one_pass) {
+      const int64_t invalid_pairs = nll_step_short_per_sample<scalar_t>(in, acc_new);
+      check_abar_samples(in.pair, ScheduleRule::Likelihood, in.x_t.scalar_type(), op, "abar_t", "abar_next",
+                         /*schedules_valid=*/invalid_pairs == 0);
       return;
     }
-    using Coef = NllCoefficients<scalar_t>;
-    const CoefVector<Coef> coef = nll_coefficients_for<scalar_t>(in.pair);
-    const std::vector<double> sums = nll_sums<scalar_t>(in, coef, nullptr, nullptr, nullptr);
-    acc_new = finish_accumulator(in, coef, sums);
+    const CoefVector<NllCoefficients<scalar_t>> coef = nll_coefficients_for<scalar_t>(in.pair);
+    nll_accumulate<scalar_t>(in, coef, nullptr, nullptr, nullptr, acc_new);
   });
   return acc_new;
 }
 
 std::tuple<at::Tensor, at::Tensor> diffusion_nll_step_and_forward_cpu(
     const at::Tensor& acc, const at::Tensor& x_t, const at::Tensor& x_next, const at::Tensor& eps,
-    const at::Tensor& noise_in, const at::Tensor& abar_t, const at::Tensor& abar_next,
-    const at::Tensor& abar_after) {
+    const at::Tensor& noise_in, const at::Tensor& abar_t, const at::Tensor& abar_next, const at::Tensor& abar_after) {
   const char* op = "diffusion_nll_step_and_forward";
   const NllInputs in = prepare_nll(op, acc, x_t, x_next, eps, abar_t, abar_next);
   check_like(noise_in, x_t, op, "noise", "x_t");
@@ -421,15 +414,14 @@ std::tuple<at::Tensor, at::Tensor> diffusion_nll_step_and_forward_cpu(
   in2.pair = nll_pair;
   const at::Tensor noise = noise_in.contiguous();
   at::Tensor x_after = at::empty_like(in.x_next, at::MemoryFormat::Contiguous);
-  at::Tensor acc_new;
+  at::Tensor acc_new = at::empty_like(in.acc, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(in.x_t.scalar_type(), "diffusion_nll_step_and_forward_cpu", [&] {
     using Coef = NllCoefficients<scalar_t>;
     using FCoef = StepCoefficients<scalar_t>;
     const CoefVector<Coef> coef = nll_coefficients_for<scalar_t>(nll_pair);
     const CoefVector<FCoef> forward_coef = coefficients_for<FCoef, scalar_t>(fwd_pair, forward_step_coefficients);
-    const std::vector<double> sums = nll_sums<scalar_t>(in2, coef, noise.const_data_ptr<scalar_t>(),
-                                                        x_after.mutable_data_ptr<scalar_t>(), &forward_coef);
-    acc_new = finish_accumulator(in2, coef, sums);
+    nll_accumulate<scalar_t>(in2, coef, noise.const_data_ptr<scalar_t>(), x_after.mutable_data_ptr<scalar_t>(),
+                             &forward_coef, acc_new);
   });
   return {acc_new, x_after};
 }
@@ -486,8 +478,7 @@ at::Tensor rk4_cpu(const char* op, const at::Tensor* x_in, const at::Tensor& k1_
   TORCH_CHECK_VALUE(std::isfinite(h), op, ": the step h must be finite, got ", h);
   check_cpu(like, op);
   const at::Tensor x = x_in ? x_in->contiguous() : at::Tensor();
-  const at::Tensor k1 = k1_in.contiguous(), k2 = k2_in.contiguous(), k3 = k3_in.contiguous(),
-                   k4 = k4_in.contiguous();
+  const at::Tensor k1 = k1_in.contiguous(), k2 = k2_in.contiguous(), k3 = k3_in.contiguous(), k4 = k4_in.contiguous();
   at::Tensor out = at::empty_like(k1, at::MemoryFormat::Contiguous);
   const int64_t numel = k1.numel();
   const CpuIsa isa = cpu_isa();

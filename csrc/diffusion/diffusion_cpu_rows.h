@@ -11,6 +11,7 @@
 
 #include <cstdint>
 
+#include "common/cpu_capability.h"
 #include "diffusion/diffusion.h"
 
 namespace manifold_ext {
@@ -19,37 +20,49 @@ namespace diffusion {
 // out = x * c.x + eps * c.eps (+ noise * c.noise)
 template <typename scalar_t>
 struct LinearStepRows {
-  const scalar_t* x;       // [rows * len]
-  const scalar_t* eps;     // [rows * len]
-  const scalar_t* noise;   // [rows * len] or nullptr (no noise term)
-  scalar_t* out;           // [rows * len]
+  const scalar_t* x;      // [rows * len]
+  const scalar_t* eps;    // [rows * len]
+  const scalar_t* noise;  // [rows * len] or nullptr (no noise term)
+  scalar_t* out;          // [rows * len]
   const StepCoefficients<scalar_t>* coef;
   int64_t coef_stride;
   int64_t rows;
   int64_t len;
 };
 
-// sums[r] = sum over row r of nll_element(x_t, x_next, eps); when `noise` is
-// given, also x_after = forward step of x_next (the fused variant).
+// The likelihood step's per-sample output, from the first sample of a span on:
+// out[r] = in[r] + term_r, added in double and stored in the accumulator's
+// dtype (float32 or float64, is_double).
+struct AccumulatorSpan {
+  const void* in;
+  void* out;
+  bool is_double;
+};
+
+// Per row r: its term len * log_norm + sum of nll_element(x_t, x_next, eps)
+// over the row, added to the accumulator (acc); or, when `sums` is given (a
+// piece of a longer sample), only the element sum, into sums[r]. When `noise`
+// is given, also x_after = forward step of x_next (the fused variant).
 template <typename scalar_t>
 struct NllRows {
   const scalar_t* x_t;     // [rows * len]
   const scalar_t* x_next;  // [rows * len]
   const scalar_t* eps;     // [rows * len]
   const NllCoefficients<scalar_t>* coef;
-  const scalar_t* noise;   // [rows * len] or nullptr
-  scalar_t* x_after;       // [rows * len] or nullptr
+  const scalar_t* noise;  // [rows * len] or nullptr
+  scalar_t* x_after;      // [rows * len] or nullptr
   const StepCoefficients<scalar_t>* forward_coef;
   int64_t coef_stride;
   int64_t rows;
   int64_t len;
-  double* sums;            // [rows]
+  AccumulatorSpan acc;  // rows [0, rows) of the accumulator, unless sums is given
+  double* sums;         // [rows] or nullptr
 };
 
 // Gradients of the likelihood step for rows whose sample-term gradient is grad[r].
 template <typename scalar_t>
 struct NllBackwardRows {
-  const scalar_t* grad;    // [rows], one upstream gradient per row
+  const scalar_t* grad;  // [rows], one upstream gradient per row
   const scalar_t* x_t;
   const scalar_t* x_next;
   const scalar_t* eps;
@@ -73,9 +86,11 @@ struct NllCoefficientSpan {
 };
 
 // Short samples with a per-sample schedule (e.g. 2-D points at mixed times), in
-// one pass: terms[r] = len * log_norm_r + sum over row r of nll_element, with
-// the coefficients of a block of rows computed SIMD-wide on the fly (no
-// coefficient array in memory).
+// one pass: each row's term len * log_norm_r + sum over row r of nll_element
+// is added to the accumulator, with the coefficients computed SIMD-wide on the
+// fly (no coefficient array in memory). nll_per_sample_rows returns how many
+// rows have a pair (abar_t, abar_next) that breaks ScheduleRule::Likelihood:
+// the caller checks the schedule in the same pass and raises afterwards.
 template <typename scalar_t>
 struct NllPerSampleRows {
   const scalar_t* x_t;      // [rows * len]
@@ -85,7 +100,7 @@ struct NllPerSampleRows {
   const double* abar_next;  // [rows]
   int64_t rows;
   int64_t len;
-  double* terms;            // [rows]
+  AccumulatorSpan acc;  // rows [0, rows) of the accumulator
 };
 
 // out = x + h (k1 + 2 k2 + 2 k3 + k4) / 6 over n elements (x == nullptr: h = 1, no x).
@@ -113,13 +128,11 @@ struct Rk4Span {
   void rk4_span(const Rk4Span<double>& s);                        \
   void nll_coefficient_span(const NllCoefficientSpan<float>& s);  \
   void nll_coefficient_span(const NllCoefficientSpan<double>& s); \
-  void nll_per_sample_rows(const NllPerSampleRows<float>& r);     \
-  void nll_per_sample_rows(const NllPerSampleRows<double>& r);    \
+  int64_t nll_per_sample_rows(const NllPerSampleRows<float>& r);  \
+  int64_t nll_per_sample_rows(const NllPerSampleRows<double>& r); \
   }
 
-MANIFOLD_EXT_DECLARE_DIFFUSION_ROWS(cpu_default)
-MANIFOLD_EXT_DECLARE_DIFFUSION_ROWS(cpu_avx2)
-MANIFOLD_EXT_DECLARE_DIFFUSION_ROWS(cpu_avx512)
+MANIFOLD_EXT_FOR_EACH_CPU_ISA(MANIFOLD_EXT_DECLARE_DIFFUSION_ROWS)
 
 }  // namespace diffusion
 }  // namespace manifold_ext

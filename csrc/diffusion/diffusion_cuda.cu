@@ -34,6 +34,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "diffusion/diffusion_device_checks.h"
 #include "diffusion/diffusion_host.h"
@@ -43,13 +44,9 @@ namespace diffusion {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kChunkLen = 4096;   // elements per block in the long-row likelihood kernel
-constexpr int64_t kShortRowLen = 32;  // samples up to this size: one thread per sample
+constexpr int64_t kChunkLen = 4096;    // elements per block in the long-row likelihood kernel
+constexpr int64_t kShortRowLen = 32;   // samples up to this size: one thread per sample
 constexpr int64_t kWarpRowLen = 1024;  // samples up to this size: one warp per sample
-
-void check_cuda(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.is_cuda(), op, ": expected CUDA tensors, got ", x.device());
-}
 
 int64_t per_sample_len(const at::Tensor& x) { return x.size(0) == 0 ? 0 : x.numel() / x.size(0); }
 
@@ -67,10 +64,8 @@ at::Tensor scalar_on_host(const at::Tensor& abar) { return abar.dim() == 0 ? aba
 
 template <typename Signature, typename... Args>
 auto call_cpu_kernel(const char* name, Args&&... args) {
-  return c10::Dispatcher::singleton()
-      .findSchemaOrThrow(name, "")
-      .typed<Signature>()
-      .redispatch(c10::DispatchKeySet(c10::DispatchKey::CPU), std::forward<Args>(args)...);
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>().redispatch(
+      c10::DispatchKeySet(c10::DispatchKey::CPU), std::forward<Args>(args)...);
 }
 
 // ---------------------------------------------------------------------------
@@ -139,8 +134,7 @@ __device__ __forceinline__ bool all_finite(const StepCoefficients<T>& c) {
 
 template <typename T>
 __device__ __forceinline__ bool all_finite(const NllCoefficients<T>& c) {
-  return isfinite(c.s) && isfinite(c.kq) && isfinite(c.cx) && isfinite(c.ce) && isfinite(c.kp) &&
-         isfinite(c.log_norm);
+  return isfinite(c.s) && isfinite(c.kq) && isfinite(c.cx) && isfinite(c.ce) && isfinite(c.kp) && isfinite(c.log_norm);
 }
 
 // Stops the kernel with a device-side assert after printing what is wrong
@@ -151,8 +145,7 @@ __device__ __noinline__ void report_bad_pair(ScheduleRule rule, int64_t sample, 
                                                              : "need 0 < a < 1 and a <= b <= 1 (a backward step)";
   printf("manifold_ext: invalid per-sample diffusion schedule at sample %lld: (a, b) = (%.17g, %.17g); %s\n",
          static_cast<long long>(sample), a, b,
-         valid ? "its step coefficients overflow float32: use float64 inputs or a less extreme schedule"
-               : requirement);
+         valid ? "its step coefficients overflow float32: use float64 inputs or a less extreme schedule" : requirement);
   CUDA_KERNEL_ASSERT(false && "manifold_ext: invalid per-sample diffusion schedule (deferred check, see above)");
 }
 
@@ -231,10 +224,10 @@ CoefSource<StepCoefficients<acc_t>> step_coefficient_source(const CudaAbarPair& 
   auto array = allocate_coefficients<StepCoefficients<acc_t>, acc_t>(batch, like);
   keep_alive = array.storage;
   if (batch > 0) {
-    step_coefficients_kernel<acc_t><<<cuda::grid_stride_blocks(batch, kThreads), kThreads, 0,
-                                      at::cuda::getCurrentCUDAStream()>>>(
-        pair.a_values.const_data_ptr<double>(), pair.b_values.const_data_ptr<double>(), array.data, batch, kind, eta,
-        abar.check);
+    step_coefficients_kernel<acc_t>
+        <<<cuda::grid_stride_blocks(batch, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            pair.a_values.const_data_ptr<double>(), pair.b_values.const_data_ptr<double>(), array.data, batch, kind,
+            eta, abar.check);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   source.per_sample = array.data;
@@ -255,10 +248,10 @@ CoefSource<NllCoefficients<acc_t>> nll_coefficient_source(const CudaAbarPair& ab
   auto array = allocate_coefficients<NllCoefficients<acc_t>, acc_t>(batch, like);
   keep_alive = array.storage;
   if (batch > 0) {
-    nll_coefficients_kernel<acc_t><<<cuda::grid_stride_blocks(batch, kThreads), kThreads, 0,
-                                     at::cuda::getCurrentCUDAStream()>>>(
-        pair.a_values.const_data_ptr<double>(), pair.b_values.const_data_ptr<double>(), array.data, batch,
-        abar.check);
+    nll_coefficients_kernel<acc_t>
+        <<<cuda::grid_stride_blocks(batch, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            pair.a_values.const_data_ptr<double>(), pair.b_values.const_data_ptr<double>(), array.data, batch,
+            abar.check);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   source.per_sample = array.data;
@@ -269,12 +262,12 @@ CoefSource<NllCoefficients<acc_t>> nll_coefficient_source(const CudaAbarPair& ab
 // Linear steps
 // ---------------------------------------------------------------------------
 template <typename scalar_t, typename index_t, bool kNoise>
-__global__ void __launch_bounds__(kThreads) linear_step_kernel(
-    const scalar_t* __restrict__ x,      // [B*D]
-    const scalar_t* __restrict__ eps,    // [B*D]
-    const scalar_t* __restrict__ noise,  // [B*D] or nullptr
-    scalar_t* __restrict__ out,          // [B*D]
-    CoefSource<StepCoefficients<at::opmath_type<scalar_t>>> coef, index_t numel, index_t len) {
+__global__ void __launch_bounds__(kThreads)
+    linear_step_kernel(const scalar_t* __restrict__ x,      // [B*D]
+                       const scalar_t* __restrict__ eps,    // [B*D]
+                       const scalar_t* __restrict__ noise,  // [B*D] or nullptr
+                       scalar_t* __restrict__ out,          // [B*D]
+                       CoefSource<StepCoefficients<at::opmath_type<scalar_t>>> coef, index_t numel, index_t len) {
   using acc_t = at::opmath_type<scalar_t>;
   for (index_t i = cuda::grid_stride_begin<index_t>(); i < numel; i += cuda::grid_stride_step<index_t>()) {
     const StepCoefficients<acc_t> c = coef.of_element(i, len);
@@ -328,11 +321,11 @@ at::Tensor linear_step_cuda(const char* op, StepKind kind, const at::Tensor& x_i
 at::Tensor diffusion_forward_step_cuda(const at::Tensor& x_t, const at::Tensor& noise, const at::Tensor& abar_t,
                                        const at::Tensor& abar_next) {
   if (!x_t.is_cuda()) {
-    return call_cpu_kernel<decltype(diffusion_forward_step_cuda)>(
-        "manifold_ext::diffusion_forward_step", x_t, noise, scalar_on_host(abar_t), scalar_on_host(abar_next));
+    return call_cpu_kernel<decltype(diffusion_forward_step_cuda)>("manifold_ext::diffusion_forward_step", x_t, noise,
+                                                                  scalar_on_host(abar_t), scalar_on_host(abar_next));
   }
-  return linear_step_cuda("diffusion_forward_step", StepKind::Forward, x_t, noise, std::nullopt, abar_t, abar_next,
-                          0.0, "x_t", "noise", "abar_t", "abar_next");
+  return linear_step_cuda("diffusion_forward_step", StepKind::Forward, x_t, noise, std::nullopt, abar_t, abar_next, 0.0,
+                          "x_t", "noise", "abar_t", "abar_next");
 }
 
 at::Tensor ddpm_step_cuda(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& abar_t,
@@ -341,8 +334,8 @@ at::Tensor ddpm_step_cuda(const at::Tensor& x_t, const at::Tensor& eps, const at
     return call_cpu_kernel<decltype(ddpm_step_cuda)>("manifold_ext::ddpm_step", x_t, eps, scalar_on_host(abar_t),
                                                      scalar_on_host(abar_prev), noise);
   }
-  return linear_step_cuda("ddpm_step", StepKind::Ddpm, x_t, eps, noise, abar_t, abar_prev, 0.0, "x_t", "eps",
-                          "abar_t", "abar_prev");
+  return linear_step_cuda("ddpm_step", StepKind::Ddpm, x_t, eps, noise, abar_t, abar_prev, 0.0, "x_t", "eps", "abar_t",
+                          "abar_prev");
 }
 
 at::Tensor ddim_step_cuda(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& abar_t,
@@ -352,8 +345,8 @@ at::Tensor ddim_step_cuda(const at::Tensor& x_t, const at::Tensor& eps, const at
                                                      scalar_on_host(abar_prev), eta, noise);
   }
   check_eta(eta, "ddim_step");
-  return linear_step_cuda("ddim_step", StepKind::Ddim, x_t, eps, noise, abar_t, abar_prev, eta, "x_t", "eps",
-                          "abar_t", "abar_prev");
+  return linear_step_cuda("ddim_step", StepKind::Ddim, x_t, eps, noise, abar_t, abar_prev, eta, "x_t", "eps", "abar_t",
+                          "abar_prev");
 }
 
 at::Tensor large_step_cuda(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& abar_t,
@@ -367,10 +360,10 @@ at::Tensor large_step_cuda(const at::Tensor& x_t, const at::Tensor& eps, const a
 }
 
 template <typename scalar_t, typename index_t>
-__global__ void __launch_bounds__(kThreads) step_backward_kernel(
-    const scalar_t* __restrict__ grad, scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_eps,
-    scalar_t* __restrict__ grad_noise, CoefSource<StepCoefficients<at::opmath_type<scalar_t>>> coef, index_t numel,
-    index_t len) {
+__global__ void __launch_bounds__(kThreads)
+    step_backward_kernel(const scalar_t* __restrict__ grad, scalar_t* __restrict__ grad_x,
+                         scalar_t* __restrict__ grad_eps, scalar_t* __restrict__ grad_noise,
+                         CoefSource<StepCoefficients<at::opmath_type<scalar_t>>> coef, index_t numel, index_t len) {
   using acc_t = at::opmath_type<scalar_t>;
   for (index_t i = cuda::grid_stride_begin<index_t>(); i < numel; i += cuda::grid_stride_step<index_t>()) {
     const StepCoefficients<acc_t> c = coef.of_element(i, len);
@@ -382,9 +375,9 @@ __global__ void __launch_bounds__(kThreads) step_backward_kernel(
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> diffusion_step_backward_cuda(const at::Tensor& grad_in,
-                                                                         c10::string_view step,
-                                                                         const at::Tensor& abar_a,
-                                                                         const at::Tensor& abar_b, double eta) {
+                                                                            c10::string_view step,
+                                                                            const at::Tensor& abar_a,
+                                                                            const at::Tensor& abar_b, double eta) {
   if (!grad_in.is_cuda()) {
     return call_cpu_kernel<decltype(diffusion_step_backward_cuda)>(
         "manifold_ext::diffusion_step_backward", grad_in, step, scalar_on_host(abar_a), scalar_on_host(abar_b), eta);
@@ -450,10 +443,11 @@ __device__ __forceinline__ accum_t finish_sample(accum_t acc, int64_t len, acc_t
 
 // One sample per thread (short samples); writes acc_new directly.
 template <typename scalar_t, typename accum_t, bool kFused>
-__global__ void __launch_bounds__(kThreads) nll_thread_rows_kernel(
-    NllPointers<scalar_t> p, const accum_t* __restrict__ acc, accum_t* __restrict__ acc_new,
-    CoefSource<NllCoefficients<at::opmath_type<scalar_t>>> coef,
-    CoefSource<StepCoefficients<at::opmath_type<scalar_t>>> forward_coef, int64_t batch, int64_t len) {
+__global__ void __launch_bounds__(kThreads)
+    nll_thread_rows_kernel(NllPointers<scalar_t> p, const accum_t* __restrict__ acc, accum_t* __restrict__ acc_new,
+                           CoefSource<NllCoefficients<at::opmath_type<scalar_t>>> coef,
+                           CoefSource<StepCoefficients<at::opmath_type<scalar_t>>> forward_coef, int64_t batch,
+                           int64_t len) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; b < batch; b += int64_t(gridDim.x) * blockDim.x) {
     const NllCoefficients<acc_t> c = coef.at(b);
@@ -469,10 +463,11 @@ __global__ void __launch_bounds__(kThreads) nll_thread_rows_kernel(
 // whole block would leave most of its threads idle). Every lane of a warp
 // walks the same samples, so the shuffles see all 32 lanes.
 template <typename scalar_t, typename accum_t, bool kFused>
-__global__ void __launch_bounds__(kThreads) nll_warp_rows_kernel(
-    NllPointers<scalar_t> p, const accum_t* __restrict__ acc, accum_t* __restrict__ acc_new,
-    CoefSource<NllCoefficients<at::opmath_type<scalar_t>>> coef,
-    CoefSource<StepCoefficients<at::opmath_type<scalar_t>>> forward_coef, int64_t batch, int64_t len) {
+__global__ void __launch_bounds__(kThreads)
+    nll_warp_rows_kernel(NllPointers<scalar_t> p, const accum_t* __restrict__ acc, accum_t* __restrict__ acc_new,
+                         CoefSource<NllCoefficients<at::opmath_type<scalar_t>>> coef,
+                         CoefSource<StepCoefficients<at::opmath_type<scalar_t>>> forward_coef, int64_t batch,
+                         int64_t len) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kWarpsPerBlock = kThreads / cuda::kWarpSize;
   const int lane = threadIdx.x % cuda::kWarpSize;
@@ -482,7 +477,8 @@ __global__ void __launch_bounds__(kThreads) nll_warp_rows_kernel(
     StepCoefficients<acc_t> fc{};
     if constexpr (kFused) fc = forward_coef.at(b);
     double sum = 0;
-    for (int64_t i = b * len + lane; i < (b + 1) * len; i += cuda::kWarpSize) sum += nll_element_at<kFused>(p, i, c, fc);
+    for (int64_t i = b * len + lane; i < (b + 1) * len; i += cuda::kWarpSize)
+      sum += nll_element_at<kFused>(p, i, c, fc);
     sum = cuda::warp_sum(sum);
     if (lane == 0) acc_new[b] = finish_sample(acc[b], len, c.log_norm, sum);
   }
@@ -490,9 +486,11 @@ __global__ void __launch_bounds__(kThreads) nll_warp_rows_kernel(
 
 // One block per chunk of a sample (long samples); the block's sum lands in slots[chunk].
 template <typename scalar_t, bool kFused>
-__global__ void __launch_bounds__(kThreads) nll_chunks_kernel(
-    NllPointers<scalar_t> p, double* __restrict__ slots, CoefSource<NllCoefficients<at::opmath_type<scalar_t>>> coef,
-    CoefSource<StepCoefficients<at::opmath_type<scalar_t>>> forward_coef, int64_t len, int64_t chunks_per_sample) {
+__global__ void __launch_bounds__(kThreads)
+    nll_chunks_kernel(NllPointers<scalar_t> p, double* __restrict__ slots,
+                      CoefSource<NllCoefficients<at::opmath_type<scalar_t>>> coef,
+                      CoefSource<StepCoefficients<at::opmath_type<scalar_t>>> forward_coef, int64_t len,
+                      int64_t chunks_per_sample) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t chunk = blockIdx.x;
   const int64_t b = chunk / chunks_per_sample;
@@ -546,8 +544,8 @@ NllInputs prepare_nll(const char* op, const at::Tensor& acc, const at::Tensor& x
 template <typename input_t, typename accum_t, bool kFused>
 void launch_nll(const NllPointers<input_t>& p, const accum_t* acc, accum_t* out,
                 const CoefSource<NllCoefficients<at::opmath_type<input_t>>>& coef,
-                const CoefSource<StepCoefficients<at::opmath_type<input_t>>>& forward_coef, int64_t batch,
-                int64_t len, const at::Tensor& like, cudaStream_t stream) {
+                const CoefSource<StepCoefficients<at::opmath_type<input_t>>>& forward_coef, int64_t batch, int64_t len,
+                const at::Tensor& like, cudaStream_t stream) {
   if (len <= kShortRowLen) {
     nll_thread_rows_kernel<input_t, accum_t, kFused>
         <<<cuda::grid_stride_blocks(batch, kThreads), kThreads, 0, stream>>>(p, acc, out, coef, forward_coef, batch,
@@ -588,11 +586,10 @@ std::tuple<at::Tensor, at::Tensor> nll_step_cuda(const NllInputs& in, const at::
     const auto coef = nll_coefficient_source<acc_t>(in.pair, in.x_t, keep_nll);
     CoefSource<StepCoefficients<acc_t>> forward_coef{};
     forward_coef.per_sample = nullptr;
-    if (forward_pair) forward_coef = step_coefficient_source<acc_t>(*forward_pair, StepKind::Forward, 0.0, in.x_t,
-                                                                     keep_forward);
+    if (forward_pair)
+      forward_coef = step_coefficient_source<acc_t>(*forward_pair, StepKind::Forward, 0.0, in.x_t, keep_forward);
     const NllPointers<input_t> p{in.x_t.const_data_ptr<input_t>(), in.x_next.const_data_ptr<input_t>(),
-                                 in.eps.const_data_ptr<input_t>(),
-                                 noise ? noise->const_data_ptr<input_t>() : nullptr,
+                                 in.eps.const_data_ptr<input_t>(), noise ? noise->const_data_ptr<input_t>() : nullptr,
                                  noise ? x_after.mutable_data_ptr<input_t>() : nullptr};
     AT_DISPATCH_FLOATING_TYPES(in.acc.scalar_type(), "diffusion_nll_step_cuda_acc", [&] {
       using accum_t = scalar_t;
@@ -611,8 +608,8 @@ std::tuple<at::Tensor, at::Tensor> nll_step_cuda(const NllInputs& in, const at::
 at::Tensor diffusion_nll_step_cuda(const at::Tensor& acc, const at::Tensor& x_t, const at::Tensor& x_next,
                                    const at::Tensor& eps, const at::Tensor& abar_t, const at::Tensor& abar_next) {
   if (!x_t.is_cuda()) {
-    return call_cpu_kernel<decltype(diffusion_nll_step_cuda)>("manifold_ext::diffusion_nll_step", acc, x_t, x_next,
-                                                              eps, scalar_on_host(abar_t), scalar_on_host(abar_next));
+    return call_cpu_kernel<decltype(diffusion_nll_step_cuda)>("manifold_ext::diffusion_nll_step", acc, x_t, x_next, eps,
+                                                              scalar_on_host(abar_t), scalar_on_host(abar_next));
   }
   const c10::cuda::CUDAGuard device_guard(x_t.device());
   const NllInputs in = prepare_nll("diffusion_nll_step", acc, x_t, x_next, eps, abar_t, abar_next);
@@ -621,8 +618,7 @@ at::Tensor diffusion_nll_step_cuda(const at::Tensor& acc, const at::Tensor& x_t,
 
 std::tuple<at::Tensor, at::Tensor> diffusion_nll_step_and_forward_cuda(
     const at::Tensor& acc, const at::Tensor& x_t, const at::Tensor& x_next, const at::Tensor& eps,
-    const at::Tensor& noise_in, const at::Tensor& abar_t, const at::Tensor& abar_next,
-    const at::Tensor& abar_after) {
+    const at::Tensor& noise_in, const at::Tensor& abar_t, const at::Tensor& abar_next, const at::Tensor& abar_after) {
   if (!x_t.is_cuda()) {
     return call_cpu_kernel<decltype(diffusion_nll_step_and_forward_cuda)>(
         "manifold_ext::diffusion_nll_step_and_forward", acc, x_t, x_next, eps, noise_in, scalar_on_host(abar_t),
@@ -639,17 +635,17 @@ std::tuple<at::Tensor, at::Tensor> diffusion_nll_step_and_forward_cuda(
 }
 
 template <typename scalar_t, typename index_t>
-__global__ void __launch_bounds__(kThreads) nll_backward_kernel(
-    const at::opmath_type<scalar_t>* __restrict__ grad,  // [B]
-    const scalar_t* __restrict__ x_t, const scalar_t* __restrict__ x_next, const scalar_t* __restrict__ eps,
-    scalar_t* __restrict__ grad_x_t, scalar_t* __restrict__ grad_x_next, scalar_t* __restrict__ grad_eps,
-    CoefSource<NllCoefficients<at::opmath_type<scalar_t>>> coef, index_t numel, index_t len) {
+__global__ void __launch_bounds__(kThreads)
+    nll_backward_kernel(const at::opmath_type<scalar_t>* __restrict__ grad,  // [B]
+                        const scalar_t* __restrict__ x_t, const scalar_t* __restrict__ x_next,
+                        const scalar_t* __restrict__ eps, scalar_t* __restrict__ grad_x_t,
+                        scalar_t* __restrict__ grad_x_next, scalar_t* __restrict__ grad_eps,
+                        CoefSource<NllCoefficients<at::opmath_type<scalar_t>>> coef, index_t numel, index_t len) {
   using acc_t = at::opmath_type<scalar_t>;
   for (index_t i = cuda::grid_stride_begin<index_t>(); i < numel; i += cuda::grid_stride_step<index_t>()) {
     const index_t b = i / len;
-    const NllElementGrads<acc_t> g = nll_element_backward(grad[b], static_cast<acc_t>(x_t[i]),
-                                                          static_cast<acc_t>(x_next[i]), static_cast<acc_t>(eps[i]),
-                                                          coef.at(b));
+    const NllElementGrads<acc_t> g = nll_element_backward(
+        grad[b], static_cast<acc_t>(x_t[i]), static_cast<acc_t>(x_next[i]), static_cast<acc_t>(eps[i]), coef.at(b));
     grad_x_t[i] = static_cast<scalar_t>(g.x_t);
     grad_x_next[i] = static_cast<scalar_t>(g.x_next);
     grad_eps[i] = static_cast<scalar_t>(g.eps);
@@ -697,12 +693,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> diffusion_nll_step_backward_cuda(
 // Runge-Kutta combination
 // ---------------------------------------------------------------------------
 template <typename scalar_t, bool kWithX>
-__global__ void __launch_bounds__(kThreads) rk4_kernel(const scalar_t* __restrict__ x,
-                                                      const scalar_t* __restrict__ k1,
-                                                      const scalar_t* __restrict__ k2,
-                                                      const scalar_t* __restrict__ k3,
-                                                      const scalar_t* __restrict__ k4, scalar_t* __restrict__ out,
-                                                      at::opmath_type<scalar_t> h, int64_t numel) {
+__global__ void __launch_bounds__(kThreads)
+    rk4_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ k1, const scalar_t* __restrict__ k2,
+               const scalar_t* __restrict__ k3, const scalar_t* __restrict__ k4, scalar_t* __restrict__ out,
+               at::opmath_type<scalar_t> h, int64_t numel) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < numel; i += int64_t(gridDim.x) * blockDim.x) {
     const acc_t a = static_cast<acc_t>(k1[i]), b = static_cast<acc_t>(k2[i]), c = static_cast<acc_t>(k3[i]),
@@ -725,8 +719,7 @@ at::Tensor rk4_cuda(const char* op, const at::Tensor* x_in, const at::Tensor& k1
   check_cuda(like, op);
   const c10::cuda::CUDAGuard device_guard(like.device());
   const at::Tensor x = x_in ? x_in->contiguous() : at::Tensor();
-  const at::Tensor k1 = k1_in.contiguous(), k2 = k2_in.contiguous(), k3 = k3_in.contiguous(),
-                   k4 = k4_in.contiguous();
+  const at::Tensor k1 = k1_in.contiguous(), k2 = k2_in.contiguous(), k3 = k3_in.contiguous(), k4 = k4_in.contiguous();
   at::Tensor out = at::empty_like(k1, at::MemoryFormat::Contiguous);
   const int64_t numel = k1.numel();
   if (numel == 0) return out;

@@ -14,26 +14,12 @@
 #include <string>
 #include <string_view>
 
+#include "common/checks.h"
 #include "common/repr.h"
 #include "diffusion/diffusion.h"
 
 namespace manifold_ext {
 namespace diffusion {
-
-// Which inequality a pair (a, b) of abar values must satisfy.
-enum class ScheduleRule {
-  Likelihood,  // (abar_t, abar_next):  0 < abar_next < abar_t <= 1   (Eq. 17-20)
-  Forward,     // (abar_t, abar_next):  0 < abar_next <= abar_t <= 1  (Eq. 17)
-  Backward,    // (abar_t, abar_prev):  0 < abar_t < 1, abar_t <= abar_prev <= 1  (Eq. 12, DDPM, DDIM)
-};
-
-inline bool schedule_ok(ScheduleRule rule, double a, double b) {
-  switch (rule) {
-    case ScheduleRule::Likelihood: return b > 0 && b < a && a <= 1;
-    case ScheduleRule::Forward: return b > 0 && b <= a && a <= 1;
-    default: return a > 0 && a < 1 && a <= b && b <= 1;
-  }
-}
 
 inline std::string schedule_requirement(ScheduleRule rule, const char* name_a, const char* name_b) {
   const std::string a(name_a), b(name_b);
@@ -43,7 +29,8 @@ inline std::string schedule_requirement(ScheduleRule rule, const char* name_a, c
     case ScheduleRule::Forward:
       return "need 0 < " + b + " <= " + a + " <= 1 (Eq. 17: noise can only be added going forward)";
     default:
-      return "need 0 < " + a + " < 1 and " + a + " <= " + b + " <= 1 (a backward step goes from a noisier time to "
+      return "need 0 < " + a + " < 1 and " + a + " <= " + b +
+             " <= 1 (a backward step goes from a noisier time to "
              "a cleaner one)";
   }
 }
@@ -66,8 +53,8 @@ inline double largest_coefficient(ScheduleRule rule, double a, double b) {
   switch (rule) {
     case ScheduleRule::Likelihood: {
       const NllCoefficients<double> c = nll_coefficients(a, b);
-      return std::max({std::abs(c.s), std::abs(c.kq), std::abs(c.cx), std::abs(c.ce), std::abs(c.kp),
-                       std::abs(c.log_norm)});
+      return std::max(
+          {std::abs(c.s), std::abs(c.kq), std::abs(c.cx), std::abs(c.ce), std::abs(c.kp), std::abs(c.log_norm)});
     }
     case ScheduleRule::Forward: return 1.0;  // sqrt(abar_next / abar_t) and sqrt(1 - abar_next / abar_t)
     default: {
@@ -96,8 +83,8 @@ inline void check_coefficients_fit(ScheduleRule rule, double a, double b, at::Sc
   if (largest <= limit) return;  // (false for NaN, which the schedule check has refused already)
   const std::string where = sample < 0 ? std::string() : " at sample " + std::to_string(sample);
   TORCH_CHECK_VALUE(false, op, ": the schedule", where, ", ", name_a, " = ", repr(a), " and ", name_b, " = ", repr(b),
-                    ", gives the step a coefficient of ", repr(largest), ", beyond the largest float32 (",
-                    repr(limit), "); the kernels compute in float32 for ", dtype,
+                    ", gives the step a coefficient of ", repr(largest), ", beyond the largest float32 (", repr(limit),
+                    "); the kernels compute in float32 for ", dtype,
                     " inputs and would return inf or NaN. Use float64 inputs or a less extreme schedule");
 }
 
@@ -105,9 +92,9 @@ inline void check_coefficients_fit(ScheduleRule rule, double a, double b, at::Sc
 // pair per sample.
 struct AbarPair {
   bool per_sample = false;
-  double a = 0, b = 0;   // shared values
-  at::Tensor a_values;   // [B] float64 on the inputs' device, when per_sample
-  at::Tensor b_values;   // [B]
+  double a = 0, b = 0;  // shared values
+  at::Tensor a_values;  // [B] float64 on the inputs' device, when per_sample
+  at::Tensor b_values;  // [B]
 };
 
 inline void check_abar_tensor(const at::Tensor& abar, int64_t batch, const at::Tensor& x, const char* op,
@@ -158,8 +145,30 @@ inline void check_per_sample_coefficients_fit(const AbarPair& pair, ScheduleRule
   for (int64_t i = 0; i < av.size(0); ++i) check_coefficients_fit(rule, a[i], b[i], dtype, op, name_a, name_b, i);
 }
 
+// The per-sample checks: raises the error naming the first sample whose pair
+// breaks `rule`, then (float32 compute) the first whose coefficients do not fit
+// float32; returns when every pair passes. schedules_valid = true skips the
+// first check where the caller has already counted no invalid pair (the CPU
+// one-pass likelihood path checks its lanes while it computes, instead of a
+// separate pass over the schedule).
+inline void check_abar_samples(const AbarPair& pair, ScheduleRule rule, at::ScalarType dtype, const char* op,
+                               const char* name_a, const char* name_b, bool schedules_valid = false) {
+  if (!pair.per_sample || pair.a_values.size(0) == 0) return;
+  const int64_t bad = schedules_valid ? -1 : first_bad_sample(pair.a_values, pair.b_values, rule);
+  if (bad >= 0) {
+    const at::Tensor& av = pair.a_values;
+    const at::Tensor& bv = pair.b_values;
+    TORCH_CHECK_VALUE(false, op, ": invalid schedule at sample ", bad, ", got ", name_a, " = ",
+                      repr(av[bad].item<double>()), " and ", name_b, " = ", repr(bv[bad].item<double>()), "; ",
+                      schedule_requirement(rule, name_a, name_b));
+  }
+  if (!computes_in_double(dtype)) check_per_sample_coefficients_fit(pair, rule, dtype, op, name_a, name_b);
+}
+
+// check_samples = false leaves the per-sample pairs to the caller, which then
+// calls check_abar_samples.
 inline AbarPair read_abar_pair(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x, ScheduleRule rule,
-                               const char* op, const char* name_a, const char* name_b) {
+                               const char* op, const char* name_a, const char* name_b, bool check_samples = true) {
   const int64_t batch = x.size(0);
   check_abar_tensor(a, batch, x, op, name_a);
   check_abar_tensor(b, batch, x, op, name_b);
@@ -168,9 +177,8 @@ inline AbarPair read_abar_pair(const at::Tensor& a, const at::Tensor& b, const a
   if (a.dim() == 0 && b.dim() == 0) {
     pair.a = a.item<double>();
     pair.b = b.item<double>();
-    TORCH_CHECK_VALUE(schedule_ok(rule, pair.a, pair.b), op, ": invalid schedule, got ", name_a, " = ",
-                      repr(pair.a), " and ", name_b, " = ", repr(pair.b), "; ",
-                      schedule_requirement(rule, name_a, name_b));
+    TORCH_CHECK_VALUE(schedule_ok(rule, pair.a, pair.b), op, ": invalid schedule, got ", name_a, " = ", repr(pair.a),
+                      " and ", name_b, " = ", repr(pair.b), "; ", schedule_requirement(rule, name_a, name_b));
     if (check_fit) check_coefficients_fit(rule, pair.a, pair.b, x.scalar_type(), op, name_a, name_b, -1);
     return pair;
   }
@@ -178,33 +186,8 @@ inline AbarPair read_abar_pair(const at::Tensor& a, const at::Tensor& b, const a
   pair.per_sample = true;
   pair.a_values = a.to(options).expand({batch}).contiguous();
   pair.b_values = b.to(options).expand({batch}).contiguous();
-  if (batch == 0) return pair;
-  const int64_t bad = first_bad_sample(pair.a_values, pair.b_values, rule);
-  if (bad >= 0) {
-    const at::Tensor& av = pair.a_values;
-    const at::Tensor& bv = pair.b_values;
-    TORCH_CHECK_VALUE(false, op, ": invalid schedule at sample ", bad, ", got ", name_a, " = ",
-                      repr(av[bad].item<double>()), " and ", name_b, " = ", repr(bv[bad].item<double>()), "; ",
-                      schedule_requirement(rule, name_a, name_b));
-  }
-  if (check_fit) check_per_sample_coefficients_fit(pair, rule, x.scalar_type(), op, name_a, name_b);
+  if (check_samples) check_abar_samples(pair, rule, x.scalar_type(), op, name_a, name_b);
   return pair;
-}
-
-inline void check_floating(const at::Tensor& x, const char* op, const char* name) {
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": expected a floating-point dtype for ", name, ", got ",
-              x.scalar_type());
-}
-
-// `other` must match x in shape, dtype and device.
-inline void check_like(const at::Tensor& other, const at::Tensor& x, const char* op, const char* name,
-                       const char* x_name) {
-  TORCH_CHECK(other.sizes() == x.sizes(), op, ": ", name, " must have the shape of ", x_name, " ", x.sizes(),
-              ", got ", other.sizes());
-  TORCH_CHECK(other.device() == x.device(), op, ": ", name, " must be on the device of ", x_name, " (", x.device(),
-              "), got ", other.device());
-  TORCH_CHECK(other.scalar_type() == x.scalar_type(), op, ": ", name, " must have the dtype of ", x_name, " (",
-              x.scalar_type(), "), got ", other.scalar_type());
 }
 
 inline void check_batched(const at::Tensor& x, const char* op, const char* name) {
@@ -214,8 +197,8 @@ inline void check_batched(const at::Tensor& x, const char* op, const char* name)
 
 // acc: [B] float32 or float64, on x's device.
 inline void check_accumulator(const at::Tensor& acc, const at::Tensor& x, const char* op) {
-  TORCH_CHECK(acc.dim() == 1 && acc.size(0) == x.size(0), op, ": acc must have shape [B] = [", x.size(0),
-              "], got ", acc.sizes());
+  TORCH_CHECK(acc.dim() == 1 && acc.size(0) == x.size(0), op, ": acc must have shape [B] = [", x.size(0), "], got ",
+              acc.sizes());
   TORCH_CHECK(acc.scalar_type() == at::kFloat || acc.scalar_type() == at::kDouble, op,
               ": acc must be float32 or float64 (the log-likelihood is accumulated in float32 or wider), got ",
               acc.scalar_type());

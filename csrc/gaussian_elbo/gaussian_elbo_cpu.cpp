@@ -15,6 +15,7 @@
 #include <cmath>
 #include <tuple>
 
+#include "common/checks.h"
 #include "gaussian_elbo/gaussian_elbo.h"
 #include "gaussian_elbo/gaussian_elbo_host.h"
 
@@ -47,22 +48,15 @@ double lane_sum(int64_t n, TermFn term) {
   return total;
 }
 
-void check_cpu(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": expected CPU tensors, got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-              ": the CPU kernel supports float32 and float64, got ", x.scalar_type(),
-              " (float16/bfloat16 are supported on CUDA)");
-}
-
 std::tuple<at::Tensor, at::Tensor> gaussian_elbo_cpu(const at::Tensor& x_in, const at::Tensor& x_mean_in,
                                                      const at::Tensor& mu_in, const at::Tensor& logvar_in,
                                                      double decoder_logvar) {
   const ElboGeometry g = check_inputs(x_in, x_mean_in, mu_in, logvar_in, decoder_logvar, "gaussian_elbo");
   check_cpu(x_in, "gaussian_elbo");
-  const at::Tensor x = x_in.contiguous();            // [B, pixels]
-  const at::Tensor x_mean = x_mean_in.contiguous();  // [B, pixels]
-  const at::Tensor mu = mu_in.contiguous();          // [B, latents]
-  const at::Tensor logvar = logvar_in.contiguous();  // [B, latents]
+  const at::Tensor x = x_in.contiguous();               // [B, pixels]
+  const at::Tensor x_mean = x_mean_in.contiguous();     // [B, pixels]
+  const at::Tensor mu = mu_in.contiguous();             // [B, latents]
+  const at::Tensor logvar = logvar_in.contiguous();     // [B, latents]
   at::Tensor elbo = at::empty({g.batch}, x.options());  // [B]
   at::Tensor kl = at::empty({g.batch}, x.options());    // [B]
   const double inv_decoder_var_d = std::exp(-decoder_logvar);
@@ -100,8 +94,8 @@ std::tuple<at::Tensor, at::Tensor> gaussian_elbo_cpu(const at::Tensor& x_in, con
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_elbo_backward_cpu(
-    const at::Tensor& grad_elbo_in, const at::Tensor& grad_kl_in, const at::Tensor& x_in,
-    const at::Tensor& x_mean_in, const at::Tensor& mu_in, const at::Tensor& logvar_in, double decoder_logvar) {
+    const at::Tensor& grad_elbo_in, const at::Tensor& grad_kl_in, const at::Tensor& x_in, const at::Tensor& x_mean_in,
+    const at::Tensor& mu_in, const at::Tensor& logvar_in, double decoder_logvar) {
   const char* op = "gaussian_elbo_backward";
   const ElboGeometry g = check_inputs(x_in, x_mean_in, mu_in, logvar_in, decoder_logvar, op);
   check_backward_inputs(grad_elbo_in, grad_kl_in, x_in, op);
@@ -135,8 +129,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_elbo_backwar
         const int64_t p0 = b * g.pixels;
         const scalar_t grad_elbo_b = ge[b];
         for (int64_t i = 0; i < g.pixels; ++i) {  // auto-vectorised: no reduction
-          const scalar_t gx = grad_x_of_pixel<scalar_t>(grad_elbo_b, x_data[p0 + i], x_mean_data[p0 + i],
-                                                        inv_decoder_var);
+          const scalar_t gx =
+              grad_x_of_pixel<scalar_t>(grad_elbo_b, x_data[p0 + i], x_mean_data[p0 + i], inv_decoder_var);
           gx_data[p0 + i] = gx;
           gm_data[p0 + i] = -gx;
         }

@@ -23,6 +23,7 @@
 #include <limits>
 #include <tuple>
 
+#include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "gaussian_elbo/gaussian_elbo.h"
 #include "gaussian_elbo/gaussian_elbo_host.h"
@@ -49,8 +50,8 @@ struct ElboInputs {
 // sum over pixels [begin, end) of sample b of the squared residuals / sigma_x^2,
 // this thread's share (first = its first pixel, stride = threads sharing the range).
 template <typename scalar_t>
-__device__ __forceinline__ double residual_share(const ElboInputs<scalar_t>& in, int64_t b, int64_t first,
-                                                 int64_t end, int64_t stride) {
+__device__ __forceinline__ double residual_share(const ElboInputs<scalar_t>& in, int64_t b, int64_t first, int64_t end,
+                                                 int64_t stride) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* xs = in.x + b * in.pixels;
   const scalar_t* ms = in.x_mean + b * in.pixels;
@@ -104,8 +105,8 @@ __global__ void __launch_bounds__(kThreads) elbo_warp_rows_kernel(ElboInputs<sca
 // One block per chunk of a sample: chunks 0 .. pixel_chunks - 1 cover its
 // pixels, chunk pixel_chunks its latents; slots[b, chunk] gets the chunk's sum.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) elbo_chunks_kernel(ElboInputs<scalar_t> in, double* __restrict__ slots,
-                                                               int64_t pixel_chunks) {
+__global__ void __launch_bounds__(kThreads)
+    elbo_chunks_kernel(ElboInputs<scalar_t> in, double* __restrict__ slots, int64_t pixel_chunks) {
   const int64_t chunks_per_sample = pixel_chunks + 1;
   const int64_t slot = blockIdx.x;
   const int64_t b = slot / chunks_per_sample;
@@ -135,14 +136,14 @@ __global__ void elbo_finish_kernel(const double* __restrict__ slots, out_t* __re
 }
 
 template <typename scalar_t, typename index_t>
-__global__ void __launch_bounds__(kThreads) elbo_backward_kernel(
-    const at::opmath_type<scalar_t>* __restrict__ grad_elbo,  // [B]
-    const at::opmath_type<scalar_t>* __restrict__ grad_kl,    // [B]
-    const scalar_t* __restrict__ x, const scalar_t* __restrict__ x_mean,   // [B, pixels]
-    const scalar_t* __restrict__ mu, const scalar_t* __restrict__ logvar,  // [B, latents]
-    scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_x_mean,     // [B, pixels]
-    scalar_t* __restrict__ grad_mu, scalar_t* __restrict__ grad_logvar,    // [B, latents]
-    index_t batch, index_t pixels, index_t latents, at::opmath_type<scalar_t> inv_decoder_var) {
+__global__ void __launch_bounds__(kThreads)
+    elbo_backward_kernel(const at::opmath_type<scalar_t>* __restrict__ grad_elbo,               // [B]
+                         const at::opmath_type<scalar_t>* __restrict__ grad_kl,                 // [B]
+                         const scalar_t* __restrict__ x, const scalar_t* __restrict__ x_mean,   // [B, pixels]
+                         const scalar_t* __restrict__ mu, const scalar_t* __restrict__ logvar,  // [B, latents]
+                         scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_x_mean,     // [B, pixels]
+                         scalar_t* __restrict__ grad_mu, scalar_t* __restrict__ grad_logvar,    // [B, latents]
+                         index_t batch, index_t pixels, index_t latents, at::opmath_type<scalar_t> inv_decoder_var) {
   using acc_t = at::opmath_type<scalar_t>;
   const index_t pixel_items = batch * pixels;
   const index_t total = pixel_items + batch * latents;
@@ -161,10 +162,6 @@ __global__ void __launch_bounds__(kThreads) elbo_backward_kernel(
       grad_logvar[j] = static_cast<scalar_t>(lg.logvar);
     }
   }
-}
-
-void check_cuda(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.is_cuda(), op, ": expected CUDA tensors, got ", x.device());
 }
 
 std::tuple<at::Tensor, at::Tensor> gaussian_elbo_cuda(const at::Tensor& x_in, const at::Tensor& x_mean_in,
@@ -201,8 +198,8 @@ std::tuple<at::Tensor, at::Tensor> gaussian_elbo_cuda(const at::Tensor& x_in, co
         const int64_t slots_count = g.batch * (pixel_chunks + 1);
         TORCH_CHECK(slots_count <= std::numeric_limits<int>::max(), "gaussian_elbo: input too large for one launch");
         at::Tensor slots = at::empty({slots_count}, x.options().dtype(at::kDouble));  // [B, pixel_chunks + 1]
-        elbo_chunks_kernel<scalar_t><<<slots_count, kThreads, 0, stream>>>(in, slots.mutable_data_ptr<double>(),
-                                                                           pixel_chunks);
+        elbo_chunks_kernel<scalar_t>
+            <<<slots_count, kThreads, 0, stream>>>(in, slots.mutable_data_ptr<double>(), pixel_chunks);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         elbo_finish_kernel<acc_t><<<cuda::grid_stride_blocks(g.batch, kThreads), kThreads, 0, stream>>>(
             slots.const_data_ptr<double>(), elbo.mutable_data_ptr<acc_t>(), kl.mutable_data_ptr<acc_t>(), g.batch,
@@ -215,8 +212,8 @@ std::tuple<at::Tensor, at::Tensor> gaussian_elbo_cuda(const at::Tensor& x_in, co
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_elbo_backward_cuda(
-    const at::Tensor& grad_elbo_in, const at::Tensor& grad_kl_in, const at::Tensor& x_in,
-    const at::Tensor& x_mean_in, const at::Tensor& mu_in, const at::Tensor& logvar_in, double decoder_logvar) {
+    const at::Tensor& grad_elbo_in, const at::Tensor& grad_kl_in, const at::Tensor& x_in, const at::Tensor& x_mean_in,
+    const at::Tensor& mu_in, const at::Tensor& logvar_in, double decoder_logvar) {
   const char* op = "gaussian_elbo_backward";
   const ElboGeometry g = check_inputs(x_in, x_mean_in, mu_in, logvar_in, decoder_logvar, op);
   check_backward_inputs(grad_elbo_in, grad_kl_in, x_in, op);

@@ -39,8 +39,8 @@ inline ElboGeometry check_inputs(const at::Tensor& x, const at::Tensor& x_mean, 
               mu.size(0));
   const auto device = x.device();
   TORCH_CHECK(x_mean.device() == device && mu.device() == device && logvar.device() == device, op,
-              ": all inputs must be on the same device, got x on ", device, ", x_mean on ", x_mean.device(),
-              ", mu on ", mu.device(), ", logvar on ", logvar.device());
+              ": all inputs must be on the same device, got x on ", device, ", x_mean on ", x_mean.device(), ", mu on ",
+              mu.device(), ", logvar on ", logvar.device());
   const auto dtype = x.scalar_type();
   TORCH_CHECK(at::isFloatingType(dtype), op, ": expected a floating-point dtype, got ", dtype);
   TORCH_CHECK(x_mean.scalar_type() == dtype && mu.scalar_type() == dtype && logvar.scalar_type() == dtype, op,
@@ -54,8 +54,8 @@ inline ElboGeometry check_inputs(const at::Tensor& x, const at::Tensor& x_mean, 
   const double smallest = smallest_decoder_logvar(dtype);
   TORCH_CHECK_VALUE(decoder_logvar >= smallest, op, ": decoder_logvar = ", repr(decoder_logvar),
                     " is too small: the kernels multiply by exp(-decoder_logvar) in ",
-                    dtype == at::kDouble ? "float64" : "float32", ", where it overflows; need decoder_logvar >= ",
-                    repr(smallest));
+                    dtype == at::kDouble ? "float64" : "float32",
+                    ", where it overflows; need decoder_logvar >= ", repr(smallest));
   ElboGeometry g{};
   g.batch = x.size(0);
   g.pixels = 1;  // from the shape, so batch 0 still has per-sample sizes
@@ -68,8 +68,8 @@ inline ElboGeometry check_inputs(const at::Tensor& x, const at::Tensor& x_mean, 
 inline void check_backward_inputs(const at::Tensor& grad_elbo, const at::Tensor& grad_kl, const at::Tensor& x,
                                   const char* op) {
   for (const at::Tensor* grad : {&grad_elbo, &grad_kl}) {
-    TORCH_CHECK(grad->dim() == 1 && grad->size(0) == x.size(0), op,
-                ": grad_elbo and grad_kl must have shape [B] = [", x.size(0), "], got ", grad->sizes());
+    TORCH_CHECK(grad->dim() == 1 && grad->size(0) == x.size(0), op, ": grad_elbo and grad_kl must have shape [B] = [",
+                x.size(0), "], got ", grad->sizes());
     TORCH_CHECK(grad->device() == x.device(), op, ": gradients must be on the device of x (", x.device(), ")");
     TORCH_CHECK(at::isFloatingType(grad->scalar_type()), op, ": gradients must be floating point, got ",
                 grad->scalar_type());

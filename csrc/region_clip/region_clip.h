@@ -46,10 +46,10 @@ struct Vertex {
   int32_t edge;
 };
 
-ME_HD double line_value(const Line& line, double x, double y) { return line.ux * x + line.uy * y - line.e; }
+MANIFOLD_EXT_HD double line_value(const Line& line, double x, double y) { return line.ux * x + line.uy * y - line.e; }
 
 // Intersection of two lines; false when they are (numerically) parallel.
-ME_HD bool intersect(const Line& a, const Line& b, double& x, double& y) {
+MANIFOLD_EXT_HD bool intersect(const Line& a, const Line& b, double& x, double& y) {
   const double det = a.ux * b.uy - a.uy * b.ux;
   if (hd_abs(det) < kParallelDet) return false;
   x = (a.e * b.uy - a.uy * b.e) / det;
@@ -60,8 +60,8 @@ ME_HD bool intersect(const Line& a, const Line& b, double& x, double& y) {
 // Where the edge from p (on line `edge_line`) to q crosses `cut`, whose values at p and q are
 // sp <= 0 < sq or sq <= 0 < sp. The exact intersection of the two lines, unless the lines are
 // nearly parallel or rounding puts it off the segment: then the interpolation along p -> q.
-ME_HD void crossing(const Vertex& p, const Vertex& q, double sp, double sq, const Line& edge_line, const Line& cut,
-                    double& x, double& y) {
+MANIFOLD_EXT_HD void crossing(const Vertex& p, const Vertex& q, double sp, double sq, const Line& edge_line,
+                              const Line& cut, double& x, double& y) {
   const double t = sp / (sp - sq);
   const double ix = p.x + t * (q.x - p.x);
   const double iy = p.y + t * (q.y - p.y);
@@ -83,7 +83,7 @@ ME_HD void crossing(const Vertex& p, const Vertex& q, double sp, double sq, cons
 // Clips the convex polygon in[0..n) by line `cut_label` of `lines` (Sutherland-Hodgman).
 // Writes at most `capacity` vertices to out; returns their number, or -1 when it would need
 // more (only possible through rounding; the caller then falls back to the LP path).
-ME_HD int clip(const Vertex* in, int n, const Line* lines, int32_t cut_label, Vertex* out, int capacity) {
+MANIFOLD_EXT_HD int clip(const Vertex* in, int n, const Line* lines, int32_t cut_label, Vertex* out, int capacity) {
   const Line& cut = lines[cut_label];
   int count = 0;
   for (int j = 0; j < n; ++j) {
@@ -113,7 +113,8 @@ ME_HD int clip(const Vertex* in, int n, const Line* lines, int32_t cut_label, Ve
 }
 
 // The rectangle [lo0, hi0] x [lo1, hi1] counter-clockwise; its four lines are lines[first..first+3].
-ME_HD void rectangle(double lo0, double lo1, double hi0, double hi1, Line* lines, int32_t first, Vertex* out) {
+MANIFOLD_EXT_HD void rectangle(double lo0, double lo1, double hi0, double hi1, Line* lines, int32_t first,
+                               Vertex* out) {
   lines[first + 0] = Line{0.0, -1.0, -lo1};  // bottom: y >= lo1
   lines[first + 1] = Line{1.0, 0.0, hi0};    // right:  x <= hi0
   lines[first + 2] = Line{0.0, 1.0, hi1};    // top:    y <= hi1
@@ -126,7 +127,7 @@ ME_HD void rectangle(double lo0, double lo1, double hi0, double hi1, Line* lines
 
 // Solves [a.ux a.uy 1; b.ux b.uy 1; c.ux c.uy 1] (x, y, r) = (a.e, b.e, c.e), where a "line"
 // with ux = uy = 0 stands for the cap r <= e. False when singular.
-ME_HD bool solve_triple(const Line& a, const Line& b, const Line& c, double& x, double& y, double& r) {
+MANIFOLD_EXT_HD bool solve_triple(const Line& a, const Line& b, const Line& c, double& x, double& y, double& r) {
   // Cramer's rule on the 3x3 system (tiny and well scaled: unit normals, unit r column).
   const double m00 = a.ux, m01 = a.uy, m02 = 1.0;
   const double m10 = b.ux, m11 = b.uy, m12 = 1.0;
@@ -141,8 +142,8 @@ ME_HD bool solve_triple(const Line& a, const Line& b, const Line& c, double& x, 
 }
 
 // Whether (x, y, r) satisfies u_l . x + r <= e_l for every line in `set` (and r <= cap).
-ME_HD bool chebyshev_feasible(const Line* lines, const int32_t* set, int k, double cap, bool capped, double x,
-                              double y, double r) {
+MANIFOLD_EXT_HD bool chebyshev_feasible(const Line* lines, const int32_t* set, int k, double cap, bool capped, double x,
+                                        double y, double r) {
   const double scale = 1.0 + hd_abs(x) + hd_abs(y) + hd_abs(r);
   if (capped && r > cap + kFeasibleRtol * scale) return false;
   for (int l = 0; l < k; ++l) {
@@ -156,8 +157,8 @@ ME_HD bool chebyshev_feasible(const Line* lines, const int32_t* set, int k, doub
 // them (and r <= cap when capped), by the vertices of the 3-variable LP. The normals must span
 // the plane (or capped must be set), so the LP has a vertex optimum. False when no triple is
 // feasible (rounding); the caller then falls back to the LP path.
-ME_HD bool chebyshev(const Line* lines, const int32_t* set, int k, double cap, bool capped, double& cx, double& cy,
-                     double& radius) {
+MANIFOLD_EXT_HD bool chebyshev(const Line* lines, const int32_t* set, int k, double cap, bool capped, double& cx,
+                               double& cy, double& radius) {
   const Line cap_line{0.0, 0.0, cap};
   const int total = k + (capped ? 1 : 0);
   bool found = false;

@@ -60,9 +60,9 @@ struct Workspace {
   std::vector<RowLine> rows;
   std::vector<int64_t> order, parent;
   std::vector<char> done;
-  std::vector<Line> lines;             // representatives, then the four box lines
-  std::vector<int64_t> rep_row;        // original row of each representative
-  std::vector<int64_t> group_start;     // members of representative k: group_rows[group_start[k]..group_start[k+1])
+  std::vector<Line> lines;           // representatives, then the four box lines
+  std::vector<int64_t> rep_row;      // original row of each representative
+  std::vector<int64_t> group_start;  // members of representative k: group_rows[group_start[k]..group_start[k+1])
   std::vector<int64_t> group_rows;
   std::vector<Vertex> base, poly, sub, scratch;
   std::vector<int32_t> edge_set;
@@ -326,8 +326,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> region_cl
     double tol) {
   const char* op = "region_clip_2d";
   for (const at::Tensor* t : {&A, &c, &ignore}) {
-    TORCH_CHECK_VALUE(t->device().is_cpu(), op, ": all tensors must be on one CPU device (the op is CPU only); A is on ",
-                      A.device(), ", c on ", c.device(), ", ignore on ", ignore.device());
+    TORCH_CHECK_VALUE(t->device().is_cpu(), op,
+                      ": all tensors must be on one CPU device (the op is CPU only); A is on ", A.device(), ", c on ",
+                      c.device(), ", ignore on ", ignore.device());
   }
   TORCH_CHECK_VALUE(A.dim() == 3 && A.size(2) == 2, op, ": A must have shape [P, H, 2] (2-D input), got ", A.sizes());
   TORCH_CHECK_VALUE(A.scalar_type() == at::kDouble, op, ": A must be float64, got ", A.scalar_type());
@@ -335,13 +336,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> region_cl
   TORCH_CHECK_VALUE(c.dim() == 2 && c.size(0) == A.size(0) && c.size(1) == A.size(1), op, ": c must have shape [",
                     A.size(0), ", ", A.size(1), "] to match A of shape ", A.sizes(), ", got ", c.sizes());
   TORCH_CHECK_VALUE(ignore.scalar_type() == at::kBool, op, ": ignore must be bool, got ", ignore.scalar_type());
-  TORCH_CHECK_VALUE(ignore.sizes() == c.sizes(), op, ": ignore must have shape ", c.sizes(), ", got ",
-                    ignore.sizes());
+  TORCH_CHECK_VALUE(ignore.sizes() == c.sizes(), op, ": ignore must have shape ", c.sizes(), ", got ", ignore.sizes());
   TORCH_CHECK_VALUE(std::isfinite(tol) && tol > 0, op, ": tol must be a finite number > 0, got ", tol);
   at::Tensor box_c;
   if (box.has_value()) {
-    TORCH_CHECK_VALUE(box->device().is_cpu(), op, ": all tensors must be on one CPU device (the op is CPU only); "
-                      "box is on ", box->device());
+    TORCH_CHECK_VALUE(box->device().is_cpu(), op,
+                      ": all tensors must be on one CPU device (the op is CPU only); "
+                      "box is on ",
+                      box->device());
     TORCH_CHECK_VALUE(box->scalar_type() == at::kDouble && box->dim() == 2 && box->size(0) == 2 && box->size(1) == 2,
                       op, ": box must be float64 [2, 2] (rows lo, hi), got ", box->scalar_type(), " ", box->sizes());
     box_c = box->contiguous();

@@ -1,6 +1,6 @@
 // Schema of op family 6, exact 2-D region geometry (paper 001, Liu et al., Eq. 5-8 for
 // input dimension 2), registered as a fragment of the manifold_ext library so the family
-// lives entirely in csrc/region_clip/ (csrc/ops.cpp holds the other families).
+// lives entirely in csrc/region_clip/ (the op is CPU only: no region_clip_cuda.cu).
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(manifold_ext, m) {

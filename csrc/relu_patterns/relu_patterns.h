@@ -21,9 +21,9 @@ namespace relu_patterns {
 
 constexpr int64_t kBitsPerWord = 64;
 
-ME_HD int64_t words_for_units(int64_t units) { return (units + kBitsPerWord - 1) / kBitsPerWord; }
+MANIFOLD_EXT_HD int64_t words_for_units(int64_t units) { return (units + kBitsPerWord - 1) / kBitsPerWord; }
 
-ME_HD int popcount64(uint64_t v) {
+MANIFOLD_EXT_HD int popcount64(uint64_t v) {
 #if defined(__CUDA_ARCH__)
   return __popcll(v);
 #else
@@ -32,14 +32,14 @@ ME_HD int popcount64(uint64_t v) {
 }
 
 // Bit of hidden unit g in a packed pattern row.
-ME_HD bool unit_is_active(const int64_t* words, int64_t unit) {
+MANIFOLD_EXT_HD bool unit_is_active(const int64_t* words, int64_t unit) {
   return (static_cast<uint64_t>(words[unit / kBitsPerWord]) >> (unit % kBitsPerWord)) & 1u;
 }
 
 // Eq. 3: s = 1 iff the pre-activation is > 0. float16/bfloat16 (and bool, for packing
 // given bits) compare as float; double as double.
 template <typename T>
-ME_HD bool preactivation_is_active(T pre) {
+MANIFOLD_EXT_HD bool preactivation_is_active(T pre) {
   if constexpr (std::is_same_v<T, double>) {
     return pre > 0.0;
   } else {
@@ -52,7 +52,7 @@ ME_HD bool preactivation_is_active(T pre) {
 // `pre` is that layer's pre-activation row. Units of other layers contribute 0,
 // so the words of a row are the OR over layers.
 template <typename T>
-ME_HD uint64_t layer_bits_of_word(const T* pre, int64_t layer_offset, int64_t layer_units, int64_t word) {
+MANIFOLD_EXT_HD uint64_t layer_bits_of_word(const T* pre, int64_t layer_offset, int64_t layer_units, int64_t word) {
   const int64_t word_first = word * kBitsPerWord;
   const int64_t first = word_first > layer_offset ? word_first : layer_offset;
   const int64_t word_end = word_first + kBitsPerWord;
@@ -66,7 +66,7 @@ ME_HD uint64_t layer_bits_of_word(const T* pre, int64_t layer_offset, int64_t la
 }
 
 // Hamming distance between two packed rows: popcount of the XOR.
-ME_HD int32_t hamming_words(const int64_t* a, const int64_t* b, int64_t words) {
+MANIFOLD_EXT_HD int32_t hamming_words(const int64_t* a, const int64_t* b, int64_t words) {
   int32_t distance = 0;
   for (int64_t w = 0; w < words; ++w) {
     distance += popcount64(static_cast<uint64_t>(a[w] ^ b[w]));
@@ -79,11 +79,11 @@ ME_HD int32_t hamming_words(const int64_t* a, const int64_t* b, int64_t words) {
 // neighbour. Ties in distance are broken by the smaller reference index, so
 // the result is deterministic and independent of how references are tiled.
 // ---------------------------------------------------------------------------
-ME_HD bool ranks_after(int32_t dist_a, int64_t index_a, int32_t dist_b, int64_t index_b) {
+MANIFOLD_EXT_HD bool ranks_after(int32_t dist_a, int64_t index_a, int32_t dist_b, int64_t index_b) {
   return dist_a > dist_b || (dist_a == dist_b && index_a > index_b);
 }
 
-ME_HD void heap_sift_down(int32_t* dist, int64_t* index, int64_t size, int64_t node) {
+MANIFOLD_EXT_HD void heap_sift_down(int32_t* dist, int64_t* index, int64_t size, int64_t node) {
   while (true) {
     const int64_t left = 2 * node + 1;
     if (left >= size) return;
@@ -102,7 +102,7 @@ ME_HD void heap_sift_down(int32_t* dist, int64_t* index, int64_t size, int64_t n
 }
 
 // Offers (d, i) to a heap of capacity k holding `size` entries; returns the new size.
-ME_HD int64_t heap_offer(int32_t* dist, int64_t* index, int64_t k, int64_t size, int32_t d, int64_t i) {
+MANIFOLD_EXT_HD int64_t heap_offer(int32_t* dist, int64_t* index, int64_t k, int64_t size, int32_t d, int64_t i) {
   if (size < k) {
     int64_t node = size;
     dist[node] = d;
@@ -128,7 +128,7 @@ ME_HD int64_t heap_offer(int32_t* dist, int64_t* index, int64_t k, int64_t size,
 }
 
 // In-place heap sort: afterwards the k entries are in ascending (distance, index) order.
-ME_HD void heap_sort_ascending(int32_t* dist, int64_t* index, int64_t size) {
+MANIFOLD_EXT_HD void heap_sort_ascending(int32_t* dist, int64_t* index, int64_t size) {
   for (int64_t end = size - 1; end > 0; --end) {
     const int32_t d = dist[0];
     dist[0] = dist[end];

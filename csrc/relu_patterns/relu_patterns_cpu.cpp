@@ -19,6 +19,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/checks.h"
 #include "common/cpu_capability.h"
 #include "relu_patterns/relu_patterns_cpu_rows.h"
 #include "relu_patterns/relu_patterns_host.h"
@@ -38,17 +39,6 @@ constexpr int64_t kGrainWordPairs = 1 << 18;
 
 int64_t query_block_grain(int64_t num_ref, int64_t words) {
   return std::max<int64_t>(1, kGrainWordPairs / std::max<int64_t>(1, kQueryBlock * num_ref * words));
-}
-
-void check_cpu_float(const at::Tensor& t, const char* op) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
-              ": the CPU kernel supports float32 and float64, got ", t.scalar_type(),
-              " (float16/bfloat16 are supported on CUDA)");
-}
-
-void check_cpu(const at::Tensor& t, const char* op) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", t.device());
 }
 
 // Packs one layer's sign bits into `packed` [N, words] (OR into the words the
@@ -84,14 +74,14 @@ at::Tensor activation_patterns_cpu(const at::Tensor& x, at::TensorList weights, 
   constexpr const char* op = "activation_patterns";
   const NetworkShape shape = check_network(weights, biases, static_cast<int64_t>(weights.size()), op);
   check_inputs_x(x, weights, shape, op);
-  check_cpu_float(x, op);
+  check_cpu(x, op);
   const int64_t rows = x.size(0);
   at::Tensor packed = at::zeros({rows, shape.words}, x.options().dtype(at::kLong));  // [N, words]
-  at::Tensor layer_input = x;                                                          // [N, h_{j-1}]
+  at::Tensor layer_input = x;                                                        // [N, h_{j-1}]
   int64_t offset = 0;
   for (size_t j = 0; j < weights.size(); ++j) {
     at::Tensor pre = at::addmm(biases[j], layer_input, weights[j].t());  // [N, h_j], Eq. 2 pre-activation
-    check_preactivations(pre, static_cast<int64_t>(j), offset, op);        // NaN rule: relu_patterns_host.h
+    check_preactivations(pre, static_cast<int64_t>(j), offset, op);      // NaN rule: relu_patterns_host.h
     const bool last = j + 1 == weights.size();
     AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "activation_patterns_cpu",
                                [&] { pack_layer_and_relu<scalar_t>(pre, packed, offset, !last); });
@@ -103,7 +93,7 @@ at::Tensor activation_patterns_cpu(const at::Tensor& x, at::TensorList weights, 
 
 at::Tensor unpack_patterns_cpu(const at::Tensor& packed_in, int64_t num_units) {
   check_unpack(packed_in, num_units);
-  check_cpu(packed_in, "unpack_patterns");
+  check_cpu_device(packed_in, "unpack_patterns");
   const at::Tensor packed = packed_in.contiguous();  // [N, words]
   const int64_t rows = packed.size(0);
   const int64_t words = packed.size(1);
@@ -123,7 +113,7 @@ at::Tensor unpack_patterns_cpu(const at::Tensor& packed_in, int64_t num_units) {
 
 at::Tensor pack_patterns_cpu(const at::Tensor& bits_in) {
   check_pack(bits_in);
-  check_cpu(bits_in, "pack_patterns");
+  check_cpu_device(bits_in, "pack_patterns");
   const at::Tensor bits = bits_in.contiguous();  // [N, H]
   const int64_t rows = bits.size(0);
   const int64_t units = bits.size(1);
@@ -131,22 +121,20 @@ at::Tensor pack_patterns_cpu(const at::Tensor& bits_in) {
   at::Tensor packed = at::empty({rows, words}, bits.options().dtype(at::kLong));  // [N, words]
   const bool* bits_data = bits.const_data_ptr<bool>();
   int64_t* packed_data = packed.mutable_data_ptr<int64_t>();
-  at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, units)),
-                   [&](int64_t begin, int64_t end) {
-                     for (int64_t n = begin; n < end; ++n) {
-                       for (int64_t w = 0; w < words; ++w) {
-                         packed_data[n * words + w] =
-                             static_cast<int64_t>(layer_bits_of_word(bits_data + n * units, 0, units, w));
-                       }
-                     }
-                   });
+  at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, units)), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t w = 0; w < words; ++w) {
+        packed_data[n * words + w] = static_cast<int64_t>(layer_bits_of_word(bits_data + n * units, 0, units, w));
+      }
+    }
+  });
   return packed;
 }
 
 at::Tensor hamming_distance_cpu(const at::Tensor& a_in, const at::Tensor& b_in) {
   check_hamming_pair(a_in, b_in, "a", "b", "hamming_distance");
-  check_cpu(a_in, "hamming_distance");
-  const at::Tensor a = a_in.contiguous();             // [Na, words]
+  check_cpu_device(a_in, "hamming_distance");
+  const at::Tensor a = a_in.contiguous();                 // [Na, words]
   const at::Tensor b_word_major = b_in.t().contiguous();  // [words, Nb]
   const int64_t num_a = a.size(0);
   const int64_t num_b = b_in.size(0);
@@ -176,13 +164,13 @@ at::Tensor hamming_distance_cpu(const at::Tensor& a_in, const at::Tensor& b_in) 
 
 std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& query_in, const at::Tensor& ref_in, int64_t k) {
   check_topk(query_in, ref_in, k);
-  check_cpu(query_in, "hamming_topk");
-  const at::Tensor query = query_in.contiguous();              // [Nq, words]
-  const at::Tensor ref_word_major = ref_in.t().contiguous();   // [words, Nr]
+  check_cpu_device(query_in, "hamming_topk");
+  const at::Tensor query = query_in.contiguous();             // [Nq, words]
+  const at::Tensor ref_word_major = ref_in.t().contiguous();  // [words, Nr]
   const int64_t num_query = query.size(0);
   const int64_t num_ref = ref_in.size(0);
   const int64_t words = query.size(1);
-  at::Tensor top_dist = at::empty({num_query, k}, query.options().dtype(at::kInt));   // [Nq, k]
+  at::Tensor top_dist = at::empty({num_query, k}, query.options().dtype(at::kInt));    // [Nq, k]
   at::Tensor top_index = at::empty({num_query, k}, query.options().dtype(at::kLong));  // [Nq, k]
   if (num_query == 0 || k == 0) return {top_dist, top_index};
   const int64_t* query_data = query.const_data_ptr<int64_t>();
@@ -202,8 +190,8 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& query_in, 
         const int64_t count = std::min(kRefTile, num_ref - r_begin);
         for (int64_t qi = 0; qi < q_count; ++qi) {
           int32_t* dist_row = tile_dist.data() + qi * kRefTile;
-          MANIFOLD_EXT_CALL_CPU_ISA(isa, hamming_tile, query_data + (q_begin + qi) * words, ref_data + r_begin,
-                                    num_ref, words, count, dist_row);
+          MANIFOLD_EXT_CALL_CPU_ISA(isa, hamming_tile, query_data + (q_begin + qi) * words, ref_data + r_begin, num_ref,
+                                    words, count, dist_row);
           int32_t* heap_dist = top_dist_data + (q_begin + qi) * k;
           int64_t* heap_index = top_index_data + (q_begin + qi) * k;
           int64_t size = heap_size[qi];
@@ -226,8 +214,9 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& query_in, 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> region_system_cpu(at::TensorList weights,
                                                                              at::TensorList biases,
                                                                              const at::Tensor& patterns) {
-  TORCH_CHECK_VALUE(!weights.empty(), "region_system: weights must list the hidden layers followed by the output layer");
-  check_cpu_float(weights[0], "region_system");
+  TORCH_CHECK_VALUE(!weights.empty(),
+                    "region_system: weights must list the hidden layers followed by the output layer");
+  check_cpu(weights[0], "region_system");
   return region_system_impl(weights, biases, patterns);
 }
 

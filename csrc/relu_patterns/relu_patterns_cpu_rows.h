@@ -7,21 +7,21 @@
 
 #include <cstdint>
 
+#include "common/cpu_capability.h"
+
 namespace manifold_ext {
 namespace relu_patterns {
 
 // Distances from one packed query row to `count` consecutive reference
 // patterns stored word-major: word w of reference r is
 // refs_word_major[w * ref_stride + r]. Writes dist[0..count).
-#define MANIFOLD_EXT_DECLARE_HAMMING_ROWS(ns)                                                           \
-  namespace ns {                                                                                        \
-  void hamming_tile(const int64_t* query, const int64_t* refs_word_major, int64_t ref_stride,           \
-                    int64_t words, int64_t count, int32_t* dist);                                        \
+#define MANIFOLD_EXT_DECLARE_HAMMING_ROWS(ns)                                                                \
+  namespace ns {                                                                                             \
+  void hamming_tile(const int64_t* query, const int64_t* refs_word_major, int64_t ref_stride, int64_t words, \
+                    int64_t count, int32_t* dist);                                                           \
   }
 
-MANIFOLD_EXT_DECLARE_HAMMING_ROWS(cpu_default)
-MANIFOLD_EXT_DECLARE_HAMMING_ROWS(cpu_avx2)
-MANIFOLD_EXT_DECLARE_HAMMING_ROWS(cpu_avx512)
+MANIFOLD_EXT_FOR_EACH_CPU_ISA(MANIFOLD_EXT_DECLARE_HAMMING_ROWS)
 
 }  // namespace relu_patterns
 }  // namespace manifold_ext

@@ -12,9 +12,9 @@
 // Every x86 CPU with AVX2 has POPCNT, but -mavx2 does not enable it; without
 // it __builtin_popcountll is a libgcc call.
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-#define ME_POPCNT_TARGET __attribute__((target("popcnt")))
+#define MANIFOLD_EXT_POPCNT_TARGET __attribute__((target("popcnt")))
 #else
-#define ME_POPCNT_TARGET
+#define MANIFOLD_EXT_POPCNT_TARGET
 #endif
 
 namespace manifold_ext {
@@ -38,17 +38,17 @@ __attribute__((always_inline)) inline void hamming_tile_body(const int64_t* __re
   }
 }
 
-ME_POPCNT_TARGET void hamming_tile_scalar(const int64_t* query, const int64_t* refs_word_major, int64_t ref_stride,
-                                          int64_t words, int64_t count, int32_t* dist) {
+MANIFOLD_EXT_POPCNT_TARGET void hamming_tile_scalar(const int64_t* query, const int64_t* refs_word_major,
+                                                    int64_t ref_stride, int64_t words, int64_t count, int32_t* dist) {
   hamming_tile_body(query, refs_word_major, ref_stride, words, count, dist);
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
 // 8 popcounts per instruction where the CPU has AVX512-VPOPCNTDQ (Ice Lake, Zen 4 and later).
 __attribute__((target("popcnt,avx512vpopcntdq"))) void hamming_tile_vpopcnt(const int64_t* query,
-                                                                              const int64_t* refs_word_major,
-                                                                              int64_t ref_stride, int64_t words,
-                                                                              int64_t count, int32_t* dist) {
+                                                                            const int64_t* refs_word_major,
+                                                                            int64_t ref_stride, int64_t words,
+                                                                            int64_t count, int32_t* dist) {
   hamming_tile_body(query, refs_word_major, ref_stride, words, count, dist);
 }
 

@@ -28,6 +28,7 @@
 #include <limits>
 #include <tuple>
 
+#include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "relu_patterns/relu_patterns_host.h"
 
@@ -37,16 +38,12 @@ namespace {
 
 constexpr int kThreads = 256;
 
-void check_cuda(const at::Tensor& t, const char* op) {
-  TORCH_CHECK(t.device().is_cuda(), op, ": expected CUDA tensors, got ", t.device());
-}
-
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) pack_layer_and_relu_kernel(
-    scalar_t* __restrict__ pre,    // [N, units]
-    int64_t* __restrict__ packed,  // [N, words]
-    int64_t rows, int64_t units, int64_t words, int64_t layer_offset, int64_t first_word, int64_t layer_words,
-    bool apply_relu) {
+__global__ void __launch_bounds__(kThreads)
+    pack_layer_and_relu_kernel(scalar_t* __restrict__ pre,    // [N, units]
+                               int64_t* __restrict__ packed,  // [N, words]
+                               int64_t rows, int64_t units, int64_t words, int64_t layer_offset, int64_t first_word,
+                               int64_t layer_words, bool apply_relu) {
   const int64_t total = rows * layer_words;
   for (int64_t item = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; item < total;
        item += int64_t(gridDim.x) * blockDim.x) {
@@ -86,9 +83,9 @@ at::Tensor activation_patterns_cuda(const at::Tensor& x, at::TensorList weights,
       const bool apply_relu = j + 1 < weights.size();
       const int64_t blocks = cuda::grid_stride_blocks(rows * layer_words, kThreads);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "activation_patterns_cuda", [&] {
-        pack_layer_and_relu_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-            pre.mutable_data_ptr<scalar_t>(), packed.mutable_data_ptr<int64_t>(), rows, units, shape.words, offset,
-            first_word, layer_words, apply_relu);
+        pack_layer_and_relu_kernel<scalar_t>
+            <<<blocks, kThreads, 0, stream>>>(pre.mutable_data_ptr<scalar_t>(), packed.mutable_data_ptr<int64_t>(),
+                                              rows, units, shape.words, offset, first_word, layer_words, apply_relu);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     }
@@ -119,9 +116,10 @@ at::Tensor unpack_patterns_cuda(const at::Tensor& packed_in, int64_t num_units) 
   if (total == 0) return bits;
   cuda::dispatch_index_type(total, [&](auto index_zero) {
     using index_t = decltype(index_zero);
-    unpack_kernel<index_t><<<cuda::grid_stride_blocks(total, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        packed.const_data_ptr<int64_t>(), bits.mutable_data_ptr<bool>(), static_cast<index_t>(total),
-        static_cast<index_t>(num_units), packed.size(1));
+    unpack_kernel<index_t>
+        <<<cuda::grid_stride_blocks(total, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            packed.const_data_ptr<int64_t>(), bits.mutable_data_ptr<bool>(), static_cast<index_t>(total),
+            static_cast<index_t>(num_units), packed.size(1));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return bits;
@@ -158,11 +156,11 @@ at::Tensor pack_patterns_cuda(const at::Tensor& bits_in) {
 constexpr int kDistanceQueries = 8;
 constexpr int kStagedWords = 64;
 
-__global__ void __launch_bounds__(kThreads) hamming_distance_kernel(
-    const int64_t* __restrict__ a,             // [Na, words]
-    const int64_t* __restrict__ b_word_major,  // [words, Nb]
-    int32_t* __restrict__ dist,                // [Na, Nb]
-    int64_t num_a, int64_t num_b, int64_t words) {
+__global__ void __launch_bounds__(kThreads)
+    hamming_distance_kernel(const int64_t* __restrict__ a,             // [Na, words]
+                            const int64_t* __restrict__ b_word_major,  // [words, Nb]
+                            int32_t* __restrict__ dist,                // [Na, Nb]
+                            int64_t num_a, int64_t num_b, int64_t words) {
   __shared__ int64_t staged[kDistanceQueries][kStagedWords];
   const int64_t r = blockIdx.x * int64_t(kThreads) + threadIdx.x;
   const int64_t q_begin = blockIdx.y * int64_t(kDistanceQueries);
@@ -240,12 +238,12 @@ constexpr int64_t kMaxCandidateBytes = int64_t(512) << 20;
 // capacity k at heap_dist/heap_index + (q * splits + s) * k. Unused entries
 // get index -1. With splits == 1 the heap is sorted in place: it is the answer.
 template <bool kInRegisters>
-__global__ void __launch_bounds__(kTopkThreads) hamming_topk_split_kernel(
-    const int64_t* __restrict__ query,           // [Nq, words]
-    const int64_t* __restrict__ ref_word_major,  // [words, Nr]
-    int32_t* __restrict__ heap_dist,             // [Nq, splits, k]
-    int64_t* __restrict__ heap_index,            // [Nq, splits, k]
-    int64_t num_query, int64_t num_ref, int64_t words, int64_t k, int64_t splits) {
+__global__ void __launch_bounds__(kTopkThreads)
+    hamming_topk_split_kernel(const int64_t* __restrict__ query,           // [Nq, words]
+                              const int64_t* __restrict__ ref_word_major,  // [words, Nr]
+                              int32_t* __restrict__ heap_dist,             // [Nq, splits, k]
+                              int64_t* __restrict__ heap_index,            // [Nq, splits, k]
+                              int64_t num_query, int64_t num_ref, int64_t words, int64_t k, int64_t splits) {
   const int64_t item = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (item >= num_query * splits) return;
   const int64_t q = item / splits;
@@ -286,12 +284,12 @@ __global__ void __launch_bounds__(kTopkThreads) hamming_topk_split_kernel(
 // Pass 2: one thread per query merges its splits * k candidates (skipping
 // unused entries) into the output heap, then sorts it. heap_offer orders by
 // (distance, index), so the arrival order of candidates does not matter.
-__global__ void __launch_bounds__(kTopkThreads) hamming_topk_merge_kernel(
-    const int32_t* __restrict__ cand_dist,   // [Nq, splits * k]
-    const int64_t* __restrict__ cand_index,  // [Nq, splits * k]
-    int32_t* __restrict__ top_dist,          // [Nq, k]
-    int64_t* __restrict__ top_index,         // [Nq, k]
-    int64_t num_query, int64_t k, int64_t candidates_per_query) {
+__global__ void __launch_bounds__(kTopkThreads)
+    hamming_topk_merge_kernel(const int32_t* __restrict__ cand_dist,   // [Nq, splits * k]
+                              const int64_t* __restrict__ cand_index,  // [Nq, splits * k]
+                              int32_t* __restrict__ top_dist,          // [Nq, k]
+                              int64_t* __restrict__ top_index,         // [Nq, k]
+                              int64_t num_query, int64_t k, int64_t candidates_per_query) {
   const int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (q >= num_query) return;
   const int32_t* dist_in = cand_dist + q * candidates_per_query;
@@ -325,14 +323,13 @@ void launch_topk_split(const at::Tensor& query, const at::Tensor& ref_word_major
                        int64_t num_ref, int64_t k, int64_t splits, cudaStream_t stream) {
   const int64_t num_query = query.size(0);
   const int64_t blocks = (num_query * splits + kTopkThreads - 1) / kTopkThreads;
-  hamming_topk_split_kernel<kInRegisters><<<blocks, kTopkThreads, 0, stream>>>(
-      query.const_data_ptr<int64_t>(), ref_word_major.const_data_ptr<int64_t>(), dist, index, num_query, num_ref,
-      query.size(1), k, splits);
+  hamming_topk_split_kernel<kInRegisters>
+      <<<blocks, kTopkThreads, 0, stream>>>(query.const_data_ptr<int64_t>(), ref_word_major.const_data_ptr<int64_t>(),
+                                            dist, index, num_query, num_ref, query.size(1), k, splits);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& query_in, const at::Tensor& ref_in,
-                                                     int64_t k) {
+std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& query_in, const at::Tensor& ref_in, int64_t k) {
   check_topk(query_in, ref_in, k);
   check_cuda(query_in, "hamming_topk");
   const c10::cuda::CUDAGuard device_guard(query_in.device());
@@ -377,7 +374,8 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& query_in,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> region_system_cuda(at::TensorList weights,
                                                                               at::TensorList biases,
                                                                               const at::Tensor& patterns) {
-  TORCH_CHECK_VALUE(!weights.empty(), "region_system: weights must list the hidden layers followed by the output layer");
+  TORCH_CHECK_VALUE(!weights.empty(),
+                    "region_system: weights must list the hidden layers followed by the output layer");
   check_cuda(weights[0], "region_system");
   const c10::cuda::CUDAGuard device_guard(weights[0].device());
   return region_system_impl(weights, biases, patterns);

@@ -39,8 +39,8 @@ inline NetworkShape check_network(at::TensorList weights, at::TensorList biases,
     const at::Tensor& b = biases[j];
     TORCH_CHECK_VALUE(w.dim() == 2, op, ": weights[", j, "] must be a matrix [out_features, in_features], got shape ",
                       w.sizes());
-    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == w.size(0), op, ": biases[", j, "] must have shape [",
-                      w.size(0), "] to match weights[", j, "] of shape ", w.sizes(), ", got ", b.sizes());
+    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == w.size(0), op, ": biases[", j, "] must have shape [", w.size(0),
+                      "] to match weights[", j, "] of shape ", w.sizes(), ", got ", b.sizes());
     TORCH_CHECK_VALUE(at::isFloatingType(w.scalar_type()), op, ": weights must be floating point, got ",
                       w.scalar_type(), " for weights[", j, "]");
     TORCH_CHECK_VALUE(w.scalar_type() == first.scalar_type() && b.scalar_type() == first.scalar_type(), op,
@@ -92,8 +92,8 @@ inline void check_hamming_pair(const at::Tensor& a, const at::Tensor& b, const c
 
 inline void check_topk(const at::Tensor& query, const at::Tensor& ref, int64_t k) {
   check_hamming_pair(query, ref, "query", "ref", "hamming_topk");
-  TORCH_CHECK_VALUE(k >= 0 && k <= ref.size(0), "hamming_topk: k must be in [0, number of reference patterns = ",
-                    ref.size(0), "], got k = ", k);
+  TORCH_CHECK_VALUE(k >= 0 && k <= ref.size(0),
+                    "hamming_topk: k must be in [0, number of reference patterns = ", ref.size(0), "], got k = ", k);
 }
 
 // Bits past the last unit must be 0 (the packing convention): a set one means
@@ -107,7 +107,8 @@ inline void check_no_bits_beyond(const at::Tensor& packed, int64_t num_units, co
   if (!beyond.any().item<bool>()) return;
   const int64_t row = beyond.nonzero().select(1, 0)[0].item<int64_t>();
   TORCH_CHECK_VALUE(false, op, ": ", name, " row ", row, " has bits set beyond unit ", num_units - 1, " (", num_units,
-                    " units fill ", used_in_last_word, " bits of the last int64 word; the rest must be 0): patterns "
+                    " units fill ", used_in_last_word,
+                    " bits of the last int64 word; the rest must be 0): patterns "
                     "of a network with more units?");
 }
 
@@ -157,7 +158,7 @@ inline void check_pack(const at::Tensor& bits) {
 
 // Bits of packed patterns [P, words] as 0/1 values of `dtype`, [P, units].
 inline at::Tensor unpacked_as(const at::Tensor& patterns, int64_t units, at::ScalarType dtype) {
-  const at::Tensor shifts = at::arange(kBitsPerWord, patterns.options());                       // [64]
+  const at::Tensor shifts = at::arange(kBitsPerWord, patterns.options());                               // [64]
   const at::Tensor bits = at::bitwise_and(at::bitwise_right_shift(patterns.unsqueeze(-1), shifts), 1);  // [P, W, 64]
   return bits.reshape({patterns.size(0), patterns.size(1) * kBitsPerWord}).narrow(1, 0, units).to(dtype);
 }
@@ -184,8 +185,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> region_system_
   const auto options = weights[0].options();
   const at::Tensor active = unpacked_as(patterns, shape.hidden_units, dtype);  // [P, H] s
   const at::Tensor row_sign = 1 - 2 * active;                                  // [P, H] s'
-  at::Tensor A = at::empty({num_patterns, shape.hidden_units, d}, options);     // [P, H, d]
-  at::Tensor c = at::empty({num_patterns, shape.hidden_units}, options);        // [P, H]
+  at::Tensor A = at::empty({num_patterns, shape.hidden_units, d}, options);    // [P, H, d]
+  at::Tensor c = at::empty({num_patterns, shape.hidden_units}, options);       // [P, H]
 
   at::Tensor w_hat = weights[0].unsqueeze(0).expand({num_patterns, shape.layer_units[0], d});  // [P, h_1, d]
   at::Tensor b_hat = biases[0].unsqueeze(0).expand({num_patterns, shape.layer_units[0]});      // [P, h_1]
@@ -196,8 +197,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> region_system_
       const int64_t prev_units = shape.layer_units[j - 1];
       const at::Tensor prev_active = active.narrow(1, offset - prev_units, prev_units);  // [P, h_{j-1}]
       const at::Tensor masked = weights[j].unsqueeze(0) * prev_active.unsqueeze(1);      // [P, h_j, h_{j-1}]
-      w_hat = at::bmm(masked, w_hat);                                                     // [P, h_j, d]
-      b_hat = at::bmm(masked, b_hat.unsqueeze(-1)).squeeze(-1) + biases[j];               // [P, h_j]
+      w_hat = at::bmm(masked, w_hat);                                                    // [P, h_j, d]
+      b_hat = at::bmm(masked, b_hat.unsqueeze(-1)).squeeze(-1) + biases[j];              // [P, h_j]
     }
     if (j == hidden_layers) break;  // the output layer has no inequality rows
     const int64_t units = shape.layer_units[j];

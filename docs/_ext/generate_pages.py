@@ -231,6 +231,7 @@ class BenchTable:
     date: str
     device: str
     rows: list[dict]
+    load_average: list[float] | None = None  # 1/5/15-minute load when the run started, where recorded
 
 
 def _require(mapping: dict, keys, where: str) -> None:
@@ -261,6 +262,14 @@ def parse_bench_file(path: Path) -> BenchTable | dict:
         rows = data["rows"]
         table = BenchTable(path, str(data["machine"]), str(data["isa"]), int(data["threads"]), str(data["torch"]),
                            str(data["date"]), str(data.get("device", "cpu")), rows)
+    elif data.get("schema", 1) >= 2 and "results" in data:
+        # manifold-ext bench's per-(machine, ISA path, threads) files: the header at top level, the
+        # ISA path only for CPU runs, and the machine's load average during the run.
+        device = str(data.get("device") or "cpu")
+        _require(data, ("machine", "threads", "torch", "date") + (("isa",) if device == "cpu" else ()), where)
+        table = BenchTable(path, str(data["machine"]), str(data.get("isa") or device), int(data["threads"]),
+                           str(data["torch"]), str(data["date"]), device, data["results"],
+                           load_average=(data.get("load_average") or {}).get("start"))
     elif "results" in data and "environment" in data:
         env = data["environment"]
         _require(env, ("torch", "threads", "date", "device"), f"{where}: environment")
@@ -303,10 +312,16 @@ def _fmt_ms(value) -> str:
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
+def _load_text(table: BenchTable) -> str:
+    if not table.load_average:
+        return ""
+    return f", load average {' / '.join(f'{value:g}' for value in table.load_average)} at the start"
+
+
 def bench_table(table: BenchTable, family: str) -> str:
     rows = [row for row in table.rows if row["family"] == family]
     lines = [f"**{table.machine}**: ISA path `{table.isa}`, {table.threads} threads, torch {table.torch}, "
-             f"device `{table.device}`, {table.date} (`{table.source.name}`)\n",
+             f"device `{table.device}`, {table.date}{_load_text(table)} (`{table.source.name}`)\n",
              "| case | shape | dtype | eager ms | compile ms | ours ms | vs eager | vs compile | ours / bound |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:

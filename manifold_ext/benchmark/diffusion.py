@@ -31,7 +31,8 @@ def _case(family_name, label, shape, device, dtype, arrays_read, arrays_written,
     itemsize = torch.empty((), dtype=dtype).element_size()
     bytes_moved = (arrays_read + arrays_written) * numel * itemsize + (2 * 8 * shape[0] if acc else 0)
     return BenchCase(family="diffusion", name=f"{family_name} ({label})", shape="x".join(map(str, shape)),
-                     dtype=str(dtype).replace("torch.", ""), make=make, bytes_moved=bytes_moved, note=note)
+                     dtype=str(dtype).replace("torch.", ""), make=make, bytes_moved=bytes_moved, note=note,
+                     large=label == "points")
 
 
 def _nll_case(label, shape, device, dtype, per_sample=False):

@@ -83,7 +83,9 @@ def _step_case(shape, hidden, device, backward: bool, label: str) -> BenchCase:
         shape="x " + "x".join(map(str, shape)) + f" -> {4 * shape[1]}ch, hidden {hidden}",
         dtype="float32",
         make=make,
-        note="the coupling network (3x3, 1x1, 3x3 convs) is the same PyTorch code in all three",
+        note="model benchmark, no op target: the coupling network (3x3, 1x1, 3x3 convs) is the same PyTorch "
+             "code in all three",
+        has_target=False,
     )
 
 
@@ -121,7 +123,9 @@ def _training_case(shape, device, label: str, config: dict) -> BenchCase:
         shape="x " + "x".join(map(str, shape)) + f", {levels} levels x {steps} steps, hidden {hidden}",
         dtype="float32",
         make=make,
-        note="compile = torch.compile of the eager model's log_prob (forward+backward graph)",
+        note="model benchmark, no op target: compile = torch.compile of the eager model's log_prob "
+             "(forward+backward graph)",
+        has_target=False,
     )
 
 

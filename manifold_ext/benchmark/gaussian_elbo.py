@@ -34,6 +34,7 @@ def _case(name, shape, latents, dtype, make, tensors_moved):
         dtype=str(dtype).replace("torch.", ""),
         make=make,
         bytes_moved=tensors_moved * (numel + shape[0] * latents) * itemsize,
+        large=name.startswith("celeba"),
     )
 
 

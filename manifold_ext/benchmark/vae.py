@@ -58,6 +58,7 @@ def _closest_case(name, shape, device, dtype, backward, guided=False):
         dtype=_dtype_name(dtype),
         make=make,
         bytes_moved=bytes_moved,
+        large=name == "large",
     )
 
 
