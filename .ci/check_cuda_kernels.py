@@ -6,6 +6,7 @@ m.impl("name", ...) lines of csrc/*/*_cuda.cu, so a family that is CPU-only by
 design (no _cuda.cu) is listed, not failed; a .cu file that was not compiled in,
 or a kernel that did not register, fails.
 """
+
 from __future__ import annotations
 
 import re
@@ -34,10 +35,13 @@ def main() -> int:
     ops = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("manifold_ext::"))
     expected = expected_cuda_ops(repo)
     missing = sorted(op for op in expected if not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"))
-    cpu_only = sorted(op for op in ops if op not in expected
-                      and not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"))
-    print(f"-- {len(ops)} manifold_ext ops; {len(expected) - len(missing)} of the {len(expected)} with a "
-          f"CUDA kernel in csrc/ registered; CPU-only by design: {cpu_only or 'none'}")
+    cpu_only = sorted(
+        op for op in ops if op not in expected and not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")
+    )
+    print(
+        f"-- {len(ops)} manifold_ext ops; {len(expected) - len(missing)} of the {len(expected)} with a "
+        f"CUDA kernel in csrc/ registered; CPU-only by design: {cpu_only or 'none'}"
+    )
     if missing:
         print(f"FAILED: ops whose CUDA kernel did not register: {missing}")
         return 1

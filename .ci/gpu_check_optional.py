@@ -9,6 +9,7 @@ skips that name the package; every other error still fails. hypothesis is not
 optional here: python_tests/conftest.py imports it (gpu-check installs it from
 a wheel folder when it is missing).
 """
+
 from __future__ import annotations
 
 import re

@@ -8,6 +8,7 @@ Small inputs take the 32-bit index path only. Small enough to finish in seconds
 under the sanitizer. Prints one line per family; any sanitizer report makes
 compute-sanitizer exit non-zero (--error-exitcode).
 """
+
 from __future__ import annotations
 
 import torch
@@ -69,8 +70,8 @@ def relu_patterns() -> None:
     patterns = ops.activation_patterns(x, weights[:2], biases[:2])
     ops.unpack_patterns(patterns, 100)
     ops.hamming_distance(patterns, patterns[:50])
-    ops.hamming_topk(patterns[:1], patterns, 9)      # split + merge
-    ops.hamming_topk(patterns, patterns[:20], 3)     # splits over few references
+    ops.hamming_topk(patterns[:1], patterns, 9)  # split + merge
+    ops.hamming_topk(patterns, patterns[:20], 3)  # splits over few references
     ops.region_system(weights, biases, patterns[:4])
 
 

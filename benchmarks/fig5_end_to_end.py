@@ -25,6 +25,7 @@ GFLOP/s counts the network's multiply-adds (2 per weight per row) against a
 practical peak measured here: the best of a large sgemm through MKL
 (``torch.mm``) and through oneDNN.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -125,16 +126,21 @@ def run_in_process(model, x0, rounds: int, variant: str) -> tuple[dict, torch.Te
     try:
         timed = _TimedModel(model)  # with threads > 1 its seconds add up over the threads
         start, cpu = time.perf_counter(), time.process_time()
-        values = log_likelihood(timed, x0, linear_schedule(T), dt=1, rounds=rounds, seed=0, progress=True,
-                                threads=threads)
+        values = log_likelihood(
+            timed, x0, linear_schedule(T), dt=1, rounds=rounds, seed=0, progress=True, threads=threads
+        )
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     finally:
         _mlp.applies = original
-    result = {"seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2),
-              "threads": threads or torch.get_num_threads()}
+    result = {
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu_seconds, 2),
+        "threads": threads or torch.get_num_threads(),
+    }
     if threads == 1:  # one thread calls the network: its time is wall time
-        result.update(network_seconds=round(timed.seconds, 2),
-                      outside_network_share=round(1 - timed.seconds / seconds, 4))
+        result.update(
+            network_seconds=round(timed.seconds, 2), outside_network_share=round(1 - timed.seconds / seconds, 4)
+        )
     else:
         result["network_thread_seconds"] = round(timed.seconds, 2)
     return result, values
@@ -147,22 +153,37 @@ def _children_cpu() -> float:
 
 def run_processes(path: str, x0, rounds: int, workers: int) -> tuple[dict, torch.Tensor]:
     start, cpu, children = time.perf_counter(), time.process_time(), _children_cpu()
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)
+    ) as pool:
         values = log_likelihood(path, x0, dt=1, rounds=rounds, seed=0, executor=pool, progress=True)
     cpu_seconds = time.process_time() - cpu + _children_cpu() - children  # the pool's processes are reaped now
-    return {"seconds": round(time.perf_counter() - start, 2), "cpu_seconds": round(cpu_seconds, 2),
-            "workers": workers, "threads_per_worker": 1}, values
+    return {
+        "seconds": round(time.perf_counter() - start, 2),
+        "cpu_seconds": round(cpu_seconds, 2),
+        "workers": workers,
+        "threads_per_worker": 1,
+    }, values
 
 
 def run_baseline(python: str, points: int, rounds: int) -> dict:
-    completed = subprocess.run([python, "-c", BASELINE_SCRIPT, str(points), str(rounds)], capture_output=True,
-                               text=True, check=True, cwd=tempfile.gettempdir())
+    completed = subprocess.run(
+        [python, "-c", BASELINE_SCRIPT, str(points), str(rounds)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tempfile.gettempdir(),
+    )
     record = json.loads(completed.stdout.strip().splitlines()[-1])
     venv = Path(os.path.abspath(python)).parent.parent  # not resolve(): the venv's python links elsewhere
     checkout = venv.parent if venv.name == ".venv" else None
-    commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() if checkout else None
+    commit = (
+        subprocess.run(
+            ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        if checkout
+        else None
+    )
     return {"seconds": round(record["seconds"], 2), "mean_log_p_bound": record["mean"], "commit": commit}
 
 
@@ -190,15 +211,21 @@ def markdown(record: dict) -> str:
             per_cpu = result.get("gflop_per_cpu_second")
             per_core_peak = peak.get("practical_peak_per_core")
             efficiency = f"{per_cpu} ({100 * per_cpu / per_core_peak:.0f} %)" if per_cpu and per_core_peak else ""
-            same = next((("yes" if v else "NO") for k, v in result.items() if k.startswith("values_equal_")),
-                        "other noise")
+            same = next(
+                (("yes" if v else "NO") for k, v in result.items() if k.startswith("values_equal_")), "other noise"
+            )
             speedup = run.get(f"speedup_fast_vs_{name}", "")
-            lines.append(f"| `{name}` | {result['seconds']} | {speedup} | {result['end_to_end_gflops']} | "
-                         f"{efficiency} | {same} | {result['mean_log_p_bound']:.6f} |")
-    lines += ["", "GFLOP: the network's multiply-adds (2 per weight per row) over the whole run, per second of wall "
-              "time and per CPU-second of all the run's threads and processes (the latter counts the other work of "
-              "the run too, so it is a lower bound of the network's efficiency). `before` is the checkout named in "
-              "the JSON (its own noise stream, so its mean differs within Monte Carlo error)."]
+            lines.append(
+                f"| `{name}` | {result['seconds']} | {speedup} | {result['end_to_end_gflops']} | "
+                f"{efficiency} | {same} | {result['mean_log_p_bound']:.6f} |"
+            )
+    lines += [
+        "",
+        "GFLOP: the network's multiply-adds (2 per weight per row) over the whole run, per second of wall "
+        "time and per CPU-second of all the run's threads and processes (the latter counts the other work of "
+        "the run too, so it is a lower bound of the network's efficiency). `before` is the checkout named in "
+        "the JSON (its own noise stream, so its mean differs within Monte Carlo error).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -213,9 +240,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats of every variant")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--baseline-python", default=None, help="interpreter of the checkout to compare with")
-    parser.add_argument("--variants", default="eager,fast,fast_2_processes,before",
-                        help="comma-separated, from: eager, fast, fast_mlp_serial, eager_threads, fast_2_processes, "
-                             "before")
+    parser.add_argument(
+        "--variants",
+        default="eager,fast,fast_2_processes,before",
+        help="comma-separated, from: eager, fast, fast_mlp_serial, eager_threads, fast_2_processes, before",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "fig5_end_to_end.json")
     parser.add_argument("--render", action="store_true", help="only rewrite the .md from an existing --out JSON")
     args = parser.parse_args(argv)
@@ -230,9 +259,19 @@ def main(argv=None) -> dict:
     x0 = torch.randn(args.points, 2, generator=torch.Generator().manual_seed(1))
     rows = args.points * args.rounds
     flops = rows * T * network_flops_per_row()
-    record = {"points": args.points, "rounds": args.rounds, "T": T, "dt": 1, "hidden": HIDDEN, "layers": LAYERS,
-              "network_gflop": round(flops / 1e9, 1), "machine": machine_record(), "load_average_start": load_average(),
-              "peak": practical_peak_gflops(), "runs": []}
+    record = {
+        "points": args.points,
+        "rounds": args.rounds,
+        "T": T,
+        "dt": 1,
+        "hidden": HIDDEN,
+        "layers": LAYERS,
+        "network_gflop": round(flops / 1e9, 1),
+        "machine": machine_record(),
+        "load_average_start": load_average(),
+        "peak": practical_peak_gflops(),
+        "runs": [],
+    }
     with tempfile.TemporaryDirectory() as folder:
         path = str(Path(folder) / "fig5_eps.ckpt")
         save_checkpoint(path, model, linear_schedule(T))

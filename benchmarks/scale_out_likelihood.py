@@ -11,6 +11,7 @@ with the in-process result. A burst of empty tasks measures how many tasks per
 second the driver and scheduler turn around, the limit for very many workers
 (docs/guides/scale_out_likelihood.md turns these into a model for 100 workers).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,15 +67,20 @@ def rss_mb() -> float:
 def measure(workers: int, path: str, x0: torch.Tensor, rounds: int, task_rows: int, seed: int) -> dict:
     distributed = require("distributed", feature="the scale-out benchmark")
     start = time.perf_counter()
-    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                       dashboard_address=None, silence_logs=logging.ERROR)
+    cluster = distributed.LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
     client = distributed.Client(cluster)
     startup = time.perf_counter() - start
     try:
         # Warm the workers (imports) so that the run measures the work, then time the model load separately.
         client.run(lambda: __import__("manifold_ext.diffusion"))
-        grid = _Grid(points=x0.shape[0], rounds=rounds, batch_rows=min(16_384, task_rows), dt=1, seed=seed,
-                     fused=True)
+        grid = _Grid(points=x0.shape[0], rounds=rounds, batch_rows=min(16_384, task_rows), dt=1, seed=seed, fused=True)
         sha256 = read_header(path)["sha256"]
         tasks = _tasks(path, sha256, x0, grid, task_rows)
         load = list(client.run(cold_model_load, path, sha256).values())
@@ -139,8 +145,15 @@ def main(argv=None) -> dict:
     model = PointEpsNet(hidden=128, T=100).eval()
     nn.init.normal_(model.output.weight, std=0.1)
     x0 = torch.randn(args.points, 2, generator=torch.Generator().manual_seed(1))
-    record = {"points": args.points, "rounds": args.rounds, "T": 100, "dt": 1, "task_rows": args.task_rows,
-              "machine": machine_record(), "runs": []}
+    record = {
+        "points": args.points,
+        "rounds": args.rounds,
+        "T": 100,
+        "dt": 1,
+        "task_rows": args.task_rows,
+        "machine": machine_record(),
+        "runs": [],
+    }
     with tempfile.TemporaryDirectory() as folder:
         path = str(Path(folder) / "fig5_eps.ckpt")
         save_checkpoint(path, model, linear_schedule(100))
@@ -196,11 +209,17 @@ def scaling_model(record: dict) -> dict:
     for name, factor in (("fig5", 1), ("fig5_x100", 100)):
         for workers in (1, 2, 10, 100):
             task_count = max(4 * workers, 1)  # four tasks per worker balance the load
-            predictions[f"{name}_{workers}_workers_seconds"] = round(wall(workers, fig5_row_steps * factor,
-                                                                          task_count), 1)
-    return {"seconds_per_row_step": c, "first_task_load_seconds": round(load, 3),
-            "overhead_seconds_per_task": round(overhead, 4), "driver_tasks_per_second": rate,
-            "bytes_returned_per_row": bytes_per_row, "predictions": predictions}
+            predictions[f"{name}_{workers}_workers_seconds"] = round(
+                wall(workers, fig5_row_steps * factor, task_count), 1
+            )
+    return {
+        "seconds_per_row_step": c,
+        "first_task_load_seconds": round(load, 3),
+        "overhead_seconds_per_task": round(overhead, 4),
+        "driver_tasks_per_second": rate,
+        "bytes_returned_per_row": bytes_per_row,
+        "predictions": predictions,
+    }
 
 
 def markdown(record: dict) -> str:
@@ -221,7 +240,8 @@ def markdown(record: dict) -> str:
             f"{max(run['model_load_seconds_per_worker'])} | "
             f"{run['bytes_shipped_per_task']:,} / {run['bytes_returned_per_task']:,} | "
             f"{run['driver_rss_mb_before']} / {run['driver_rss_mb_after']} | {run['load_average_1min']} | "
-            f"{'yes' if run['values_equal_first_run'] else 'NO'} |")
+            f"{'yes' if run['values_equal_first_run'] else 'NO'} |"
+        )
     p = model["predictions"]
     lines += [
         "",
@@ -233,7 +253,8 @@ def markdown(record: dict) -> str:
         "",
         "| predicted wall time (s) on dedicated cores, 4 tasks per worker | 1 worker | 2 | 10 | 100 |",
         "|---|---|---|---|---|",
-        "| Fig. 5 (10^8 row-steps) | " + " | ".join(str(p[f"fig5_{w}_workers_seconds"]) for w in (1, 2, 10, 100))
+        "| Fig. 5 (10^8 row-steps) | "
+        + " | ".join(str(p[f"fig5_{w}_workers_seconds"]) for w in (1, 2, 10, 100))
         + " |",
         "| 100 x Fig. 5 | " + " | ".join(str(p[f"fig5_x100_{w}_workers_seconds"]) for w in (1, 2, 10, 100)) + " |",
     ]

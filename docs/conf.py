@@ -5,6 +5,7 @@ benchmark pages are generated on every build from the committed results
 (``docs/results/*/summary.json``, ``benchmarks/results/*.json``) by
 ``docs/_ext/generate_pages.py``; nothing in them is typed by hand.
 """
+
 from __future__ import annotations
 
 import sys
@@ -34,8 +35,15 @@ source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
 # notes/* are included into the generated pages, not pages of their own
 # results/<demo>/*.md are the demos' own tables; the results pages are generated from summary.json
-exclude_patterns = ["_build", "_ext", "results/README.md", "results/*/*.md", "guides/README.md",
-                    "reproductions/notes/*", "benchmarks/notes/*"]
+exclude_patterns = [
+    "_build",
+    "_ext",
+    "results/README.md",
+    "results/*/*.md",
+    "guides/README.md",
+    "reproductions/notes/*",
+    "benchmarks/notes/*",
+]
 
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3

@@ -4,6 +4,7 @@ geometric descriptions of image manifolds, and the models built on them.
 Importing the package loads the compiled operators into the dispatcher as
 ``torch.ops.manifold_ext.*``; ``manifold_ext.ops`` holds their Python wrappers.
 """
+
 # The one place the version is written: the build reads it from here
 # (pyproject.toml, [tool.scikit-build.metadata.version]).
 __version__ = "0.1.0"

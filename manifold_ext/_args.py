@@ -5,6 +5,7 @@ Integers: Python ints and NumPy integers (``np.int64``, anything with
 is an ``int`` to Python, but ``dt=True`` is a mistake, not a step of 1);
 floats are refused even when integral (``2.7`` must not silently become 2).
 """
+
 from __future__ import annotations
 
 import operator

@@ -1,5 +1,6 @@
 """Atomic file writes: write beside the target, then rename over it, so a crash
 never leaves a half-written checkpoint, summary or results file behind."""
+
 from __future__ import annotations
 
 import os

@@ -19,6 +19,7 @@ naming the file and what is wrong; on failure neither the file nor the
 caller's objects are touched. Files are written atomically (a temporary file
 beside the target, then a rename).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -96,8 +97,10 @@ def write_checkpoint(path: str | os.PathLike, payload: dict, meta: dict) -> Path
     torch.save(payload, buffer)
     body = buffer.getvalue()
     try:
-        header = json.dumps({"format": FORMAT_VERSION, "payload_bytes": len(body), "sha256": _digest(meta, body),
-                             "meta": meta}, allow_nan=False).encode()
+        header = json.dumps(
+            {"format": FORMAT_VERSION, "payload_bytes": len(body), "sha256": _digest(meta, body), "meta": meta},
+            allow_nan=False,
+        ).encode()
     except (TypeError, ValueError) as error:
         raise TypeError(f"write_checkpoint: meta must be plain JSON data (no NaN/inf): {error}") from error
 
@@ -117,18 +120,24 @@ def _parse(path: Path, blob: bytes) -> tuple[dict, bytes]:
     if not blob.startswith(MAGIC):
         if MAGIC.startswith(blob):
             raise CheckpointError(path, f"truncated: only {len(blob)} bytes, inside the magic line")
-        hint = " (a zip archive: a plain torch.save file, which carries no content hash or config)" \
-            if blob.startswith(b"PK\x03\x04") else ""
+        hint = (
+            " (a zip archive: a plain torch.save file, which carries no content hash or config)"
+            if blob.startswith(b"PK\x03\x04")
+            else ""
+        )
         raise CheckpointError(path, f"not a manifold_ext checkpoint: it starts with {blob[:16]!r}{hint}")
     offset = len(MAGIC) + _LENGTH.size
     if len(blob) < offset:
         raise CheckpointError(path, f"truncated: {len(blob)} bytes, the header length needs {offset}")
     (header_bytes,) = _LENGTH.unpack_from(blob, len(MAGIC))
     if len(blob) < offset + header_bytes:
-        raise CheckpointError(path, f"truncated: the header needs {header_bytes} bytes after byte {offset}, "
-                                    f"the file ends {len(blob) - offset} bytes after it")
+        raise CheckpointError(
+            path,
+            f"truncated: the header needs {header_bytes} bytes after byte {offset}, "
+            f"the file ends {len(blob) - offset} bytes after it",
+        )
     try:
-        header = json.loads(blob[offset:offset + header_bytes].decode())
+        header = json.loads(blob[offset : offset + header_bytes].decode())
         if not isinstance(header, dict):
             raise ValueError("not a JSON object")
         payload_bytes, stored_hash, meta = header["payload_bytes"], header["sha256"], header["meta"]
@@ -137,17 +146,22 @@ def _parse(path: Path, blob: bytes) -> tuple[dict, bytes]:
         raise CheckpointError(path, f"unreadable header (corrupted?): {error!r}") from None
     if version != FORMAT_VERSION:
         raise CheckpointError(path, f"format version {version!r}; this manifold_ext reads version {FORMAT_VERSION}")
-    body = blob[offset + header_bytes:]
+    body = blob[offset + header_bytes :]
     if len(body) < payload_bytes:
-        raise CheckpointError(path, f"truncated: the header announces {payload_bytes} payload bytes, "
-                                    f"the file holds {len(body)}")
+        raise CheckpointError(
+            path, f"truncated: the header announces {payload_bytes} payload bytes, the file holds {len(body)}"
+        )
     if len(body) > payload_bytes:
-        raise CheckpointError(path, f"{len(body) - payload_bytes} unexpected bytes after the payload "
-                                    f"({payload_bytes} announced)")
+        raise CheckpointError(
+            path, f"{len(body) - payload_bytes} unexpected bytes after the payload ({payload_bytes} announced)"
+        )
     computed = _digest(meta, body)
     if computed != stored_hash:
-        raise CheckpointError(path, f"content hash mismatch (stored sha256 {str(stored_hash)[:16]}..., "
-                                    f"computed {computed[:16]}...): the file was modified or corrupted")
+        raise CheckpointError(
+            path,
+            f"content hash mismatch (stored sha256 {str(stored_hash)[:16]}..., "
+            f"computed {computed[:16]}...): the file was modified or corrupted",
+        )
     return header, body
 
 
@@ -182,9 +196,12 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu", sha256: str | N
     path = Path(path)
     header, body = _parse(path, _read_bytes(path))
     if sha256 is not None and header["sha256"] != sha256:
-        raise CheckpointError(path, f"holds content sha256 {header['sha256'][:16]}..., expected {sha256[:16]}... "
-                                    "(the file differs from the one the caller read: replaced, or another "
-                                    "machine's copy)")
+        raise CheckpointError(
+            path,
+            f"holds content sha256 {header['sha256'][:16]}..., expected {sha256[:16]}... "
+            "(the file differs from the one the caller read: replaced, or another "
+            "machine's copy)",
+        )
     try:
         payload = torch.load(io.BytesIO(body), map_location=map_location, weights_only=True)
     except Exception as error:
@@ -223,8 +240,12 @@ def _first_difference(saved: Any, current: Any, where: str) -> tuple[str, Any, A
             if found:
                 return found
         return None
-    if type(saved) is not type(current) and not (isinstance(saved, (int, float)) and isinstance(current, (int, float))
-                                                  and not isinstance(saved, bool) and not isinstance(current, bool)):
+    if type(saved) is not type(current) and not (
+        isinstance(saved, (int, float))
+        and isinstance(current, (int, float))
+        and not isinstance(saved, bool)
+        and not isinstance(current, bool)
+    ):
         return where, saved, current
     return None if saved == current else (where, saved, current)
 
@@ -238,8 +259,10 @@ def require_match(path: str | os.PathLike, saved: dict, current: dict, remedy: s
         found = _first_difference(_plain(saved.get(key, "(absent)")), _plain(current[key]), key)
         if found:
             field, old, new = found
-            raise CheckpointError(path, f"{field} differs: the file has {old!r}, this call has {new!r}"
-                                        + (f"; {remedy}" if remedy else ""))
+            raise CheckpointError(
+                path,
+                f"{field} differs: the file has {old!r}, this call has {new!r}" + (f"; {remedy}" if remedy else ""),
+            )
 
 
 # ---------------------------------------------------------------------------
@@ -257,8 +280,11 @@ def model_config(model: nn.Module) -> dict | None:
 
 def state_signature(state: dict) -> list[list]:
     """[key, shape, dtype] of every tensor of a state dict: the architecture as the weights see it."""
-    return [[key, list(value.shape), str(value.dtype).removeprefix("torch.")]
-            for key, value in state.items() if isinstance(value, torch.Tensor)]
+    return [
+        [key, list(value.shape), str(value.dtype).removeprefix("torch.")]
+        for key, value in state.items()
+        if isinstance(value, torch.Tensor)
+    ]
 
 
 def model_record(model: nn.Module, config: dict | None = None) -> dict:
@@ -267,9 +293,11 @@ def model_record(model: nn.Module, config: dict | None = None) -> dict:
     ``config`` overrides ``model.config`` (for a class that does not keep its constructor arguments).
     """
     cls = type(model)
-    return {"class": f"{cls.__module__}:{cls.__qualname__}",
-            "config": _plain(config if config is not None else model_config(model)),
-            "signature": state_signature(model.state_dict())}
+    return {
+        "class": f"{cls.__module__}:{cls.__qualname__}",
+        "config": _plain(config if config is not None else model_config(model)),
+        "signature": state_signature(model.state_dict()),
+    }
 
 
 def check_state_dict(path: str | os.PathLike, module: nn.Module, state: dict, what: str = "model") -> None:
@@ -282,15 +310,19 @@ def check_state_dict(path: str | os.PathLike, module: nn.Module, state: dict, wh
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
     if missing or unexpected:
-        raise CheckpointError(path, f"{what} weights do not fit this model: "
-                                    f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                                    f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        raise CheckpointError(
+            path,
+            f"{what} weights do not fit this model: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}",
+        )
     for key, value in expected.items():
         saved = state[key]
         if not isinstance(saved, torch.Tensor) or saved.shape != value.shape or saved.dtype != value.dtype:
             got = f"{list(saved.shape)} {saved.dtype}" if isinstance(saved, torch.Tensor) else type(saved).__name__
-            raise CheckpointError(path, f"{what} weight '{key}' is {got} in the file, "
-                                        f"{list(value.shape)} {value.dtype} in this model")
+            raise CheckpointError(
+                path, f"{what} weight '{key}' is {got} in the file, {list(value.shape)} {value.dtype} in this model"
+            )
 
 
 def load_weights(path: str | os.PathLike, module: nn.Module, state: dict, what: str = "model") -> nn.Module:
@@ -305,9 +337,12 @@ def build_model(path: str | os.PathLike, record: dict) -> nn.Module:
     target, config = record.get("class", "?"), record.get("config")
     module_name, _, qualname = str(target).partition(":")
     if config is None or not module_name.startswith(_BUILDABLE_PREFIX):
-        raise CheckpointError(path, f"holds a {qualname or target} without a manifold_ext constructor config, "
-                                    f"so it cannot be rebuilt from the file; pass model=<a {qualname} instance> "
-                                    "to load the weights into it")
+        raise CheckpointError(
+            path,
+            f"holds a {qualname or target} without a manifold_ext constructor config, "
+            f"so it cannot be rebuilt from the file; pass model=<a {qualname} instance> "
+            "to load the weights into it",
+        )
     try:
         cls = importlib.import_module(module_name)
         for part in qualname.split("."):
@@ -317,8 +352,9 @@ def build_model(path: str | os.PathLike, record: dict) -> nn.Module:
         raise CheckpointError(path, f"cannot rebuild {target} from its config {config}: {error!r}") from error
 
 
-def model_from_checkpoint(path: str | os.PathLike, payload: dict, meta: dict, model: nn.Module | None = None,
-                          state_key: str | None = None) -> nn.Module:
+def model_from_checkpoint(
+    path: str | os.PathLike, payload: dict, meta: dict, model: nn.Module | None = None, state_key: str | None = None
+) -> nn.Module:
     """The checkpoint's model with its weights, in eval mode.
 
     With ``model`` given, the file's class, config and signature must match it
@@ -343,8 +379,14 @@ def model_from_checkpoint(path: str | os.PathLike, payload: dict, meta: dict, mo
     return model.eval()
 
 
-def save_model(path: str | os.PathLike, model: nn.Module, kind: str = "model", meta: dict | None = None,
-               extra: dict | None = None, config: dict | None = None) -> Path:
+def save_model(
+    path: str | os.PathLike,
+    model: nn.Module,
+    kind: str = "model",
+    meta: dict | None = None,
+    extra: dict | None = None,
+    config: dict | None = None,
+) -> Path:
     """Save ``model``'s weights with its class, config and signature (plus ``meta``; ``extra`` in the payload).
 
     Any module works; one without a ``config`` (constructor keyword arguments,
@@ -355,12 +397,14 @@ def save_model(path: str | os.PathLike, model: nn.Module, kind: str = "model", m
     extra = dict(extra or {})
     if "model" in extra:
         raise ValueError("save_model: 'model' is reserved for the weights; name the extra entry differently")
-    return write_checkpoint(path, {"model": model.state_dict(), **extra}, {"kind": kind, "model": record,
-                                                                           **(meta or {})})
+    return write_checkpoint(
+        path, {"model": model.state_dict(), **extra}, {"kind": kind, "model": record, **(meta or {})}
+    )
 
 
-def load_model(path: str | os.PathLike, model: nn.Module | None = None, map_location="cpu",
-               kind: str | None = None) -> tuple[nn.Module, dict, dict]:
+def load_model(
+    path: str | os.PathLike, model: nn.Module | None = None, map_location="cpu", kind: str | None = None
+) -> tuple[nn.Module, dict, dict]:
     """(model in eval mode, meta, payload) from a checkpoint written by :func:`save_model` or a training run."""
     payload, meta = read_checkpoint(path, map_location=map_location)
     if kind is not None and meta.get("kind") != kind:

@@ -4,6 +4,7 @@ Work over many independent items (regions, likelihood shards) goes through a
 ``concurrent.futures.Executor``; Dask's ``Client.get_executor()`` is one, so
 the same code runs on a local pool or a cluster.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import Executor
@@ -18,7 +19,9 @@ def dask_client(scheduler: str, timeout: float = 30.0):
     when Dask distributed is not installed, and ValueError for an empty address.
     """
     if not isinstance(scheduler, str) or not scheduler.strip():
-        raise ValueError(f"scheduler must be a Dask scheduler address such as 'tcp://127.0.0.1:8786', got {scheduler!r}")
+        raise ValueError(
+            f"scheduler must be a Dask scheduler address such as 'tcp://127.0.0.1:8786', got {scheduler!r}"
+        )
     distributed = require("distributed", feature="running on a Dask cluster (--scheduler)")
     return distributed.Client(scheduler, timeout=timeout)
 

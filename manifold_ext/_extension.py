@@ -1,4 +1,5 @@
 """Loading the compiled operators (``manifold_ext._C``) with clear errors."""
+
 from __future__ import annotations
 
 import functools

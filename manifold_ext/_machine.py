@@ -3,6 +3,7 @@
 Shared by the benchmark harness and the demos' summary.json records, so every
 committed number says where it was measured.
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ The core package needs only torch, numpy and tqdm. Heavier parts are extras:
 inside the function that needs them, never at module top level, so that
 ``import manifold_ext.<package>`` works with the core dependencies alone.
 """
+
 from __future__ import annotations
 
 import importlib

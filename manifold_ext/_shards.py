@@ -6,6 +6,7 @@ checkpoint paths, never as pickled closures. Results come back in task order,
 so the outcome never depends on how many workers ran them or in what order
 they finished.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -15,8 +16,13 @@ from typing import Any
 from tqdm.auto import tqdm
 
 
-def run_tasks(function: Callable[[Any], Any], tasks: Sequence[Any], executor: Executor | None = None,
-              progress: bool = False, desc: str = "tasks") -> list:
+def run_tasks(
+    function: Callable[[Any], Any],
+    tasks: Sequence[Any],
+    executor: Executor | None = None,
+    progress: bool = False,
+    desc: str = "tasks",
+) -> list:
     """``[function(task) for task in tasks]``, on ``executor`` when given (results in task order)."""
     bar = tqdm(total=len(tasks), desc=desc, unit="task", disable=not progress, mininterval=0.5)
     try:
@@ -27,8 +33,10 @@ def run_tasks(function: Callable[[Any], Any], tasks: Sequence[Any], executor: Ex
                 bar.update()
             return results
         if not callable(getattr(executor, "submit", None)):
-            raise TypeError(f"executor must be a concurrent.futures.Executor (e.g. client.get_executor() of a "
-                            f"Dask client), got {type(executor).__name__}")
+            raise TypeError(
+                f"executor must be a concurrent.futures.Executor (e.g. client.get_executor() of a "
+                f"Dask client), got {type(executor).__name__}"
+            )
         futures = {executor.submit(function, task): index for index, task in enumerate(tasks)}
         results: list = [None] * len(tasks)
         try:

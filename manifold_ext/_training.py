@@ -14,6 +14,7 @@ own ``generator``; it is handed to ``step_loss(step, generator)`` for drawing
 minibatch indices. With neither, ``generator`` is ``None`` and draws come from
 torch's global generator (seed it with ``torch.manual_seed``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,8 +50,9 @@ def _check_positive_int(value, name: str) -> int:
     return value
 
 
-def cosine_schedule(optimiser: torch.optim.Optimizer, steps: int, *, min_lr_fraction: float = 0.0,
-                    warmup_steps: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
+def cosine_schedule(
+    optimiser: torch.optim.Optimizer, steps: int, *, min_lr_fraction: float = 0.0, warmup_steps: int = 0
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Cosine decay of the learning rate over ``steps`` to ``min_lr_fraction`` of it, after an
     optional linear warm-up of ``warmup_steps`` (the warm-up multiplies the cosine factor)."""
     if warmup_steps <= 0:
@@ -64,11 +66,24 @@ def cosine_schedule(optimiser: torch.optim.Optimizer, steps: int, *, min_lr_frac
     return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
 
 
-def train_loop(parameters: Iterable[torch.nn.Parameter], step_loss: StepLoss, *, steps: int, lr: float,
-               min_lr_fraction: float = 0.0, warmup_steps: int = 0, clip_grad_norm: float | None = None,
-               seed: int | None = None, generator: torch.Generator | None = None, desc: str = "training",
-               progress: bool = True, log_every: int = 50, postfix: tuple[str, ...] = (),
-               checkpoint: CheckpointHook | None = None, checkpoint_every: int = 0) -> TrainingLog:
+def train_loop(
+    parameters: Iterable[torch.nn.Parameter],
+    step_loss: StepLoss,
+    *,
+    steps: int,
+    lr: float,
+    min_lr_fraction: float = 0.0,
+    warmup_steps: int = 0,
+    clip_grad_norm: float | None = None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    desc: str = "training",
+    progress: bool = True,
+    log_every: int = 50,
+    postfix: tuple[str, ...] = (),
+    checkpoint: CheckpointHook | None = None,
+    checkpoint_every: int = 0,
+) -> TrainingLog:
     """Adam on ``step_loss`` for ``steps`` updates with a cosine schedule; returns the logged losses.
 
     Args:

@@ -1,6 +1,7 @@
 """The ``manifold-ext`` command: :mod:`manifold_ext_cli` (outside this package, so that
 ``--help`` does not import torch), re-exported here for ``python -m manifold_ext.cli`` and
 for code that imports ``manifold_ext.cli.main``."""
+
 from __future__ import annotations
 
 import sys

@@ -5,6 +5,7 @@ seconds. This package imports only the standard library, so ``manifold-ext --hel
 ``demo --help`` and ``demo list`` answer without torch. A command imports what it needs
 when it runs, and ``demo <name>`` imports only that demo's module, to add its options.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,12 @@ def _demo_source(module: str) -> Path | None:
 def _literal_description(source: Path) -> str | None:
     """The module-level ``DESCRIPTION = "..."`` of a demo's source, or None when it is computed."""
     for node in ast.parse(source.read_text(encoding="utf-8")).body:
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "DESCRIPTION"):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id == "DESCRIPTION"
+        ):
             try:
                 return ast.literal_eval(node.value)
             except ValueError:
@@ -77,8 +82,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     import manifold_ext
 
-    info = {"manifold_ext": manifold_ext.__version__, "torch": torch.__version__,
-            "cuda_available": torch.cuda.is_available(), "build": manifold_ext.build_info()}
+    info = {
+        "manifold_ext": manifold_ext.__version__,
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "build": manifold_ext.build_info(),
+    }
     print(json.dumps(info, indent=2))
     return 0
 
@@ -132,9 +141,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         bench = commands.add_parser("bench", help=BENCH_HELP)
     bench.set_defaults(handler=_cmd_bench)
 
-    scoring = commands.add_parser("likelihood", help="diffusion log p (Eq. 15) of points from a checkpoint, "
-                                  "locally or on Dask (--scheduler)", description=likelihood.DESCRIPTION,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    scoring = commands.add_parser(
+        "likelihood",
+        help="diffusion log p (Eq. 15) of points from a checkpoint, locally or on Dask (--scheduler)",
+        description=likelihood.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     likelihood.add_arguments(scoring)
     scoring.set_defaults(handler=likelihood.run)
 

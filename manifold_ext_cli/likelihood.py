@@ -3,6 +3,7 @@
 This module imports only argparse at the top, so that building the command
 line stays fast; the work is imported in :func:`run`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,21 +25,36 @@ POINT_SETS = ("swiss_roll", "circle", "moons", "s_curve")  # manifold_ext.diffus
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="diffusion model checkpoint (save_checkpoint / train_eps_model)")
-    parser.add_argument("--data", default="swiss_roll",
-                        help=f"a generated point set ({', '.join(POINT_SETS)}) or a .npy / .pt file of [N, *] "
-                             "floating-point points (default swiss_roll)")
+    parser.add_argument(
+        "--data",
+        default="swiss_roll",
+        help=f"a generated point set ({', '.join(POINT_SETS)}) or a .npy / .pt file of [N, *] "
+        "floating-point points (default swiss_roll)",
+    )
     parser.add_argument("--points", type=int, default=10_000, help="points of a generated set (default 10,000)")
     parser.add_argument("--data-seed", type=int, default=1, help="seed of a generated set (default 1)")
     parser.add_argument("--rounds", type=int, default=100, help="forward-chain draws per point (default 100)")
     parser.add_argument("--dt", type=int, default=1, help="index stride between scored times, a divisor of T")
     parser.add_argument("--seed", type=int, default=0, help="seed of the forward noise (default 0)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="rows (point x round) per network evaluation (default: log_likelihood's)")
-    parser.add_argument("--task-rows", type=int, default=None,
-                        help="rows per task on --scheduler / --workers (default: log_likelihood's)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="rows (point x round) per network evaluation (default: log_likelihood's)",
+    )
+    parser.add_argument(
+        "--task-rows",
+        type=int,
+        default=None,
+        help="rows per task on --scheduler / --workers (default: log_likelihood's)",
+    )
     engine = parser.add_mutually_exclusive_group()
-    engine.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                        help="run the tasks on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    engine.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run the tasks on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786",
+    )
     engine.add_argument("--workers", type=int, default=None, help="run the tasks on a local pool of N processes")
     parser.add_argument("--log10", action="store_true", help="report log10 p instead of nats")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON summary here too")
@@ -90,12 +106,24 @@ def run(args: argparse.Namespace) -> int:
 
     points = _points(args)
     executor, to_close, engine = _executor(args)
-    options = {key: value for key, value in (("batch_size", args.batch_size), ("task_rows", args.task_rows))
-               if value is not None}
+    options = {
+        key: value
+        for key, value in (("batch_size", args.batch_size), ("task_rows", args.task_rows))
+        if value is not None
+    }
     start = time.perf_counter()
     try:
-        values = log_likelihood(str(args.checkpoint), points, dt=args.dt, rounds=args.rounds, seed=args.seed,
-                                log10=args.log10, progress=not args.quiet, executor=executor, **options)
+        values = log_likelihood(
+            str(args.checkpoint),
+            points,
+            dt=args.dt,
+            rounds=args.rounds,
+            seed=args.seed,
+            log10=args.log10,
+            progress=not args.quiet,
+            executor=executor,
+            **options,
+        )
     finally:
         if to_close is not None:
             (to_close.shutdown if hasattr(to_close, "shutdown") else to_close.close)()

@@ -1,4 +1,5 @@
 """Shared pytest configuration: devices, slow reproductions, seeding, hypothesis profiles."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,11 +11,18 @@ import manifold_ext  # noqa: F401  (registers torch.ops.manifold_ext.*)
 # Property tests (python_tests/op_contract/test_properties.py). The default profile is fixed and bounded, so the
 # suite is deterministic and fast; `pytest --hypothesis-profile=thorough` searches deeper with fresh examples.
 settings.register_profile(
-    "ci", derandomize=True, max_examples=6, deadline=None, print_blob=True,
+    "ci",
+    derandomize=True,
+    max_examples=6,
+    deadline=None,
+    print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 settings.register_profile(
-    "thorough", max_examples=300, deadline=None, print_blob=True,
+    "thorough",
+    max_examples=300,
+    deadline=None,
+    print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 settings.load_profile("ci")

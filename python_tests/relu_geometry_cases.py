@@ -4,6 +4,7 @@ The brute force is the definition taken literally: every one of the 2^H patterns
 its system (Eq. 5), zero rows decided as in :func:`manifold_ext.relu_geometry.lp.zero_rows`, has a
 Chebyshev radius (Eq. 7-8, HiGHS, within the box) above ``tol``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -50,12 +51,19 @@ def degenerate_networks(draw, dims=(2, 3), max_units: int = 8):
     ints = st.integers(-2, 2)
     weights, biases, fan_in = [], [], d
     for width in widths:
-        weights.append(np.array(draw(st.lists(st.lists(ints, min_size=fan_in, max_size=fan_in), min_size=width,
-                                              max_size=width)), dtype=np.float64))
+        weights.append(
+            np.array(
+                draw(st.lists(st.lists(ints, min_size=fan_in, max_size=fan_in), min_size=width, max_size=width)),
+                dtype=np.float64,
+            )
+        )
         biases.append(np.array(draw(st.lists(ints, min_size=width, max_size=width)), dtype=np.float64))
         fan_in = width
-    weights.append(np.array(draw(st.lists(st.lists(ints, min_size=fan_in, max_size=fan_in), min_size=1,
-                                          max_size=1)), dtype=np.float64))
+    weights.append(
+        np.array(
+            draw(st.lists(st.lists(ints, min_size=fan_in, max_size=fan_in), min_size=1, max_size=1)), dtype=np.float64
+        )
+    )
     biases.append(np.zeros(1))
     if draw(st.booleans()):  # bias-free: every hyperplane through the origin
         biases = [np.zeros_like(b) for b in biases]

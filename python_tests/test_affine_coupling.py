@@ -1,4 +1,5 @@
 """Fused affine coupling op against its plain-PyTorch reference."""
+
 from __future__ import annotations
 
 import itertools
@@ -184,11 +185,13 @@ def test_unknown_modes():
 def test_backward_bad_gradient_shape():
     x, h = torch.randn(2, 3, 4), torch.randn(2, 6, 4)
     with pytest.raises(RuntimeError, match="grad_logdet must have shape \\[B\\] = \\[2\\]"):
-        torch.ops.manifold_ext.affine_coupling_backward(torch.randn(2, 3, 4), torch.randn(3), x, h, "glow", "cross",
-                                                        2.0, False)
+        torch.ops.manifold_ext.affine_coupling_backward(
+            torch.randn(2, 3, 4), torch.randn(3), x, h, "glow", "cross", 2.0, False
+        )
     with pytest.raises(RuntimeError, match="grad_y must have the shape of x"):
-        torch.ops.manifold_ext.affine_coupling_backward(torch.randn(2, 3, 5), torch.randn(2), x, h, "glow", "cross",
-                                                        2.0, False)
+        torch.ops.manifold_ext.affine_coupling_backward(
+            torch.randn(2, 3, 5), torch.randn(2), x, h, "glow", "cross", 2.0, False
+        )
 
 
 # ---------------------------------------------------------------------------

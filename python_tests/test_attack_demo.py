@@ -1,4 +1,5 @@
 """`manifold-ext demo attack`: Table 1 of paper 000 on the shipped 8x8 digits, end to end."""
+
 from __future__ import annotations
 
 import json
@@ -46,10 +47,13 @@ def test_attack_demo_quick_shows_collapse_and_recovery(quick_run):
         assert (tmp_path / figure).stat().st_size > 10_000
 
 
-@pytest.mark.xfail(strict=True, reason="Table 1's claim that ELBO purification restores most of the attacked "
-                   "accuracy does not reproduce on the 8x8 digits: measured + 16 / + 14.5 points (Patch-PGD / "
-                   "Patch-NAG) at --quick, + 8.5 / + 8.0 in the full run (docs/results/attack); the paper gains "
-                   "+ 62.6 / + 69.9. Strict: an xpass means the recovery now reproduces and this mark must go.")
+@pytest.mark.xfail(
+    strict=True,
+    reason="Table 1's claim that ELBO purification restores most of the attacked "
+    "accuracy does not reproduce on the 8x8 digits: measured + 16 / + 14.5 points (Patch-PGD / "
+    "Patch-NAG) at --quick, + 8.5 / + 8.0 in the full run (docs/results/attack); the paper gains "
+    "+ 62.6 / + 69.9. Strict: an xpass means the recovery now reproduces and this mark must go.",
+)
 def test_attack_demo_quick_purification_restores_most_of_the_attacked_accuracy(quick_run):
     _, summary = quick_run
     acc = summary["accuracy_percent"]
@@ -93,8 +97,12 @@ def test_attack_demo_quick_paper_comparison_rows(quick_run):
         assert {f"000-table1-{name}-before", f"000-table1-{name}-after", f"000-table1-{name}-after-sign"} <= ids
     for mode in ("no-thresh", "thresh"):
         assert {f"004-table41-{mode}-{metric}" for metric in ("accuracy", "error", "rejected")} <= ids
-    assert {"004-table41-recovered", "004-table41-recovered-accuracy", "004-fig43-max-error",
-            "004-table41-thresh-rejected-train-images"} <= ids
+    assert {
+        "004-table41-recovered",
+        "004-table41-recovered-accuracy",
+        "004-fig43-max-error",
+        "004-table41-thresh-rejected-train-images",
+    } <= ids
     rows = {row["id"]: row for row in summary["paper_comparison"]}
     assert rows["000-table1-nag-before"]["paper"] == 6.83 and rows["000-table1-pgd-after"]["paper"] == 75.75
     assert rows["004-table41-thresh-accuracy"]["paper"] == 97.97
@@ -134,11 +142,18 @@ def test_table41_rows_each_come_from_their_own_measurement():
     from manifold_ext.demos.attack.table41 import comparison_rows
 
     def record(recovered, train_rejected, after):
-        verdict = {f"{mode}_{metric}": 1.0 for mode in ("no_thresh", "thresh")
-                   for metric in ("accuracy", "error", "rejected")}
-        return {"clean": verdict, "recovered_percent_of_rejected": recovered, "recovered_count": 1,
-                "rejected_count": 2, "train_images_verdict": {"thresh_rejected": train_rejected},
-                "accuracy_after_reclassification": after, "fgsm": {"0": {**verdict}}}
+        verdict = {
+            f"{mode}_{metric}": 1.0 for mode in ("no_thresh", "thresh") for metric in ("accuracy", "error", "rejected")
+        }
+        return {
+            "clean": verdict,
+            "recovered_percent_of_rejected": recovered,
+            "recovered_count": 1,
+            "rejected_count": 2,
+            "train_images_verdict": {"thresh_rejected": train_rejected},
+            "accuracy_after_reclassification": after,
+            "fgsm": {"0": {**verdict}},
+        }
 
     rows = {row["id"]: row for row in comparison_rows([record(40.0, 3.0, 90.0), record(60.0, 5.0, 92.0)], [0.0], "")}
     assert rows["004-table41-recovered"]["ours"] == pytest.approx(50.0)
@@ -180,9 +195,19 @@ def test_attack_demo_quick_gmm_threshold_aware_whitebox(quick_run):
     whitebox = summary["gmm_classifier"]["whitebox"]
     table = whitebox["percent"]
     assert set(table) == {"eq49_patch", "eq49_unconstrained", "eq410_fooling"}
-    percent_keys = ("success", "rejected", "rejected_latent", "rejected_recon", "other", "fooled_encoder",
-                    "defence_success", "defence_rejected", "reclassify_all_success", "reclassify_all_rejected",
-                    "knn_agrees_of_success")
+    percent_keys = (
+        "success",
+        "rejected",
+        "rejected_latent",
+        "rejected_recon",
+        "other",
+        "fooled_encoder",
+        "defence_success",
+        "defence_rejected",
+        "reclassify_all_success",
+        "reclassify_all_rejected",
+        "knn_agrees_of_success",
+    )
     for name, row in table.items():
         for key in percent_keys:
             assert 0 <= row[key] <= 100, (name, key, row[key])

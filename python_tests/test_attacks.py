@@ -1,4 +1,5 @@
 """Attacks (FGSM, l_inf PGD, patch PGD, patch NAG), the VAE-classifier (Eq. 21) and ELBO purification (Eq. 22)."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,6 @@ from manifold_ext.attacks.steps import nag_momentum_update, projected_step
 from manifold_ext.datasets import load_digits_binary
 from manifold_ext.reference import gaussian_elbo_reference
 from manifold_ext.vae import VAEClassifier, train_vae_classifier
-
 
 # Tiny models: one thread (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,7 +88,7 @@ def test_per_image_masks(mlp, digits):
     x, y = digits.x_test[:4], digits.y_test[:4]
     masks = torch.zeros(4, 1, 8, 8, dtype=torch.bool)
     for i in range(4):
-        masks[i, 0, i, i:i + 2] = True
+        masks[i, 0, i, i : i + 2] = True
     x_adv = patch_pgd(mlp, x, y, masks, step=0.1, steps=10, progress=False)
     assert torch.equal(x_adv[~masks.expand_as(x)], x[~masks.expand_as(x)])
 
@@ -334,9 +334,18 @@ def test_patch_attack_callback_sees_every_iterate(mlp, digits, attack):
     x, y = digits.x_test[:20], digits.y_test[:20]
     mask = patch_mask((8, 8), 0, 0, 2, 2)
     seen = []
-    out = attack(mlp, x, y, mask, step=0.05, steps=7, batch_size=8, progress=False,
-                 callback=lambda iteration, x_adv, part: seen.append((iteration, part.start, x_adv.clone())))
+    out = attack(
+        mlp,
+        x,
+        y,
+        mask,
+        step=0.05,
+        steps=7,
+        batch_size=8,
+        progress=False,
+        callback=lambda iteration, x_adv, part: seen.append((iteration, part.start, x_adv.clone())),
+    )
     assert [(i, s) for i, s, _ in seen] == [(i, s) for s in (0, 8, 16) for i in range(1, 8)]
     for start in (0, 8, 16):  # the last iterate of each chunk is what the attack returns
         last = [a for i, s, a in seen if s == start and i == 7][0]
-        assert torch.equal(last, out[start:start + last.shape[0]])
+        assert torch.equal(last, out[start : start + last.shape[0]])

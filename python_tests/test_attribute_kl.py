@@ -1,4 +1,5 @@
 """KL attribute analysis (paper 000 §4.3) and the attributes / geodesic demos."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ import torch
 
 from manifold_ext.analysis import attribute_kl, nearest_neighbours, supervised_contrastive_loss
 from manifold_ext.cli import main
-
 
 # Tiny models: one thread (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -120,6 +120,8 @@ def test_geodesic_demo_quick(tmp_path):
         ratio = rows[f"002-geodesic-pair{k}-length-ratio"]
         assert ratio["paper"] == pytest.approx(148 / 304, abs=1e-4) and ratio["ours"] < 1
         assert ratio["ours"] == pytest.approx(pair["weighted_length_ratio"], rel=1e-3)
-        assert (rows[f"002-geodesic-pair{k}-geodesic-distance-to-data"]["ours"]
-                < rows[f"002-geodesic-pair{k}-straight-distance-to-data"]["ours"])
+        assert (
+            rows[f"002-geodesic-pair{k}-geodesic-distance-to-data"]["ours"]
+            < rows[f"002-geodesic-pair{k}-straight-distance-to-data"]["ours"]
+        )
     assert summary["run"]["seconds"] > 0

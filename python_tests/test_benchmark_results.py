@@ -1,4 +1,5 @@
 """The benchmark harness: where results go, what the results files record, how targets are judged."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,7 @@ def test_update_results_refuses_quick_and_out(tmp_path):
 
 
 def test_results_file_records_machine_isa_threads_and_torch(tmp_path):
-    assert main(["bench", "coupling", "--quick", "--impls", "eager,ours", "--rounds", "1",
-                 "--out", str(tmp_path)]) == 0
+    assert main(["bench", "coupling", "--quick", "--impls", "eager,ours", "--rounds", "1", "--out", str(tmp_path)]) == 0
     label = machine_label(torch.device("cpu"))
     data = json.loads((tmp_path / f"{label}.json").read_text())
     import manifold_ext
@@ -48,8 +48,28 @@ def test_results_file_records_machine_isa_threads_and_torch(tmp_path):
 
 
 def test_cases_filter_and_thread_option(tmp_path):
-    assert main(["bench", "coupling", "--quick", "--impls", "ours", "--rounds", "1", "--threads", "1",
-                 "--cases", "fwd+bwd", "--out", str(tmp_path), "--machine", "m"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "coupling",
+                "--quick",
+                "--impls",
+                "ours",
+                "--rounds",
+                "1",
+                "--threads",
+                "1",
+                "--cases",
+                "fwd+bwd",
+                "--out",
+                str(tmp_path),
+                "--machine",
+                "m",
+            ]
+        )
+        == 0
+    )
     rows = json.loads((tmp_path / "m.json").read_text())["results"]
     assert [r["case"] for r in rows] == ["tiny fwd+bwd (glow, cross)"]
     with pytest.raises(SystemExit, match="matches no case"):
@@ -57,18 +77,25 @@ def test_cases_filter_and_thread_option(tmp_path):
 
 
 def _row(eager, compile_, ours, bound):
-    return {"ms": {"eager": eager, "compile": compile_, "ours": ours}, "bound_ms": bound,
-            "speedup_vs_eager": eager / ours, "speedup_vs_compile": compile_ / ours,
-            "ours_vs_bound": None if bound is None else ours / bound}
+    return {
+        "ms": {"eager": eager, "compile": compile_, "ours": ours},
+        "bound_ms": bound,
+        "speedup_vs_eager": eager / ours,
+        "speedup_vs_compile": compile_ / ours,
+        "ours_vs_bound": None if bound is None else ours / bound,
+    }
 
 
-@pytest.mark.parametrize("times, met, at_bound", [
-    ((10.0, 3.0, 1.9, 1.0), True, False),   # 1.58x compile
-    ((10.0, 3.0, 2.5, 1.0), False, False),  # 1.2x compile, compile far from the bound
-    ((10.0, 1.4, 1.2, 1.0), True, True),    # compile at the bound, ours within 1.25x of it
-    ((10.0, 1.4, 1.3, 1.0), False, True),   # compile at the bound, ours 1.3x the bound
-    ((10.0, 3.0, 1.9, None), True, False),  # no bound: the compile ratio alone
-])
+@pytest.mark.parametrize(
+    "times, met, at_bound",
+    [
+        ((10.0, 3.0, 1.9, 1.0), True, False),  # 1.58x compile
+        ((10.0, 3.0, 2.5, 1.0), False, False),  # 1.2x compile, compile far from the bound
+        ((10.0, 1.4, 1.2, 1.0), True, True),  # compile at the bound, ours within 1.25x of it
+        ((10.0, 1.4, 1.3, 1.0), False, True),  # compile at the bound, ours 1.3x the bound
+        ((10.0, 3.0, 1.9, None), True, False),  # no bound: the compile ratio alone
+    ],
+)
 def test_target_judgement(times, met, at_bound):
     row = _row(*times)
     judge_target(row)

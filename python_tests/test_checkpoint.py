@@ -3,6 +3,7 @@
 Every failure must raise one CheckpointError naming the file and what is wrong, and leave the file on
 disk and the caller's objects exactly as they were.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -63,13 +64,16 @@ def test_round_trip_and_header(tmp_path):
 def test_a_flipped_byte_is_refused(tmp_path, where):
     path = _written(tmp_path)
     blob = bytearray(path.read_bytes())
-    header_end = len(ckpt.MAGIC) + 8 + int.from_bytes(blob[len(ckpt.MAGIC):len(ckpt.MAGIC) + 8], "little")
+    header_end = len(ckpt.MAGIC) + 8 + int.from_bytes(blob[len(ckpt.MAGIC) : len(ckpt.MAGIC) + 8], "little")
     position = {"payload": len(blob) - 3000, "header": header_end - 5, "magic": 2}[where]
     blob[position] ^= 0x01
     path.write_bytes(bytes(blob))
     before = _file_digest(path)
-    expected = {"payload": "content hash mismatch", "header": "content hash mismatch|unreadable header",
-                "magic": "not a manifold_ext checkpoint"}[where]
+    expected = {
+        "payload": "content hash mismatch",
+        "header": "content hash mismatch|unreadable header",
+        "magic": "not a manifold_ext checkpoint",
+    }[where]
     with pytest.raises(CheckpointError, match=expected) as error:
         ckpt.read_checkpoint(path)
     assert str(path) in str(error.value)
@@ -117,8 +121,11 @@ def test_payload_must_be_plain_data(tmp_path):
 def test_require_match_names_the_differing_field(tmp_path):
     saved = {"model": {"config": {"hidden": 128, "layers": 3}}, "schedule": {"betas": [0.1, 0.2, 0.3]}}
     ckpt.require_match("f.ckpt", saved, {"model": {"config": {"hidden": 128, "layers": 3}}})
-    with pytest.raises(CheckpointError, match=r"f\.ckpt: model\.config\.hidden differs: the file has 128, "
-                                              r"this call has 64"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"f\.ckpt: model\.config\.hidden differs: the file has 128, "
+        r"this call has 64",
+    ):
         ckpt.require_match("f.ckpt", saved, {"model": {"config": {"hidden": 64, "layers": 3}}})
     with pytest.raises(CheckpointError, match=r"schedule\.betas\[1\] differs: the file has 0\.2, this call has 0\.25"):
         ckpt.require_match("f.ckpt", saved, {"schedule": {"betas": [0.1, 0.25, 0.3]}})
@@ -133,8 +140,11 @@ def test_state_dict_check_runs_before_anything_is_copied(tmp_path):
     model = nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 3))
     before = _state_copy(model)
     other = nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 5)).state_dict()
-    with pytest.raises(CheckpointError, match=r"model weight '1.weight' is \[5, 4\] torch.float32 in the file, "
-                                              r"\[3, 4\] torch.float32 in this model"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model weight '1.weight' is \[5, 4\] torch.float32 in the file, "
+        r"\[3, 4\] torch.float32 in this model",
+    ):
         ckpt.load_weights("f.ckpt", model, other)
     _assert_untouched(model, before)
     with pytest.raises(CheckpointError, match=r"missing \['1.bias'\]"):
@@ -159,8 +169,11 @@ def test_save_checkpoint_of_a_users_own_model(tmp_path):
     model = MyEps()
     path = tmp_path / "mine.ckpt"
     save_checkpoint(path, model, schedule, note="mine")
-    with pytest.raises(CheckpointError, match=r"holds a MyEps without a manifold_ext constructor config.*"
-                                              r"pass model=<a MyEps instance>"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"holds a MyEps without a manifold_ext constructor config.*"
+        r"pass model=<a MyEps instance>",
+    ):
         load_checkpoint(path)
     fresh = MyEps()
     loaded, loaded_schedule, payload = load_checkpoint(path, model=fresh)
@@ -204,8 +217,9 @@ def finished_run(tmp_path):
     config = TrainConfig(steps=12, batch_size=32, checkpoint_every=6)
     path = tmp_path / "train.ckpt"
     torch.manual_seed(0)
-    model, losses = train_eps_model(PointEpsNet(hidden=16, T=20), data, schedule, config, checkpoint=path,
-                                    progress=False)
+    model, losses = train_eps_model(
+        PointEpsNet(hidden=16, T=20), data, schedule, config, checkpoint=path, progress=False
+    )
     return path, schedule, data, config, model, losses
 
 
@@ -251,8 +265,9 @@ def test_resume_refuses_a_different_run_and_touches_nothing(finished_run, change
         kwargs["data"] = data[:128]
     before_file, before_model = _file_digest(path), _state_copy(kwargs["model"])
     with pytest.raises(CheckpointError, match=message) as error:
-        train_eps_model(kwargs["model"], kwargs["data"], kwargs["schedule"], kwargs["config"], checkpoint=path,
-                        progress=False)
+        train_eps_model(
+            kwargs["model"], kwargs["data"], kwargs["schedule"], kwargs["config"], checkpoint=path, progress=False
+        )
     assert str(path) in str(error.value) and "new checkpoint path" in str(error.value)
     assert _file_digest(path) == before_file
     _assert_untouched(kwargs["model"], before_model)
@@ -276,8 +291,9 @@ def test_resume_of_a_corrupted_file_touches_nothing(finished_run):
 
 def test_same_run_returns_the_finished_model_and_checkpoint_every_may_change(finished_run):
     path, schedule, data, config, model, losses = finished_run
-    again, again_losses = train_eps_model(_fresh(), data, schedule, TrainConfig(steps=12, batch_size=32),
-                                          checkpoint=path, progress=False)
+    again, again_losses = train_eps_model(
+        _fresh(), data, schedule, TrainConfig(steps=12, batch_size=32), checkpoint=path, progress=False
+    )
     assert again_losses == losses
     for a, b in zip(again.parameters(), model.parameters()):
         assert torch.equal(a, b)
@@ -305,8 +321,9 @@ def test_hierarchical_fit_refuses_a_different_run(tmp_path):
 
     def small(**overrides):
         torch.manual_seed(0)
-        return HierarchicalFlow(**{**dict(levels=2, latent_channels=2, ae_hidden=8, flow_steps=1, flow_hidden=8),
-                                   **overrides})
+        return HierarchicalFlow(
+            **{**dict(levels=2, latent_channels=2, ae_hidden=8, flow_steps=1, flow_hidden=8), **overrides}
+        )
 
     kwargs = dict(autoencoder_steps=6, flow_steps=4, batch_size=16, checkpoint=path, progress=False)
     fit(small(), data, **kwargs)

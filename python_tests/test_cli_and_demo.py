@@ -1,4 +1,5 @@
 """The manifold-ext command, the coupling demo and the benchmark harness, end to end."""
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,24 @@ def test_coupling_demo_quick_learns_the_moons(tmp_path):
 
 
 def test_bench_quick_writes_results(tmp_path):
-    assert main(["bench", "coupling", "--quick", "--impls", "eager,ours", "--rounds", "2",
-                 "--out", str(tmp_path), "--machine", "test"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "coupling",
+                "--quick",
+                "--impls",
+                "eager,ours",
+                "--rounds",
+                "2",
+                "--out",
+                str(tmp_path),
+                "--machine",
+                "test",
+            ]
+        )
+        == 0
+    )
     data = json.loads((tmp_path / "test.json").read_text())
     assert {r["family"] for r in data["results"]} == {"coupling"}
     for row in data["results"]:

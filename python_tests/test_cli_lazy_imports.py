@@ -1,6 +1,7 @@
 """`manifold-ext --help` and friends answer fast: they import neither torch nor manifold_ext, no demo,
 no benchmark and no optional heavy package (issue 20, item 7: every call took 4.5 s, torch's import).
 Checked structurally, in fresh interpreters, not by timing."""
+
 from __future__ import annotations
 
 import json
@@ -28,11 +29,10 @@ print("MODULES=" + json.dumps(sorted(sys.modules)))
 
 
 def modules_after(argv: list[str]) -> set[str]:
-    done = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     line = next(line for line in done.stdout.splitlines() if line.startswith("MODULES="))
-    return set(json.loads(line[len("MODULES="):]))
+    return set(json.loads(line[len("MODULES=") :]))
 
 
 def heavy_modules(modules: set[str]) -> list[str]:
@@ -43,8 +43,9 @@ def demo_modules(modules: set[str]) -> list[str]:
     return sorted(m for m in modules if m.startswith("manifold_ext.demos.") and m != "manifold_ext.demos.__init__")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["demo", "list"], ["likelihood", "--help"],
-                                  ["bench", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["demo", "--help"], ["demo", "list"], ["likelihood", "--help"], ["bench", "--help"]]
+)
 def test_help_and_list_import_no_demo_and_no_optional_package(argv):
     modules = modules_after(argv)
     assert heavy_modules(modules) == [], f"manifold-ext {' '.join(argv)} imported {heavy_modules(modules)[:5]}"

@@ -1,4 +1,5 @@
 """Closest-centre and nearest-centre Gaussian KL ops against their plain-PyTorch references."""
+
 from __future__ import annotations
 
 import math
@@ -30,11 +31,16 @@ def make_inputs(shape, mode, dtype=torch.float64, device="cpu", spread=3.0):
     elif mode == "guided":
         kwargs = dict(target=torch.randint(0, 2, shape, device=device).to(dtype))
     elif mode == "partial-dim":
-        kwargs = dict(target=torch.randint(0, 2, shape, device=device).to(dtype),
-                      mask=torch.rand(n, device=device) > 0.5, low=-2.0, high=3.0)
+        kwargs = dict(
+            target=torch.randint(0, 2, shape, device=device).to(dtype),
+            mask=torch.rand(n, device=device) > 0.5,
+            low=-2.0,
+            high=3.0,
+        )
     elif mode == "partial-elem":
-        kwargs = dict(target=torch.randn(shape, dtype=dtype, device=device),
-                      mask=torch.rand(shape, device=device) > 0.3)
+        kwargs = dict(
+            target=torch.randn(shape, dtype=dtype, device=device), mask=torch.rand(shape, device=device) > 0.3
+        )
     return mu, logvar, kwargs
 
 
@@ -132,8 +138,9 @@ def test_rounding_ties_to_even_like_torch_round(device):
     assert torch.equal(centre, torch.round(mu))
     # KL is continuous at a tie: both neighbouring centres are equally far
     kl_tie, _ = closest_centre_kl(mu, torch.zeros_like(mu))
-    kl_other, _ = closest_centre_kl(mu, torch.zeros_like(mu), target=torch.round(mu) + torch.where(
-        torch.round(mu) < mu, 1.0, -1.0))
+    kl_other, _ = closest_centre_kl(
+        mu, torch.zeros_like(mu), target=torch.round(mu) + torch.where(torch.round(mu) < mu, 1.0, -1.0)
+    )
     torch.testing.assert_close(kl_tie, kl_other)
 
 
@@ -236,7 +243,7 @@ def test_nearest_gradients_match_reference(device, batch, n, num_centres):
 
 def test_nearest_gradcheck_float64(device):
     centres = torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.0, 1.0], [-2.0, 1.0, 0.0]], dtype=torch.float64, device=device)
-    mu = (centres[torch.tensor([0, 1, 2, 1])] + 0.3 * torch.randn(4, 3, dtype=torch.float64, device=device))
+    mu = centres[torch.tensor([0, 1, 2, 1])] + 0.3 * torch.randn(4, 3, dtype=torch.float64, device=device)
     logvar = torch.randn(4, 3, dtype=torch.float64, device=device)
     inputs = (mu.requires_grad_(), logvar.requires_grad_(), centres.clone().requires_grad_())
     assert torch.autograd.gradcheck(lambda m, lv, c: nearest_centre_kl(m, lv, c, 0.5)[0], inputs)
@@ -306,8 +313,9 @@ def test_backward_bad_inputs():
     with pytest.raises(RuntimeError, match=r"grad_kl must have shape \[B\] = \[4\], got \[3\]"):
         torch.ops.manifold_ext.closest_centre_kl_backward(torch.randn(3), mu, mu, mu, 0.25)
     with pytest.raises(RuntimeError, match="index 7 of sample 0 is out of range for 5 centres"):
-        torch.ops.manifold_ext.nearest_centre_kl_backward(torch.randn(4), mu, mu, torch.randn(5, 3),
-                                                          torch.tensor([7, 0, 0, 0]), 0.25)
+        torch.ops.manifold_ext.nearest_centre_kl_backward(
+            torch.randn(4), mu, mu, torch.randn(5, 3), torch.tensor([7, 0, 0, 0]), 0.25
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -331,8 +339,9 @@ def test_cuda_matches_cpu(mode, shape):
     torch.testing.assert_close(kl_gpu.cpu(), kl_cpu, rtol=1e-12, atol=1e-9)
     grad_kl = torch.randn(shape[0], dtype=torch.float64)
     g_cpu = torch.ops.manifold_ext.closest_centre_kl_backward(grad_kl, mu, logvar, centre_cpu, 1 / 16)
-    g_gpu = torch.ops.manifold_ext.closest_centre_kl_backward(grad_kl.cuda(), mu.cuda(), logvar.cuda(),
-                                                              centre_cpu.cuda(), 1 / 16)
+    g_gpu = torch.ops.manifold_ext.closest_centre_kl_backward(
+        grad_kl.cuda(), mu.cuda(), logvar.cuda(), centre_cpu.cuda(), 1 / 16
+    )
     for a, b in zip(g_gpu, g_cpu):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-12, atol=1e-12)
 

@@ -5,6 +5,7 @@ Each path is picked by shape: the coupling op's rank-2 / tiny-spatial path (rows
 SIMD vector: shifts and raw scales gathered from h), runs of whole samples, rows cut into pieces;
 the SSE2 exp/round of the baseline copy. Every ISA copy runs in its own subprocess.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -181,8 +182,9 @@ def test_nll_step_per_sample_short_samples(length, dtype, acc_dtype):
     abar_t, abar_next = _schedule(batch)
     acc = torch.randn(batch, dtype=acc_dtype)
     out = ops.diffusion_nll_step(acc, x_t, x_next, eps, abar_t, abar_next)
-    expected = diffusion_ref.diffusion_nll_step_reference(acc.double(), x_t.double(), x_next.double(), eps.double(),
-                                                          abar_t, abar_next)
+    expected = diffusion_ref.diffusion_nll_step_reference(
+        acc.double(), x_t.double(), x_next.double(), eps.double(), abar_t, abar_next
+    )
     assert out.dtype == acc_dtype
     scale = float((1 / (1 - abar_next / abar_t)).max()) * length
     tol = 1e-10 if dtype == torch.float64 and acc_dtype == torch.float64 else 2e-5
@@ -196,7 +198,9 @@ def test_nll_step_per_sample_invalid_pair_found_in_the_same_pass(length):
     abar_t, abar_next = _schedule(batch)
     abar_next[4321] = abar_t[4321]  # dt = 0
     abar_next[4400] = float("nan")
-    with pytest.raises(ValueError, match=r"invalid schedule at sample 4321, got abar_t = .* need 0 < abar_next < abar_t"):
+    with pytest.raises(
+        ValueError, match=r"invalid schedule at sample 4321, got abar_t = .* need 0 < abar_next < abar_t"
+    ):
         ops.diffusion_nll_step(torch.zeros(batch, dtype=torch.float64), x_t, x_next, eps, abar_t, abar_next)
 
 
@@ -207,7 +211,8 @@ def test_nll_step_and_forward_tiny_samples(length):
     acc = torch.randn(batch, dtype=torch.float64)
     acc_new, x_after = ops.diffusion_nll_step_and_forward(acc, x_t, x_next, eps, noise, 0.9, 0.8, 0.7)
     acc_ref, after_ref = diffusion_ref.diffusion_nll_step_and_forward_reference(
-        acc, x_t.double(), x_next.double(), eps.double(), noise.double(), 0.9, 0.8, 0.7)
+        acc, x_t.double(), x_next.double(), eps.double(), noise.double(), 0.9, 0.8, 0.7
+    )
     torch.testing.assert_close(acc_new, acc_ref, rtol=1e-6, atol=2e-4)
     torch.testing.assert_close(x_after.double(), after_ref, rtol=1e-6, atol=1e-6)
 
@@ -216,8 +221,9 @@ def test_nll_step_long_samples_float32_accumulator():
     x_t, x_next, eps, _ = _likelihood_inputs((3, 9000), torch.float32)
     acc = torch.randn(3, dtype=torch.float32)
     out = ops.diffusion_nll_step(acc, x_t, x_next, eps, 0.9, 0.8)
-    expected = diffusion_ref.diffusion_nll_step_reference(acc.double(), x_t.double(), x_next.double(), eps.double(),
-                                                          0.9, 0.8)
+    expected = diffusion_ref.diffusion_nll_step_reference(
+        acc.double(), x_t.double(), x_next.double(), eps.double(), 0.9, 0.8
+    )
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-2)
 
@@ -262,8 +268,9 @@ print(json.dumps({'isa': manifold_ext.build_info()['cpu_isa_in_use'], 'worst': w
 @pytest.mark.parametrize("isa", _isas())
 def test_diffusion_every_isa_copy_matches_reference(isa):
     env = dict(os.environ, ATEN_CPU_CAPABILITY=isa, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", DIFFUSION_ISA_SCRIPT], env=env, capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", DIFFUSION_ISA_SCRIPT], env=env, capture_output=True, text=True, check=True
+    )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["isa"] == isa
     bad = {key: err for key, err in result["worst"].items() if err > 1e-5}
@@ -282,8 +289,9 @@ def test_fused_step_equals_the_two_ops_bit_for_bit(shape, per_sample):
         abar_after = abar_next * 0.9
     else:
         abar_t, abar_next, abar_after = 0.9, 0.8, 0.7
-    acc_fused, after_fused = ops.diffusion_nll_step_and_forward(acc, x_t, x_next, eps, noise, abar_t, abar_next,
-                                                                abar_after)
+    acc_fused, after_fused = ops.diffusion_nll_step_and_forward(
+        acc, x_t, x_next, eps, noise, abar_t, abar_next, abar_after
+    )
     after = ops.diffusion_forward_step(x_next, noise, abar_next, abar_after)
     assert torch.equal(after_fused, after)
     if not per_sample:  # the per-sample one-pass likelihood path is its own code for 1-2 elements

@@ -4,6 +4,7 @@ device/dtype checks live once, in csrc/common/checks.h.
 
 These read the source tree next to the tests, so they skip when the tests run without it.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,8 +33,9 @@ def declared_ops(schema: Path) -> list[str]:
 def test_every_family_folder_declares_its_schema_in_its_own_file():
     families = sorted(p.name for p in CSRC.iterdir() if p.is_dir() and p.name != "common")
     with_schema = sorted(p.parent.name for p in schema_files() if p.name == f"{p.parent.name}_schema.cpp")
-    assert with_schema == families, f"families without csrc/<family>/<family>_schema.cpp: " \
-                                    f"{sorted(set(families) - set(with_schema))}"
+    assert with_schema == families, (
+        f"families without csrc/<family>/<family>_schema.cpp: {sorted(set(families) - set(with_schema))}"
+    )
 
 
 def test_ops_cpp_declares_no_op():
@@ -44,15 +46,13 @@ def test_ops_cpp_declares_no_op():
 def test_every_declared_op_is_registered_in_the_build():
     declared = {name for schema in schema_files() for name in declared_ops(schema)}
     assert declared, "no m.def(...) found in csrc/*/*_schema.cpp"
-    registered = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names()
-                  if n.startswith("manifold_ext::")}
+    registered = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("manifold_ext::")}
     assert sorted(declared - registered) == [], "declared in a schema file but not built (CMake family discovery)"
 
 
 def test_every_registered_op_is_declared_in_a_family_schema():
     declared = {name for schema in schema_files() for name in declared_ops(schema)}
-    registered = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names()
-                  if n.startswith("manifold_ext::")}
+    registered = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("manifold_ext::")}
     assert sorted(registered - declared) == []
 
 

@@ -5,6 +5,7 @@ The CPU kernels are the reference throughout: the CUDA kernels must give their a
 the contract says so), refuse what they refuse with the same words, and never poison the CUDA context.
 These tests need torch, numpy and pytest only (no hypothesis, scikit-learn or LP solvers).
 """
+
 from __future__ import annotations
 
 import os
@@ -42,6 +43,7 @@ def assert_context_usable():
 # Issue 13, review of the CUDA kernels
 # ---------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("bad", [5, -1])
 def test_nearest_backward_refuses_an_out_of_range_index_before_the_launch(bad):
     mu, logvar, centres = on_cuda(torch.randn(4, 3), torch.randn(4, 3), torch.randn(5, 3))
@@ -59,8 +61,9 @@ def test_diffusion_cpu_inputs_with_a_cuda_accumulator_get_the_op_device_error():
     x_t, x_next, eps = torch.randn(3, 8, 2)
     acc = torch.zeros(8, device=CUDA)
     with pytest.raises(RuntimeError, match=r"acc must be on the device of x_t \(cpu\), got cuda"):
-        torch.ops.manifold_ext.diffusion_nll_step(acc, x_t, x_next, eps, torch.tensor(0.9, dtype=torch.float64),
-                                                  torch.tensor(0.8, dtype=torch.float64))
+        torch.ops.manifold_ext.diffusion_nll_step(
+            acc, x_t, x_next, eps, torch.tensor(0.9, dtype=torch.float64), torch.tensor(0.8, dtype=torch.float64)
+        )
     assert_context_usable()
 
 
@@ -88,8 +91,10 @@ def test_a_zero_dim_cuda_abar_with_cpu_inputs_runs_the_cpu_kernel(name, build, v
     cpu_a, cpu_b = (torch.tensor(v, dtype=torch.float64) for v in values)
     expected = op(*build(cpu_a, cpu_b))
     got = op(*build(cpu_a.to(CUDA), cpu_b.to(CUDA)))
-    for g, e in zip(got if isinstance(got, (tuple, list)) else [got], expected if isinstance(expected, (tuple, list))
-                    else [expected]):
+    for g, e in zip(
+        got if isinstance(got, (tuple, list)) else [got],
+        expected if isinstance(expected, (tuple, list)) else [expected],
+    ):
         assert g.device.type == "cpu"
         assert torch.equal(g, e)
 
@@ -97,8 +102,9 @@ def test_a_zero_dim_cuda_abar_with_cpu_inputs_runs_the_cpu_kernel(name, build, v
 def test_a_per_sample_cuda_abar_with_cpu_inputs_is_refused_with_the_op_error():
     x, noise = torch.randn(2, 4, 3)
     with pytest.raises(RuntimeError, match=r"a per-sample abar_next must be on the device of the inputs \(cpu\)"):
-        torch.ops.manifold_ext.diffusion_forward_step(x, noise, torch.tensor(1.0, dtype=torch.float64),
-                                                      torch.full((4,), 0.5, device=CUDA))
+        torch.ops.manifold_ext.diffusion_forward_step(
+            x, noise, torch.tensor(1.0, dtype=torch.float64), torch.full((4,), 0.5, device=CUDA)
+        )
 
 
 # Float32 sums. The CUDA kernels compute the element terms in float32 and, like the CPU kernels, add
@@ -180,8 +186,9 @@ def test_grid_centres_are_bitwise_equal_on_cpu_cuda_and_the_reference(dtype, spa
     logvar = torch.randn(4096, 7, generator=g, dtype=dtype)
     _, cpu = ops.closest_centre_kl(mu, logvar, spacing=spacing, offset=offset)
     _, gpu = ops.closest_centre_kl(*on_cuda(mu, logvar), spacing=spacing, offset=offset)
-    _, ref = closest_centre_kl_reference(mu, logvar, sigma0=1 / 16, spacing=spacing, offset=offset, low=None,
-                                         high=None, target=None, mask=None)
+    _, ref = closest_centre_kl_reference(
+        mu, logvar, sigma0=1 / 16, spacing=spacing, offset=offset, low=None, high=None, target=None, mask=None
+    )
     assert torch.equal(gpu.cpu(), cpu)
     assert torch.equal(cpu, ref)
 
@@ -211,6 +218,7 @@ def test_centre_gradient_is_reproducible():
 # ---------------------------------------------------------------------------------------------------------
 # Issue 18, item 5: launch shapes (each path against the CPU kernel, float64, tight)
 # ---------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("len_", [1, 32, 33, 64, 1000, 1024, 1025, 4097])
 @pytest.mark.parametrize("per_sample", [False, True], ids=["shared-abar", "per-sample-abar"])
@@ -260,12 +268,15 @@ def _patterns(rows, words, generator, distinct_bits=6):
     return ops.pack_patterns(bits)
 
 
-@pytest.mark.parametrize("num_query, num_ref, words, k", [
-    (1, 100_000, 2, 17),     # one query: split over the references, then merged
-    (300, 5_000, 20, 9),     # query words not held in registers
-    (5, 1_000, 1, 1_000),    # k = all references
-    (300_000, 40, 1, 3),     # one thread per query fills the device: no merge pass
-])
+@pytest.mark.parametrize(
+    "num_query, num_ref, words, k",
+    [
+        (1, 100_000, 2, 17),  # one query: split over the references, then merged
+        (300, 5_000, 20, 9),  # query words not held in registers
+        (5, 1_000, 1, 1_000),  # k = all references
+        (300_000, 40, 1, 3),  # one thread per query fills the device: no merge pass
+    ],
+)
 def test_hamming_topk_matches_cpu(num_query, num_ref, words, k):
     g = torch.Generator().manual_seed(num_query)
     query, ref = _patterns(num_query, words, g), _patterns(num_ref, words, g)
@@ -287,7 +298,7 @@ def test_elementwise_kernels_index_past_two_to_the_31():
     abar_t = torch.tensor([1.0, 1.0], dtype=torch.float64, device=CUDA)
     abar_next = torch.tensor([0.25, 0.64], dtype=torch.float64, device=CUDA)
     out = ops.diffusion_forward_step(x, noise, abar_t, abar_next)
-    for sample, (scale_x, scale_noise) in enumerate([(0.5, 0.75 ** 0.5), (0.8, 0.6)]):
+    for sample, (scale_x, scale_noise) in enumerate([(0.5, 0.75**0.5), (0.8, 0.6)]):
         expected = torch.tensor(scale_x + 0.5 * scale_noise, dtype=torch.float16)
         for part in (out[sample, :1000], out[sample, -1000:]):
             assert torch.equal(part.cpu(), expected.expand(1000))
@@ -298,6 +309,7 @@ def test_elementwise_kernels_index_past_two_to_the_31():
 # ---------------------------------------------------------------------------------------------------------
 # Per-sample schedules: immediate (one sync) or deferred (in the kernel, no sync, CUDA graphs)
 # ---------------------------------------------------------------------------------------------------------
+
 
 def _per_sample_forward_inputs(batch=64, d=5):
     g = torch.Generator().manual_seed(5)

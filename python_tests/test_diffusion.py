@@ -1,4 +1,5 @@
 """The diffusion Python layer: schedules, models, training, log_likelihood (Eq. 15), samplers, demos."""
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,8 @@ from manifold_ext.diffusion import (
     time_tensor,
     train_eps_model,
 )
-from manifold_ext.diffusion.toy_data import point_set
 from manifold_ext.diffusion.samplers import SamplerDivergenceWarning
+from manifold_ext.diffusion.toy_data import point_set
 
 # Tiny models: one thread (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,8 +72,9 @@ def expected_chain_nll(x0: torch.Tensor, schedule, dt: int, s: float = DATA_STD)
         k = math.sqrt(1 - an) / (an * s**2 + 1 - an)
         g = math.sqrt(at / an) - (at - an) / (math.sqrt(at * an) * math.sqrt(1 - an)) * k  # Eq. 19 mean = g x_next
         residual = (1 - g * r) ** 2 * (at * x2 + 1 - at) + g**2 * var_q
-        total += (-0.5 * (math.log(2 * math.pi * var_q) + 1) + 0.5 * math.log(2 * math.pi * var_p)
-                  + residual / (2 * var_p))
+        total += (
+            -0.5 * (math.log(2 * math.pi * var_q) + 1) + 0.5 * math.log(2 * math.pi * var_p) + residual / (2 * var_p)
+        )
     aT = a[-1].item()
     total += 0.5 * (math.log(2 * math.pi) + aT * x2 + 1 - aT)  # -log p(x_T)
     return total.sum(1)
@@ -113,8 +115,10 @@ def test_log_likelihood_options():
     schedule = linear_schedule(20)
     model = ExactGaussianEps(schedule)
     x0 = torch.randn(7, 2) * DATA_STD
-    run = lambda **kw: log_likelihood(model, x0, schedule, dt=2, rounds=3,  # noqa: E731
-                                      generator=torch.Generator().manual_seed(1), **kw)
+
+    def run(**kw):
+        return log_likelihood(model, x0, schedule, dt=2, rounds=3, generator=torch.Generator().manual_seed(1), **kw)
+
     fused = run()
     torch.testing.assert_close(run(fused=False), fused)  # same noise, same numbers
     torch.testing.assert_close(run(log10=True), fused / math.log(10))
@@ -166,8 +170,9 @@ def test_large_step_is_ddim_with_eta_one():
     model = ExactGaussianEps(schedule)
     x_T = torch.randn(50, 2)
     a = sample(model, schedule, (50, 2), method="large_step", dt=5, x_T=x_T, generator=torch.Generator().manual_seed(3))
-    b = sample(model, schedule, (50, 2), method="ddim", eta=1.0, dt=5, x_T=x_T,
-               generator=torch.Generator().manual_seed(3))
+    b = sample(
+        model, schedule, (50, 2), method="ddim", eta=1.0, dt=5, x_T=x_T, generator=torch.Generator().manual_seed(3)
+    )
     torch.testing.assert_close(a, b)
 
 
@@ -194,8 +199,11 @@ def test_a_diverging_sampler_warns_and_a_converging_one_does_not():
     schedule = linear_schedule(100)
     model = ExactGaussianEps(schedule)
     generator = torch.Generator().manual_seed(0)
-    with pytest.warns(SamplerDivergenceWarning, match=r"sampler rk4 \(g = ddim\) at dt = 100 diverged: the samples' "
-                      r"RMS is .* more than 10 x the RMS .* of the starting noise x_T .*use a smaller dt"):
+    with pytest.warns(
+        SamplerDivergenceWarning,
+        match=r"sampler rk4 \(g = ddim\) at dt = 100 diverged: the samples' "
+        r"RMS is .* more than 10 x the RMS .* of the starting noise x_T .*use a smaller dt",
+    ):
         x = sample(model, schedule, (2000, 2), method="rk4", dt=100, generator=generator)
     assert torch.isfinite(x).all() and x.std() > 100
     with warnings.catch_warnings():
@@ -211,8 +219,11 @@ def test_non_finite_samples_warn():
         def forward(self, x, t):
             return torch.full_like(x, float("inf"))
 
-    with pytest.warns(SamplerDivergenceWarning, match=r"sampler ddim at dt = 1 diverged: 8 of 8 sample values are "
-                      r"not finite"):
+    with pytest.warns(
+        SamplerDivergenceWarning,
+        match=r"sampler ddim at dt = 1 diverged: 8 of 8 sample values are "
+        r"not finite",
+    ):
         sample(Exploding(), schedule, (4, 2), method="ddim")
 
 
@@ -283,8 +294,9 @@ def test_small_unet_shapes_and_gradients(size, mults):
 def test_unet_trains_on_small_images(tmp_path):
     schedule = linear_schedule(20)
     data = torch.randn(64, 1, 8, 8) * 0.3 + torch.linspace(-1, 1, 8)  # smooth ramps plus noise
-    model, losses = train_eps_model(SmallUNet(1, base=8, T=20), data, schedule,
-                                    TrainConfig(steps=20, batch_size=8, lr=3e-3), progress=False)
+    model, losses = train_eps_model(
+        SmallUNet(1, base=8, T=20), data, schedule, TrainConfig(steps=20, batch_size=8, lr=3e-3), progress=False
+    )
     assert sum(losses[-5:]) < sum(losses[:5])
     x = sample(model, schedule, (2, 1, 8, 8), method="ddim", dt=5)
     assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
@@ -360,8 +372,9 @@ def test_eps_network_gets_an_int64_time_tensor_everywhere():
             assert isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.shape == (x.shape[0],)
             return super().forward(x, t)
 
-    train_eps_model(Recorder(hidden=8, T=10), torch.randn(64, 2), schedule, TrainConfig(steps=2, batch_size=16),
-                    progress=False)
+    train_eps_model(
+        Recorder(hidden=8, T=10), torch.randn(64, 2), schedule, TrainConfig(steps=2, batch_size=16), progress=False
+    )
 
 
 def test_time_tensor_is_one_shared_value():
@@ -455,8 +468,9 @@ def test_reduce_gives_the_estimate_or_the_bounds():
     assert estimate.shape == (6,)
     torch.testing.assert_close(estimate, log_mean_exp(bounds), rtol=0, atol=0)
     torch.testing.assert_close(log_likelihood(model, x0, schedule, rounds=8, seed=3, reduce="mean"), bounds.mean(1))
-    torch.testing.assert_close(log_likelihood(model, x0, schedule, rounds=8, seed=3, reduce="logmeanexp", log10=True),
-                               estimate / math.log(10))
+    torch.testing.assert_close(
+        log_likelihood(model, x0, schedule, rounds=8, seed=3, reduce="logmeanexp", log10=True), estimate / math.log(10)
+    )
     assert (estimate >= bounds.mean(1)).all()  # Jensen: log-mean-exp >= mean
     with pytest.raises(ValueError, match="reduce must be one of 'none', 'logmeanexp', 'mean', got 'sum'"):
         log_likelihood(model, x0, schedule, reduce="sum")
@@ -473,8 +487,12 @@ def test_noise_depends_on_seed_and_position_not_on_batching():
     x0 = torch.randn(700, 2, dtype=torch.float64)
     reference = log_likelihood(model, x0, schedule, dt=2, rounds=3, seed=11, batch_size=4096)
     for batch_size in (1, 7, 1000, 1024, 2100):
-        torch.testing.assert_close(log_likelihood(model, x0, schedule, dt=2, rounds=3, seed=11,
-                                                  batch_size=batch_size), reference, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            log_likelihood(model, x0, schedule, dt=2, rounds=3, seed=11, batch_size=batch_size),
+            reference,
+            rtol=1e-12,
+            atol=1e-12,
+        )
     whole = _BlockNoise(11, 0, 2100, (2,), torch.float64, "cpu")
     draws = [whole() for _ in range(3)]
     for start, stop in [(0, 1), (5, 700), (1023, 1025), (2000, 2100)]:

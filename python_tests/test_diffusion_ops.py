@@ -1,4 +1,5 @@
 """Diffusion likelihood and sampler-step ops (families 2 and 3) against their plain-PyTorch references."""
+
 from __future__ import annotations
 
 import pytest
@@ -61,8 +62,9 @@ def test_nll_step_per_sample_abar(device, shape):
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-3)
     # Row by row with scalar abar gives the same numbers.
     for b in range(shape[0]):
-        single = ops.diffusion_nll_step(acc[b : b + 1], x_t[b : b + 1], x_next[b : b + 1], eps[b : b + 1],
-                                        abar_t[b].item(), abar_next[b].item())
+        single = ops.diffusion_nll_step(
+            acc[b : b + 1], x_t[b : b + 1], x_next[b : b + 1], eps[b : b + 1], abar_t[b].item(), abar_next[b].item()
+        )
         torch.testing.assert_close(single, out[b : b + 1])
 
 
@@ -88,7 +90,7 @@ def test_nll_step_t0_convention():
     var = 1 - abar_next
     mean_q = abar_next**0.5 * x_t
     mean_p = (x_next - (1 - abar_next) ** 0.5 * eps) / abar_next**0.5  # Eq. 19 at abar_t = 1 is Eq. 31's x0
-    expected = (-(x_next - mean_q) ** 2 + (x_t - mean_p) ** 2).sum(1) / (2 * var)
+    expected = (-((x_next - mean_q) ** 2) + (x_t - mean_p) ** 2).sum(1) / (2 * var)
     torch.testing.assert_close(out, expected)
 
 
@@ -109,8 +111,11 @@ def test_nll_step_and_forward_mixed_per_sample(device):
     acc = torch.zeros(6, dtype=torch.float64, device=device)
     abar_t, abar_next = per_sample_abar(6, device)
     abar_after = abar_next * 0.5
-    for args in [(0.9, 0.8, abar_after.new_full((6,), 0.5)), (abar_t, abar_next, 0.01),
-                 (abar_t, abar_next, abar_after)]:
+    for args in [
+        (0.9, 0.8, abar_after.new_full((6,), 0.5)),
+        (abar_t, abar_next, 0.01),
+        (abar_t, abar_next, abar_after),
+    ]:
         acc_new, x_after = ops.diffusion_nll_step_and_forward(acc, x_t, x_next, eps, noise, *args)
         acc_ref, after_ref = ref.diffusion_nll_step_and_forward_reference(acc, x_t, x_next, eps, noise, *args)
         torch.testing.assert_close(acc_new, acc_ref)
@@ -201,12 +206,15 @@ def test_forward_step_matches_reference(device):
     for shape in [(1, 1), (37, 2), (3, 3, 5, 7), (0, 4)]:
         x, noise = inputs(shape, torch.float32, device, 2)
         for abar in [(1.0, 0.5), (0.9, 0.9), (0.5, 0.001)]:
-            torch.testing.assert_close(ops.diffusion_forward_step(x, noise, *abar),
-                                       ref.diffusion_forward_step_reference(x, noise, *abar))
+            torch.testing.assert_close(
+                ops.diffusion_forward_step(x, noise, *abar), ref.diffusion_forward_step_reference(x, noise, *abar)
+            )
     abar_next = torch.rand(37, dtype=torch.float64, device=device) * 0.9 + 0.05
     x, noise = inputs((37, 2), torch.float64, device, 2)
-    torch.testing.assert_close(ops.diffusion_forward_step(x, noise, 1.0, abar_next),
-                               ref.diffusion_forward_step_reference(x, noise, 1.0, abar_next))
+    torch.testing.assert_close(
+        ops.diffusion_forward_step(x, noise, 1.0, abar_next),
+        ref.diffusion_forward_step_reference(x, noise, 1.0, abar_next),
+    )
 
 
 @pytest.mark.parametrize("step", list(STEPS) + ["forward"])
@@ -223,8 +231,9 @@ def test_sampler_step_gradients(device, step, per_sample):
     op, reference, kwargs = STEPS[step]
     assert torch.autograd.gradcheck(lambda a, b, c: op(a, b, noisier, cleaner, noise=c, **kwargs), (x, eps, noise))
     ours = torch.autograd.grad(op(x, eps, noisier, cleaner, noise=noise, **kwargs).square().sum(), (x, eps, noise))
-    theirs = torch.autograd.grad(reference(x, eps, noisier, cleaner, noise=noise, **kwargs).square().sum(),
-                                 (x, eps, noise))
+    theirs = torch.autograd.grad(
+        reference(x, eps, noisier, cleaner, noise=noise, **kwargs).square().sum(), (x, eps, noise)
+    )
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b)
     # without noise, the noise gets no gradient and x, eps still do
@@ -242,8 +251,9 @@ def test_rk4_matches_reference(device, shape, dtype):
     tol = tolerances(dtype)
     torch.testing.assert_close(ops.rk4_combine(k1, k2, k3, k4), ref.rk4_combine_reference(k1, k2, k3, k4), **tol)
     for h in (0.1, -2.5, 0.0):
-        torch.testing.assert_close(ops.rk4_update(x, k1, k2, k3, k4, h), ref.rk4_update_reference(x, k1, k2, k3, k4, h),
-                                   **tol)
+        torch.testing.assert_close(
+            ops.rk4_update(x, k1, k2, k3, k4, h), ref.rk4_update_reference(x, k1, k2, k3, k4, h), **tol
+        )
 
 
 def test_rk4_gradcheck(device):
@@ -270,20 +280,25 @@ def test_rk4_solves_an_ode_to_fourth_order():
 def test_bad_schedules_are_refused():
     x, y, z = inputs((3, 2), torch.float32, "cpu", 3)
     acc = torch.zeros(3, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"diffusion_nll_step: invalid schedule, got abar_t = 0.8 and abar_next = 0.9; "
-                                         r"need 0 < abar_next < abar_t <= 1"):
+    with pytest.raises(
+        ValueError,
+        match=r"diffusion_nll_step: invalid schedule, got abar_t = 0.8 and abar_next = 0.9; "
+        r"need 0 < abar_next < abar_t <= 1",
+    ):
         ops.diffusion_nll_step(acc, x, y, z, 0.8, 0.9)
     with pytest.raises(ValueError, match="need 0 < abar_next < abar_t <= 1"):
         ops.diffusion_nll_step(acc, x, y, z, 0.8, 0.8)  # dt = 0: no noise added
     with pytest.raises(ValueError, match="abar_t = 1.5"):
         ops.diffusion_nll_step(acc, x, y, z, 1.5, 0.9)
     with pytest.raises(ValueError, match=r"invalid schedule at sample 1, got abar_t = 0.5 and abar_next = 0.6"):
-        ops.diffusion_nll_step(acc, x, y, z, torch.tensor([0.9, 0.5, 0.9], dtype=torch.float64),
-                               torch.tensor([0.8, 0.6, 0.8]))
+        ops.diffusion_nll_step(
+            acc, x, y, z, torch.tensor([0.9, 0.5, 0.9], dtype=torch.float64), torch.tensor([0.8, 0.6, 0.8])
+        )
     with pytest.raises(ValueError, match=r"invalid schedule at sample 1, got abar_t = 0.05 and"):  # the first bad one
         ops.diffusion_nll_step(acc, x, y, z, torch.tensor([0.9, 0.05, float("nan")], dtype=torch.float64), 0.1)
-    with pytest.raises(ValueError,
-                       match=r"ddim_step: invalid schedule, got abar_t = 1.0 and abar_prev = 1.0; need 0 < abar_t < 1"):
+    with pytest.raises(
+        ValueError, match=r"ddim_step: invalid schedule, got abar_t = 1.0 and abar_prev = 1.0; need 0 < abar_t < 1"
+    ):
         ops.ddim_step(x, y, 1.0, 1.0)
     with pytest.raises(ValueError, match="abar_t <= abar_prev <= 1"):
         ops.ddpm_step(x, y, 0.6, 0.5)
@@ -298,8 +313,9 @@ def test_bad_schedules_are_refused():
 def test_bad_shapes_dtypes_devices_are_refused():
     x, y, z = inputs((3, 2), torch.float32, "cpu", 3)
     acc = torch.zeros(3, dtype=torch.float64)
-    with pytest.raises(RuntimeError,
-                       match=r"diffusion_nll_step: eps must have the shape of x_t \[3, 2\], got \[3, 3\]"):
+    with pytest.raises(
+        RuntimeError, match=r"diffusion_nll_step: eps must have the shape of x_t \[3, 2\], got \[3, 3\]"
+    ):
         ops.diffusion_nll_step(acc, x, y, torch.randn(3, 3), 0.9, 0.8)
     with pytest.raises(RuntimeError, match=r"acc must have shape \[B\] = \[3\], got \[4\]"):
         ops.diffusion_nll_step(torch.zeros(4), x, y, z, 0.9, 0.8)
@@ -307,8 +323,9 @@ def test_bad_shapes_dtypes_devices_are_refused():
         ops.diffusion_nll_step(torch.zeros(3, dtype=torch.int64), x, y, z, 0.9, 0.8)
     with pytest.raises(RuntimeError, match="x_next must have the dtype of x_t"):
         ops.diffusion_nll_step(acc, x, y.double(), z, 0.9, 0.8)
-    with pytest.raises(RuntimeError,
-                       match=r"abar_t must be a float, a 0-dim tensor or a per-sample tensor of shape \[B\] = \[3\]"):
+    with pytest.raises(
+        RuntimeError, match=r"abar_t must be a float, a 0-dim tensor or a per-sample tensor of shape \[B\] = \[3\]"
+    ):
         ops.diffusion_nll_step(acc, x, y, z, torch.tensor([0.9, 0.9]), 0.8)
     with pytest.raises(RuntimeError, match="ddpm_step: noise must have the shape of x_t"):
         ops.ddpm_step(x, y, 0.5, 0.6, torch.randn(3, 1))
@@ -386,8 +403,9 @@ def test_per_sample_abar_on_meta_is_refused():
     x, y, z = inputs((3, 2), torch.float32, "cpu", 3)
     acc = torch.zeros(3, dtype=torch.float64)
     abar_t = torch.tensor([0.9, 0.8, 0.7], dtype=torch.float64, device="meta")
-    with pytest.raises(RuntimeError,
-                       match=r"a per-sample abar_t must be on the device of the inputs \(cpu\), got meta"):
+    with pytest.raises(
+        RuntimeError, match=r"a per-sample abar_t must be on the device of the inputs \(cpu\), got meta"
+    ):
         ops.diffusion_nll_step(acc, x, y, z, abar_t, 0.5)
     with pytest.raises(RuntimeError, match="abar_prev is a 0-dim tensor on the meta device"):
         ops.ddim_step(x, y, 0.4, torch.tensor(0.6, dtype=torch.float64, device="meta"))
@@ -401,12 +419,21 @@ def test_schedule_whose_coefficients_overflow_float32(dtype):
     x, y, z = inputs((3, 4), dtype, "cpu", 3)
     acc = torch.zeros(3, dtype=torch.float64)
     if dtype == torch.float32:
-        with pytest.raises(ValueError, match=r"abar_t = 1.0 and abar_next = 1e-300, gives the step a coefficient of "
-                                             r"1e\+150, beyond the largest float32"):
+        with pytest.raises(
+            ValueError,
+            match=r"abar_t = 1.0 and abar_next = 1e-300, gives the step a coefficient of "
+            r"1e\+150, beyond the largest float32",
+        ):
             ops.diffusion_nll_step(acc, x, y, z, 1.0, 1e-300)
         with pytest.raises(ValueError, match="the schedule at sample 1, abar_t = 0.5 and abar_next = 1e-100"):
-            ops.diffusion_nll_step(acc, x, y, z, torch.tensor([1.0, 0.5, 1.0], dtype=torch.float64),
-                                   torch.tensor([0.5, 1e-100, 0.5], dtype=torch.float64))
+            ops.diffusion_nll_step(
+                acc,
+                x,
+                y,
+                z,
+                torch.tensor([1.0, 0.5, 1.0], dtype=torch.float64),
+                torch.tensor([0.5, 1e-100, 0.5], dtype=torch.float64),
+            )
         with pytest.raises(ValueError, match="beyond the largest float32"):
             ops.ddpm_step(x, y, 1e-90, 1.0)
     else:  # float64 computes every valid schedule

@@ -1,5 +1,6 @@
 """Samplers' noise placement, divergence warnings and device default; the exact noise predictors; the sampling and
 likelihood demos end to end (paper 000 Fig. 5-8)."""
+
 from __future__ import annotations
 
 import json
@@ -86,8 +87,16 @@ def test_rk4_noise_placements():
     x_T = torch.randn(64, 2)
 
     def run(seed, **kwargs):
-        return sample(model, schedule, (64, 2), method="rk4", dt=5, x_T=x_T,
-                      generator=torch.Generator().manual_seed(seed), **kwargs)
+        return sample(
+            model,
+            schedule,
+            (64, 2),
+            method="rk4",
+            dt=5,
+            x_T=x_T,
+            generator=torch.Generator().manual_seed(seed),
+            **kwargs,
+        )
 
     # no noise anywhere: deterministic; each other placement is random
     torch.testing.assert_close(run(0, rk4_step="ddpm", rk4_noise="none"), run(1, rk4_step="ddpm", rk4_noise="none"))
@@ -118,8 +127,11 @@ def test_rk4_with_ddpm_leaves_more_noise_than_ddpm_for_thin_gaussian_data():
 def test_divergent_sampler_warns():
     schedule = linear_schedule(100)
     model = GaussianDataEps(schedule, 0.5)
-    with pytest.warns(SamplerDivergenceWarning, match=r"sampler rk4 \(g = ddim\) at dt = 100 diverged: the samples' "
-                                                      r"RMS is [0-9.e+]+, more than 10 x the RMS"):
+    with pytest.warns(
+        SamplerDivergenceWarning,
+        match=r"sampler rk4 \(g = ddim\) at dt = 100 diverged: the samples' "
+        r"RMS is [0-9.e+]+, more than 10 x the RMS",
+    ):
         x = sample(model, schedule, (500, 2), method="rk4", dt=100, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(x).all() and x.abs().max() > 100  # finite, and far larger than any data
     with warnings.catch_warnings():
@@ -131,8 +143,11 @@ def test_divergent_sampler_warns():
         def forward(self, x, t):
             return torch.full_like(x, math.inf)
 
-    with pytest.warns(SamplerDivergenceWarning, match=r"sampler ddim at dt = 50 diverged: 1000 of 1000 sample values "
-                                                      r"are not finite"):
+    with pytest.warns(
+        SamplerDivergenceWarning,
+        match=r"sampler ddim at dt = 50 diverged: 1000 of 1000 sample values "
+        r"are not finite",
+    ):
         sample(Exploding(), schedule, (500, 2), method="ddim", dt=50)
 
 
@@ -168,10 +183,19 @@ def test_sampling_demo_quick(tmp_path):
     gaussian = fig7["gaussian_exact_eps_std_ratio"]
     assert len(gaussian) == 4 and all(set(cells) == set(FIG7_SAMPLERS) for cells in gaussian.values())
     ids = {row["id"] for row in summary["paper_comparison"]}
-    assert {"000-fig8-rk4_ddim-dt100-swiss_roll", "000-fig8-ddpm-dt1-digits", "000-fig8-ddim-dt50-digits-drift",
-            "000-fig7-ddpm-dt2", "000-fig7-rk4_ddpm-dt20", "000-fig7-rk4_ddpm_fresh-dt10"} <= ids
+    assert {
+        "000-fig8-rk4_ddim-dt100-swiss_roll",
+        "000-fig8-ddpm-dt1-digits",
+        "000-fig8-ddim-dt50-digits-drift",
+        "000-fig7-ddpm-dt2",
+        "000-fig7-rk4_ddpm-dt20",
+        "000-fig7-rk4_ddpm_fresh-dt10",
+    } <= ids
     assert summary["run"]["seconds"] > 0
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["digits_T100_300_b8.pt", "swiss_roll_T100_600.pt"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
+        "digits_T100_300_b8.pt",
+        "swiss_roll_T100_600.pt",
+    ]
 
 
 def test_likelihood_demo_quick_ranks_swiss_roll_highest(tmp_path):

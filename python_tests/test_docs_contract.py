@@ -1,6 +1,7 @@
 """The documentation contract (issue 16 item 5): every public name of manifold_ext's packages
 is rendered on an API page, and every op's docstring states shapes, dtypes/devices, numerics
 and errors. Checked on the sources (fast); `make docs` (-W) checks that autodoc renders them."""
+
 from __future__ import annotations
 
 import importlib
@@ -14,8 +15,10 @@ import pytest
 import manifold_ext
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-AUTODOC = re.compile(r"^\.\. auto(function|class|data|attribute|method|exception|module)::\s+(\S+)(.*?)(?=^\.\. |\Z)",
-                     re.M | re.S)
+AUTODOC = re.compile(
+    r"^\.\. auto(function|class|data|attribute|method|exception|module)::\s+(\S+)(.*?)(?=^\.\. |\Z)", re.M | re.S
+)
+
 
 def documented_targets() -> tuple[set[str], set[str]]:
     """Objects named by autodoc directives in the docs, and modules documented with their
@@ -50,5 +53,7 @@ def test_every_public_name_is_on_an_api_page(package):
         if package in whole_modules or f"{package}.{name}" in objects:
             continue
         missing.append(name)
-    assert not missing, (f"{package}.__all__ names not rendered on any docs page: {missing}; add an "
-                         f"autofunction/autoclass line to the family's page in docs/ops/ or docs/packages/")
+    assert not missing, (
+        f"{package}.__all__ names not rendered on any docs page: {missing}; add an "
+        f"autofunction/autoclass line to the family's page in docs/ops/ or docs/packages/"
+    )

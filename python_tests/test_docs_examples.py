@@ -1,6 +1,7 @@
 """Every ```python block of the documentation pages runs, in order, one namespace per page,
 so the examples cannot rot (issue 16 item 1, issue 20 item 3). A block whose first line is
 ``# not run: <reason>`` is skipped."""
+
 from __future__ import annotations
 
 import re
@@ -10,8 +11,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", "docs/getting_started.md", "docs/recipes.md"]
-PAGES += sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").rglob("*.md")
-                if "_build" not in p.parts and str(p.relative_to(REPO)) not in PAGES)
+PAGES += sorted(
+    str(p.relative_to(REPO))
+    for p in (REPO / "docs").rglob("*.md")
+    if "_build" not in p.parts and str(p.relative_to(REPO)) not in PAGES
+)
 FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
@@ -43,8 +47,12 @@ def test_page_examples_run(page, tmp_path, monkeypatch):
 
 def test_the_recipes_page_has_its_three_recipes_and_the_conventions():
     text = (REPO / "docs/recipes.md").read_text()
-    for heading in ("## A 2-D RealNVP on `affine_coupling`",
-                    "## Diffusion: train, score, sample with your own ε-network", "## ReLU regions of your own MLP",
-                    "### Coupling layers: normflows, FrEIA, Glow", "### Diffusion: diffusers"):
+    for heading in (
+        "## A 2-D RealNVP on `affine_coupling`",
+        "## Diffusion: train, score, sample with your own ε-network",
+        "## ReLU regions of your own MLP",
+        "### Coupling layers: normflows, FrEIA, Glow",
+        "### Diffusion: diffusers",
+    ):
         assert heading in text
     assert len(python_blocks(REPO / "docs/recipes.md")) >= 6

@@ -11,6 +11,7 @@ The ``aot_eager`` backend traces the whole graph (dynamo + AOT autograd, the fus
 ops' fake kernels and autograd formulas included) without C++ code generation; one
 case also runs Inductor.
 """
+
 from __future__ import annotations
 
 import copy
@@ -88,19 +89,29 @@ def _cases():
         ("GlowStep-vector", GlowStep(4, 32, spatial_dims=0), forward, vector),
         ("GlowStep-image", GlowStep(4, 16), forward, image),
         ("FlowSequential", FlowSequential(*[GlowStep(4, 16, spatial_dims=0) for _ in range(3)]), forward, vector),
-        ("StandardNormalFlow", StandardNormalFlow(FlowSequential(GlowStep(4, 16, spatial_dims=0))), log_prob,
-         vector),
+        ("StandardNormalFlow", StandardNormalFlow(FlowSequential(GlowStep(4, 16, spatial_dims=0))), log_prob, vector),
         ("Squeeze", _Trainable(Squeeze()), forward, image),
         ("ConditionalAffineCoupling", ConditionalAffineCoupling(4, 1, 16), forward_cond, image),
         ("FlowStep-conditional", FlowStep(4, 16, condition_channels=1), forward_cond, image),
         ("GaussianPrior-context", GaussianPrior(4, context_channels=4), standardize, image),
-        ("MultiScaleGlow", MultiScaleGlow(1, levels=2, steps_per_level=2, hidden_channels=16, image_size=(8, 8)),
-         log_prob, rand(BATCH, 1, 8, 8)),
-        ("MultiScaleGlow-conditional",
-         MultiScaleGlow(1, levels=2, steps_per_level=1, hidden_channels=16, condition_channels=1,
-                        image_size=(8, 8)), lambda m, x: -m.log_prob(x, cond).mean(), rand(BATCH, 1, 8, 8)),
-        ("HierarchicalFlow", HierarchicalFlow(image_size=8, levels=2, latent_channels=2, ae_hidden=8, flow_steps=1,
-                                              flow_hidden=8), hierarchical, rand(BATCH, 1, 8, 8)),
+        (
+            "MultiScaleGlow",
+            MultiScaleGlow(1, levels=2, steps_per_level=2, hidden_channels=16, image_size=(8, 8)),
+            log_prob,
+            rand(BATCH, 1, 8, 8),
+        ),
+        (
+            "MultiScaleGlow-conditional",
+            MultiScaleGlow(1, levels=2, steps_per_level=1, hidden_channels=16, condition_channels=1, image_size=(8, 8)),
+            lambda m, x: -m.log_prob(x, cond).mean(),
+            rand(BATCH, 1, 8, 8),
+        ),
+        (
+            "HierarchicalFlow",
+            HierarchicalFlow(image_size=8, levels=2, latent_channels=2, ae_hidden=8, flow_steps=1, flow_hidden=8),
+            hierarchical,
+            rand(BATCH, 1, 8, 8),
+        ),
     ]
 
 

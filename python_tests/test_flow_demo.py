@@ -1,4 +1,5 @@
 """The ``manifold-ext demo flow`` reproduction (quick mode) and the local image-set loaders."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ import torch
 
 from manifold_ext.cli import main
 from manifold_ext.datasets import find_local_image_set, load_celeba_folder, load_cifar10_folder
-
 
 # Tiny models: one thread (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,8 +77,24 @@ def test_local_loaders_read_cifar10_pickles_and_image_folders(tmp_path):
 
 
 def test_bench_glow_quick_runs_ours_and_eager(tmp_path):
-    assert main(["bench", "glow", "--quick", "--impls", "eager,ours", "--rounds", "1",
-                 "--out", str(tmp_path), "--machine", "test"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "glow",
+                "--quick",
+                "--impls",
+                "eager,ours",
+                "--rounds",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--machine",
+                "test",
+            ]
+        )
+        == 0
+    )
     rows = json.loads((tmp_path / "test.json").read_text())["results"]
     assert {r["family"] for r in rows} == {"glow"} and len(rows) == 3
     for row in rows:

@@ -1,4 +1,5 @@
 """Glow layers: exact inverses, log-determinants against autograd Jacobians, training."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Fused Gaussian ELBO op against its plain-PyTorch reference."""
+
 from __future__ import annotations
 
 import math
@@ -179,9 +180,12 @@ def test_cuda_half_precision_accumulates_in_float32(dtype):
 def test_decoder_logvar_too_small_for_the_dtype_is_refused():
     """decoder_logvar <= -89 in float32 with x == x_mean gave 0 * inf = NaN."""
     x, _, mu, logvar = make_inputs((2, 1, 4, 4), (2, 3))
-    with pytest.raises(ValueError, match=r"decoder_logvar = -89.0 is too small: the kernels multiply by "
-                                         r"exp\(-decoder_logvar\) in float32, where it overflows; "
-                                         r"need decoder_logvar >= -88.722839"):
+    with pytest.raises(
+        ValueError,
+        match=r"decoder_logvar = -89.0 is too small: the kernels multiply by "
+        r"exp\(-decoder_logvar\) in float32, where it overflows; "
+        r"need decoder_logvar >= -88.722839",
+    ):
         gaussian_elbo(x, x.clone(), mu, logvar, decoder_logvar=-89.0)
     with pytest.raises(ValueError, match="need decoder_logvar >= -88.722839"):  # at trace time too
         gaussian_elbo(*(t.to("meta") for t in (x, x, mu, logvar)), decoder_logvar=-89.0)

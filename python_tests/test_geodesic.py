@@ -1,4 +1,5 @@
 """Probability-weighted geodesics (manifold_ext.analysis.geodesic) on closed-form densities."""
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,6 @@ from manifold_ext.analysis import (
     straight_line,
     weighted_geodesic,
 )
-
 from manifold_ext.diffusion import PointEpsNet, linear_schedule
 from manifold_ext.flows import FlowSequential, GlowStep, StandardNormalFlow
 

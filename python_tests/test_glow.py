@@ -1,5 +1,6 @@
 """Multi-scale Glow: exact inverses, log-determinants against autograd Jacobians,
 normalisation of log p, conditional coupling, bad input, training on digits."""
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,6 @@ from manifold_ext.flows import (
     dequantize,
     standard_normal_log_prob,
 )
-
 
 # Tiny models: one thread (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -226,8 +226,13 @@ def test_log_p_integrates_to_one_on_a_2d_toy_for_each_condition():
         x = moons[torch.randint(0, len(moons), (n,))] * (1 + 0.3 * c) + c
         return x.view(n, 2, 1, 1), c.view(n, 1, 1, 1)
 
-    model = _train_briefly(MultiScaleGlow(2, levels=1, steps_per_level=4, squeeze=False, condition_channels=1,
-                                          coupling_net=_pointwise_net), batch, 100)
+    model = _train_briefly(
+        MultiScaleGlow(
+            2, levels=1, steps_per_level=4, squeeze=False, condition_channels=1, coupling_net=_pointwise_net
+        ),
+        batch,
+        100,
+    )
     mesh, cell = _grid(2, 241, 8.0)
     x = mesh.view(-1, 2, 1, 1)
     for c in (-1.0, 0.0, 0.5, 2.0):
@@ -286,10 +291,12 @@ def test_log_p_normalises_with_split_priors_importance_sampling():
 def test_sample_temperature():
     model = make_glow(image_size=(8, 8))
     zero = model.sample(3, temperature=0.0)
-    torch.testing.assert_close(zero, model.inverse([torch.zeros(3, *s, dtype=torch.float64)
-                                                    for s in model.latent_shapes(8, 8)]))
-    spread = [model.sample(400, temperature=t, generator=torch.Generator().manual_seed(1)).std().item()
-              for t in (0.3, 1.0)]
+    torch.testing.assert_close(
+        zero, model.inverse([torch.zeros(3, *s, dtype=torch.float64) for s in model.latent_shapes(8, 8)])
+    )
+    spread = [
+        model.sample(400, temperature=t, generator=torch.Generator().manual_seed(1)).std().item() for t in (0.3, 1.0)
+    ]
     assert spread[0] < spread[1]
 
 

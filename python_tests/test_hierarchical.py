@@ -1,5 +1,6 @@
 """Hierarchical autoencoders + flows (paper 000 §2.1, Eq. 1-8): the log-likelihood terms,
 the non-square Jacobian volume factor, training order, checkpoints, generation."""
+
 from __future__ import annotations
 
 import math
@@ -10,7 +11,6 @@ import torch
 from manifold_ext._checkpoint import read_checkpoint
 from manifold_ext.flows import HierarchicalFlow, dequantize, fit, jacobian_log_volume, log_volume_factor
 from manifold_ext.flows.hierarchical import downsample, downsample_log_volume, total_log_prob
-
 
 # Tiny models: one thread (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,7 +63,7 @@ def test_log_prob_terms_follow_eq_5_to_8():
         y = model.autoencoders[i].encode(pyramid[i])
         cond = pyramid[i + 1] if i + 1 < model.levels else None
         latents, _ = model.flows[i](y, cond)
-        z = torch.cat([l.flatten(1) for l in latents], 1)
+        z = torch.cat([latent.flatten(1) for latent in latents], 1)
         d = y[0].numel()
         assert z.shape[1] == d
         # Eq. 6 as printed: 1/2 log 2 pi + ||z||^2 / (2 d), the per-dimension NLL.

@@ -1,4 +1,5 @@
 """Lift, Map, Detect (paper 001_…, Liu, Zhou and Weinberger): masks, inpainting, scores, demo."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ from torch import nn
 from manifold_ext.analysis import checkerboard_mask, inpaint, lmd_scores
 from manifold_ext.cli import main
 from manifold_ext.diffusion import linear_schedule
-
 
 # Tiny models: one thread (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")

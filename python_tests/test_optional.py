@@ -1,4 +1,5 @@
 """The optional-dependency and Dask-address helpers give clear errors."""
+
 import pytest
 
 from manifold_ext._distributed import dask_client

@@ -1,6 +1,7 @@
 """Lean core (issue 16 item 4): the core packages import with torch, numpy and tqdm alone, and a
 feature that needs an extra says which one. Each check runs in a fresh interpreter in which a
 meta-path finder hides the optional packages, as if they were not installed."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,14 @@ import textwrap
 import pytest
 
 OPTIONAL = ("matplotlib", "sklearn", "scipy", "cvxpy", "highspy", "distributed")
-CORE_MODULES = ("manifold_ext", "manifold_ext.ops", "manifold_ext.flows", "manifold_ext.diffusion",
-                "manifold_ext.vae", "manifold_ext.attacks")
+CORE_MODULES = (
+    "manifold_ext",
+    "manifold_ext.ops",
+    "manifold_ext.flows",
+    "manifold_ext.diffusion",
+    "manifold_ext.vae",
+    "manifold_ext.attacks",
+)
 # Core modules that still import an optional package at top level, and the file that does it.
 # Their files belong to other helpers, who are moving these imports behind _optional.require.
 # Strict both ways: a module listed here that imports cleanly fails too, so the list only
@@ -36,8 +43,9 @@ HIDE_OPTIONAL = textwrap.dedent(f"""
 
 
 def run_hidden(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", HIDE_OPTIONAL + textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", HIDE_OPTIONAL + textwrap.dedent(code)], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +65,23 @@ def core_import_errors() -> dict:
     """)
     assert done.returncode == 0, done.stderr[-2000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith("ERRORS="))
-    return json.loads(line[len("ERRORS="):])
+    return json.loads(line[len("ERRORS=") :])
 
 
 @pytest.mark.parametrize("module", CORE_MODULES)
 def test_core_module_imports_without_optional_packages(module, core_import_errors):
     error = core_import_errors[module]
     if module in STILL_IMPORTING_OPTIONAL:
-        assert error is not None, (f"{module} now imports without the optional packages: remove it from "
-                                   "STILL_IMPORTING_OPTIONAL in python_tests/test_optional_imports.py")
+        assert error is not None, (
+            f"{module} now imports without the optional packages: remove it from "
+            "STILL_IMPORTING_OPTIONAL in python_tests/test_optional_imports.py"
+        )
         assert "ModuleNotFoundError" in error, error
     else:
-        assert error is None, (f"{module} needs an optional package at import time "
-                               f"(move it behind manifold_ext._optional.require):\n{error}")
+        assert error is None, (
+            f"{module} needs an optional package at import time "
+            f"(move it behind manifold_ext._optional.require):\n{error}"
+        )
 
 
 FEATURES_NEEDING_EXTRAS = {

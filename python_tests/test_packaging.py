@@ -1,14 +1,15 @@
 """Packaging and docs machinery: the version's single source, the core dependencies and the torch
 pin, the installed-package smoke test, and the generators of the results pages (issue 16)."""
+
 from __future__ import annotations
 
 import importlib.metadata
 import json
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import manifold_ext
 
@@ -26,6 +27,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 # --- version and dependencies ---------------------------------------------------------------
 
+
 def test_version_is_written_once_and_read_by_the_build():
     project = PYPROJECT["project"]
     assert "version" not in project and "version" in project["dynamic"]
@@ -42,8 +44,11 @@ def test_core_dependencies_are_torch_numpy_tqdm_and_the_installed_torch_is_pinne
     series = ".".join(torch.__version__.split("+")[0].split(".")[:2])
     requires = importlib.metadata.requires("manifold_ext")
     assert f"torch=={series}.*" in requires, requires
-    assert not any(r.split(";")[0].strip().startswith(("matplotlib", "scikit-learn", "scipy", "cvxpy", "highspy"))
-                   for r in requires if "extra ==" not in r), requires
+    assert not any(
+        r.split(";")[0].strip().startswith(("matplotlib", "scikit-learn", "scipy", "cvxpy", "highspy"))
+        for r in requires
+        if "extra ==" not in r
+    ), requires
 
 
 def test_torch_pin_rewrites_only_torch():
@@ -76,6 +81,7 @@ def test_load_error_names_the_torch_a_build_needs(monkeypatch):
 
 # --- the smoke test of an installed package ---------------------------------------------------
 
+
 def test_smoke_test_calls_every_op():
     from manifold_ext import ops
 
@@ -92,6 +98,7 @@ def test_smoke_test_refuses_a_source_tree():
 
 # --- reproduction pages --------------------------------------------------------------------------
 
+
 def write_summary(folder: Path, rows: list[dict], run: dict | None = None, figure: bool = True) -> None:
     folder.mkdir(parents=True)
     summary = {"paper_comparison": rows}
@@ -102,8 +109,11 @@ def write_summary(folder: Path, rows: list[dict], run: dict | None = None, figur
         (folder / "fig.png").write_bytes(b"\x89PNG\r\n\x1a\n")
 
 
-RUN = {"command": "manifold-ext demo likelihood --out docs/results/likelihood", "seconds": 612.0,
-       "machine": {"cpu": "AMD EPYC", "cpu_isa": "avx512", "threads": 2, "torch": "2.13.0+cpu", "date": "2026-12-01"}}
+RUN = {
+    "command": "manifold-ext demo likelihood --out docs/results/likelihood",
+    "seconds": 612.0,
+    "machine": {"cpu": "AMD EPYC", "cpu_isa": "avx512", "threads": 2, "torch": "2.13.0+cpu", "date": "2026-12-01"},
+}
 
 
 def row(id: str, ours: float = -2.9, paper: float | None = -0.933) -> dict:
@@ -129,12 +139,15 @@ def test_reproduction_pages_are_generated_from_the_rows(tmp_path):
     assert "`coupling`" in (pages / "paper-runs.md").read_text()
 
 
-@pytest.mark.parametrize("rows, run, message", [
-    ([{"id": "000-a", "what": "x", "paper": None, "ours": 1.0}], RUN, "exactly the keys"),
-    ([row("fig5-no-paper-number")], RUN, "must start with the paper's three-digit number"),
-    ([row("000-a"), row("000-a")], RUN, "duplicate id"),
-    ([row("000-a")], None, "needs summary\\['run'\\]"),
-])
+@pytest.mark.parametrize(
+    "rows, run, message",
+    [
+        ([{"id": "000-a", "what": "x", "paper": None, "ours": 1.0}], RUN, "exactly the keys"),
+        ([row("fig5-no-paper-number")], RUN, "must start with the paper's three-digit number"),
+        ([row("000-a"), row("000-a")], RUN, "duplicate id"),
+        ([row("000-a")], None, "needs summary\\['run'\\]"),
+    ],
+)
 def test_reproduction_generator_rejects_a_broken_summary(tmp_path, rows, run, message):
     write_summary(tmp_path / "results" / "demo", rows, run)
     with pytest.raises(generate_pages.ResultsError, match=message):
@@ -143,19 +156,48 @@ def test_reproduction_generator_rejects_a_broken_summary(tmp_path, rows, run, me
 
 # --- benchmark pages ---------------------------------------------------------------------------
 
-BENCH_ROW = {"family": "coupling", "case": "fwd", "shape": "64x16", "dtype": "float32", "device": "cpu",
-             "ms": {"eager": 2.0, "compile": 1.0, "ours": 0.5}, "bytes_moved": 100, "note": "dispatch-bound",
-             "ours_vs_bound": 1.25}
-HARNESS_FORMAT = {"environment": {"torch": "2.13.0+cpu", "threads": 2, "device": "cpu", "date": "2026-11-23",
-                                  "manifold_ext_build": {"cpu_isa_in_use": "avx512"}},
-                  "results": [dict(BENCH_ROW, speedup_vs_eager=4.0, speedup_vs_compile=2.0)]}
-MACHINE_ISA_FORMAT = {"machine": "AMD EPYC 9B14", "isa": "avx2", "threads": 1, "torch": "2.14.1", "date": "2026-12-02",
-                      "rows": [BENCH_ROW]}
+BENCH_ROW = {
+    "family": "coupling",
+    "case": "fwd",
+    "shape": "64x16",
+    "dtype": "float32",
+    "device": "cpu",
+    "ms": {"eager": 2.0, "compile": 1.0, "ours": 0.5},
+    "bytes_moved": 100,
+    "note": "dispatch-bound",
+    "ours_vs_bound": 1.25,
+}
+HARNESS_FORMAT = {
+    "environment": {
+        "torch": "2.13.0+cpu",
+        "threads": 2,
+        "device": "cpu",
+        "date": "2026-11-23",
+        "manifold_ext_build": {"cpu_isa_in_use": "avx512"},
+    },
+    "results": [dict(BENCH_ROW, speedup_vs_eager=4.0, speedup_vs_compile=2.0)],
+}
+MACHINE_ISA_FORMAT = {
+    "machine": "AMD EPYC 9B14",
+    "isa": "avx2",
+    "threads": 1,
+    "torch": "2.14.1",
+    "date": "2026-12-02",
+    "rows": [BENCH_ROW],
+}
 
-BENCH_FORMAT = {"schema": 2, "machine": "cpu-amd-epyc-9b14-avx2-2threads", "device": "cpu", "isa": "avx2",
-                "threads": 2, "torch": "2.14.1", "date": "2026-12-03",
-                "load_average": {"start": [17.9, 16.5, 12.0], "end": [15.0, 16.0, 12.1]},
-                "environment": {"cpu": "AMD EPYC 9B14", "threads": 2}, "results": [BENCH_ROW]}
+BENCH_FORMAT = {
+    "schema": 2,
+    "machine": "cpu-amd-epyc-9b14-avx2-2threads",
+    "device": "cpu",
+    "isa": "avx2",
+    "threads": 2,
+    "torch": "2.14.1",
+    "date": "2026-12-03",
+    "load_average": {"start": [17.9, 16.5, 12.0], "end": [15.0, 16.0, 12.1]},
+    "environment": {"cpu": "AMD EPYC 9B14", "threads": 2},
+    "results": [BENCH_ROW],
+}
 
 
 def test_benchmark_pages_accept_both_formats(tmp_path):
@@ -163,29 +205,40 @@ def test_benchmark_pages_accept_both_formats(tmp_path):
     results.mkdir()
     (results / "cpu-amd-epyc-2threads.json").write_text(json.dumps(HARNESS_FORMAT))
     (results / "amd-epyc-avx2.json").write_text(json.dumps(MACHINE_ISA_FORMAT))
-    (results / "fig5-end-to-end.json").write_text(json.dumps({"fused": {"seconds": 86.0}, "device": "cpu",
-                                                               "threads": 2}))
+    (results / "fig5-end-to-end.json").write_text(
+        json.dumps({"fused": {"seconds": 86.0}, "device": "cpu", "threads": 2})
+    )
     (results / "cpu-amd-epyc-9b14-avx2-2threads.json").write_text(json.dumps(BENCH_FORMAT))
     generate_pages.generate_benchmarks(results, tmp_path / "pages")
     page = (tmp_path / "pages" / "coupling.md").read_text()
     assert "**cpu-amd-epyc-2threads**: ISA path `avx512`, 2 threads, torch 2.13.0+cpu" in page
     assert "**AMD EPYC 9B14**: ISA path `avx2`, 1 threads, torch 2.14.1" in page
-    assert ("**cpu-amd-epyc-9b14-avx2-2threads**: ISA path `avx2`, 2 threads, torch 2.14.1, device `cpu`, 2026-12-03, "
-            "load average 17.9 / 16.5 / 12 at the start") in page
+    assert (
+        "**cpu-amd-epyc-9b14-avx2-2threads**: ISA path `avx2`, 2 threads, torch 2.14.1, device `cpu`, 2026-12-03, "
+        "load average 17.9 / 16.5 / 12 at the start"
+    ) in page
     assert page.count("| fwd | 64x16 | float32 | 2.000 | 1.000 | 0.500 | 4.00× | 2.00× | 1.25 |") == 3
     assert "dispatch-bound" in page
     assert "fig5-end-to-end.json" in (tmp_path / "pages" / "zz-records.md").read_text()
 
 
-@pytest.mark.parametrize("payload, message", [
-    ({k: v for k, v in MACHINE_ISA_FORMAT.items() if k != "isa"}, "missing isa"),
-    ({k: v for k, v in MACHINE_ISA_FORMAT.items() if k != "torch"}, "missing torch"),
-    (dict(MACHINE_ISA_FORMAT, rows=[{k: v for k, v in BENCH_ROW.items() if k != "shape"}]), "row 0: missing shape"),
-    ({"environment": {"torch": "2.13", "threads": 1, "device": "cpu", "date": "d", "manifold_ext_build": {}},
-      "results": []}, "missing cpu_isa_in_use"),
-    ({"seconds": 3.0}, "neither a benchmark table nor a record"),
-    ({k: v for k, v in BENCH_FORMAT.items() if k != "isa"}, "missing isa"),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ({k: v for k, v in MACHINE_ISA_FORMAT.items() if k != "isa"}, "missing isa"),
+        ({k: v for k, v in MACHINE_ISA_FORMAT.items() if k != "torch"}, "missing torch"),
+        (dict(MACHINE_ISA_FORMAT, rows=[{k: v for k, v in BENCH_ROW.items() if k != "shape"}]), "row 0: missing shape"),
+        (
+            {
+                "environment": {"torch": "2.13", "threads": 1, "device": "cpu", "date": "d", "manifold_ext_build": {}},
+                "results": [],
+            },
+            "missing cpu_isa_in_use",
+        ),
+        ({"seconds": 3.0}, "neither a benchmark table nor a record"),
+        ({k: v for k, v in BENCH_FORMAT.items() if k != "isa"}, "missing isa"),
+    ],
+)
 def test_benchmark_generator_is_strict_about_missing_fields(tmp_path, payload, message):
     (tmp_path / "bad.json").write_text(json.dumps(payload))
     with pytest.raises(generate_pages.ResultsError, match=message):

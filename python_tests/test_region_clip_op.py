@@ -1,4 +1,5 @@
 """Op family 6, region_clip_2d: exact 2-D region geometry without an LP, against the LP definition."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,7 @@ def regions_of(net, box, count=None):
     patterns = sample_patterns(net, (-1.0, 1.0) if box is not None else (-3.0, 3.0), 20_000, seed=0)[:count]
     A, c, _, _ = net.systems(patterns)
     row_scale, offset_scale = net.system_scales(patterns)
-    bits = np.unpackbits(patterns.view(np.uint8), axis=1, bitorder="little")[:, :net.num_units].astype(bool)
+    bits = np.unpackbits(patterns.view(np.uint8), axis=1, bitorder="little")[:, : net.num_units].astype(bool)
     zero, _, _ = zero_rows(A, c, row_scale, offset_scale, bits)
     return net.regions(patterns), torch.from_numpy(A), torch.from_numpy(c), torch.from_numpy(zero)
 
@@ -73,16 +74,19 @@ def test_unbounded_regions_half_plane_and_strip():
         assert (facet_of[0][~ignore[0]] >= 0).all()
 
 
-@pytest.mark.parametrize("args,error,message", [
-    (lambda A, c, z: (A.float(), c, z, BOX, 1e-7), ValueError, "A must be float64"),
-    (lambda A, c, z: (A[..., :1], c, z, BOX, 1e-7), ValueError, r"\[P, H, 2\]"),
-    (lambda A, c, z: (A, c[:, :-1], z, BOX, 1e-7), ValueError, "c must have shape"),
-    (lambda A, c, z: (A, c, z.long(), BOX, 1e-7), ValueError, "ignore must be bool"),
-    (lambda A, c, z: (A, c, z, BOX.flip(0), 1e-7), ValueError, "lo < hi"),
-    (lambda A, c, z: (A, c, z, BOX[:1], 1e-7), ValueError, r"box must be float64 \[2, 2\]"),
-    (lambda A, c, z: (A, c, z, BOX, 0.0), ValueError, "tol must be a finite number > 0"),
-    (lambda A, c, z: (A * float("nan"), c, z, BOX, 1e-7), ValueError, "must be finite"),
-])
+@pytest.mark.parametrize(
+    "args,error,message",
+    [
+        (lambda A, c, z: (A.float(), c, z, BOX, 1e-7), ValueError, "A must be float64"),
+        (lambda A, c, z: (A[..., :1], c, z, BOX, 1e-7), ValueError, r"\[P, H, 2\]"),
+        (lambda A, c, z: (A, c[:, :-1], z, BOX, 1e-7), ValueError, "c must have shape"),
+        (lambda A, c, z: (A, c, z.long(), BOX, 1e-7), ValueError, "ignore must be bool"),
+        (lambda A, c, z: (A, c, z, BOX.flip(0), 1e-7), ValueError, "lo < hi"),
+        (lambda A, c, z: (A, c, z, BOX[:1], 1e-7), ValueError, r"box must be float64 \[2, 2\]"),
+        (lambda A, c, z: (A, c, z, BOX, 0.0), ValueError, "tol must be a finite number > 0"),
+        (lambda A, c, z: (A * float("nan"), c, z, BOX, 1e-7), ValueError, "must be finite"),
+    ],
+)
 def test_bad_inputs_raise_clear_errors(args, error, message):
     A = torch.randn(3, 4, 2, dtype=torch.float64)
     c = torch.rand(3, 4, dtype=torch.float64)
@@ -102,8 +106,13 @@ def test_meta_and_mixed_devices():
 
 
 def test_empty_batch():
-    out = region_clip_2d(torch.zeros(0, 5, 2, dtype=torch.float64), torch.zeros(0, 5, dtype=torch.float64),
-                         torch.zeros(0, 5, dtype=torch.bool), BOX, 1e-7)
+    out = region_clip_2d(
+        torch.zeros(0, 5, 2, dtype=torch.float64),
+        torch.zeros(0, 5, dtype=torch.float64),
+        torch.zeros(0, 5, dtype=torch.bool),
+        BOX,
+        1e-7,
+    )
     assert [tuple(t.shape) for t in out] == [(0, 5), (0, 2), (0,), (0,), (0,)]
 
 
@@ -111,8 +120,11 @@ def test_opcheck_and_compile():
     net = spread_network([8, 8], 2, 3)
     _, A, c, zero = regions_of(net, (-1.0, 1.0), count=12)
     for box in (BOX, None):
-        torch.library.opcheck(torch.ops.manifold_ext.region_clip_2d.default, (A, c, zero, box, 1e-7),
-                              test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+        torch.library.opcheck(
+            torch.ops.manifold_ext.region_clip_2d.default,
+            (A, c, zero, box, 1e-7),
+            test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+        )
     compiled = torch.compile(lambda *a: region_clip_2d(*a)[0], fullgraph=True, backend="aot_eager")
     assert torch.equal(compiled(A, c, zero, BOX, 1e-7), region_clip_2d(A, c, zero, BOX, 1e-7)[0])
 

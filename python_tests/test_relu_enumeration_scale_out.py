@@ -1,6 +1,7 @@
 """Region enumeration past one process (issue 19): a real Dask cluster (LocalCluster, 2 process
 workers on loopback, started and closed here), the local process pool, and disk shards; every
 run gives exactly the in-process result."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -33,8 +34,14 @@ CASES = [  # (network, box, method): the exact 2-D op and the LP path, in a box 
 @pytest.fixture(scope="module")
 def dask_client():
     distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                       dashboard_address=None, silence_logs=logging.ERROR)
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
     client = distributed.Client(cluster)
     try:
         yield client
@@ -47,8 +54,9 @@ def dask_client():
 def test_dask_cluster_gives_the_in_process_result(dask_client, make, box, method):
     net = make()
     local = enumerate_regions(net, box=box, method=method, executor=None, batch_size=8, progress=False)
-    remote = enumerate_regions(net, box=box, method=method, executor=dask_client.get_executor(), batch_size=8,
-                               progress=False)
+    remote = enumerate_regions(
+        net, box=box, method=method, executor=dask_client.get_executor(), batch_size=8, progress=False
+    )
     assert remote.used_executor and len(local) > 20
     _same(local, remote)
 
@@ -58,8 +66,15 @@ def test_dask_scheduler_address(dask_client, tmp_path):
     regions stream to shards that load back to the in-process result."""
     net = spread_network([12, 12], 2, 3)
     local = enumerate_regions(net, box=(-1.0, 1.0), executor=None, batch_size=16, progress=False)
-    shards = enumerate_regions(net, box=(-1.0, 1.0), scheduler=dask_client.scheduler.address, batch_size=16,
-                               out_dir=tmp_path / "run", shard_size=40, progress=False)
+    shards = enumerate_regions(
+        net,
+        box=(-1.0, 1.0),
+        scheduler=dask_client.scheduler.address,
+        batch_size=16,
+        out_dir=tmp_path / "run",
+        shard_size=40,
+        progress=False,
+    )
     assert isinstance(shards, EnumerationShards) and shards.used_executor
     assert len(shards) == len(local) and len(shards.shard_files) > 1
     _same(local, load_regions(tmp_path / "run").load())
@@ -87,7 +102,10 @@ def test_shards_stream_and_load(tmp_path):
     memory = enumerate_regions(net, executor=None, progress=False)
     shards = enumerate_regions(net, executor=None, out_dir=tmp_path / "r2", shard_size=25, progress=False)
     assert (shards.num_regions, shards.num_bounded, shards.num_unbounded) == (
-        len(memory), memory.num_bounded, memory.num_unbounded)
+        len(memory),
+        memory.num_bounded,
+        memory.num_unbounded,
+    )
     parts = list(load_regions(tmp_path / "r2").iter_shards())
     assert [len(p) for p in parts[:-1]] == [25] * (len(parts) - 1) or all(len(p) >= 25 for p in parts[:-1])
     assert sum(len(p) for p in parts) == len(memory)
@@ -101,9 +119,20 @@ def test_shards_stream_and_load(tmp_path):
 def test_scale_out_model_caps_at_the_serial_driver_and_max_in_flight():
     from manifold_ext.benchmark.relu_scale_out import markdown, model
 
-    measured = {"case": "3d", "network": "net", "batch_size": 10, "regions": 1000, "tasks": 100, "inline_s": 11.0,
-                "driver_s_per_region_us": 1000.0, "overhead_per_task_ms": 10.0, "max_in_flight": 4,
-                "bytes_per_region": 1.0, "in_memory_driver_peak_MB": 1.0, "streamed_driver_peak_MB": 1.0}
+    measured = {
+        "case": "3d",
+        "network": "net",
+        "batch_size": 10,
+        "regions": 1000,
+        "tasks": 100,
+        "inline_s": 11.0,
+        "driver_s_per_region_us": 1000.0,
+        "overhead_per_task_ms": 10.0,
+        "max_in_flight": 4,
+        "bytes_per_region": 1.0,
+        "in_memory_driver_peak_MB": 1.0,
+        "streamed_driver_peak_MB": 1.0,
+    }
     # w = 10 ms of work per region, serial part 1 s (driver) + 1 s (tasks)
     two = model(measured, 2)
     assert two["wall_s"] == pytest.approx(5.0) and not two["driver_bound"]

@@ -1,4 +1,5 @@
 """The polyhedral toolbox (manifold_ext.relu_geometry) against sampling and the plain LP definition."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -54,8 +55,19 @@ def test_from_sequential_any_depth(widths):
 
 
 def test_from_sequential_nested_identity_dropout_and_linear_chain():
-    module = nn.Sequential(nn.Sequential(nn.Linear(2, 5), nn.ReLU()), nn.Dropout(0.0), nn.Identity(),
-                           nn.Linear(5, 4), nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 1)).double().eval()
+    module = (
+        nn.Sequential(
+            nn.Sequential(nn.Linear(2, 5), nn.ReLU()),
+            nn.Dropout(0.0),
+            nn.Identity(),
+            nn.Linear(5, 4),
+            nn.Linear(4, 6),
+            nn.ReLU(),
+            nn.Linear(6, 1),
+        )
+        .double()
+        .eval()
+    )
     net = ReLUNetwork.from_module(module)
     assert net.hidden_sizes == [5, 6]  # Linear(5,4) then Linear(4,6) compose into one layer
     x = torch.randn(10, 2, dtype=torch.float64)
@@ -103,11 +115,13 @@ def test_from_module_rejects_what_it_cannot_read():
     with pytest.raises(ValueError, match="a ReLU must follow a Linear"):
         ReLUNetwork.from_module(nn.Sequential(nn.ReLU(), nn.Linear(2, 1)))
     with pytest.raises(TypeError, match="Conv1d"):
+
         class WithConv(nn.Module):
             def __init__(self):
                 super().__init__()
                 self.conv = nn.Conv1d(1, 1, 1)
                 self.fc = nn.Linear(2, 1)
+
         ReLUNetwork.from_module(WithConv())
     with pytest.raises(ValueError, match="layer 1 takes 4 inputs but the previous layer has 3"):
         ReLUNetwork.from_weights([np.ones((3, 2)), np.ones((1, 4))], [np.ones(3), np.ones(1)])
@@ -146,8 +160,7 @@ def test_empty_pattern_region_reports_no_interior():
 # ---------------------------------------------------------------------------
 # Enumeration vs sampling
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("widths,d,seed", [((6,), 2, 1), ((5, 5), 2, 2), ((4, 4, 4), 2, 3), ((6, 5), 3, 4)],
-                         ids=str)
+@pytest.mark.parametrize("widths,d,seed", [((6,), 2, 1), ((5, 5), 2, 2), ((4, 4, 4), 2, 3), ((6, 5), 3, 4)], ids=str)
 def test_enumeration_never_misses_a_sampled_region(widths, d, seed):
     net = ReLUNetwork.from_module(random_network(widths, d, seed))
     box = (-1.0, 1.0)

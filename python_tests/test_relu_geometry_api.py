@@ -1,5 +1,6 @@
 """The ReLU geometry layer's API contract (issues 13 and 20): every bad input raises a clear error,
 every entry point says what it takes, degenerate networks (bias-free, rescaled units) are exact."""
+
 from __future__ import annotations
 
 import sys
@@ -46,15 +47,18 @@ def test_box_is_always_lo_then_hi():
     assert np.array_equal(as_box((-1, 1), 3).hi, [1, 1, 1])
 
 
-@pytest.mark.parametrize("box,message", [
-    (1.0, "ambiguous"),
-    (np.zeros((3, 2)), r"shape \[2, 3\].*pass \(arr\[:, 0\], arr\[:, 1\]\)"),
-    (([-1, -1], [1, 1]), "box lo must be a scalar or have 3 values"),
-    (([-1, -1, -1, -1], 1), "have 3 values"),
-    ((-1, 0, 1), "pair"),
-    ((1, -1), "lo < hi"),
-    ((-np.inf, 1), "finite"),
-])
+@pytest.mark.parametrize(
+    "box,message",
+    [
+        (1.0, "ambiguous"),
+        (np.zeros((3, 2)), r"shape \[2, 3\].*pass \(arr\[:, 0\], arr\[:, 1\]\)"),
+        (([-1, -1], [1, 1]), "box lo must be a scalar or have 3 values"),
+        (([-1, -1, -1, -1], 1), "have 3 values"),
+        ((-1, 0, 1), "pair"),
+        ((1, -1), "lo < hi"),
+        ((-np.inf, 1), "finite"),
+    ],
+)
 def test_ambiguous_or_wrong_boxes_raise(box, message):
     with pytest.raises(ValueError, match=message):
         as_box(box, 3)
@@ -90,8 +94,11 @@ def test_integers_are_validated_not_truncated():
     with pytest.raises(TypeError, match="k must be an integer"):
         HammingNearestNeighbour(k=True)
     assert HammingNearestNeighbour(k=np.int64(3)).k == 3
-    for bad, error, message in [(0, ValueError, "max_regions must be >= 1, got 0"),
-                                (-5, ValueError, ">= 1"), (2.0, TypeError, "max_regions must be an integer")]:
+    for bad, error, message in [
+        (0, ValueError, "max_regions must be >= 1, got 0"),
+        (-5, ValueError, ">= 1"),
+        (2.0, TypeError, "max_regions must be an integer"),
+    ]:
         with pytest.raises(error, match=message):
             enumerate_regions(net, box=(-1, 1), max_regions=bad, progress=False)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
@@ -226,8 +233,10 @@ def test_rescaling_a_unit_keeps_every_region():
     rescaled = ReLUNetwork.from_weights(weights, biases)
     for method in ("clip", "highs"):
         for box in [(-1.0, 1.0), None]:
-            assert (enumerate_regions(rescaled, box=box, method=method, progress=False).keys()
-                    == enumerate_regions(net, box=box, method=method, progress=False).keys())
+            assert (
+                enumerate_regions(rescaled, box=box, method=method, progress=False).keys()
+                == enumerate_regions(net, box=box, method=method, progress=False).keys()
+            )
 
 
 def test_an_enumeration_never_ends_empty_without_saying_why(monkeypatch):

@@ -5,6 +5,7 @@ The default run is fixed and bounded (derandomised, a few dozen examples) so the
 and deterministic; under a deeper hypothesis profile (``--hypothesis-profile=thorough``, any profile
 with more than 100 examples) these tests take that profile's example count and search at random.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,13 @@ from manifold_ext.relu_geometry import enumerate_regions, sample_patterns
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DEEP = settings.default.max_examples > 100  # a thorough profile was loaded
-BOUNDED = settings(max_examples=settings.default.max_examples if DEEP else 30, derandomize=not DEEP, deadline=None,
-                   database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+BOUNDED = settings(
+    max_examples=settings.default.max_examples if DEEP else 30,
+    derandomize=not DEEP,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _enumerated(net, box, method):

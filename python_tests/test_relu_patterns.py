@@ -1,4 +1,5 @@
 """ReLU pattern ops (op family 5) against their plain-PyTorch references."""
+
 from __future__ import annotations
 
 import pytest
@@ -112,8 +113,10 @@ def test_hamming_distance_of_network_patterns_counts_flipped_units():
     assert torch.all(torch.diagonal(hamming_distance(packed, packed)) == 0)
 
 
-@pytest.mark.parametrize("nq,nr,words,k", [(0, 5, 1, 2), (7, 5, 1, 0), (1, 1, 1, 1), (50, 1500, 1, 1),
-                                          (33, 700, 2, 5), (20, 300, 17, 300), (9, 1100, 1, 64)])
+@pytest.mark.parametrize(
+    "nq,nr,words,k",
+    [(0, 5, 1, 2), (7, 5, 1, 0), (1, 1, 1, 1), (50, 1500, 1, 1), (33, 700, 2, 5), (20, 300, 17, 300), (9, 1100, 1, 64)],
+)
 def test_hamming_topk_matches_reference(device, nq, nr, words, k):
     query = random_packed(nq, words, device, seed=3)
     ref = random_packed(nr, words, device, seed=4)
@@ -181,8 +184,10 @@ def test_region_system_of_no_patterns():
 
 def test_region_system_of_the_issue_network():
     # f(x) = [2, -4] . ReLU([[1, 1], [1, 1]] x + [1, 0]) - 1
-    weights = [torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=torch.float64),
-               torch.tensor([[2.0, -4.0]], dtype=torch.float64)]
+    weights = [
+        torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=torch.float64),
+        torch.tensor([[2.0, -4.0]], dtype=torch.float64),
+    ]
     biases = [torch.tensor([1.0, 0.0], dtype=torch.float64), torch.tensor([-1.0], dtype=torch.float64)]
     patterns = pack_patterns(torch.tensor([[True, True], [True, False], [False, False]]))
     A, c, W_hat, b_hat = region_system(weights, biases, patterns)
@@ -282,8 +287,11 @@ def test_nan_pre_activation_is_refused():
     weights, biases = make_network((5, 4), 3)
     x = torch.randn(4, 3, dtype=torch.float64)
     x[2, 1] = float("nan")
-    with pytest.raises(ValueError, match=r"the pre-activation of hidden unit \d+ \(unit \d+ of layer 0\) is NaN for "
-                                         r"sample 2, so its pattern bit is undefined"):
+    with pytest.raises(
+        ValueError,
+        match=r"the pre-activation of hidden unit \d+ \(unit \d+ of layer 0\) is NaN for "
+        r"sample 2, so its pattern bit is undefined",
+    ):
         activation_patterns(x, weights[:2], biases[:2])
     bad = [w.clone() for w in weights[:2]]
     bad[1][3, 0] = float("inf")  # inf * 0 or inf - inf in layer 1 only where unit 0 of layer 0 is active
@@ -293,9 +301,11 @@ def test_nan_pre_activation_is_refused():
         with pytest.raises(ValueError, match="of layer 1"):
             activation_patterns(x, bad, biases[:2])
     # infinities have a sign: they give bits
-    packed = activation_patterns(torch.tensor([[float("inf")]], dtype=torch.float64),
-                                 [torch.tensor([[1.0], [-1.0]], dtype=torch.float64)],
-                                 [torch.zeros(2, dtype=torch.float64)])
+    packed = activation_patterns(
+        torch.tensor([[float("inf")]], dtype=torch.float64),
+        [torch.tensor([[1.0], [-1.0]], dtype=torch.float64)],
+        [torch.zeros(2, dtype=torch.float64)],
+    )
     assert unpack_patterns(packed, 2).tolist() == [[True, False]]
 
 

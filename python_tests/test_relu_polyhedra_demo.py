@@ -1,5 +1,6 @@
 """The polyhedra demo (paper 001, Liu et al.): training recipe, exact region statistics, comparison rows,
 the Dask route, and a short end-to-end run."""
+
 import argparse
 import itertools
 import json
@@ -136,23 +137,41 @@ def test_scheduler_option_goes_through_dask_executor():
 
 
 def test_count_summary_has_table1s_columns():
-    assert count_summary([3, 1, 2, 10]) == {"mean": 4.0, "sd": pytest.approx(np.std([3, 1, 2, 10], ddof=1)),
-                                            "median": 2.5, "min": 1, "max": 10, "n": 4}
+    assert count_summary([3, 1, 2, 10]) == {
+        "mean": 4.0,
+        "sd": pytest.approx(np.std([3, 1, 2, 10], ddof=1)),
+        "median": 2.5,
+        "min": 1,
+        "max": 10,
+        "n": 4,
+    }
 
 
 def test_bisection_guarantee_counts_one_bit_steps():
     path = bisect_to_neighbour(_lines_network(), np.array([-0.5, -0.5]), np.array([0.5, 0.7]))
     guarantee = one_bit_guarantee(_lines_network(), path)
-    assert guarantee == {"regions": 3, "steps": 2, "steps_one_bit_apart": 2, "degenerate_steps": 0,
-                         "hamming_between_ends": 2}
+    assert guarantee == {
+        "regions": 3,
+        "steps": 2,
+        "steps_one_bit_apart": 2,
+        "degenerate_steps": 0,
+        "hamming_between_ends": 2,
+    }
 
 
 # ---------------------------------------------------------------------------
 # Settings and comparison rows
 # ---------------------------------------------------------------------------
 def _args(**kw):
-    base = {"quick": False, "full": False, "seeds": None, "seeds_3d": None, "steps": None, "grid": None,
-            "workers": None}
+    base = {
+        "quick": False,
+        "full": False,
+        "seeds": None,
+        "seeds_3d": None,
+        "steps": None,
+        "grid": None,
+        "workers": None,
+    }
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -168,8 +187,9 @@ def test_settings_defaults_and_bad_arguments():
 
 def test_table1_rows_carry_the_papers_numbers():
     stats = {"mean": 1.0, "sd": 0.5, "median": 1.0, "min": 0, "max": 2, "n": 3}
-    rows = table1_rows([{"layers": 3, "nodes": 10, "seeds": 3, "R2": stats, "box": stats,
-                         "mse": {"mean": 1e-4, "sd": 1e-5}}])
+    rows = table1_rows(
+        [{"layers": 3, "nodes": 10, "seeds": 3, "R2": stats, "box": stats, "mse": {"mean": 1e-4, "sd": 1e-5}}]
+    )
     by_id = {r["id"]: r for r in rows}
     assert set(by_id) == {"001-table1-3x10-R2", "001-table1-3x10-box", "001-table1-3x10-mse"}
     assert by_id["001-table1-3x10-R2"]["paper"] == TABLE1[(3, 10)]["mean"] == 392.2
@@ -212,10 +232,17 @@ def test_polyhedra_demo_quick_run(tmp_path):
 def test_required_ids_are_the_issues_list():
     ids = required_ids()
     assert len(ids) == 4 + 1 + 3 * 10 + 5
-    assert {"001-fig1-unbounded", "001-3d-box", "001-table1-10x5-mse", "001-table1-3x25-R2", "001-table3-euclidean",
-            "001-table6-adversarial"} <= ids
+    assert {
+        "001-fig1-unbounded",
+        "001-3d-box",
+        "001-table1-10x5-mse",
+        "001-table1-3x25-R2",
+        "001-table3-euclidean",
+        "001-table6-adversarial",
+    } <= ids
     assert required_ids([(2, 5)], with_3d=False) == ids - {"001-3d-box"} - {
-        f"001-table1-{a}x{b}-{k}" for a, b in TABLE1 if (a, b) != (2, 5) for k in ("R2", "box", "mse")}
+        f"001-table1-{a}x{b}-{k}" for a, b in TABLE1 if (a, b) != (2, 5) for k in ("R2", "box", "mse")
+    }
 
 
 COMMITTED_RUN = Path(__file__).resolve().parents[1] / "docs" / "results" / "polyhedra"

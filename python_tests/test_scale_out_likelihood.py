@@ -1,6 +1,7 @@
 """Likelihood evaluation on a real Dask cluster (issue 19 items 2, 3, 5): a LocalCluster with 2 process
 workers on loopback, started and closed by the fixture. Workers load the model from a checkpoint path;
 the result equals the in-process run bit for bit, whatever the number of workers or tasks."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,14 @@ distributed = pytest.importorskip("distributed")
 
 @pytest.fixture(scope="module")
 def dask_client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                       dashboard_address=None, silence_logs=logging.ERROR)
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
     client = distributed.Client(cluster)
     try:
         yield client
@@ -61,8 +68,15 @@ def test_dask_workers_refuse_a_changed_checkpoint(dask_client, tmp_path):
     from manifold_ext.diffusion.likelihood import _Grid, _likelihood_task
 
     grid = _Grid(points=2, rounds=1, batch_rows=2, dt=1, seed=0, fused=True)
-    task = {"checkpoint": str(path), "sha256": "0" * 64, "grid": grid, "row_start": 0, "row_stop": 2,
-            "first_point": 0, "points": torch.randn(2, 2)}
+    task = {
+        "checkpoint": str(path),
+        "sha256": "0" * 64,
+        "grid": grid,
+        "row_start": 0,
+        "row_stop": 2,
+        "first_point": 0,
+        "points": torch.randn(2, 2),
+    }
     future = dask_client.submit(_likelihood_task, task, pure=False)
     with pytest.raises(CheckpointError, match="differs on this worker from the driver's file"):
         future.result()
@@ -82,8 +96,9 @@ def test_flow_log_prob_over_a_dataset_on_dask(dask_client, tmp_path):
     local = log_prob_dataset(model, data, batch_size=8, autoencoder_logdet=False)
     with torch.no_grad():
         torch.testing.assert_close(local, model.log_prob(data, autoencoder_logdet=False).double())
-    remote = log_prob_dataset(str(path), data, batch_size=8, executor=dask_client.get_executor(), task_rows=16,
-                              autoencoder_logdet=False)
+    remote = log_prob_dataset(
+        str(path), data, batch_size=8, executor=dask_client.get_executor(), task_rows=16, autoencoder_logdet=False
+    )
     assert torch.equal(remote, local)
     with pytest.raises(TypeError, match="needs the model as a checkpoint path"):
         log_prob_dataset(model, data, executor=dask_client.get_executor())
@@ -91,8 +106,24 @@ def test_flow_log_prob_over_a_dataset_on_dask(dask_client, tmp_path):
 
 def test_cli_likelihood_on_a_scheduler(dask_client, eps_checkpoint, tmp_path):
     out = tmp_path / "summary.json"
-    args = ["likelihood", str(eps_checkpoint), "--data", "moons", "--points", "200", "--rounds", "3",
-            "--seed", "1", "--batch-size", "128", "--task-rows", "256", "--out", str(out)]
+    args = [
+        "likelihood",
+        str(eps_checkpoint),
+        "--data",
+        "moons",
+        "--points",
+        "200",
+        "--rounds",
+        "3",
+        "--seed",
+        "1",
+        "--batch-size",
+        "128",
+        "--task-rows",
+        "256",
+        "--out",
+        str(out),
+    ]
     assert main([*args, "--scheduler", dask_client.scheduler.address]) == 0
     remote = json.loads(out.read_text())
     assert main(args) == 0
@@ -111,8 +142,21 @@ def test_cli_scheduler_without_dask_says_how_to_install(eps_checkpoint, monkeypa
 def test_cli_likelihood_on_a_local_process_pool(eps_checkpoint, tmp_path):
     out = tmp_path / "summary.json"
     values = tmp_path / "values.npy"
-    args = ["likelihood", str(eps_checkpoint), "--data", "circle", "--points", "40", "--rounds", "2", "--seed", "3",
-            "--quiet", "--out", str(out)]
+    args = [
+        "likelihood",
+        str(eps_checkpoint),
+        "--data",
+        "circle",
+        "--points",
+        "40",
+        "--rounds",
+        "2",
+        "--seed",
+        "3",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     assert main([*args, "--workers", "1", "--values", str(values)]) == 0
     pooled = json.loads(out.read_text())
     assert main(args) == 0

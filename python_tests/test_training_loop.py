@@ -1,4 +1,5 @@
 """``manifold_ext._training.train_loop``: the one training loop behind the library's model fits."""
+
 from __future__ import annotations
 
 import math
@@ -48,9 +49,16 @@ def test_train_loop_is_reproducible_from_its_seed():
 def test_train_loop_checkpoint_hook_runs_every_k_steps_and_at_the_end():
     model, step_loss = _regression()
     calls = []
-    train_loop(model.parameters(), step_loss, steps=25, lr=0.01, seed=0, progress=False,
-               checkpoint=lambda step, optimiser: calls.append((step, type(optimiser).__name__)),
-               checkpoint_every=10)
+    train_loop(
+        model.parameters(),
+        step_loss,
+        steps=25,
+        lr=0.01,
+        seed=0,
+        progress=False,
+        checkpoint=lambda step, optimiser: calls.append((step, type(optimiser).__name__)),
+        checkpoint_every=10,
+    )
     assert calls == [(10, "Adam"), (20, "Adam"), (25, "Adam")]
 
 
@@ -80,8 +88,9 @@ def test_cosine_schedule_with_and_without_warmup():
         rates.append(optimiser.param_groups[0]["lr"])
         assert rates[-1] == pytest.approx(0.1, abs=1e-9)  # decays to min_lr_fraction of the rate
         if warmup:
-            assert rates[0] == pytest.approx(0.2) and rates[4] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 20))
-                                                                                * 0.9 + 0.1)
+            assert rates[0] == pytest.approx(0.2) and rates[4] == pytest.approx(
+                0.5 * (1 + math.cos(math.pi * 4 / 20)) * 0.9 + 0.1
+            )
         else:
             assert rates[0] == pytest.approx(1.0)
 

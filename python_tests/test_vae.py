@@ -1,4 +1,5 @@
 """manifold_ext.vae (GridVAE, grid prior, RAE, GMM classifier), the two-digit datasets and the gridvae demo."""
+
 from __future__ import annotations
 
 import gzip
@@ -27,7 +28,6 @@ from manifold_ext.vae import (
     train_grid_vae,
 )
 from manifold_ext.vae.rae import RAE, ExPostGMM, GMMClassifier, train_autoencoder
-
 
 # Tiny models: one thread (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -141,8 +141,9 @@ def test_unsupervised_training_beats_chance_clustering_by_a_wide_margin():
     train_grid_vae(model, train.images, steps=600, lr=2e-3, warmup_steps=60, progress=False)
     model.eval()
     tr, te = model.cluster(train.images), model.cluster(test.images)
-    report = cluster_report(model.prior.component_index(tr), train.labels, model.prior.component_index(te),
-                            test.labels, 36)
+    report = cluster_report(
+        model.prior.component_index(tr), train.labels, model.prior.component_index(te), test.labels, 36
+    )
     assert report["accuracy"] > 6 * report["chance_accuracy"], report
     assert report["nmi"] > 0.35, report
 
@@ -158,8 +159,10 @@ def test_two_digit_digits():
     assert train.attributes.shape == (360, 2) and train.labels.max() == 35
     # each half is a real digit image of its label, and train and test halves never share an image
     digits = load_digits()
-    bank = {tuple((img / 16.0).astype(np.float32).round(6).ravel()): label for img, label in
-            zip(digits.images, digits.target)}
+    bank = {
+        tuple((img / 16.0).astype(np.float32).round(6).ravel()): label
+        for img, label in zip(digits.images, digits.target)
+    }
     halves = {}
     for split, data in (("train", train), ("test", test)):
         keys = set()
@@ -298,8 +301,9 @@ def _linear_gmm(seed: int = 0) -> GMMClassifier:
     decoder = nn.Sequential(nn.Linear(2, 64, bias=False), nn.Unflatten(1, (1, 8, 8)))
     decoder[0].weight.data.copy_(weight)
     centres = torch.tensor([[3.0, 0.0], [0.0, 3.0]])
-    return GMMClassifier((1, 8, 8), 2, centres=centres, likelihood="gaussian",
-                         encoder=_ConstantCode(centres[0]), decoder=decoder)
+    return GMMClassifier(
+        (1, 8, 8), 2, centres=centres, likelihood="gaussian", encoder=_ConstantCode(centres[0]), decoder=decoder
+    )
 
 
 def test_reclassify_solves_least_squares_for_a_linear_decoder():
@@ -326,12 +330,13 @@ def test_reclassify_solves_least_squares_for_a_linear_decoder():
 def test_reclassify_multi_start_keeps_the_lowest_error_start():
     centres = torch.tensor([[3.0, 0.0], [-3.0, 0.0]])
     decoder = _DoubleWellDecoder()
-    model = GMMClassifier((1, 8, 8), 2, centres=centres, likelihood="gaussian",
-                          encoder=_ConstantCode(centres[0]), decoder=decoder)
+    model = GMMClassifier(
+        (1, 8, 8), 2, centres=centres, likelihood="gaussian", encoder=_ConstantCode(centres[0]), decoder=decoder
+    )
     grid = torch.linspace(-3, 3, 60001)
     f_min = decoder.f(grid).min()
     x = (f_min * decoder.v).repeat(3, 1, 1, 1)
-    runs = {i: model.reclassify(x, starts=centres[i:i + 1], reject=False, progress=False) for i in range(2)}
+    runs = {i: model.reclassify(x, starts=centres[i : i + 1], reject=False, progress=False) for i in range(2)}
     assert runs[0]["z"][:, 0].sub(2).abs().max() < 0.3  # stuck in the local minimum near +2 ...
     assert runs[0]["label"].eq(0).all() and runs[0]["recon_error"].min() > 1.0
     assert runs[1]["recon_error"].max() < 1e-4 and runs[1]["label"].eq(1).all()  # ... the other start is exact
@@ -441,8 +446,24 @@ def test_gridvae_demo_quick(tmp_path):
 def test_gridvae_demo_partial_guidance_compares_with_fig16(tmp_path):
     """§4.2's partially guided GridVAE (dimension 1 guided by the first digit, dimension 2 free): the summary says
     whether the free dimension learned the omitted second digit, i.e. whether Fig. 16's claim holds here."""
-    assert main(["demo", "gridvae", "--quick", "--kl", "closest", "--guidance", "first", "--steps", "800",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "gridvae",
+                "--quick",
+                "--kl",
+                "closest",
+                "--guidance",
+                "first",
+                "--steps",
+                "800",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     comparison = summary["fig16_comparison"]
     accuracy = summary["dimension_control"]["accuracy[digit][dimension]"]
@@ -453,8 +474,12 @@ def test_gridvae_demo_partial_guidance_compares_with_fig16(tmp_path):
     assert ("does NOT hold" in comparison["verdict"]) == (learned == "yes")
     assert accuracy[0][0] > 0.6  # the guided dimension carries the first digit
     ids = {row["id"] for row in summary["paper_comparison"]}
-    assert ids == {"000-gridvae-partial-cluster-accuracy", "000-gridvae-partial-dim1-first-digit",
-                   "000-gridvae-partial-dim2-second-digit", "000-gridvae-partial-cell-second-digit"}
+    assert ids == {
+        "000-gridvae-partial-cluster-accuracy",
+        "000-gridvae-partial-dim1-first-digit",
+        "000-gridvae-partial-dim2-second-digit",
+        "000-gridvae-partial-cell-second-digit",
+    }
     assert comparison["second_digit_accuracy_from_the_cell"] >= comparison["second_digit_accuracy_from_free_dimension"]
     assert summary["run"]["seconds"] > 0
     assert (tmp_path / "grid_vae.png").stat().st_size > 20_000
@@ -465,8 +490,13 @@ def test_fig16_verdict_is_graded_against_chance_and_the_unsupervised_model(free,
     from manifold_ext.demos.grid_vae import _fig16_comparison
 
     def run(accuracy):
-        return {"dimension_control": {"accuracy[digit][dimension]": accuracy, "chance_accuracy": 1 / 6,
-                                      "accuracy[digit]_from_the_cell": [0.9, 0.8]}}
+        return {
+            "dimension_control": {
+                "accuracy[digit][dimension]": accuracy,
+                "chance_accuracy": 1 / 6,
+                "accuracy[digit]_from_the_cell": [0.9, 0.8],
+            }
+        }
 
     comparison = _fig16_comparison(run([[0.9, 0.2], [0.3, free]]), run([[0.2, 0.7], [0.9, 0.17]]))
     assert comparison["free_dimension_learned_the_omitted_factor"] == expected

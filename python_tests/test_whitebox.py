@@ -1,5 +1,6 @@
 """Threshold-aware white-box attack (thesis 004 §4.8.5, Eq. 4.9) and fooling attack (§4.8.6, Eq. 4.10)
 on the GMM classifier with rejection."""
+
 from __future__ import annotations
 
 import pytest
@@ -73,8 +74,9 @@ def test_whitebox_terms_and_objective_match_a_hand_computation():
     torch.testing.assert_close(m_pred, verdict["mahalanobis2"] / model.tau_enc)
     # Eq. 4.9 and Eq. 4.10
     eta = torch.full_like(x, 0.1)
-    torch.testing.assert_close(whitebox_objective(model, x, target, eta=eta, a=3.0, b=1.5),
-                               recon_term.pow(3) + latent_term.pow(1.5) + 0.64)  # ||eta||^2 = 64 * 0.1^2
+    torch.testing.assert_close(
+        whitebox_objective(model, x, target, eta=eta, a=3.0, b=1.5), recon_term.pow(3) + latent_term.pow(1.5) + 0.64
+    )  # ||eta||^2 = 64 * 0.1^2
     torch.testing.assert_close(whitebox_objective(model, x, target), recon_term.square() + latent_term.square())
 
 
@@ -159,8 +161,11 @@ def test_whitebox_attacks_bad_input_raises_clear_errors():
     x = _images_of(model, [[2.0, 0.0], [0.0, 2.0]])
     target = torch.tensor([1, 0])
     uncalibrated = _linear_model(calibrated=False)
-    with pytest.raises(ValueError, match=r"threshold_aware_attack: the model is not calibrated \(tau_enc = inf.*"
-                                         r"call model.calibrate"):
+    with pytest.raises(
+        ValueError,
+        match=r"threshold_aware_attack: the model is not calibrated \(tau_enc = inf.*"
+        r"call model.calibrate",
+    ):
         threshold_aware_attack(uncalibrated, x, target, progress=False)
     with pytest.raises(ValueError, match="fooling_attack: the model is not calibrated"):
         fooling_attack(uncalibrated, target, progress=False)

@@ -9,6 +9,7 @@ added without a call here), and runs one demo with ``--quick``. CI runs it in
 fresh virtual environments (.ci/run); python_tests/test_packaging.py runs the op
 calls against the development install so this file cannot rot.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,8 @@ def small_op_calls(ops, torch) -> dict:
         "affine_coupling": lambda: ops.affine_coupling(x, h),
         "diffusion_nll_step": lambda: ops.diffusion_nll_step(acc, x_t, x_next, eps, 0.9, 0.8),
         "diffusion_nll_step_and_forward": lambda: ops.diffusion_nll_step_and_forward(
-            acc, x_t, x_next, eps, noise, 0.9, 0.8, 0.7),
+            acc, x_t, x_next, eps, noise, 0.9, 0.8, 0.7
+        ),
         "diffusion_forward_step": lambda: ops.diffusion_forward_step(x_t, noise, 0.9, 0.8),
         "ddpm_step": lambda: ops.ddpm_step(x_t, eps, 0.8, 0.9, noise=noise),
         "ddim_step": lambda: ops.ddim_step(x_t, eps, 0.8, 0.9, eta=0.5, noise=noise),
@@ -113,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"smoke test: ran {len(run_every_op())} ops")
     with tempfile.TemporaryDirectory() as scratch:
         out = args.out or Path(scratch) / args.demo
-        demo = subprocess.run([cli(), "demo", args.demo, "--quick", "--out", str(out)], capture_output=True,
-                              text=True)
+        demo = subprocess.run([cli(), "demo", args.demo, "--quick", "--out", str(out)], capture_output=True, text=True)
         if demo.returncode != 0:
             raise SystemExit(f"smoke test: demo {args.demo} --quick failed:\n{demo.stderr[-3000:]}")
         summary = json.loads((out / "summary.json").read_text())

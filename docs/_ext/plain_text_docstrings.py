@@ -7,6 +7,7 @@ converted Google/numpy sections, this escapes every ``*`` and ``|`` outside inli
 literals, roles and genuine ``*emphasis*`` / ``**strong**``, so the rendered text
 reads exactly as written in the source.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,8 +31,9 @@ def _escape_plain(text: str) -> str:
 def escape_line(line: str) -> str:
     """Escape reST inline markup characters that the docstring means literally."""
     stripped = line.lstrip()
-    if stripped.startswith((">>>", "...", "..", ":param", ":type", ":returns", ":rtype", ":raises", ":ivar",
-                            ":vartype", "| ")):
+    if stripped.startswith(
+        (">>>", "...", "..", ":param", ":type", ":returns", ":rtype", ":raises", ":ivar", ":vartype", "| ")
+    ):
         # doctest lines, directives and napoleon's field names are markup already; escape only
         # the description after a field name
         field = FIELD.match(line)

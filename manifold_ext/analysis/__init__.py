@@ -4,6 +4,7 @@
 * :mod:`~manifold_ext.analysis.attributes`: KL attribute analysis of a recognition manifold (000 §4.3).
 * :mod:`~manifold_ext.analysis.lmd`: Lift, Map, Detect OOD detection with a diffusion model (``001_…``).
 """
+
 from manifold_ext.analysis.attributes import (
     AttributeKL,
     AttributeKLReport,
@@ -13,7 +14,6 @@ from manifold_ext.analysis.attributes import (
     supervised_contrastive_loss,
     train_embedding,
 )
-from manifold_ext.analysis.lmd import checkerboard_mask, inpaint, lmd_scores, mse_distance
 from manifold_ext.analysis.geodesic import (
     GeodesicResult,
     diffusion_score_fn,
@@ -25,6 +25,7 @@ from manifold_ext.analysis.geodesic import (
     straight_line,
     weighted_geodesic,
 )
+from manifold_ext.analysis.lmd import checkerboard_mask, inpaint, lmd_scores, mse_distance
 
 __all__ = [
     "checkerboard_mask",

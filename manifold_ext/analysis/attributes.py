@@ -21,6 +21,7 @@ even when neighbours are unrelated).
 
 Attributes are integer codes ``[N, A]`` (binary 0/1 or categorical 0..K-1).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,16 +57,23 @@ class AttributeKLReport:
 
     def table(self) -> str:
         """A markdown table, ranked."""
-        lines = ["| rank | attribute | KL at nn = 0 | expected KL (MI) | chance | P(same as nn) | chance |",
-                 "|---:|---|---:|---:|---:|---:|---:|"]
+        lines = [
+            "| rank | attribute | KL at nn = 0 | expected KL (MI) | chance | P(same as nn) | chance |",
+            "|---:|---|---:|---:|---:|---:|---:|",
+        ]
         for rank, row in enumerate(self.attributes, 1):
-            lines.append(f"| {rank} | {row.name} | {row.kl_at_zero:.4f} | {row.expected_kl:.4f} | "
-                         f"{row.chance_expected_kl:.4f} | {row.neighbour_agreement:.3f} | {row.chance_agreement:.3f} |")
+            lines.append(
+                f"| {rank} | {row.name} | {row.kl_at_zero:.4f} | {row.expected_kl:.4f} | "
+                f"{row.chance_expected_kl:.4f} | {row.neighbour_agreement:.3f} | {row.chance_agreement:.3f} |"
+            )
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"rank_by": self.rank_by, "num_samples": self.num_samples,
-                "attributes": [dataclasses.asdict(row) for row in self.attributes]}
+        return {
+            "rank_by": self.rank_by,
+            "num_samples": self.num_samples,
+            "attributes": [dataclasses.asdict(row) for row in self.attributes],
+        }
 
 
 def nearest_neighbours(embeddings: torch.Tensor, metric: str = "euclidean", chunk: int = 4096) -> torch.Tensor:
@@ -85,11 +93,11 @@ def nearest_neighbours(embeddings: torch.Tensor, metric: str = "euclidean", chun
     data = embeddings.detach().to(torch.float64)
     out = torch.empty(data.shape[0], dtype=torch.int64)
     for start in range(0, data.shape[0], chunk):
-        block = data[start:start + chunk]
+        block = data[start : start + chunk]
         distances = torch.cdist(block, data)
         rows = torch.arange(block.shape[0])
         distances[rows, rows + start] = math.inf  # never one's own neighbour
-        out[start:start + block.shape[0]] = distances.argmin(1).cpu()
+        out[start : start + block.shape[0]] = distances.argmin(1).cpu()
     return out
 
 

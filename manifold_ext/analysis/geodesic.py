@@ -36,6 +36,7 @@ from ``x_start`` (trapezoidal rule), so the reported weighted length is
 paths with the same ends are unaffected. A learned score need not be a
 gradient field; the line integral then depends slightly on the path.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -98,8 +99,9 @@ class GeodesicResult:
 # ---------------------------------------------------------------------------
 # Densities
 # ---------------------------------------------------------------------------
-def gaussian_mixture_log_prob(means: torch.Tensor, stds: torch.Tensor | float,
-                              weights: torch.Tensor | None = None) -> LogProbFn:
+def gaussian_mixture_log_prob(
+    means: torch.Tensor, stds: torch.Tensor | float, weights: torch.Tensor | None = None
+) -> LogProbFn:
     """Closed-form log density of an isotropic Gaussian mixture (tests, docs).
 
     ``means`` ``[K, D]``; ``stds`` a float or ``[K]``; ``weights`` ``[K]`` (default equal).

@@ -17,6 +17,7 @@ The paper measures the distance by LPIPS (an ImageNet-pretrained AlexNet); nothi
 downloads here, so the default is the mean squared error, the paper's Table 3
 alternative; any ``distance(x, y) -> [B]`` can be passed.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,9 @@ from manifold_ext.diffusion.schedules import NoiseSchedule
 from manifold_ext.ops import ddpm_step, diffusion_forward_step
 
 
-def checkerboard_mask(height: int, width: int, patches: int = 8, flip: bool = False,
-                      device: torch.device | str = "cpu") -> torch.Tensor:
+def checkerboard_mask(
+    height: int, width: int, patches: int = 8, flip: bool = False, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """``[height, width]`` bool, True where the pixel is *kept* (known), False where it is inpainted.
 
     The image is cut into ``patches x patches`` patches (height and width divisible by

@@ -8,6 +8,8 @@
 * ``threshold_aware_attack``, ``fooling_attack``: the complete white-box attacks
   on the GMM classifier with rejection (thesis 004 Eq. 4.9, 4.10; ``whitebox``).
 """
+
+from manifold_ext.attacks.exhaustive import patch_corner_search
 from manifold_ext.attacks.gradient_attacks import (
     cross_entropy_per_sample,
     fgsm,
@@ -16,7 +18,6 @@ from manifold_ext.attacks.gradient_attacks import (
     patch_pgd,
     pgd_linf,
 )
-from manifold_ext.attacks.exhaustive import patch_corner_search
 from manifold_ext.attacks.masks import patch_mask
 from manifold_ext.attacks.purification import PurificationResult, elbo_input_gradient, purify
 from manifold_ext.attacks.whitebox import (

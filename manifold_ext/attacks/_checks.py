@@ -1,4 +1,5 @@
 """Input validation shared by the attacks and the purification (one place, one wording)."""
+
 from __future__ import annotations
 
 import math

@@ -10,6 +10,7 @@ highest loss. Its accuracy is the best any attack confined to the corners can do
 (interior patch values are not searched), so it tells whether a gradient attack
 is weak or the patch is simply too small or badly placed to flip the classifier.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -24,9 +25,17 @@ MAX_CORNER_BITS = 16  # 65,536 corners: beyond that the search is no longer a ch
 
 
 @torch.no_grad()
-def patch_corner_search(model: Callable, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, *,
-                        loss_fn: LossFn | None = None, clip: tuple[float, float] = PIXEL_RANGE,
-                        corners_per_batch: int = 16, progress: bool = True) -> torch.Tensor:
+def patch_corner_search(
+    model: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    loss_fn: LossFn | None = None,
+    clip: tuple[float, float] = PIXEL_RANGE,
+    corners_per_batch: int = 16,
+    progress: bool = True,
+) -> torch.Tensor:
     """The loss-maximising corner of the patch box for every image (exhaustive, 2^k model calls per image).
 
     Args:
@@ -49,11 +58,15 @@ def patch_corner_search(model: Callable, x: torch.Tensor, y: torch.Tensor, mask:
     counts = mask.reshape(x.shape[0], -1).sum(1)
     bits = int(counts[0]) if x.shape[0] else 0
     if x.shape[0] and not bool((counts == bits).all()):
-        raise ValueError(f"{who}: the mask must select the same number of values in every image, "
-                         f"got between {int(counts.min())} and {int(counts.max())}")
+        raise ValueError(
+            f"{who}: the mask must select the same number of values in every image, "
+            f"got between {int(counts.min())} and {int(counts.max())}"
+        )
     if bits > MAX_CORNER_BITS:
-        raise ValueError(f"{who}: the patch has {bits} values, 2^{bits} corners; at most {MAX_CORNER_BITS} "
-                         "values are searched exhaustively (use patch_pgd for larger patches)")
+        raise ValueError(
+            f"{who}: the patch has {bits} values, 2^{bits} corners; at most {MAX_CORNER_BITS} "
+            "values are searched exhaustively (use patch_pgd for larger patches)"
+        )
     if corners_per_batch < 1:
         raise ValueError(f"{who}: corners_per_batch must be >= 1, got {corners_per_batch}")
     x = x.detach()
@@ -63,8 +76,14 @@ def patch_corner_search(model: Callable, x: torch.Tensor, y: torch.Tensor, mask:
     codes = torch.arange(2**bits, device=x.device)
     values = (codes[:, None] >> torch.arange(bits, device=x.device)) & 1
     values = low + (high - low) * values.to(x.dtype)  # [2^k, k]
-    for chunk in tqdm(values.split(corners_per_batch), desc="patch corner search", unit="batch",
-                      disable=not progress, leave=False, mininterval=0.5):
+    for chunk in tqdm(
+        values.split(corners_per_batch),
+        desc="patch corner search",
+        unit="batch",
+        disable=not progress,
+        leave=False,
+        mininterval=0.5,
+    ):
         images = x.unsqueeze(0).repeat(chunk.shape[0], *([1] * x.dim()))  # [n, B, C, H, W]
         # images[:, mask] lists each image's k patch values in turn: [n, B * k]
         images[:, mask] = chunk[:, None, :].expand(-1, x.shape[0], -1).reshape(chunk.shape[0], -1)

@@ -23,6 +23,7 @@ chunks of ``batch_size`` images with a tqdm progress bar; random starts are
 drawn for the whole input from ``seed`` before chunking, so the result does not
 depend on ``batch_size``.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -53,8 +54,9 @@ def cross_entropy_per_sample(logits: torch.Tensor, y: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits, y, reduction="none")
 
 
-def input_gradient(model: Callable, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
-                   targeted: bool = False) -> torch.Tensor:
+def input_gradient(
+    model: Callable, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, targeted: bool = False
+) -> torch.Tensor:
     """d loss / d x (its negative when targeted), i.e. the direction that helps the attacker."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
@@ -81,9 +83,17 @@ def _progress(total: int, desc: str, progress: bool):
     return tqdm(total=total, desc=desc, unit="step", disable=not progress, mininterval=0.5, leave=False)
 
 
-def fgsm(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, loss_fn: LossFn | None = None,
-         clip: tuple[float, float] = PIXEL_RANGE, targeted: bool = False,
-         batch_size: int | None = None) -> torch.Tensor:
+def fgsm(
+    model: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    loss_fn: LossFn | None = None,
+    clip: tuple[float, float] = PIXEL_RANGE,
+    targeted: bool = False,
+    batch_size: int | None = None,
+) -> torch.Tensor:
     """Fast gradient sign method: ``x_adv = clip(x + eps * sign(grad))``.
 
     Args:
@@ -109,10 +119,22 @@ def fgsm(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, loss_
     return out
 
 
-def pgd_linf(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, step: float | None = None,
-             steps: int = 40, random_start: bool = True, loss_fn: LossFn | None = None,
-             clip: tuple[float, float] = PIXEL_RANGE, targeted: bool = False, seed: int | None = 0,
-             batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
+def pgd_linf(
+    model: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    step: float | None = None,
+    steps: int = 40,
+    random_start: bool = True,
+    loss_fn: LossFn | None = None,
+    clip: tuple[float, float] = PIXEL_RANGE,
+    targeted: bool = False,
+    seed: int | None = 0,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
     """l_inf projected gradient descent (Madry et al., 2018).
 
     ``x_{t+1} = Proj_{||x' - x||_inf <= eps, x' in clip}(x_t + step * sign(grad))``,
@@ -156,19 +178,32 @@ def pgd_linf(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, s
     return out
 
 
-def _patch_start(x: torch.Tensor, mask: torch.Tensor, random_start: bool, seed: int | None,
-                 low: float, high: float) -> torch.Tensor:
+def _patch_start(
+    x: torch.Tensor, mask: torch.Tensor, random_start: bool, seed: int | None, low: float, high: float
+) -> torch.Tensor:
     if not random_start:
         return x
     noise = torch.rand(x.shape, generator=_generator(x.device, seed), device=x.device, dtype=x.dtype)
     return torch.where(mask, low + (high - low) * noise, x)
 
 
-def patch_pgd(model: Callable, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, *, step: float = 1 / 255,
-              steps: int = 2048, random_start: bool = False, loss_fn: LossFn | None = None,
-              clip: tuple[float, float] = PIXEL_RANGE, targeted: bool = False, seed: int | None = 0,
-              batch_size: int | None = None, progress: bool = True,
-              callback: IterationCallback | None = None) -> torch.Tensor:
+def patch_pgd(
+    model: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    step: float = 1 / 255,
+    steps: int = 2048,
+    random_start: bool = False,
+    loss_fn: LossFn | None = None,
+    clip: tuple[float, float] = PIXEL_RANGE,
+    targeted: bool = False,
+    seed: int | None = 0,
+    batch_size: int | None = None,
+    progress: bool = True,
+    callback: IterationCallback | None = None,
+) -> torch.Tensor:
     """Patch (l_0) PGD (paper 000 §3.2): signed-gradient steps on the masked pixels only.
 
     ``x_{t+1} = where(mask, clip(x_t + step * sign(grad)), x)``: inside the patch
@@ -188,16 +223,44 @@ def patch_pgd(model: Callable, x: torch.Tensor, y: torch.Tensor, mask: torch.Ten
 
     Returns the adversarial images (detached).
     """
-    return _patch_attack("patch_pgd", model, x, y, mask, step=step, steps=steps, momentum=None,
-                         random_start=random_start, loss_fn=loss_fn, clip=clip, targeted=targeted, seed=seed,
-                         batch_size=batch_size, progress=progress, callback=callback)
+    return _patch_attack(
+        "patch_pgd",
+        model,
+        x,
+        y,
+        mask,
+        step=step,
+        steps=steps,
+        momentum=None,
+        random_start=random_start,
+        loss_fn=loss_fn,
+        clip=clip,
+        targeted=targeted,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        callback=callback,
+    )
 
 
-def patch_nag(model: Callable, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, *, step: float = 1 / 255,
-              steps: int = 2048, momentum: float = 1.0, random_start: bool = False, loss_fn: LossFn | None = None,
-              clip: tuple[float, float] = PIXEL_RANGE, targeted: bool = False, seed: int | None = 0,
-              batch_size: int | None = None, progress: bool = True,
-              callback: IterationCallback | None = None) -> torch.Tensor:
+def patch_nag(
+    model: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    step: float = 1 / 255,
+    steps: int = 2048,
+    momentum: float = 1.0,
+    random_start: bool = False,
+    loss_fn: LossFn | None = None,
+    clip: tuple[float, float] = PIXEL_RANGE,
+    targeted: bool = False,
+    seed: int | None = 0,
+    batch_size: int | None = None,
+    progress: bool = True,
+    callback: IterationCallback | None = None,
+) -> torch.Tensor:
     """Patch PGD with Nesterov accelerated gradient (PGD-NAG / NI-FGSM, Lin et al., 2020).
 
     Per step, on the masked pixels only::
@@ -214,13 +277,45 @@ def patch_nag(model: Callable, x: torch.Tensor, y: torch.Tensor, mask: torch.Ten
     momentum = float(momentum)
     if not momentum >= 0 or momentum != momentum or momentum == float("inf"):
         raise ValueError(f"patch_nag: momentum must be a finite number >= 0, got {momentum}")
-    return _patch_attack("patch_nag", model, x, y, mask, step=step, steps=steps, momentum=momentum,
-                         random_start=random_start, loss_fn=loss_fn, clip=clip, targeted=targeted, seed=seed,
-                         batch_size=batch_size, progress=progress, callback=callback)
+    return _patch_attack(
+        "patch_nag",
+        model,
+        x,
+        y,
+        mask,
+        step=step,
+        steps=steps,
+        momentum=momentum,
+        random_start=random_start,
+        loss_fn=loss_fn,
+        clip=clip,
+        targeted=targeted,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        callback=callback,
+    )
 
 
-def _patch_attack(who, model, x, y, mask, *, step, steps, momentum, random_start, loss_fn, clip, targeted, seed,
-                  batch_size, progress, callback=None):
+def _patch_attack(
+    who,
+    model,
+    x,
+    y,
+    mask,
+    *,
+    step,
+    steps,
+    momentum,
+    random_start,
+    loss_fn,
+    clip,
+    targeted,
+    seed,
+    batch_size,
+    progress,
+    callback=None,
+):
     check_images(x, clip, who)
     check_labels(x, y, who)
     step = check_step(step, who)

@@ -1,11 +1,13 @@
 """Patch masks for the l_0 (patch) attacks."""
+
 from __future__ import annotations
 
 import torch
 
 
-def patch_mask(image_size: tuple[int, int], top: int, left: int, height: int, width: int,
-               device: torch.device | str | None = None) -> torch.Tensor:
+def patch_mask(
+    image_size: tuple[int, int], top: int, left: int, height: int, width: int, device: torch.device | str | None = None
+) -> torch.Tensor:
     """A bool ``[H, W]`` mask that is True on the rectangle ``[top, top+height) x [left, left+width)``.
 
     Paper 000 §3.2 uses a 16x32 patch on the forehead of CelebA faces; on 8x8
@@ -22,5 +24,5 @@ def patch_mask(image_size: tuple[int, int], top: int, left: int, height: int, wi
             f"patch_mask: a {height}x{width} patch at (top={top}, left={left}) does not fit a {rows}x{cols} image"
         )
     mask = torch.zeros(rows, cols, dtype=torch.bool, device=device)
-    mask[top:top + height, left:left + width] = True
+    mask[top : top + height, left : left + width] = True
     return mask

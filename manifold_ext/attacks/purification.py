@@ -25,6 +25,7 @@ The ELBO is estimated with ``samples`` reparameterised draws per step, from a
 generator seeded with ``seed``. ``elbo_start``/``elbo_end`` in the result use
 ``eval_samples`` draws with one fixed noise seed, so they are comparable.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,8 +43,9 @@ class ELBOClassifier(Protocol):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...  # logits [B, K]
 
-    def elbo(self, x: torch.Tensor, *, samples: int = 1,
-             generator: torch.Generator | None = None) -> torch.Tensor: ...  # [B], differentiable in x
+    def elbo(
+        self, x: torch.Tensor, *, samples: int = 1, generator: torch.Generator | None = None
+    ) -> torch.Tensor: ...  # [B], differentiable in x
 
 
 @dataclasses.dataclass
@@ -61,8 +63,9 @@ def _elbo_fixed_noise(model: ELBOClassifier, x: torch.Tensor, samples: int, seed
         return model.elbo(x, samples=samples, generator=generator)
 
 
-def elbo_input_gradient(model: ELBOClassifier, x: torch.Tensor, *, samples: int = 1,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+def elbo_input_gradient(
+    model: ELBOClassifier, x: torch.Tensor, *, samples: int = 1, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """d sum_b ELBO(x_b) / d x: each image's own ELBO gradient."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
@@ -70,10 +73,21 @@ def elbo_input_gradient(model: ELBOClassifier, x: torch.Tensor, *, samples: int 
     return grad
 
 
-def purify(model: ELBOClassifier, x: torch.Tensor, *, steps: int = 256, step: float = 1 / 255,
-           eps: float | None = None, rule: str = "scaled", clip: tuple[float, float] = (0.0, 1.0), samples: int = 1,
-           seed: int = 0, eval_samples: int = 16, batch_size: int | None = None,
-           progress: bool = True) -> PurificationResult:
+def purify(
+    model: ELBOClassifier,
+    x: torch.Tensor,
+    *,
+    steps: int = 256,
+    step: float = 1 / 255,
+    eps: float | None = None,
+    rule: str = "scaled",
+    clip: tuple[float, float] = (0.0, 1.0),
+    samples: int = 1,
+    seed: int = 0,
+    eval_samples: int = 16,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> PurificationResult:
     """Purify images by signed-gradient ascent of the ELBO (Eq. 22), then classify them.
 
     Args:
@@ -111,8 +125,14 @@ def purify(model: ELBOClassifier, x: torch.Tensor, *, steps: int = 256, step: fl
     size = x.shape[0] if batch_size is None else batch_size
     parts = [slice(s, min(x.shape[0], s + size)) for s in range(0, x.shape[0], max(size, 1))]
     generator = torch.Generator(device=x.device).manual_seed(int(seed))
-    with tqdm(total=steps * len(parts), desc="purifying (ELBO ascent)", unit="step", mininterval=0.5,
-              disable=not progress, leave=False) as bar:
+    with tqdm(
+        total=steps * len(parts),
+        desc="purifying (ELBO ascent)",
+        unit="step",
+        mininterval=0.5,
+        disable=not progress,
+        leave=False,
+    ) as bar:
         for part in parts:
             x_start = x[part]
             x_pfy = x_start.clone()

@@ -7,6 +7,7 @@ at about 2% of an attack or purification step on the 8x8 demo, against ~70%
 in the networks' matrix products, so they compose existing ops rather than a
 fused kernel.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,9 +38,18 @@ def step_direction(grad: torch.Tensor, rule: str = "sign") -> torch.Tensor:
 
 
 @torch.no_grad()
-def projected_step(x: torch.Tensor, grad: torch.Tensor, x_ref: torch.Tensor, *, step: float,
-                   eps: float | None, low: float, high: float, mask: torch.Tensor | None = None,
-                   rule: str = "sign") -> torch.Tensor:
+def projected_step(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    x_ref: torch.Tensor,
+    *,
+    step: float,
+    eps: float | None,
+    low: float,
+    high: float,
+    mask: torch.Tensor | None = None,
+    rule: str = "sign",
+) -> torch.Tensor:
     """One ascent step along ``grad`` and its projection onto the feasible set.
 
     ``x' = clip(x + step * step_direction(grad, rule))`` then, for an l_inf
@@ -57,8 +67,9 @@ def projected_step(x: torch.Tensor, grad: torch.Tensor, x_ref: torch.Tensor, *, 
 
 
 @torch.no_grad()
-def nag_momentum_update(velocity: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor | None,
-                        momentum: float) -> torch.Tensor:
+def nag_momentum_update(
+    velocity: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor | None, momentum: float
+) -> torch.Tensor:
     """``g_{t+1} = momentum * g_t + grad / ||grad||_1`` per image, over the masked pixels (Lin et al., 2020)."""
     if mask is not None:
         grad = torch.where(mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))

@@ -36,6 +36,7 @@ never loses a success it found on the way. Only the input is differentiated
 coordinate and the objective is a sum of per-image terms, so each image is its
 own problem and the result does not depend on ``batch_size`` beyond rounding.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -120,8 +121,9 @@ def _terms(model, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, 
     return recon_error / model.tau_dec, mahalanobis2 / model.tau_enc, z
 
 
-def whitebox_terms(model: ThresholdedGMMClassifier, x: torch.Tensor,
-                   target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def whitebox_terms(
+    model: ThresholdedGMMClassifier, x: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The normalised terms of Eq. 4.9 / 4.10 at images ``x`` for classes ``target``, differentiable in x.
 
     Returns ``(R, M)``, each ``[B]``: R = ||x - g(f(x))||^2 / tau_dec (the squared
@@ -135,9 +137,15 @@ def whitebox_terms(model: ThresholdedGMMClassifier, x: torch.Tensor,
     return recon_term, latent_term
 
 
-def whitebox_objective(model: ThresholdedGMMClassifier, x: torch.Tensor, target: torch.Tensor, *,
-                       eta: torch.Tensor | None = None, a: float = DEFAULT_EXPONENTS[0],
-                       b: float = DEFAULT_EXPONENTS[1]) -> torch.Tensor:
+def whitebox_objective(
+    model: ThresholdedGMMClassifier,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    eta: torch.Tensor | None = None,
+    a: float = DEFAULT_EXPONENTS[0],
+    b: float = DEFAULT_EXPONENTS[1],
+) -> torch.Tensor:
     """Per-image objective [B]: Eq. 4.9, R(x)^a + M_t(x)^b + ||eta||^2, at the attacked images
     ``x`` = x_o + eta; without ``eta`` Eq. 4.10 (the fooling objective, no distance term)."""
     a, b = _check_exponents(a, b, "whitebox_objective")
@@ -145,8 +153,9 @@ def whitebox_objective(model: ThresholdedGMMClassifier, x: torch.Tensor, target:
     return _objective(recon_term, latent_term, eta, a, b)
 
 
-def _objective(recon_term: torch.Tensor, latent_term: torch.Tensor, eta: torch.Tensor | None, a: float,
-               b: float) -> torch.Tensor:
+def _objective(
+    recon_term: torch.Tensor, latent_term: torch.Tensor, eta: torch.Tensor | None, a: float, b: float
+) -> torch.Tensor:
     """Eq. 4.9 per image (Eq. 4.10 with ``eta=None``): R^a + M^b (+ ||eta||^2)."""
     loss = recon_term.pow(a) + latent_term.pow(b)
     if eta is not None:
@@ -158,21 +167,27 @@ def _check_model(model, who: str) -> None:
     needed = ("encode", "decode_mean", "nearest_class", "centres", "precision", "tau_enc", "tau_dec", "predict")
     missing = [name for name in needed if not hasattr(model, name)]
     if missing:
-        raise TypeError(f"{who}: the model must be a GMM classifier with rejection (manifold_ext.vae.GMMClassifier); "
-                        f"it lacks {', '.join(missing)}")
+        raise TypeError(
+            f"{who}: the model must be a GMM classifier with rejection (manifold_ext.vae.GMMClassifier); "
+            f"it lacks {', '.join(missing)}"
+        )
     tau_enc, tau_dec = float(model.tau_enc), float(model.tau_dec)
     if not (math.isfinite(tau_enc) and math.isfinite(tau_dec) and tau_enc > 0 and tau_dec > 0):
-        raise ValueError(f"{who}: the model is not calibrated (tau_enc = {tau_enc}, tau_dec = {tau_dec}); "
-                         f"call model.calibrate(x_train, y_train) first: the attack's loss is normalised by the "
-                         f"rejection thresholds")
+        raise ValueError(
+            f"{who}: the model is not calibrated (tau_enc = {tau_enc}, tau_dec = {tau_dec}); "
+            f"call model.calibrate(x_train, y_train) first: the attack's loss is normalised by the "
+            f"rejection thresholds"
+        )
 
 
 def _check_exponents(a: float, b: float, who: str) -> tuple[float, float]:
     a, b = float(a), float(b)
     for name, value in (("a", a), ("b", b)):
         if not math.isfinite(value) or value <= 1:
-            raise ValueError(f"{who}: the exponent {name} must be a finite number > 1 (Eq. 4.9: the loss must grow "
-                             f"steeply past the threshold), got {value}")
+            raise ValueError(
+                f"{who}: the exponent {name} must be a finite number > 1 (Eq. 4.9: the loss must grow "
+                f"steeply past the threshold), got {value}"
+            )
     return a, b
 
 
@@ -189,19 +204,24 @@ def _check_target(target, count: int, num_classes: int, device: torch.device, wh
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"{who}: target must hold integer class indices, got dtype {target.dtype}")
     if target.dim() != 1 or target.shape[0] != count:
-        raise ValueError(f"{who}: target must be [B] = [{count}] (one class per image), "
-                         f"got shape {tuple(target.shape)}")
+        raise ValueError(
+            f"{who}: target must be [B] = [{count}] (one class per image), got shape {tuple(target.shape)}"
+        )
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
-        raise ValueError(f"{who}: target classes must be in 0..{num_classes - 1}, got values in "
-                         f"[{int(target.min())}, {int(target.max())}]")
+        raise ValueError(
+            f"{who}: target classes must be in 0..{num_classes - 1}, got values in "
+            f"[{int(target.min())}, {int(target.max())}]"
+        )
     return target.to(device=device, dtype=torch.long)
 
 
 def _check_model_images(model, x: torch.Tensor, who: str) -> None:
     shape = tuple(model.image_shape)
     if tuple(x.shape[1:]) != shape:
-        raise ValueError(f"{who}: x must be a batch of images [B, {', '.join(map(str, shape))}] (the model's "
-                         f"image_shape), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{who}: x must be a batch of images [B, {', '.join(map(str, shape))}] (the model's "
+            f"image_shape), got shape {tuple(x.shape)}"
+        )
 
 
 def _chunks(n: int, batch_size: int | None):
@@ -210,8 +230,9 @@ def _chunks(n: int, batch_size: int | None):
         yield slice(start, min(n, start + size))
 
 
-def _project(eta: torch.Tensor, x0: torch.Tensor, *, low: float, high: float, eps: float | None,
-             mask: torch.Tensor | None) -> torch.Tensor:
+def _project(
+    eta: torch.Tensor, x0: torch.Tensor, *, low: float, high: float, eps: float | None, mask: torch.Tensor | None
+) -> torch.Tensor:
     """Onto {eta : x0 + eta in [low, high], ||eta||_inf <= eps, eta = 0 outside the mask}.
 
     The three sets are boxes per pixel (their intersection is again a box, and it
@@ -225,9 +246,23 @@ def _project(eta: torch.Tensor, x0: torch.Tensor, *, low: float, high: float, ep
     return eta
 
 
-def _minimise(model, x0: torch.Tensor, target: torch.Tensor, eta0: torch.Tensor, *, penalise_eta: bool,
-              a: float, b: float, steps: int, lr: float, low: float, high: float, eps: float | None,
-              mask: torch.Tensor | None, bar) -> tuple[torch.Tensor, list[float]]:
+def _minimise(
+    model,
+    x0: torch.Tensor,
+    target: torch.Tensor,
+    eta0: torch.Tensor,
+    *,
+    penalise_eta: bool,
+    a: float,
+    b: float,
+    steps: int,
+    lr: float,
+    low: float,
+    high: float,
+    eps: float | None,
+    mask: torch.Tensor | None,
+    bar,
+) -> tuple[torch.Tensor, list[float]]:
     """Projected Adam on the image x0 + eta for one chunk; returns (best eta, mean objective per step).
 
     Eq. 4.9 with ``penalise_eta`` (eta is the perturbation of x0), Eq. 4.10 without
@@ -263,8 +298,17 @@ def _minimise(model, x0: torch.Tensor, target: torch.Tensor, eta0: torch.Tensor,
     return best_eta, history
 
 
-def _result(model, start: torch.Tensor, images: torch.Tensor, target: torch.Tensor, *, penalise_eta: bool,
-            a: float, b: float, history: list[float]) -> WhiteBoxResult:
+def _result(
+    model,
+    start: torch.Tensor,
+    images: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    penalise_eta: bool,
+    a: float,
+    b: float,
+    history: list[float],
+) -> WhiteBoxResult:
     """Score the returned images with the model's own verdict (``predict``) and the two terms."""
     with torch.no_grad():
         verdict = model.predict(images)
@@ -276,37 +320,78 @@ def _result(model, start: torch.Tensor, images: torch.Tensor, target: torch.Tens
     fooled = verdict["label"] == target
     rejected = verdict["rejected"]
     return WhiteBoxResult(
-        x=images, start=start, target=target, label=verdict["label"], fooled=fooled, rejected=rejected,
-        success=fooled & ~rejected, recon_term=recon_term, latent_term=latent_term,
-        recon_error=verdict["recon_error"], mahalanobis2=verdict["mahalanobis2"],
-        eta_l2=eta.flatten(1).norm(dim=1), eta_linf=eta.flatten(1).abs().amax(1) if eta.numel() else eta.new_zeros(0),
-        objective_start=objective_start, objective=objective, history=history)
+        x=images,
+        start=start,
+        target=target,
+        label=verdict["label"],
+        fooled=fooled,
+        rejected=rejected,
+        success=fooled & ~rejected,
+        recon_term=recon_term,
+        latent_term=latent_term,
+        recon_error=verdict["recon_error"],
+        mahalanobis2=verdict["mahalanobis2"],
+        eta_l2=eta.flatten(1).norm(dim=1),
+        eta_linf=eta.flatten(1).abs().amax(1) if eta.numel() else eta.new_zeros(0),
+        objective_start=objective_start,
+        objective=objective,
+        history=history,
+    )
 
 
-def _minimise_in_chunks(model, x0: torch.Tensor, eta0: torch.Tensor, target: torch.Tensor, desc: str,
-                        batch_size: int | None, progress: bool, *, mask: torch.Tensor | None, steps: int,
-                        **options) -> tuple[torch.Tensor, list[float]]:
+def _minimise_in_chunks(
+    model,
+    x0: torch.Tensor,
+    eta0: torch.Tensor,
+    target: torch.Tensor,
+    desc: str,
+    batch_size: int | None,
+    progress: bool,
+    *,
+    mask: torch.Tensor | None,
+    steps: int,
+    **options,
+) -> tuple[torch.Tensor, list[float]]:
     """``_minimise`` over chunks of ``batch_size`` images under one progress bar; returns the
     images x0 + eta [B, ...] and the mean objective per step over the whole batch."""
     out = torch.empty_like(x0)
     history = [0.0] * (steps + 1)
     parts = list(_chunks(x0.shape[0], batch_size))
-    with tqdm(total=steps * len(parts), desc=desc, unit="step", mininterval=0.5, disable=not progress,
-              leave=False) as bar:
+    with tqdm(
+        total=steps * len(parts), desc=desc, unit="step", mininterval=0.5, disable=not progress, leave=False
+    ) as bar:
         for part in parts:
-            eta, chunk_history = _minimise(model, x0[part], target[part], eta0[part], steps=steps,
-                                           mask=None if mask is None else mask[part], bar=bar, **options)
+            eta, chunk_history = _minimise(
+                model,
+                x0[part],
+                target[part],
+                eta0[part],
+                steps=steps,
+                mask=None if mask is None else mask[part],
+                bar=bar,
+                **options,
+            )
             out[part] = x0[part] + eta
             weight = out[part].shape[0] / max(x0.shape[0], 1)
             history = [h + weight * c for h, c in zip(history, chunk_history)]
     return out, history
 
 
-def threshold_aware_attack(model: ThresholdedGMMClassifier, x: torch.Tensor, target: torch.Tensor, *,
-                           a: float = DEFAULT_EXPONENTS[0], b: float = DEFAULT_EXPONENTS[1], steps: int = 500,
-                           lr: float = 0.01, mask: torch.Tensor | None = None, eps: float | None = None,
-                           clip: tuple[float, float] = PIXEL_RANGE, batch_size: int | None = None,
-                           progress: bool = True) -> WhiteBoxResult:
+def threshold_aware_attack(
+    model: ThresholdedGMMClassifier,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    a: float = DEFAULT_EXPONENTS[0],
+    b: float = DEFAULT_EXPONENTS[1],
+    steps: int = 500,
+    lr: float = 0.01,
+    mask: torch.Tensor | None = None,
+    eps: float | None = None,
+    clip: tuple[float, float] = PIXEL_RANGE,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> WhiteBoxResult:
     """The complete white-box targeted attack of thesis 004 §4.8.5 (Eq. 4.9).
 
     Minimises, over eta from eta = 0, by projected Adam (see the module docstring)::
@@ -359,16 +444,41 @@ def threshold_aware_attack(model: ThresholdedGMMClassifier, x: torch.Tensor, tar
     if mask is not None:
         mask = broadcast_mask(mask, x, who)
     x = x.detach()
-    out, history = _minimise_in_chunks(model, x, torch.zeros_like(x), target, "white-box attack (Eq. 4.9)",
-                                       batch_size, progress, penalise_eta=True, a=a, b=b, steps=steps, lr=lr,
-                                       low=low, high=high, eps=eps, mask=mask)
+    out, history = _minimise_in_chunks(
+        model,
+        x,
+        torch.zeros_like(x),
+        target,
+        "white-box attack (Eq. 4.9)",
+        batch_size,
+        progress,
+        penalise_eta=True,
+        a=a,
+        b=b,
+        steps=steps,
+        lr=lr,
+        low=low,
+        high=high,
+        eps=eps,
+        mask=mask,
+    )
     return _result(model, x, out, target, penalise_eta=True, a=a, b=b, history=history)
 
 
-def fooling_attack(model: ThresholdedGMMClassifier, target: torch.Tensor, *, init: torch.Tensor | None = None,
-                   seed: int | None = 0, a: float = DEFAULT_EXPONENTS[0], b: float = DEFAULT_EXPONENTS[1],
-                   steps: int = 500, lr: float = 0.01, clip: tuple[float, float] = PIXEL_RANGE,
-                   batch_size: int | None = None, progress: bool = True) -> WhiteBoxResult:
+def fooling_attack(
+    model: ThresholdedGMMClassifier,
+    target: torch.Tensor,
+    *,
+    init: torch.Tensor | None = None,
+    seed: int | None = 0,
+    a: float = DEFAULT_EXPONENTS[0],
+    b: float = DEFAULT_EXPONENTS[1],
+    steps: int = 500,
+    lr: float = 0.01,
+    clip: tuple[float, float] = PIXEL_RANGE,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> WhiteBoxResult:
     """The white-box fooling-image attack of thesis 004 §4.8.6 (Eq. 4.10).
 
     Minimises, over the image eta itself, ``(||eta - g(f(eta))||^2 / tau_dec)^a +
@@ -414,7 +524,22 @@ def fooling_attack(model: ThresholdedGMMClassifier, target: torch.Tensor, *, ini
     check_batch_size(batch_size, who)
     init = init.detach()
     # the image is the variable: x0 = 0 and eta starts at the noise (Eq. 4.10 has no distance term)
-    out, history = _minimise_in_chunks(model, torch.zeros_like(init), init, target, "fooling attack (Eq. 4.10)",
-                                       batch_size, progress, penalise_eta=False, a=a, b=b, steps=steps, lr=lr,
-                                       low=low, high=high, eps=None, mask=None)
+    out, history = _minimise_in_chunks(
+        model,
+        torch.zeros_like(init),
+        init,
+        target,
+        "fooling attack (Eq. 4.10)",
+        batch_size,
+        progress,
+        penalise_eta=False,
+        a=a,
+        b=b,
+        steps=steps,
+        lr=lr,
+        low=low,
+        high=high,
+        eps=None,
+        mask=None,
+    )
     return _result(model, init, out, target, penalise_eta=False, a=a, b=b, history=history)

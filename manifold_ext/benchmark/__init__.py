@@ -7,6 +7,7 @@
 per machine, CPU ISA path and thread count: ``cpu-<model>-<isa>-<N>threads.{json,md}``
 (``ATEN_CPU_CAPABILITY=default|avx2|avx512`` selects the path), or ``cuda-<gpu>.{json,md}``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,34 +41,61 @@ def committed_results_dir() -> Path:
     checkout = Path(__file__).resolve().parents[2]
     folder = checkout / "benchmarks" / "results"
     if not folder.is_dir():
-        raise SystemExit(f"--update-results writes the committed results of a source checkout, but {folder} "
-                         "does not exist (is manifold_ext installed from a wheel?); use --out DIR instead")
+        raise SystemExit(
+            f"--update-results writes the committed results of a source checkout, but {folder} "
+            "does not exist (is manifold_ext installed from a wheel?); use --out DIR instead"
+        )
     return folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("families", nargs="*", metavar="family",
-                        help=f"op families to benchmark (default: all of {', '.join(FAMILIES)})")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda (default: cuda when available, else cpu)")
+    parser.add_argument(
+        "families",
+        nargs="*",
+        metavar="family",
+        help=f"op families to benchmark (default: all of {', '.join(FAMILIES)})",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (default: cuda when available, else cpu)",
+    )
     parser.add_argument("--quick", action="store_true", help="a few tiny cases and short timings (smoke test)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help=f"folder for the <machine>.json and <machine>.md results (default: {DEFAULT_OUT})")
-    parser.add_argument("--update-results", action="store_true",
-                        help="write the committed benchmarks/results/ of this checkout instead of --out")
-    parser.add_argument("--impls", default=",".join(IMPLS),
-                        help="comma-separated subset of eager,compile,ours (default: all three)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"folder for the <machine>.json and <machine>.md results (default: {DEFAULT_OUT})",
+    )
+    parser.add_argument(
+        "--update-results",
+        action="store_true",
+        help="write the committed benchmarks/results/ of this checkout instead of --out",
+    )
+    parser.add_argument(
+        "--impls", default=",".join(IMPLS), help="comma-separated subset of eager,compile,ours (default: all three)"
+    )
     parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 15, quick 3)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
-    parser.add_argument("--scaling", action="store_true",
-                        help="also time ours on one thread for the large cases (thread scaling column)")
-    parser.add_argument("--cases", default=None,
-                        help="comma-separated substrings: run only cases whose name contains one of them")
-    parser.add_argument("--machine", default=None,
-                        help="label for the result files (default: cpu-<model>-<isa>-<N>threads or cuda-<gpu>)")
-    parser.add_argument("--end-to-end", action="store_true",
-                        help="time the full Fig. 5 likelihood evaluation instead of the op cases "
-                             "(writes <machine>-fig5-end-to-end.json)")
+    parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help="also time ours on one thread for the large cases (thread scaling column)",
+    )
+    parser.add_argument(
+        "--cases", default=None, help="comma-separated substrings: run only cases whose name contains one of them"
+    )
+    parser.add_argument(
+        "--machine",
+        default=None,
+        help="label for the result files (default: cpu-<model>-<isa>-<N>threads or cuda-<gpu>)",
+    )
+    parser.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="time the full Fig. 5 likelihood evaluation instead of the op cases "
+        "(writes <machine>-fig5-end-to-end.json)",
+    )
 
 
 def _output_dir(args: argparse.Namespace) -> Path:
@@ -134,8 +162,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def _run_end_to_end(args: argparse.Namespace, device: torch.device, out_dir: Path,
-                    load_at_start: list[float] | None) -> dict:
+def _run_end_to_end(
+    args: argparse.Namespace, device: torch.device, out_dir: Path, load_at_start: list[float] | None
+) -> dict:
     from manifold_ext._atomic import atomic_write_text
     from manifold_ext._machine import machine_record
 
@@ -150,7 +179,10 @@ def _run_end_to_end(args: argparse.Namespace, device: torch.device, out_dir: Pat
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m manifold_ext.benchmark", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m manifold_ext.benchmark",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -5,6 +5,7 @@ data (tabular / 2-D points, ``GlowStep(..., spatial_dims=0)``), [B, C] cases
 with issue 20's targets against eager: >= 2x forward and >= 1.5x forward+backward
 on [65536, 16], >= 1.5x on [4096, 64].
 """
+
 from __future__ import annotations
 
 import torch
@@ -87,8 +88,7 @@ def _forward_backward_case(label, device, dtype, scale="glow", layout="cross"):
 
     target = VECTOR_TARGETS.get(label, (None, None))[1]
     # forward: read x, h (2x), write y; backward: read grad_y, x, h (2x), write grad_x, grad_h (2x)
-    return _case(label, f"fwd+bwd ({scale}, {layout})", shape, dtype, make, tensors_moved=4 + 7,
-                 target_vs_eager=target)
+    return _case(label, f"fwd+bwd ({scale}, {layout})", shape, dtype, make, tensors_moved=4 + 7, target_vs_eager=target)
 
 
 def cases(device: torch.device, quick: bool = False) -> list[BenchCase]:

@@ -5,6 +5,7 @@ Shapes from the issue: 2-D points, N = 10,000 x 100 rounds batched as
 ``end_to_end`` times the whole Fig. 5 likelihood evaluation and how much of it
 is spent outside the network.
 """
+
 from __future__ import annotations
 
 import time
@@ -30,9 +31,16 @@ def _case(family_name, label, shape, device, dtype, arrays_read, arrays_written,
     numel = torch.Size(shape).numel()
     itemsize = torch.empty((), dtype=dtype).element_size()
     bytes_moved = (arrays_read + arrays_written) * numel * itemsize + (2 * 8 * shape[0] if acc else 0)
-    return BenchCase(family="diffusion", name=f"{family_name} ({label})", shape="x".join(map(str, shape)),
-                     dtype=str(dtype).replace("torch.", ""), make=make, bytes_moved=bytes_moved, note=note,
-                     large=label == "points")
+    return BenchCase(
+        family="diffusion",
+        name=f"{family_name} ({label})",
+        shape="x".join(map(str, shape)),
+        dtype=str(dtype).replace("torch.", ""),
+        make=make,
+        bytes_moved=bytes_moved,
+        note=note,
+        large=label == "points",
+    )
 
 
 def _nll_case(label, shape, device, dtype, per_sample=False):
@@ -43,20 +51,34 @@ def _nll_case(label, shape, device, dtype, per_sample=False):
             abar_next = abar_t * 0.9
         else:
             abar_t, abar_next = 0.9, 0.8
-        return (lambda: ops.diffusion_nll_step(acc, x_t, x_next, eps, abar_t, abar_next),
-                lambda: ref.diffusion_nll_step_reference(acc, x_t, x_next, eps, abar_t, abar_next))
+        return (
+            lambda: ops.diffusion_nll_step(acc, x_t, x_next, eps, abar_t, abar_next),
+            lambda: ref.diffusion_nll_step_reference(acc, x_t, x_next, eps, abar_t, abar_next),
+        )
 
     name = "nll_step per-sample abar" if per_sample else "nll_step"
-    return _case(name, label, shape, device, dtype, 3, 0, fns, acc=True,
-                 note="compile/ours: per-sample [B] abar tensors" if per_sample else "")
+    return _case(
+        name,
+        label,
+        shape,
+        device,
+        dtype,
+        3,
+        0,
+        fns,
+        acc=True,
+        note="compile/ours: per-sample [B] abar tensors" if per_sample else "",
+    )
 
 
 def _nll_fused_case(label, shape, device, dtype):
     def fns(t, acc):
         x_t, x_next, eps, noise = t[:4]
         args = (acc, x_t, x_next, eps, noise, 0.9, 0.8, 0.7)
-        return (lambda: ops.diffusion_nll_step_and_forward(*args),
-                lambda: ref.diffusion_nll_step_and_forward_reference(*args))
+        return (
+            lambda: ops.diffusion_nll_step_and_forward(*args),
+            lambda: ref.diffusion_nll_step_and_forward_reference(*args),
+        )
 
     return _case("nll_step_and_forward", label, shape, device, dtype, 4, 1, fns, acc=True)
 
@@ -65,14 +87,22 @@ def _step_case(step, label, shape, device, dtype):
     def fns(t, acc):
         x, eps, noise = t[:3]
         if step == "ddim":
-            return (lambda: ops.ddim_step(x, eps, 0.4, 0.6, 0.5, noise),
-                    lambda: ref.ddim_step_reference(x, eps, 0.4, 0.6, 0.5, noise))
+            return (
+                lambda: ops.ddim_step(x, eps, 0.4, 0.6, 0.5, noise),
+                lambda: ref.ddim_step_reference(x, eps, 0.4, 0.6, 0.5, noise),
+            )
         if step == "ddpm":
-            return lambda: ops.ddpm_step(x, eps, 0.4, 0.6, noise), lambda: ref.ddpm_step_reference(x, eps, 0.4, 0.6, noise)
+            return lambda: ops.ddpm_step(x, eps, 0.4, 0.6, noise), lambda: ref.ddpm_step_reference(
+                x, eps, 0.4, 0.6, noise
+            )
         if step == "large_step":
-            return lambda: ops.large_step(x, eps, 0.4, 0.6, noise), lambda: ref.large_step_reference(x, eps, 0.4, 0.6, noise)
-        return (lambda: ops.diffusion_forward_step(x, noise, 0.9, 0.8),
-                lambda: ref.diffusion_forward_step_reference(x, noise, 0.9, 0.8))
+            return lambda: ops.large_step(x, eps, 0.4, 0.6, noise), lambda: ref.large_step_reference(
+                x, eps, 0.4, 0.6, noise
+            )
+        return (
+            lambda: ops.diffusion_forward_step(x, noise, 0.9, 0.8),
+            lambda: ref.diffusion_forward_step_reference(x, noise, 0.9, 0.8),
+        )
 
     reads = 2 if step == "forward_step" else 3
     return _case(step, label, shape, device, dtype, reads, 1, fns)
@@ -127,8 +157,14 @@ class _TimedModel(torch.nn.Module):
         return out
 
 
-def end_to_end(points: int = 10_000, rounds: int = 100, T: int = 100, hidden: int = 128,
-               batch_size: int = 16_384, device: str = "cpu") -> dict:
+def end_to_end(
+    points: int = 10_000,
+    rounds: int = 100,
+    T: int = 100,
+    hidden: int = 128,
+    batch_size: int = 16_384,
+    device: str = "cpu",
+) -> dict:
     """Time the Fig. 5 likelihood evaluation (points x rounds x T steps at dt = 1) with the
     Swiss-roll eps-MLP (weights do not change the cost) and split it into network / the rest."""
     from manifold_ext.diffusion import PointEpsNet, linear_schedule, log_likelihood
@@ -141,14 +177,30 @@ def end_to_end(points: int = 10_000, rounds: int = 100, T: int = 100, hidden: in
     for fused in (True, False):
         model.seconds = 0.0
         start = time.perf_counter()
-        log_likelihood(model, x0, schedule, dt=1, rounds=rounds, batch_size=batch_size, fused=fused,
-                       generator=torch.Generator(device=device).manual_seed(0), progress=True)
+        log_likelihood(
+            model,
+            x0,
+            schedule,
+            dt=1,
+            rounds=rounds,
+            batch_size=batch_size,
+            fused=fused,
+            generator=torch.Generator(device=device).manual_seed(0),
+            progress=True,
+        )
         total = time.perf_counter() - start
         result["fused" if fused else "unfused"] = {
             "seconds": round(total, 2),
             "network_seconds": round(model.seconds, 2),
             "outside_network_share": round(1 - model.seconds / total, 4),
         }
-    result.update(points=points, rounds=rounds, T=T, hidden=hidden, batch_size=batch_size, device=device,
-                  threads=torch.get_num_threads())
+    result.update(
+        points=points,
+        rounds=rounds,
+        T=T,
+        hidden=hidden,
+        batch_size=batch_size,
+        device=device,
+        threads=torch.get_num_threads(),
+    )
     return result

@@ -10,6 +10,7 @@ Everything except the coupling (ActNorm, the LU 1x1 convolution, the coupling
 network's convolutions) is the same PyTorch code in all three, so the ratios show
 what the fused op buys inside a real model, not in isolation.
 """
+
 from __future__ import annotations
 
 import copy
@@ -64,6 +65,7 @@ def _step_case(shape, hidden, device, backward: bool, label: str) -> BenchCase:
         model = SqueezeThenStep(shape[1], hidden).to(device)
         ours, eager, compiled = _three_versions(model, (x,))
         if not backward:
+
             def run(m):
                 with torch.no_grad():
                     return m(x)
@@ -84,7 +86,7 @@ def _step_case(shape, hidden, device, backward: bool, label: str) -> BenchCase:
         dtype="float32",
         make=make,
         note="model benchmark, no op target: the coupling network (3x3, 1x1, 3x3 convs) is the same PyTorch "
-             "code in all three",
+        "code in all three",
         has_target=False,
     )
 
@@ -124,7 +126,7 @@ def _training_case(shape, device, label: str, config: dict) -> BenchCase:
         dtype="float32",
         make=make,
         note="model benchmark, no op target: compile = torch.compile of the eager model's log_prob "
-             "(forward+backward graph)",
+        "(forward+backward graph)",
         has_target=False,
     )
 

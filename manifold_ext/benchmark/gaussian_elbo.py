@@ -1,4 +1,5 @@
 """Benchmark cases for the fused Gaussian ELBO (VAE-classifier training, ELBO purification)."""
+
 from __future__ import annotations
 
 import torch
@@ -75,13 +76,17 @@ def cases(device: torch.device, quick: bool = False) -> list[BenchCase]:
     dtype = torch.float32
     if quick:
         shape, latents = SHAPES["tiny"]
-        return [_forward_case("tiny", shape, latents, device, dtype),
-                _forward_backward_case("tiny", shape, latents, device, dtype)]
+        return [
+            _forward_case("tiny", shape, latents, device, dtype),
+            _forward_backward_case("tiny", shape, latents, device, dtype),
+        ]
     out = []
     for name in ("digits purify", "celeba-64"):
         shape, latents = SHAPES[name]
-        out += [_forward_case(name, shape, latents, device, dtype),
-                _forward_backward_case(name, shape, latents, device, dtype)]
+        out += [
+            _forward_case(name, shape, latents, device, dtype),
+            _forward_backward_case(name, shape, latents, device, dtype),
+        ]
     if device.type == "cuda":
         shape, latents = SHAPES["celeba-64"]
         out.append(_forward_backward_case("celeba-64", shape, latents, device, torch.bfloat16))

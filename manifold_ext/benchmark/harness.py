@@ -16,6 +16,7 @@ device-to-device copy, timed like everything else with CUDA events).
 
 ``results.py`` turns the rows into the committed JSON + markdown files.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -128,8 +129,9 @@ def copy_bandwidth(nbytes: int, device: torch.device, settings: BenchSettings) -
     return _COPY_BANDWIDTH_CACHE[key]
 
 
-def _interleaved_medians(impls: dict[str, Callable[[], Any]], device: torch.device, rounds: int,
-                         min_round_seconds: float) -> dict[str, float]:
+def _interleaved_medians(
+    impls: dict[str, Callable[[], Any]], device: torch.device, rounds: int, min_round_seconds: float
+) -> dict[str, float]:
     """Median ms per call of each implementation over ``rounds`` interleaved rounds."""
     calls = {name: _calls_per_round(fn, device, min_round_seconds) for name, fn in impls.items()}
     samples: dict[str, list[float]] = {name: [] for name in impls}
@@ -165,8 +167,7 @@ def judge_target(row: dict, has_target: bool = True, target_vs_eager: float | No
     row["target"] = "met" if (beats_compile or near_bound) and beats_eager else "not met"
 
 
-def _thread_scaling(fn: Callable[[], Any], device: torch.device, settings: BenchSettings,
-                    rounds: int) -> float:
+def _thread_scaling(fn: Callable[[], Any], device: torch.device, settings: BenchSettings, rounds: int) -> float:
     """Median ms per call of ``fn`` on ``settings.scaling_threads`` threads."""
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.scaling_threads)

@@ -19,6 +19,7 @@ the default (exact C++ polygon clipping in 2-D, screening + HiGHS otherwise);
 the region sets are asserted identical, and the shape column gives the count
 (regions/s in the note).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,8 +37,9 @@ from manifold_ext.reference import (
 def _mlp_weights(d: int, widths: list[int], device, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     sizes = [d, *widths]
-    weights = [(torch.randn(sizes[i + 1], sizes[i], generator=g) / sizes[i] ** 0.5).to(device)
-               for i in range(len(widths))]
+    weights = [
+        (torch.randn(sizes[i + 1], sizes[i], generator=g) / sizes[i] ** 0.5).to(device) for i in range(len(widths))
+    ]
     biases = [(0.1 * torch.randn(sizes[i + 1], generator=g)).to(device) for i in range(len(widths))]
     return weights, biases
 
@@ -53,22 +55,31 @@ def _pipeline_case(n: int, d: int, widths: list[int], k: int, device) -> BenchCa
         ref = torch.randn(n, d, generator=g).to(device)
 
         def eager_pipeline(q, r):
-            return hamming_topk_bits_reference(activation_bits_reference(q, weights, biases),
-                                               activation_bits_reference(r, weights, biases), k)
+            return hamming_topk_bits_reference(
+                activation_bits_reference(q, weights, biases), activation_bits_reference(r, weights, biases), k
+            )
 
         def ours():
-            return hamming_topk(activation_patterns(query, weights, biases), activation_patterns(ref, weights, biases),
-                                k)
+            return hamming_topk(
+                activation_patterns(query, weights, biases), activation_patterns(ref, weights, biases), k
+            )
 
         compiled = torch.compile(eager_pipeline, dynamic=False)
         got, want = ours(), eager_pipeline(query, ref)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), "ours and eager disagree"
         return {"eager": lambda: eager_pipeline(query, ref), "compile": lambda: compiled(query, ref), "ours": ours}
 
-    return BenchCase(family="relu", name=f"patterns + top-{k} Hamming (H={H})", shape=f"{n} x {n}, d={d}",
-                     dtype="float32", make=make, max_rounds=5, warmup_calls=1,
-                     note=f"H={H}: {len(widths)} hidden layers of {widths[0]}; eager = bool patterns, "
-                          "float matmul distances, torch.topk")
+    return BenchCase(
+        family="relu",
+        name=f"patterns + top-{k} Hamming (H={H})",
+        shape=f"{n} x {n}, d={d}",
+        dtype="float32",
+        make=make,
+        max_rounds=5,
+        warmup_calls=1,
+        note=f"H={H}: {len(widths)} hidden layers of {widths[0]}; eager = bool patterns, "
+        "float matmul distances, torch.topk",
+    )
 
 
 def _distance_case(n: int, H: int, device) -> BenchCase:
@@ -81,12 +92,20 @@ def _distance_case(n: int, H: int, device) -> BenchCase:
         a, b = pack_patterns(a_bits), pack_patterns(b_bits)
         compiled = torch.compile(hamming_distance_bits_reference, dynamic=False)
         assert torch.equal(hamming_distance(a, b), hamming_distance_bits_reference(a_bits, b_bits))
-        return {"eager": lambda: hamming_distance_bits_reference(a_bits, b_bits),
-                "compile": lambda: compiled(a_bits, b_bits),
-                "ours": lambda: hamming_distance(a, b)}
+        return {
+            "eager": lambda: hamming_distance_bits_reference(a_bits, b_bits),
+            "compile": lambda: compiled(a_bits, b_bits),
+            "ours": lambda: hamming_distance(a, b),
+        }
 
-    return BenchCase(family="relu", name=f"Hamming distance matrix (H={H})", shape=f"{n} x {n}", dtype="bits",
-                     make=make, max_rounds=7)
+    return BenchCase(
+        family="relu",
+        name=f"Hamming distance matrix (H={H})",
+        shape=f"{n} x {n}",
+        dtype="bits",
+        make=make,
+        max_rounds=7,
+    )
 
 
 def _patterns_case(n: int, d: int, widths: list[int], device) -> BenchCase:
@@ -94,13 +113,21 @@ def _patterns_case(n: int, d: int, widths: list[int], device) -> BenchCase:
         weights, biases = _mlp_weights(d, widths, device)
         x = torch.randn(n, d, generator=torch.Generator().manual_seed(3)).to(device)
         compiled = torch.compile(activation_bits_reference, dynamic=False)
-        return {"eager": lambda: activation_bits_reference(x, weights, biases),
-                "compile": lambda: compiled(x, weights, biases),
-                "ours": lambda: activation_patterns(x, weights, biases)}
+        return {
+            "eager": lambda: activation_bits_reference(x, weights, biases),
+            "compile": lambda: compiled(x, weights, biases),
+            "ours": lambda: activation_patterns(x, weights, biases),
+        }
 
-    return BenchCase(family="relu", name=f"activation patterns (H={sum(widths)})", shape=f"{n} x {d}",
-                     dtype="float32", make=make, max_rounds=7,
-                     note="eager/compile return unpacked bool patterns, ours packed int64 (H/8 bytes per point)")
+    return BenchCase(
+        family="relu",
+        name=f"activation patterns (H={sum(widths)})",
+        shape=f"{n} x {d}",
+        dtype="float32",
+        make=make,
+        max_rounds=7,
+        note="eager/compile return unpacked bool patterns, ours packed int64 (H/8 bytes per point)",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -178,14 +205,22 @@ def _active_bits_case() -> BenchCase:
             assert all(np.array_equal(a, b) for a, b in zip(results[0], other)), "active bits disagree"
         return {"eager": eager, "compile": reference, "ours": ours}
 
-    return BenchCase(family="relu", name="active bits, 8 regions of a 2x10 net", shape="20 rows, d=2, box",
-                     dtype="float64", make=make, max_rounds=3, warmup_calls=0,
-                     note="LP case: eager = new cvxpy problem per bit (public toolbox), compile = parametrised "
-                          "cvxpy reference, ours = screening + reused HiGHS model; answers asserted equal")
+    return BenchCase(
+        family="relu",
+        name="active bits, 8 regions of a 2x10 net",
+        shape="20 rows, d=2, box",
+        dtype="float64",
+        make=make,
+        max_rounds=3,
+        warmup_calls=0,
+        note="LP case: eager = new cvxpy problem per bit (public toolbox), compile = parametrised "
+        "cvxpy reference, ours = screening + reused HiGHS model; answers asserted equal",
+    )
 
 
-def _enumeration_case(d: int, widths: list[int], box: tuple[float, float] | None, baseline: str | None,
-                      max_regions: int | None = None) -> BenchCase:
+def _enumeration_case(
+    d: int, widths: list[int], box: tuple[float, float] | None, baseline: str | None, max_regions: int | None = None
+) -> BenchCase:
     """Every region of a d-D net (or the first ``max_regions``): ``eager`` the per-bit cvxpy Algorithm 1
     (baseline="cvxpy"), or, where that would take many minutes, the package's LP path
     (baseline="highs"), or none; ``ours`` the default (exact C++ polygon clipping for d = 2,
@@ -193,8 +228,15 @@ def _enumeration_case(d: int, widths: list[int], box: tuple[float, float] | None
     where = "R^%d" % d if box is None else f"[{box[0]:g},{box[1]:g}]^{d}"
     arch = "x".join(map(str, [len(widths), widths[0]])) if len(set(widths)) == 1 else "-".join(map(str, widths))
     first = "" if max_regions is None else f"first {max_regions:,} "
-    case = BenchCase(family="relu", name=f"enumerate {first}regions, {d}-D {arch} net in {where}", shape="",
-                     dtype="float64", make=lambda: {}, max_rounds=1 if baseline == "cvxpy" else 3, warmup_calls=0)
+    case = BenchCase(
+        family="relu",
+        name=f"enumerate {first}regions, {d}-D {arch} net in {where}",
+        shape="",
+        dtype="float64",
+        make=lambda: {},
+        max_rounds=1 if baseline == "cvxpy" else 3,
+        warmup_calls=0,
+    )
 
     def make():
         from manifold_ext.relu_geometry import enumerate_regions
@@ -216,14 +258,19 @@ def _enumeration_case(d: int, widths: list[int], box: tuple[float, float] | None
         case.shape = f"{count} regions{bounded}, H={sum(widths)}"
         # The rate of the faster untimed check run; under load it can differ from the timed median
         # (count / ours ms), which is the number to quote.
-        rate = (f"ours = method '{result.method}' in one process, about {count / seconds:,.0f} regions/s in the "
-                "untimed check runs")
+        rate = (
+            f"ours = method '{result.method}' in one process, about {count / seconds:,.0f} regions/s in the "
+            "untimed check runs"
+        )
         if baseline is None:
             case.note = rate + ("" if max_regions is None else " (over the first regions of the traversal)")
             return {"ours": ours}
         assert eager() == result.keys(), "the baseline's region set differs from ours"
-        what = "new cvxpy problem per bit (public toolbox's Algorithm 1)" if baseline == "cvxpy" else \
-            "this package's LP path (screening + HiGHS)"
+        what = (
+            "new cvxpy problem per bit (public toolbox's Algorithm 1)"
+            if baseline == "cvxpy"
+            else "this package's LP path (screening + HiGHS)"
+        )
         case.note = f"eager = {what}; {rate}; region sets asserted identical"
         return {"eager": eager, "ours": ours}
 

@@ -10,6 +10,7 @@ bytes a task ships (arguments and result). ``docs/guides/scale_out_enumeration.m
 of what more workers give (``--out X.json`` also writes ``X.md``, the table that page includes).
 Needs ``pip install 'manifold_ext[distributed]'``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,13 @@ def measure(case: str, workers: list[int]) -> dict:
 
     d, widths, box, batch = CASES[case]
     net = ReLUNetwork.random(d, widths, seed=0)
-    out = {"case": case, "network": repr(net), "batch_size": batch, "threads_per_process": 1,
-           "max_in_flight": inspect.signature(enumerate_regions).parameters["max_in_flight"].default}
+    out = {
+        "case": case,
+        "network": repr(net),
+        "batch_size": batch,
+        "threads_per_process": 1,
+        "max_in_flight": inspect.signature(enumerate_regions).parameters["max_in_flight"].default,
+    }
     torch.set_num_threads(1)
     # The driver's own time per consumed batch (dedup + recording), by wrapping _consume.
     driver_seconds = [0.0]
@@ -74,11 +80,20 @@ def measure(case: str, workers: list[int]) -> dict:
         out["driver_s_per_region_us"] = 1e6 * driver_seconds[0] / len(inline)
         # Peak Python memory of the driver (tracemalloc slows the run: not timed).
         _, out["in_memory_driver_peak_MB"] = _peak_python_mb(
-            lambda: enumerate_regions(net, box=box, executor=None, batch_size=batch, progress=False))
+            lambda: enumerate_regions(net, box=box, executor=None, batch_size=batch, progress=False)
+        )
         with tempfile.TemporaryDirectory() as tmp:
             _, out["streamed_driver_peak_MB"] = _peak_python_mb(
-                lambda: enumerate_regions(net, box=box, executor=None, batch_size=batch, out_dir=Path(tmp) / "run",
-                                          shard_size=5000, progress=False))
+                lambda: enumerate_regions(
+                    net,
+                    box=box,
+                    executor=None,
+                    batch_size=batch,
+                    out_dir=Path(tmp) / "run",
+                    shard_size=5000,
+                    progress=False,
+                )
+            )
         out["streamed_driver_bytes_per_region"] = 1e6 * out["streamed_driver_peak_MB"] / len(inline)
         sample = inline.patterns[:batch]
         args = (net, sample, None, 1e-7, box is None, inline.method)
@@ -87,8 +102,14 @@ def measure(case: str, workers: list[int]) -> dict:
         out["network_pickle_bytes"] = len(pickle.dumps(net))
         out["bytes_per_region"] = (out["bytes_per_task_args"] + out["bytes_per_task_result"]) / len(sample)
         for n in workers:
-            cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                               dashboard_address=None, silence_logs=logging.ERROR)
+            cluster = distributed.LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
             client = distributed.Client(cluster)
             try:
                 client.run(torch.set_num_threads, 1)
@@ -129,23 +150,36 @@ def model(result: dict, workers: int) -> dict:
     # Only max_in_flight batches are out at once: more workers than that idle (raise max_in_flight).
     parallel = regions * work / min(workers, result.get("max_in_flight", workers))
     wall = max(parallel, serial)
-    return {"workers": workers, "wall_s": wall, "speedup_vs_inline": result["inline_s"] / wall,
-            "driver_bound": serial >= parallel, "max_speedup": result["inline_s"] / serial if serial else float("inf")}
+    return {
+        "workers": workers,
+        "wall_s": wall,
+        "speedup_vs_inline": result["inline_s"] / wall,
+        "driver_bound": serial >= parallel,
+        "max_speedup": result["inline_s"] / serial if serial else float("inf"),
+    }
 
 
 def markdown(result: dict) -> str:
     """The measurement and the model as a Markdown table (included by the scale-out guide)."""
-    rows = [("network", f"`{result['network']}` in {result['case']}, batches of {result['batch_size']}"),
-            ("regions / tasks", f"{result['regions']:,} / {result['tasks']:,}"),
-            ("in process (1 thread)", f"{result['inline_s']:.1f} s"),
-            ("driver per region (dedup + recording)", f"{result['driver_s_per_region_us']:.1f} µs"),
-            ("bytes shipped per region (task arguments + result)", f"{result['bytes_per_region']:.0f} B"),
-            ("driver peak Python memory, in memory / streamed to shards",
-             f"{result['in_memory_driver_peak_MB']:.1f} MB / {result['streamed_driver_peak_MB']:.1f} MB")]
+    rows = [
+        ("network", f"`{result['network']}` in {result['case']}, batches of {result['batch_size']}"),
+        ("regions / tasks", f"{result['regions']:,} / {result['tasks']:,}"),
+        ("in process (1 thread)", f"{result['inline_s']:.1f} s"),
+        ("driver per region (dedup + recording)", f"{result['driver_s_per_region_us']:.1f} µs"),
+        ("bytes shipped per region (task arguments + result)", f"{result['bytes_per_region']:.0f} B"),
+        (
+            "driver peak Python memory, in memory / streamed to shards",
+            f"{result['in_memory_driver_peak_MB']:.1f} MB / {result['streamed_driver_peak_MB']:.1f} MB",
+        ),
+    ]
     for key in sorted(k for k in result if k.startswith("dask_") and k.endswith("_workers_s")):
         n = int(key.split("_")[1])
-        rows.append((f"LocalCluster, {n} worker(s)", f"{result[key]:.1f} s (efficiency "
-                     f"{result[f'dask_{n}_workers_efficiency']:.2f})"))
+        rows.append(
+            (
+                f"LocalCluster, {n} worker(s)",
+                f"{result[key]:.1f} s (efficiency {result[f'dask_{n}_workers_efficiency']:.2f})",
+            )
+        )
     if "overhead_per_task_ms" in result:
         rows.append(("overhead per task (1 worker vs in process)", f"{result['overhead_per_task_ms']:.1f} ms"))
     if "speedup_2_vs_1_workers" in result:
@@ -153,8 +187,13 @@ def markdown(result: dict) -> str:
     if "overhead_per_task_ms" in result:
         for n in (10, 100):
             m = model(result, n)
-            rows.append((f"model: {n} workers", f"{m['wall_s']:.1f} s, {m['speedup_vs_inline']:.1f}x in-process"
-                         + (" (driver-bound)" if m["driver_bound"] else "")))
+            rows.append(
+                (
+                    f"model: {n} workers",
+                    f"{m['wall_s']:.1f} s, {m['speedup_vs_inline']:.1f}x in-process"
+                    + (" (driver-bound)" if m["driver_bound"] else ""),
+                )
+            )
         rows.append(("model: speed-up cap (driver + scheduler serial)", f"{model(result, 1)['max_speedup']:.1f}x"))
     machine = result.get("machine", {})
     head = f"Measured {result.get('when', '')} on {machine.get('cpu', 'this machine')}, load {result.get('load', '?')}."

@@ -12,6 +12,7 @@ bound, whether torch.compile already runs at that bound, whether the case meets
 its target, and (``--scaling``) its thread scaling. Running a subset of families
 into an existing file replaces those families' rows and keeps the others.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,11 @@ def header(device: torch.device, load_at_start: list[float] | None, quick: bool)
         "quick": quick,
         "load_average": {"start": load_at_start, "end": load_average()},
         "environment": {**record, "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY")},
-        "targets": {"vs_compile": TARGET_VS_COMPILE, "vs_bound_where_compile_at_bound": TARGET_VS_BOUND,
-                    "thread_scaling_per_thread": TARGET_SCALING_PER_THREAD},
+        "targets": {
+            "vs_compile": TARGET_VS_COMPILE,
+            "vs_bound_where_compile_at_bound": TARGET_VS_BOUND,
+            "thread_scaling_per_thread": TARGET_SCALING_PER_THREAD,
+        },
     }
 
 

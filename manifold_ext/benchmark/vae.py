@@ -1,4 +1,5 @@
 """Benchmark cases for op family 4, the closest-centre Gaussian KL (and its nearest-centre form)."""
+
 from __future__ import annotations
 
 import torch
@@ -41,8 +42,11 @@ def _closest_case(name, shape, device, dtype, backward, guided=False):
                 return torch.autograd.grad(kl, (mu, logvar), grad_kl)
             return kl
 
-        return {"eager": lambda: run(closest_centre_kl_reference), "compile": lambda: run(compiled),
-                "ours": lambda: run(closest_centre_kl)}
+        return {
+            "eager": lambda: run(closest_centre_kl_reference),
+            "compile": lambda: run(compiled),
+            "ours": lambda: run(closest_centre_kl),
+        }
 
     numel = torch.Size(shape).numel()
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -75,8 +79,11 @@ def _nearest_case(name, batch, n, num_centres, device, dtype, backward):
                 return torch.autograd.grad(kl, (mu, logvar), grad_kl)
             return kl
 
-        return {"eager": lambda: run(nearest_centre_kl_reference), "compile": lambda: run(compiled),
-                "ours": lambda: run(nearest_centre_kl)}
+        return {
+            "eager": lambda: run(nearest_centre_kl_reference),
+            "compile": lambda: run(compiled),
+            "ours": lambda: run(nearest_centre_kl),
+        }
 
     return BenchCase(
         family="vae",
@@ -85,8 +92,9 @@ def _nearest_case(name, batch, n, num_centres, device, dtype, backward):
         dtype=_dtype_name(dtype),
         make=make,
         bytes_moved=None,  # compute bound: B*K*n distance terms
-        note="" if backward or num_centres < 1024 else
-        "compute bound (B*K*n = 671M distance terms); eager and compile form the [B, K] matrix by cdist's matmul",
+        note=""
+        if backward or num_centres < 1024
+        else "compute bound (B*K*n = 671M distance terms); eager and compile form the [B, K] matrix by cdist's matmul",
     )
 
 

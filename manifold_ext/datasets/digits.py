@@ -9,6 +9,7 @@ version from a local MNIST copy when the user has one (see ``mnist.py``).
 Train and test composites are made from disjoint pools of single-digit images,
 so a test composite never reuses a digit image seen in training.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,8 +60,7 @@ def split_pools(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def compose_pairs(images: np.ndarray, labels: np.ndarray, num_digits: int, per_class: int,
-                  seed: int) -> TwoDigitData:
+def compose_pairs(images: np.ndarray, labels: np.ndarray, num_digits: int, per_class: int, seed: int) -> TwoDigitData:
     """``per_class`` composites for every ordered pair (a, b) of digits < num_digits,
     each a random image of a next to a random image of b (images: [N, H, W] in [0, 1])."""
     rng = np.random.default_rng(seed)
@@ -87,8 +87,14 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
 
-def two_digit_digits(split: str = "train", *, num_digits: int = 6, per_class: int | None = None,
-                     test_fraction: float = 0.3, seed: int = 0) -> TwoDigitData:
+def two_digit_digits(
+    split: str = "train",
+    *,
+    num_digits: int = 6,
+    per_class: int | None = None,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+) -> TwoDigitData:
     """Two-digit composites (8x16) from scikit-learn's bundled 8x8 digits.
 
     Args:
@@ -113,8 +119,9 @@ def two_digit_digits(split: str = "train", *, num_digits: int = 6, per_class: in
     return compose_pairs(images[pool], labels[pool], num_digits, per_class, seed + (0 if split == "train" else 1))
 
 
-def two_digit_mnist(root: str | Path, split: str = "train", *, num_digits: int = 6, per_class: int | None = None,
-                    seed: int = 0) -> TwoDigitData:
+def two_digit_mnist(
+    root: str | Path, split: str = "train", *, num_digits: int = 6, per_class: int | None = None, seed: int = 0
+) -> TwoDigitData:
     """Two-digit composites (28x56) from a local MNIST copy (paper 000 §4.1's data).
 
     Train composites use MNIST's training images, test composites its test
@@ -127,5 +134,4 @@ def two_digit_mnist(root: str | Path, split: str = "train", *, num_digits: int =
     images, labels = load_mnist(root, split)
     if per_class is None:
         per_class = 1000 if split == "train" else 200
-    return compose_pairs(images.numpy(), labels.numpy(), num_digits, per_class,
-                         seed + (0 if split == "train" else 1))
+    return compose_pairs(images.numpy(), labels.numpy(), num_digits, per_class, seed + (0 if split == "train" else 1))

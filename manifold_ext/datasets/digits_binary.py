@@ -12,6 +12,7 @@
 Images come back as float32 tensors ``[N, C, H, W]`` in [0, 1] and labels as
 int64 ``[N]``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,7 +57,9 @@ def load_digits_binary(threshold: int = 5, test_fraction: float = 0.3, seed: int
     from sklearn.datasets import load_digits
 
     if not 1 <= threshold <= 9:
-        raise ValueError(f"load_digits_binary: threshold must be in 1..9 so both classes are non-empty, got {threshold}")
+        raise ValueError(
+            f"load_digits_binary: threshold must be in 1..9 so both classes are non-empty, got {threshold}"
+        )
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"load_digits_binary: test_fraction must be in (0, 1), got {test_fraction}")
     digits = load_digits()
@@ -65,8 +68,14 @@ def load_digits_binary(threshold: int = 5, test_fraction: float = 0.3, seed: int
     train, test = _stratified_split(digits.target, test_fraction, seed)  # stratify by digit, not only by class
     x = torch.from_numpy(images).unsqueeze(1)  # [N, 1, 8, 8]
     y = torch.from_numpy(binary)
-    return ImageSplit(x[train], y[train], x[test], y[test],
-                      class_names=(f"digit < {threshold}", f"digit >= {threshold}"), name="digits-binary")
+    return ImageSplit(
+        x[train],
+        y[train],
+        x[test],
+        y[test],
+        class_names=(f"digit < {threshold}", f"digit >= {threshold}"),
+        name="digits-binary",
+    )
 
 
 def load_digits_classes(test_fraction: float = 0.3, seed: int = 0) -> ImageSplit:
@@ -84,12 +93,14 @@ def load_digits_classes(test_fraction: float = 0.3, seed: int = 0) -> ImageSplit
     train, test = _stratified_split(digits.target, test_fraction, seed)
     x = torch.from_numpy(images).unsqueeze(1)  # [N, 1, 8, 8]
     y = torch.from_numpy(digits.target.astype(np.int64))
-    return ImageSplit(x[train], y[train], x[test], y[test], class_names=tuple(str(d) for d in range(10)),
-                      name="digits-10")
+    return ImageSplit(
+        x[train], y[train], x[test], y[test], class_names=tuple(str(d) for d in range(10)), name="digits-10"
+    )
 
 
-def load_celeba_gender(root: str | Path, image_size: int = 32, limit: int | None = 20000,
-                       test_fraction: float = 0.2, seed: int = 0) -> ImageSplit:
+def load_celeba_gender(
+    root: str | Path, image_size: int = 32, limit: int | None = 20000, test_fraction: float = 0.2, seed: int = 0
+) -> ImageSplit:
     """CelebA's "Male" attribute from a local folder (aligned images), centre-cropped and resized.
 
     ``root`` must hold ``img_align_celeba/`` (the JPEGs) and ``list_attr_celeba.txt``

@@ -5,6 +5,7 @@ Images are returned as integer *levels* (``float32`` tensors holding
 ``0 .. n_bins - 1``, shape ``[N, C, H, W]``) together with ``n_bins``, so that
 models can dequantise them and report bits per dimension.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -26,8 +27,9 @@ def digits_levels() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.tensor(digits.target)
 
 
-def ood_digit_sets(in_test: torch.Tensor, held_out: torch.Tensor, n_bins: int = DIGITS_BINS,
-                   noise_std: float = 0.1, seed: int = 0) -> dict[str, torch.Tensor]:
+def ood_digit_sets(
+    in_test: torch.Tensor, held_out: torch.Tensor, n_bins: int = DIGITS_BINS, noise_std: float = 0.1, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """Continuous out-of-distribution inputs in ``[-1/2, 1/2]`` built from dequantised
     digits ``in_test`` / ``held_out`` (continuous, same scale) or generated:
 
@@ -85,7 +87,7 @@ def load_celeba_folder(root: str | Path, size: int = 32, limit: int | None = 500
         height, width = array.shape[:2]
         crop = min(148, height, width)
         top, left = (height - crop) // 2, (width - crop) // 2
-        tensor = torch.from_numpy(array[top:top + crop, left:left + crop]).permute(2, 0, 1).unsqueeze(0)
+        tensor = torch.from_numpy(array[top : top + crop, left : left + crop]).permute(2, 0, 1).unsqueeze(0)
         out.append(F.interpolate(tensor, size=(size, size), mode="area").round().clamp(0, 255))
     return torch.cat(out)
 

@@ -8,6 +8,7 @@ Recognised layouts (searched in ``root``, ``root/MNIST/raw`` and ``root/raw``):
   ``t10k-labels-idx1-ubyte[.gz]`` (also what torchvision stores under ``MNIST/raw``);
 * ``mnist.npz`` with arrays ``x_train, y_train, x_test, y_test`` (Keras' file).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -44,7 +45,7 @@ def read_idx(path: Path) -> np.ndarray:
     if data[2] != 0x08:
         raise ValueError(f"{path}: only unsigned-byte IDX data is supported, got type code {data[2]:#x}")
     ndim = data[3]
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
         raise ValueError(f"{path}: header says shape {shape} but the file holds {array.size} values")
@@ -79,5 +80,7 @@ def load_mnist(root: str | Path, split: str = "train") -> tuple[torch.Tensor, to
             "bundled scikit-learn digits (manifold_ext.datasets.two_digit_digits)."
         )
     if images.ndim != 3 or len(images) != len(labels):
-        raise ValueError(f"MNIST {split}: expected images [N, H, W] and N labels, got {images.shape} and {labels.shape}")
+        raise ValueError(
+            f"MNIST {split}: expected images [N, H, W] and N labels, got {images.shape} and {labels.shape}"
+        )
     return torch.from_numpy(images.astype(np.float32) / 255.0), torch.from_numpy(labels.astype(np.int64))

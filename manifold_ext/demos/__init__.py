@@ -11,13 +11,14 @@ without importing torch), :func:`load` imports one, :func:`description` reads a
 demo's ``DESCRIPTION`` from its source without importing it, and ``DEMOS``
 (name -> module) imports them all.
 """
+
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
 
 # The table and description() live in the command's package (standard library only), read by both.
-from manifold_ext_cli import DEMO_MODULES, description, unknown_demo
+from manifold_ext_cli import DEMO_MODULES, description, unknown_demo  # noqa: F401  (description: re-exported)
 
 
 def load(name: str) -> ModuleType:

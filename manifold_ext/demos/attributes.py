@@ -22,6 +22,7 @@ identity picks up. Expect the identity-linked attributes on top for the
 recognition manifold and nuisances near the chance level, while pixel space
 also ranks the nuisances that change many pixels.
 """
+
 from __future__ import annotations
 
 import argparse

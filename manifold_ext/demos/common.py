@@ -1,4 +1,5 @@
 """What every demo shares: output folder, seeding, device, atomic JSON, figures."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,11 +14,18 @@ from manifold_ext._atomic import atomic_write_text
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, default_name: str) -> None:
-    parser.add_argument("--out", type=Path, default=Path("demo_out") / default_name,
-                        help=f"folder for the figure and summary.json (default: demo_out/{default_name})")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("demo_out") / default_name,
+        help=f"folder for the figure and summary.json (default: demo_out/{default_name})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="device (default: cuda when available, else cpu)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="device (default: cuda when available, else cpu)",
+    )
     parser.add_argument("--quick", action="store_true", help="a short run (used by the tests and CI)")
 
 
@@ -50,8 +58,16 @@ def pyplot():
 PAPER_COMPARISON_KEYS = ("id", "what", "paper", "ours", "spread", "unit", "setup")
 
 
-def paper_row(id: str, what: str, paper: float | None, ours: float | None, *, spread: float | None = None,
-              unit: str = "", setup: str = "") -> dict:
+def paper_row(
+    id: str,
+    what: str,
+    paper: float | None,
+    ours: float | None,
+    *,
+    spread: float | None = None,
+    unit: str = "",
+    setup: str = "",
+) -> dict:
     """One ``paper_comparison`` row.
 
     ``paper`` is the paper's number (None where the paper gives none), ``ours``
@@ -59,8 +75,15 @@ def paper_row(id: str, what: str, paper: float | None, ours: float | None, *, sp
     ``spread`` their standard deviation), ``setup`` how our setting differs
     from the paper's (empty when it does not).
     """
-    row = {"id": id, "what": what, "paper": _optional_float(paper, "paper"), "ours": _optional_float(ours, "ours"),
-           "spread": _optional_float(spread, "spread"), "unit": unit, "setup": setup}
+    row = {
+        "id": id,
+        "what": what,
+        "paper": _optional_float(paper, "paper"),
+        "ours": _optional_float(ours, "ours"),
+        "spread": _optional_float(spread, "spread"),
+        "unit": unit,
+        "setup": setup,
+    }
     validate_paper_comparison([row])
     return row
 
@@ -78,7 +101,9 @@ def validate_paper_comparison(rows: list[dict]) -> None:
     seen: set[str] = set()
     for row in rows:
         if tuple(sorted(row)) != tuple(sorted(PAPER_COMPARISON_KEYS)):
-            raise ValueError(f"paper_comparison row must have exactly the keys {PAPER_COMPARISON_KEYS}, got {sorted(row)}")
+            raise ValueError(
+                f"paper_comparison row must have exactly the keys {PAPER_COMPARISON_KEYS}, got {sorted(row)}"
+            )
         if not isinstance(row["id"], str) or not row["id"]:
             raise ValueError(f"paper_comparison row id must be a non-empty string, got {row['id']!r}")
         if row["id"] in seen:
@@ -96,5 +121,8 @@ def run_record(started: float) -> dict:
 
     from manifold_ext._machine import machine_record
 
-    return {"command": "manifold-ext " + " ".join(sys.argv[1:]) if sys.argv else "",
-            "seconds": round(time.time() - started, 1), "machine": machine_record()}
+    return {
+        "command": "manifold-ext " + " ".join(sys.argv[1:]) if sys.argv else "",
+        "seconds": round(time.time() - started, 1),
+        "machine": machine_record(),
+    }

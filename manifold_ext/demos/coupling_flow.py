@@ -5,6 +5,7 @@ Shows the op end to end (forward, log-determinant, backward, exact inverse):
 the learned density, samples drawn through the inverse, and log p separating
 held-out moons from out-of-distribution points (circles, uniform noise).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,15 @@ def _gaussian_nll(data: torch.Tensor) -> float:
     return 0.5 * torch.logdet(2 * torch.pi * torch.e * cov).item()
 
 
-def train_flow(data: torch.Tensor, steps: int, flow_steps: int, hidden: int, device: torch.device,
-               batch_size: int = 512, lr: float = 3e-3) -> tuple[StandardNormalFlow, list[float]]:
+def train_flow(
+    data: torch.Tensor,
+    steps: int,
+    flow_steps: int,
+    hidden: int,
+    device: torch.device,
+    batch_size: int = 512,
+    lr: float = 3e-3,
+) -> tuple[StandardNormalFlow, list[float]]:
     flow = StandardNormalFlow(FlowSequential(*[GlowStep(2, hidden, spatial_dims=0) for _ in range(flow_steps)]))
     flow.to(device).train()
     data = data.to(device)
@@ -106,8 +114,12 @@ def run(args: argparse.Namespace) -> dict:
     log_p = {kind: _log_prob(flow, points, device) for kind, points in test.items()}
     roc_auc_score = require("sklearn.metrics", feature="the coupling demo's AUROC").roc_auc_score
     auroc = {
-        kind: float(roc_auc_score(np.r_[np.ones(len(log_p["moons"])), np.zeros(len(log_p[kind]))],
-                                  torch.cat([log_p["moons"], log_p[kind]]).numpy()))
+        kind: float(
+            roc_auc_score(
+                np.r_[np.ones(len(log_p["moons"])), np.zeros(len(log_p[kind]))],
+                torch.cat([log_p["moons"], log_p[kind]]).numpy(),
+            )
+        )
         for kind in ("circles", "uniform")
     }
     # Exact inverse: sampling then re-encoding returns the same latents.

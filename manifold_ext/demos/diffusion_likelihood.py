@@ -20,6 +20,7 @@ cores of an AMD EPYC, AVX-512 path, of which training is most of the default):
 about 2 minutes), ``--full`` (the paper's size: 8,000; 10,000 x 100 at
 T = 100, dt = 1, every set; about 10 minutes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,10 +66,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--T", type=int, default=100, help="diffusion steps (default 100, as the paper)")
     parser.add_argument("--train-steps", type=int, default=None, help="training steps (default by size)")
     parser.add_argument("--hidden", type=int, default=None, help="hidden units of the eps-MLP (default by size)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="load the trained model from this file if it exists, else train and save it there")
-    parser.add_argument("--full", action="store_true",
-                        help="the paper's full size: 10,000 points x 100 rounds per set (about 10 minutes on 2 cores)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="load the trained model from this file if it exists, else train and save it there",
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="the paper's full size: 10,000 points x 100 rounds per set (about 10 minutes on 2 cores)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +104,9 @@ def swiss_roll_model(args, device: torch.device):
     torch.manual_seed(args.seed)
     model = PointEpsNet(dim=2, hidden=hidden, layers=3, T=args.T).to(device)
     start = time.perf_counter()
-    model, losses = train_eps_model(model, data, schedule, TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=args.seed))
+    model, losses = train_eps_model(
+        model, data, schedule, TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=args.seed)
+    )
     train_seconds = time.perf_counter() - start
     if args.checkpoint is not None:
         save_checkpoint(args.checkpoint, model, schedule, train_seconds=train_seconds, losses=losses)
@@ -115,8 +125,9 @@ def _figure(path: Path, sets: dict, log_p: dict, losses: list[float]):
         points = sets[kind].numpy()
         axes[0, column].scatter(points[:, 0], points[:, 1], s=1, color="k", alpha=0.5)
         axes[0, column].set_title(kind)
-        mean = axes[1, column].scatter(points[:, 0], points[:, 1], c=per_point_mean[kind], s=2, cmap="viridis",
-                                       vmin=low, vmax=high)
+        mean = axes[1, column].scatter(
+            points[:, 0], points[:, 1], c=per_point_mean[kind], s=2, cmap="viridis", vmin=low, vmax=high
+        )
         axes[1, column].set_title(f"mean log p = {per_point_mean[kind].mean():.2f}")
         std = axes[2, column].scatter(points[:, 0], points[:, 1], c=per_point_std[kind], s=2, cmap="magma")
         axes[2, column].set_title(f"std over rounds (mean {per_point_std[kind].mean():.2f})")
@@ -145,8 +156,10 @@ def _figure(path: Path, sets: dict, log_p: dict, losses: list[float]):
 
 
 PAPER_SWISS_ROLL_LOG10P = -0.933  # paper 000 §2.3.2 / Fig. 5C: mean log10 p of the Swiss roll, the highest
-DATA_SCALE = ("each set centred and scaled to overall std sqrt((var_x + var_y) / 2) = 1; log p is the 2-D density "
-              "in those units (scaling the data by c shifts log10 p by -2 log10 c per point)")
+DATA_SCALE = (
+    "each set centred and scaled to overall std sqrt((var_x + var_y) / 2) = 1; log p is the 2-D density "
+    "in those units (scaling the data by c shifts log10 p by -2 log10 c per point)"
+)
 
 
 def set_statistics(values: torch.Tensor, seconds: float) -> dict:
@@ -168,19 +181,29 @@ def set_statistics(values: torch.Tensor, seconds: float) -> dict:
 
 def comparison_rows(stats: dict, points: int, rounds: int, T: int, dt: int) -> list[dict]:
     """``000-fig5-<set>-log10p``: mean log10 p per point (the paper gives the Swiss roll's only)."""
-    size = "" if (points, rounds, T, dt) == (10_000, 100, 100, 1) else (
-        f"{points} points x {rounds} rounds, T = {T}, dt = {dt} (paper: 10,000 x 100, T = 100, dt = 1); ")
+    size = (
+        ""
+        if (points, rounds, T, dt) == (10_000, 100, 100, 1)
+        else (f"{points} points x {rounds} rounds, T = {T}, dt = {dt} (paper: 10,000 x 100, T = 100, dt = 1); ")
+    )
     rows = []
     for kind, row in stats.items():
-        setup = (f"{size}data scale: {DATA_SCALE}; the paper's scale is not stated; sklearn-generated set with "
-                 f"relative noise 0.05; MLP eps-model trained here")
-        rows.append(paper_row(
-            f"000-fig5-{kind}-log10p",
-            f"mean log10 p(x_0) per point of the {kind} set under a Swiss-roll diffusion model (Eq. 15; spread: "
-            f"per-point SD over rounds, averaged)",
-            PAPER_SWISS_ROLL_LOG10P if kind == "swiss_roll" else None,
-            row["mean_log10_p"], spread=row["per_point_std_over_rounds_log10_p"], unit="log10 p per 2-D point",
-            setup=setup))
+        setup = (
+            f"{size}data scale: {DATA_SCALE}; the paper's scale is not stated; sklearn-generated set with "
+            f"relative noise 0.05; MLP eps-model trained here"
+        )
+        rows.append(
+            paper_row(
+                f"000-fig5-{kind}-log10p",
+                f"mean log10 p(x_0) per point of the {kind} set under a Swiss-roll diffusion model (Eq. 15; spread: "
+                f"per-point SD over rounds, averaged)",
+                PAPER_SWISS_ROLL_LOG10P if kind == "swiss_roll" else None,
+                row["mean_log10_p"],
+                spread=row["per_point_std_over_rounds_log10_p"],
+                unit="log10 p per 2-D point",
+                setup=setup,
+            )
+        )
     return rows
 
 
@@ -197,8 +220,16 @@ def run(args: argparse.Namespace) -> dict:
     log_p, seconds = {}, {}
     for kind, data in sets.items():
         start = time.perf_counter()
-        log_p[kind] = log_likelihood(model, data.to(device), schedule, dt=args.dt, rounds=rounds,
-                                     generator=generator, batch_size=args.batch_size, progress=True)
+        log_p[kind] = log_likelihood(
+            model,
+            data.to(device),
+            schedule,
+            dt=args.dt,
+            rounds=rounds,
+            generator=generator,
+            batch_size=args.batch_size,
+            progress=True,
+        )
         seconds[kind] = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
     figure = args.out / "likelihood.png"

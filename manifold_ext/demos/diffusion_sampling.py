@@ -34,6 +34,7 @@ Run time on 2 quiet cores (AMD EPYC, AVX-512 path): ``--quick`` (T = 100,
 tiny models; for CI) about 30 s; the full run about 15 minutes, most of it
 training the three models and sampling the digits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -121,19 +122,47 @@ class Size:
 
 
 SIZES = {
-    "quick": Size(T=100, point_steps=600, point_hidden=64, point_samples=300, digit_steps=300, unet_base=8,
-                  digit_samples=32, fig7_steps=600, fig7_samples=300, fig7_seeds=2, oracle_samples=100, oracle_points=200,
-                  gaussian_samples=4000),
-    "full": Size(T=1000, point_steps=4000, point_hidden=128, point_samples=1000, digit_steps=3000, unet_base=32,
-                 digit_samples=128, fig7_steps=4000, fig7_samples=2000, fig7_seeds=3, oracle_samples=500, oracle_points=1000,
-                 gaussian_samples=50_000),
+    "quick": Size(
+        T=100,
+        point_steps=600,
+        point_hidden=64,
+        point_samples=300,
+        digit_steps=300,
+        unet_base=8,
+        digit_samples=32,
+        fig7_steps=600,
+        fig7_samples=300,
+        fig7_seeds=2,
+        oracle_samples=100,
+        oracle_points=200,
+        gaussian_samples=4000,
+    ),
+    "full": Size(
+        T=1000,
+        point_steps=4000,
+        point_hidden=128,
+        point_samples=1000,
+        digit_steps=3000,
+        unet_base=32,
+        digit_samples=128,
+        fig7_steps=4000,
+        fig7_samples=2000,
+        fig7_seeds=3,
+        oracle_samples=500,
+        oracle_points=1000,
+        gaussian_samples=50_000,
+    ),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, NAME)
-    parser.add_argument("--checkpoints", type=Path, default=None,
-                        help="folder of trained models: each is loaded from it when there, else trained and saved")
+    parser.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=None,
+        help="folder of trained models: each is loaded from it when there, else trained and saved",
+    )
     parser.add_argument("--samples", type=int, default=None, help="Swiss-roll samples per cell (default 1000)")
     parser.add_argument("--digit-samples", type=int, default=None, help="digit samples per cell (default 128)")
 
@@ -163,8 +192,14 @@ def _checkpoint(args, name: str) -> Path | None:
 def swiss_roll_model(args, T: int, steps: int, hidden: int, device) -> tuple:
     data = point_set("swiss_roll", 20_000, seed=args.seed)
     config = TrainConfig(steps=steps, batch_size=1024, lr=2e-3, seed=args.seed)
-    return _trained(_checkpoint(args, f"swiss_roll_T{T}_{steps}"), lambda: PointEpsNet(2, hidden, 3, T=T), data,
-                    linear_schedule(T), config, device)
+    return _trained(
+        _checkpoint(args, f"swiss_roll_T{T}_{steps}"),
+        lambda: PointEpsNet(2, hidden, 3, T=T),
+        data,
+        linear_schedule(T),
+        config,
+        device,
+    )
 
 
 def digit_sets(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -182,9 +217,18 @@ def digit_model(args, size: Size, train: torch.Tensor, device) -> tuple:
     # the quick model takes larger, smaller-batch steps to learn something in seconds
     batch_size, lr = (64, 5e-3) if size.digit_steps < 1000 else (128, 2e-3)
     config = TrainConfig(steps=size.digit_steps, batch_size=batch_size, lr=lr, seed=args.seed)
-    build = lambda: SmallUNet(1, base=size.unet_base, channel_mults=(1, 2), T=size.T)
-    return _trained(_checkpoint(args, f"digits_T{size.T}_{size.digit_steps}_b{size.unet_base}"), build, train,
-                    linear_schedule(size.T), config, device)
+
+    def build():
+        return SmallUNet(1, base=size.unet_base, channel_mults=(1, 2), T=size.T)
+
+    return _trained(
+        _checkpoint(args, f"digits_T{size.T}_{size.digit_steps}_b{size.unet_base}"),
+        build,
+        train,
+        linear_schedule(size.T),
+        config,
+        device,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -219,13 +263,19 @@ class PointReference:
 
     def quality(self, samples: torch.Tensor) -> dict:
         if not torch.isfinite(samples).all():
-            return {"manifold_distance": math.inf, "off_manifold": 1.0, "coverage": math.inf,
-                    "sliced_wasserstein": math.inf}
+            return {
+                "manifold_distance": math.inf,
+                "off_manifold": 1.0,
+                "coverage": math.inf,
+                "sliced_wasserstein": math.inf,
+            }
         to_curve = distance_to_set(samples, self.curve)
-        return {"manifold_distance": round(to_curve.mean().item(), 4),
-                "off_manifold": round((to_curve > self.off_threshold).float().mean().item(), 4),
-                "coverage": round(distance_to_set(self.held_out, samples).mean().item(), 4),
-                "sliced_wasserstein": round(sliced_wasserstein(samples, self.held_out), 4)}
+        return {
+            "manifold_distance": round(to_curve.mean().item(), 4),
+            "off_manifold": round((to_curve > self.off_threshold).float().mean().item(), 4),
+            "coverage": round(distance_to_set(self.held_out, samples).mean().item(), 4),
+            "sliced_wasserstein": round(sliced_wasserstein(samples, self.held_out), 4),
+        }
 
     def data_row(self, seed: int) -> dict:
         """The same measures for fresh data: what a perfect sampler scores."""
@@ -297,8 +347,10 @@ class DigitReference:
         with torch.no_grad():
             features = self.features.features(samples.clamp(-1, 1))
         nearest = distance_to_set(samples.flatten(1), self.train.flatten(1)) / math.sqrt(samples[0].numel())
-        return {"frechet_distance": round(frechet_distance(features, self.train_features), 4),
-                "nearest_train_distance": round(nearest.mean().item(), 4)}
+        return {
+            "frechet_distance": round(frechet_distance(features, self.train_features), 4),
+            "nearest_train_distance": round(nearest.mean().item(), 4),
+        }
 
     def data_row(self, n: int) -> dict:
         return self.quality(self.test[:n])
@@ -326,8 +378,17 @@ def sample_cell(model, schedule, x_T, method, kwargs, dt, seed, device) -> tuple
         if method == "ddpm_mean":
             x = ddpm_mean_chain(model, schedule, x_T.to(device), dt).cpu()
         else:
-            x = sample(model, schedule, tuple(x_T.shape), method=method, dt=dt, generator=generator, x_T=x_T,
-                       device=device, **kwargs).cpu()
+            x = sample(
+                model,
+                schedule,
+                tuple(x_T.shape),
+                method=method,
+                dt=dt,
+                generator=generator,
+                x_T=x_T,
+                device=device,
+                **kwargs,
+            ).cpu()
     diverged = [str(w.message) for w in caught if issubclass(w.category, SamplerDivergenceWarning)]
     for message in diverged:
         print(f"warning: {message}")
@@ -342,13 +403,15 @@ def sampler_grid(model, schedule, x_T, samplers: dict, dts, quality, seed: int, 
     cells = [(name, dt) for name in samplers for dt in dts if schedule.T % dt == 0]
     for name, dt in tqdm(cells, desc=f"{label} sampler x dt", unit="cell", mininterval=1.0):
         method, kwargs, deterministic = samplers[name][:3]
-        x, seconds[f"{name}/dt={dt}"], diverged = sample_cell(model, schedule, x_T, method, kwargs, dt, seed + dt,
-                                                              device)
+        x, seconds[f"{name}/dt={dt}"], diverged = sample_cell(
+            model, schedule, x_T, method, kwargs, dt, seed + dt, device
+        )
         samples.setdefault(name, {})[dt] = x
         row = quality(x)
         if deterministic and 1 in samples[name] and torch.isfinite(x).all():
-            row["drift_from_dt1"] = round((x - samples[name][1]).flatten(1).norm(dim=1).mean().item()
-                                          / math.sqrt(x[0].numel()), 4)
+            row["drift_from_dt1"] = round(
+                (x - samples[name][1]).flatten(1).norm(dim=1).mean().item() / math.sqrt(x[0].numel()), 4
+            )
         if diverged:
             row["diverged"] = diverged
         table.setdefault(name, {})[dt] = row
@@ -365,8 +428,17 @@ def fig7_trained(model, schedule, reference: PointReference, n: int, seeds: int,
     tables, first, seconds = [], None, {}
     for repeat in range(seeds):
         x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed + 1000 * repeat))
-        samples, table, spent = sampler_grid(model, schedule, x_T, samplers, FIG7_DTS, reference.quality,
-                                             seed + 1000 * repeat, device, f"Fig. 7 trained, seed {repeat + 1}/{seeds}")
+        samples, table, spent = sampler_grid(
+            model,
+            schedule,
+            x_T,
+            samplers,
+            FIG7_DTS,
+            reference.quality,
+            seed + 1000 * repeat,
+            device,
+            f"Fig. 7 trained, seed {repeat + 1}/{seeds}",
+        )
         if first is None:
             first = samples
         tables.append(table)
@@ -416,8 +488,9 @@ def fig7_gaussian(n: int, seed: int) -> dict:
             for name, (method, kwargs) in FIG7_SAMPLERS.items():
                 cells[name] = {}
                 for dt in FIG7_DTS:
-                    x, _, _ = sample_cell(model, schedule, x_T, method, {**kwargs, "divergence_factor": None}, dt,
-                                          seed + dt, "cpu")
+                    x, _, _ = sample_cell(
+                        model, schedule, x_T, method, {**kwargs, "divergence_factor": None}, dt, seed + dt, "cpu"
+                    )
                     cells[name][f"dt={dt}"] = round(x.std().item() / data_std, 4)
             out[f"{schedule.name}, data std {data_std}"] = cells
     return out
@@ -433,8 +506,10 @@ def fig7_verdict(table: dict) -> dict:
         per_dt = {}
         for dt in (2, 5, 10, 20):
             ours, ddpm = cells[dt], table["ddpm"][dt]
-            per_dt[f"dt={dt}"] = {"cleaner_than_ddpm": bool(ours["manifold_distance"] < ddpm["manifold_distance"]),
-                                  "covers_like_ddpm": bool(ours["coverage"] <= 2 * ddpm["coverage"])}
+            per_dt[f"dt={dt}"] = {
+                "cleaner_than_ddpm": bool(ours["manifold_distance"] < ddpm["manifold_distance"]),
+                "covers_like_ddpm": bool(ours["coverage"] <= 2 * ddpm["coverage"]),
+            }
         pattern = all(all(per_dt[f"dt={dt}"].values()) for dt in (2, 5, 10))
         verdict[name] = {"paper_pattern": pattern, **per_dt}
     return verdict
@@ -499,19 +574,21 @@ def _quality_figure(path: Path, point_table: dict, digit_table: dict | None, fig
     for name, rows in point_table.items():
         dts = sorted(rows)
         ax.plot(dts, [rows[dt]["manifold_distance"] for dt in dts], marker="o", label=name)
-    ax.set(xscale="log", yscale="log", xlabel="dt", ylabel="mean distance to the curve",
-           title=f"Swiss roll, T = {T}")
+    ax.set(xscale="log", yscale="log", xlabel="dt", ylabel="mean distance to the curve", title=f"Swiss roll, T = {T}")
     ax.legend(fontsize=7)
     if digit_table is not None:
         ax = axes[1]
         for name, rows in digit_table.items():
             dts = sorted(rows)
             ax.plot(dts, [rows[dt]["frechet_distance"] for dt in dts], marker="o", label=name)
-        ax.set(xscale="log", yscale="log", xlabel="dt", ylabel="Frechet distance (CNN features)",
-               title=f"digits, T = {T}")
+        ax.set(
+            xscale="log", yscale="log", xlabel="dt", ylabel="Frechet distance (CNN features)", title=f"digits, T = {T}"
+        )
         ax.legend(fontsize=7)
-    for ax, key, label in ((axes[-3], "manifold_distance", "mean distance to the curve (clean)"),
-                           (axes[-2], "coverage", "data-to-nearest-sample distance (coverage)")):
+    for ax, key, label in (
+        (axes[-3], "manifold_distance", "mean distance to the curve (clean)"),
+        (axes[-2], "coverage", "data-to-nearest-sample distance (coverage)"),
+    ):
         for name, rows in fig7["trained"].items():
             dts = sorted(rows)
             ax.plot(dts, [rows[dt][key] for dt in dts], marker="o", label=name)
@@ -522,8 +599,13 @@ def _quality_figure(path: Path, point_table: dict, digit_table: dict | None, fig
     for name, cells in gaussian[key].items():
         ax.plot(FIG7_DTS, [cells[f"dt={dt}"] for dt in FIG7_DTS], marker="o", label=name)
     ax.axhline(1.0, color="k", lw=0.6)
-    ax.set(xscale="log", yscale="log", xlabel="dt", ylabel="sample std / data std",
-           title=f"Fig. 7: exact eps, N(0, {THIN_GAUSSIAN_STD}^2), T = 100")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="dt",
+        ylabel="sample std / data std",
+        title=f"Fig. 7: exact eps, N(0, {THIN_GAUSSIAN_STD}^2), T = 100",
+    )
     ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -533,52 +615,96 @@ def _quality_figure(path: Path, point_table: dict, digit_table: dict | None, fig
 # ---------------------------------------------------------------------------
 # paper_comparison rows
 # ---------------------------------------------------------------------------
-FIG8_CLAIM = ("paper (Fig. 6/8, CelebA, T = 1000): Def. 2.1 large steps keep quality to dt = 10, fair at 100; "
-              "RK4 with g = DDIM stays consistent with dt = 1 up to dt = 100 where DDIM does not")
-FIG7_CLAIM = ("paper (Fig. 7, T = 100): RK4 with g = DDPM gives cleaner samples than DDPM at dt = 2, 5, 10 "
-              "and fails at 20")
+FIG8_CLAIM = (
+    "paper (Fig. 6/8, CelebA, T = 1000): Def. 2.1 large steps keep quality to dt = 10, fair at 100; "
+    "RK4 with g = DDIM stays consistent with dt = 1 up to dt = 100 where DDIM does not"
+)
+FIG7_CLAIM = (
+    "paper (Fig. 7, T = 100): RK4 with g = DDPM gives cleaner samples than DDPM at dt = 2, 5, 10 and fails at 20"
+)
 
 
-def comparison_rows(point_table: dict, digit_table: dict | None, fig7_table: dict, size_name: str, T: int,
-                    n_points: int, n_digits: int) -> list[dict]:
+def comparison_rows(
+    point_table: dict, digit_table: dict | None, fig7_table: dict, size_name: str, T: int, n_points: int, n_digits: int
+) -> list[dict]:
     quick = "quick run (tiny models); " if size_name == "quick" else ""
     rows = []
     for name, cells in point_table.items():
         if name not in SAMPLERS:
             continue
         for dt, row in cells.items():
-            rows.append(paper_row(
-                f"000-fig8-{name}-dt{dt}-swiss_roll", f"{name} at dt = {dt}, T = {T}: mean distance of a sample to "
-                f"the Swiss-roll curve ({FIG8_CLAIM})", None, row["manifold_distance"], unit="normalised units",
-                setup=f"{quick}2-D Swiss roll (unit std), MLP eps-model, {n_points} samples, same x_T in every cell; "
-                      "the paper shows CelebA images"))
+            rows.append(
+                paper_row(
+                    f"000-fig8-{name}-dt{dt}-swiss_roll",
+                    f"{name} at dt = {dt}, T = {T}: mean distance of a sample to the Swiss-roll curve ({FIG8_CLAIM})",
+                    None,
+                    row["manifold_distance"],
+                    unit="normalised units",
+                    setup=f"{quick}2-D Swiss roll (unit std), MLP eps-model, {n_points} samples, "
+                    "same x_T in every cell; the paper shows CelebA images",
+                )
+            )
     for name, cells in (digit_table or {}).items():
         for dt, row in cells.items():
-            setup = (f"{quick}8x8 digits in [-1, 1], small U-Net, {n_digits} samples; Frechet distance in the "
-                     "features of a small CNN trained on the digits (not Inception); the paper shows CelebA images")
-            rows.append(paper_row(
-                f"000-fig8-{name}-dt{dt}-digits", f"{name} at dt = {dt}, T = {T}: FID-like distance of digit samples "
-                f"to the training digits ({FIG8_CLAIM})", None, row["frechet_distance"], unit="squared feature units",
-                setup=setup))
+            setup = (
+                f"{quick}8x8 digits in [-1, 1], small U-Net, {n_digits} samples; Frechet distance in the "
+                "features of a small CNN trained on the digits (not Inception); the paper shows CelebA images"
+            )
+            rows.append(
+                paper_row(
+                    f"000-fig8-{name}-dt{dt}-digits",
+                    f"{name} at dt = {dt}, T = {T}: FID-like distance of digit samples "
+                    f"to the training digits ({FIG8_CLAIM})",
+                    None,
+                    row["frechet_distance"],
+                    unit="squared feature units",
+                    setup=setup,
+                )
+            )
             if "drift_from_dt1" in row:
-                rows.append(paper_row(
-                    f"000-fig8-{name}-dt{dt}-digits-drift", f"{name} at dt = {dt}, T = {T}: RMS pixel distance to the "
-                    "sample at dt = 1 from the same x_T (Fig. 8's consistency)", None, row["drift_from_dt1"],
-                    unit="pixel RMS, [-1, 1] scale", setup=setup))
-    setup = (f"{quick}2-D Swiss roll (unit std), MLP eps-model, linear schedule scaled to T = 100; the paper's "
-             "schedule and noise placement are not stated; the paper shows points and CelebA")
+                rows.append(
+                    paper_row(
+                        f"000-fig8-{name}-dt{dt}-digits-drift",
+                        f"{name} at dt = {dt}, T = {T}: RMS pixel distance to the "
+                        "sample at dt = 1 from the same x_T (Fig. 8's consistency)",
+                        None,
+                        row["drift_from_dt1"],
+                        unit="pixel RMS, [-1, 1] scale",
+                        setup=setup,
+                    )
+                )
+    setup = (
+        f"{quick}2-D Swiss roll (unit std), MLP eps-model, linear schedule scaled to T = 100; the paper's "
+        "schedule and noise placement are not stated; the paper shows points and CelebA"
+    )
     for name in FIG7_SAMPLERS:
         for dt in (2, 5, 10, 20):
             row = fig7_table[name][dt]
-            rows.append(paper_row(
-                f"000-fig7-{name}-dt{dt}", f"{name} at dt = {dt}, T = 100: mean distance of a sample to the "
-                f"Swiss-roll curve, lower is cleaner ({FIG7_CLAIM}); spread: SD over seeds", None,
-                row["manifold_distance"], spread=row.get("manifold_distance_sd"), unit="normalised units", setup=setup))
-            rows.append(paper_row(
-                f"000-fig7-{name}-dt{dt}-coverage", f"{name} at dt = {dt}, T = 100: mean distance of a held-out data "
-                "point to its nearest sample, lower covers the roll better (a collapsed sampler is 'clean' but "
-                "covers little); spread: SD over seeds", None, row["coverage"], spread=row.get("coverage_sd"),
-                unit="normalised units", setup=setup))
+            rows.append(
+                paper_row(
+                    f"000-fig7-{name}-dt{dt}",
+                    f"{name} at dt = {dt}, T = 100: mean distance of a sample to the "
+                    f"Swiss-roll curve, lower is cleaner ({FIG7_CLAIM}); spread: SD over seeds",
+                    None,
+                    row["manifold_distance"],
+                    spread=row.get("manifold_distance_sd"),
+                    unit="normalised units",
+                    setup=setup,
+                )
+            )
+            rows.append(
+                paper_row(
+                    f"000-fig7-{name}-dt{dt}-coverage",
+                    f"{name} at dt = {dt}, T = 100: mean distance of a held-out data "
+                    "point to its nearest sample, lower covers the roll better (a collapsed sampler is 'clean' but "
+                    "covers little); spread: SD over seeds",
+                    None,
+                    row["coverage"],
+                    spread=row.get("coverage_sd"),
+                    unit="normalised units",
+                    setup=setup,
+                )
+            )
     return rows
 
 
@@ -601,22 +727,30 @@ def run(args: argparse.Namespace) -> dict:
     train_seconds = {}
 
     # Part 1a: Swiss roll at T.
-    model, schedule, train_seconds["swiss_roll"] = swiss_roll_model(args, size.T, size.point_steps,
-                                                                    size.point_hidden, device)
+    model, schedule, train_seconds["swiss_roll"] = swiss_roll_model(
+        args, size.T, size.point_steps, size.point_hidden, device
+    )
     points = PointReference.build(n_points, args.seed)
     x_T = torch.randn(n_points, 2, generator=torch.Generator().manual_seed(args.seed))
-    point_samples, point_table, point_seconds = sampler_grid(model, schedule, x_T, {**SAMPLERS, **POINT_EXTRA}, DTS,
-                                                             points.quality, args.seed, device, "Swiss roll")
-    _points_figure(args.out / "swiss_roll_grid.png", point_samples, points.held_out,
-                   f"Swiss roll, T = {schedule.T}: the same x_T in every cell (grey: data)", schedule.T)
+    point_samples, point_table, point_seconds = sampler_grid(
+        model, schedule, x_T, {**SAMPLERS, **POINT_EXTRA}, DTS, points.quality, args.seed, device, "Swiss roll"
+    )
+    _points_figure(
+        args.out / "swiss_roll_grid.png",
+        point_samples,
+        points.held_out,
+        f"Swiss roll, T = {schedule.T}: the same x_T in every cell (grey: data)",
+        schedule.T,
+    )
 
     # Part 1b: digits at T.
     train, train_labels, test, test_labels = digit_sets(args.seed)
     digits = DigitReference.build(train, train_labels, test, test_labels, args.seed)
     unet, digit_schedule, train_seconds["digits"] = digit_model(args, size, train, device)
     x_T_digits = torch.randn(n_digits, 1, 8, 8, generator=torch.Generator().manual_seed(args.seed))
-    digit_samples, digit_table, digit_seconds = sampler_grid(unet, digit_schedule, x_T_digits, SAMPLERS, DTS,
-                                                             digits.quality, args.seed, device, "digits")
+    digit_samples, digit_table, digit_seconds = sampler_grid(
+        unet, digit_schedule, x_T_digits, SAMPLERS, DTS, digits.quality, args.seed, device, "digits"
+    )
     _digits_figure(args.out / "digits_grid.png", digit_samples, digit_schedule.T)
 
     # Part 2: Fig. 7 at T = 100.
@@ -624,18 +758,31 @@ def run(args: argparse.Namespace) -> dict:
         fig7_model, fig7_schedule = model, schedule
     else:
         fig7_model, fig7_schedule, train_seconds["swiss_roll_T100"] = swiss_roll_model(
-            args, 100, size.fig7_steps, size.point_hidden, device)
+            args, 100, size.fig7_steps, size.point_hidden, device
+        )
     fig7_points = PointReference.build(size.fig7_samples, args.seed + 7)
-    fig7_samples, fig7_table, fig7_seconds = fig7_trained(fig7_model, fig7_schedule, fig7_points, size.fig7_samples,
-                                                          size.fig7_seeds, args.seed, device)
+    fig7_samples, fig7_table, fig7_seconds = fig7_trained(
+        fig7_model, fig7_schedule, fig7_points, size.fig7_samples, size.fig7_seeds, args.seed, device
+    )
     oracle_points = PointReference.build(size.oracle_samples, args.seed + 8)
-    oracle_samples, oracle_table, _ = fig7_oracle(fig7_schedule, oracle_points, size.oracle_samples,
-                                                  size.oracle_points, args.seed)
+    oracle_samples, oracle_table, _ = fig7_oracle(
+        fig7_schedule, oracle_points, size.oracle_samples, size.oracle_points, args.seed
+    )
     gaussian = fig7_gaussian(size.gaussian_samples, args.seed)
-    _points_figure(args.out / "fig7_trained.png", fig7_samples, fig7_points.held_out,
-                   "Fig. 7: T = 100 Swiss-roll model, RK4 with g = DDPM under each noise placement", 100)
-    _points_figure(args.out / "fig7_oracle.png", oracle_samples, oracle_points.held_out,
-                   "Fig. 7 with the exact eps of the empirical Swiss roll (no network error), T = 100", 100)
+    _points_figure(
+        args.out / "fig7_trained.png",
+        fig7_samples,
+        fig7_points.held_out,
+        "Fig. 7: T = 100 Swiss-roll model, RK4 with g = DDPM under each noise placement",
+        100,
+    )
+    _points_figure(
+        args.out / "fig7_oracle.png",
+        oracle_samples,
+        oracle_points.held_out,
+        "Fig. 7 with the exact eps of the empirical Swiss roll (no network error), T = 100",
+        100,
+    )
     _quality_figure(args.out / "quality.png", point_table, digit_table, {"trained": fig7_table}, gaussian, schedule.T)
 
     summary = {
@@ -646,13 +793,20 @@ def run(args: argparse.Namespace) -> dict:
             "T": schedule.T,
             "schedule": schedule.name,
             "dts": list(DTS),
-            "swiss_roll": {"samples": n_points, "quality": _json_table(point_table),
-                           "data_reference": points.data_row(args.seed),
-                           "off_manifold_threshold": round(points.off_threshold, 4)},
-            "digits": {"samples": n_digits, "train_images": len(train), "test_images": len(test),
-                       "feature_classifier_test_accuracy": round(digits.test_accuracy, 4),
-                       "quality": _json_table(digit_table),
-                       "data_reference": digits.data_row(n_digits)},
+            "swiss_roll": {
+                "samples": n_points,
+                "quality": _json_table(point_table),
+                "data_reference": points.data_row(args.seed),
+                "off_manifold_threshold": round(points.off_threshold, 4),
+            },
+            "digits": {
+                "samples": n_digits,
+                "train_images": len(train),
+                "test_images": len(test),
+                "feature_classifier_test_accuracy": round(digits.test_accuracy, 4),
+                "quality": _json_table(digit_table),
+                "data_reference": digits.data_row(n_digits),
+            },
         },
         "fig7": {
             "T": fig7_schedule.T,
@@ -661,19 +815,26 @@ def run(args: argparse.Namespace) -> dict:
             "seeds": size.fig7_seeds,
             "trained_model": _json_table(fig7_table),
             "trained_model_verdict": fig7_verdict(fig7_table),
-            "oracle_eps": {"samples": size.oracle_samples, "data_points": size.oracle_points,
-                           "quality": _json_table(oracle_table), "verdict": fig7_verdict(oracle_table),
-                           "data_reference": oracle_points.data_row(args.seed + 8)},
+            "oracle_eps": {
+                "samples": size.oracle_samples,
+                "data_points": size.oracle_points,
+                "quality": _json_table(oracle_table),
+                "verdict": fig7_verdict(oracle_table),
+                "data_reference": oracle_points.data_row(args.seed + 8),
+            },
             "gaussian_exact_eps_std_ratio": gaussian,
             "data_reference": fig7_points.data_row(args.seed + 7),
         },
         "train_seconds": {k: round(v, 1) for k, v in train_seconds.items()},
-        "sampling_seconds": {"swiss_roll": round(sum(point_seconds.values()), 1),
-                             "digits": round(sum(digit_seconds.values()), 1),
-                             "fig7_trained": round(sum(fig7_seconds.values()), 1)},
+        "sampling_seconds": {
+            "swiss_roll": round(sum(point_seconds.values()), 1),
+            "digits": round(sum(digit_seconds.values()), 1),
+            "fig7_trained": round(sum(fig7_seconds.values()), 1),
+        },
         "figures": sorted(str(p) for p in args.out.glob("*.png")),
-        "paper_comparison": comparison_rows(point_table, digit_table, fig7_table, size_name, schedule.T,
-                                            n_points, n_digits),
+        "paper_comparison": comparison_rows(
+            point_table, digit_table, fig7_table, size_name, schedule.T, n_points, n_digits
+        ),
     }
     summary["run"] = run_record(started)
     # CPU time of this process: the wall time on an idle machine at one thread, whatever the load was
@@ -689,6 +850,5 @@ def format_table(table: dict, title: str, key: str) -> str:
     dts = sorted({dt for cells in table.values() for dt in cells})
     lines = [title, f"{'sampler':<18}" + "".join(f"{'dt=' + str(dt):>10}" for dt in dts)]
     for name, cells in table.items():
-        lines.append(f"{name:<18}" + "".join(f"{cells[dt][key]:>10.4g}" if dt in cells else f"{'-':>10}"
-                                             for dt in dts))
+        lines.append(f"{name:<18}" + "".join(f"{cells[dt][key]:>10.4g}" if dt in cells else f"{'-':>10}" for dt in dts))
     return "\n".join(lines)

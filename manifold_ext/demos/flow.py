@@ -18,6 +18,7 @@ CIFAR-10 (``cifar-10-batches-py``), ``--dataset celeba`` or ``cifar10`` trains o
 set at 32x32 instead, with the other set (when present) as out-of-distribution data
 (Fig. 2 is CelebA vs CIFAR-10). Nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,25 +58,37 @@ from manifold_ext.flows import (
 from manifold_ext.flows.hierarchical import downsample, total_log_prob
 
 NAME = "flow"
-DESCRIPTION = ("Glow + hierarchical autoencoder/flow on 8x8 digits: log p OOD histograms (Fig. 2), AUROC, "
-               "samples, 4x4->8x8 super-resolution")
+DESCRIPTION = (
+    "Glow + hierarchical autoencoder/flow on 8x8 digits: log p OOD histograms (Fig. 2), AUROC, "
+    "samples, 4x4->8x8 super-resolution"
+)
 
 IN_CLASSES = tuple(range(8))  # digits 8 and 9 are held out as out-of-distribution
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, NAME)
-    parser.add_argument("--dataset", choices=("digits", "celeba", "cifar10"), default="digits",
-                        help="in-distribution data (default: scikit-learn's 8x8 digits; others need --data-root)")
-    parser.add_argument("--data-root", default=None,
-                        help="local folder holding img_align_celeba/ and/or cifar-10-batches-py/ (never downloaded)")
+    parser.add_argument(
+        "--dataset",
+        choices=("digits", "celeba", "cifar10"),
+        default="digits",
+        help="in-distribution data (default: scikit-learn's 8x8 digits; others need --data-root)",
+    )
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="local folder holding img_align_celeba/ and/or cifar-10-batches-py/ (never downloaded)",
+    )
     parser.add_argument("--glow-steps", type=int, default=None, help="Glow training steps (default 3000, quick 150)")
-    parser.add_argument("--ae-steps", type=int, default=None,
-                        help="hierarchical autoencoder steps (default 2000, quick 150)")
-    parser.add_argument("--flow-steps", type=int, default=None,
-                        help="hierarchical flow steps (default 2000, quick 150)")
-    parser.add_argument("--sr-steps", type=int, default=None,
-                        help="conditional (super-resolution) Glow steps (default 2000, quick 150)")
+    parser.add_argument(
+        "--ae-steps", type=int, default=None, help="hierarchical autoencoder steps (default 2000, quick 150)"
+    )
+    parser.add_argument(
+        "--flow-steps", type=int, default=None, help="hierarchical flow steps (default 2000, quick 150)"
+    )
+    parser.add_argument(
+        "--sr-steps", type=int, default=None, help="conditional (super-resolution) Glow steps (default 2000, quick 150)"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
 
@@ -103,20 +116,27 @@ def _local_data(name: str, root, seed: int, quick: bool):
     limit = 2000 if quick else 20000
     path = find_local_image_set(root, name)
     if path is None:
-        raise SystemExit(f"--dataset {name}: not found under --data-root {root!r} "
-                         "(expected img_align_celeba/ for CelebA or cifar-10-batches-py/ for CIFAR-10)")
+        raise SystemExit(
+            f"--dataset {name}: not found under --data-root {root!r} "
+            "(expected img_align_celeba/ for CelebA or cifar-10-batches-py/ for CIFAR-10)"
+        )
     levels = load_celeba_folder(path, 32, limit) if name == "celeba" else load_cifar10_folder(path, "train", limit)
     order = torch.randperm(len(levels), generator=generator)
     n_test = min(1000, len(levels) // 5)
     train, test = levels[order[n_test:]], levels[order[:n_test]]
     test_x = dequantize(test, 256, generator)
-    ood = {"flipped": torch.flip(test_x, dims=[2]),
-           "uniform noise": torch.rand(test_x.shape, generator=generator) - 0.5}
+    ood = {
+        "flipped": torch.flip(test_x, dims=[2]),
+        "uniform noise": torch.rand(test_x.shape, generator=generator) - 0.5,
+    }
     other = "cifar10" if name == "celeba" else "celeba"
     other_path = find_local_image_set(root, other)
     if other_path is not None:
-        other_levels = (load_cifar10_folder(other_path, "test", n_test) if other == "cifar10"
-                        else load_celeba_folder(other_path, 32, n_test))
+        other_levels = (
+            load_cifar10_folder(other_path, "test", n_test)
+            if other == "cifar10"
+            else load_celeba_folder(other_path, 32, n_test)
+        )
         ood = {other: dequantize(other_levels, 256, generator), **ood}
     return train, test_x, ood, 256, f"{name} (test)"
 
@@ -126,8 +146,9 @@ def _local_data(name: str, root, seed: int, quick: bool):
 # ---------------------------------------------------------------------------
 
 
-def _train_glow(model: MultiScaleGlow, train_levels, n_bins, steps, batch_size, device, generator, desc,
-                conditional=False):
+def _train_glow(
+    model: MultiScaleGlow, train_levels, n_bins, steps, batch_size, device, generator, desc, conditional=False
+):
     def batch_of(levels):
         x = dequantize(levels, n_bins, generator).to(device)
         return (x, downsample(x)) if conditional else (x, None)
@@ -141,8 +162,16 @@ def _train_glow(model: MultiScaleGlow, train_levels, n_bins, steps, batch_size, 
         x, cond = batch_of(train_levels[index])
         return model.bits_per_dim(x, n_bins, cond).mean()
 
-    losses = train_loop(model.parameters(), step_loss, steps=steps, lr=1e-3, warmup_steps=max(1, steps // 20),
-                        clip_grad_norm=50.0, generator=generator, desc=desc).loss
+    losses = train_loop(
+        model.parameters(),
+        step_loss,
+        steps=steps,
+        lr=1e-3,
+        warmup_steps=max(1, steps // 20),
+        clip_grad_norm=50.0,
+        generator=generator,
+        desc=desc,
+    ).loss
     return model.eval(), losses
 
 
@@ -171,7 +200,7 @@ def _image_grid(images: torch.Tensor, rows: int) -> np.ndarray:
     grid = torch.ones(c, rows * (h + 1) - 1, cols * (w + 1) - 1)
     for k in range(n):
         r, q = divmod(k, cols)
-        grid[:, r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w] = images[k]
+        grid[:, r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = images[k]
     array = grid.permute(1, 2, 0).numpy()
     return array[..., 0] if c == 1 else array
 
@@ -232,8 +261,11 @@ def _superres_figure(path, low, truth, hierarchical, conditional, temperature):
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(title, fontsize=7)
-    fig.suptitle(f"super-resolution {low.shape[-1]}x{low.shape[-1]} -> {truth.shape[-1]}x{truth.shape[-1]}, "
-                 f"temperature {temperature}", fontsize=9)
+    fig.suptitle(
+        f"super-resolution {low.shape[-1]}x{low.shape[-1]} -> {truth.shape[-1]}x{truth.shape[-1]}, "
+        f"temperature {temperature}",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -265,18 +297,31 @@ def _slug(text: str) -> str:
 def _paper_rows(aurocs: dict, dataset: str, in_name: str) -> list[dict]:
     """Fig. 2 shows log p histograms of in- and out-of-distribution sets (CelebA vs CIFAR-10); it gives no AUROC,
     so every row has paper = None; ours is the AUROC of 'in-distribution has the higher log p'."""
-    setup = ("scikit-learn 8x8 digits 0-7 (test) against held-out digits 8-9, flipped, noised and uniform-noise "
-             "images instead of CelebA against CIFAR-10" if dataset == "digits" else
-             f"{dataset} at 32x32 against the sets found locally") + "; Fig. 2 shows histograms, no AUROC"
-    models = {"log p(z)": "hierarchical", "log p(y)": "hierarchical", "log p(x)": "hierarchical",
-              "Glow log p(x)": "glow"}
+    setup = (
+        "scikit-learn 8x8 digits 0-7 (test) against held-out digits 8-9, flipped, noised and uniform-noise "
+        "images instead of CelebA against CIFAR-10"
+        if dataset == "digits"
+        else f"{dataset} at 32x32 against the sets found locally"
+    ) + "; Fig. 2 shows histograms, no AUROC"
+    models = {
+        "log p(z)": "hierarchical",
+        "log p(y)": "hierarchical",
+        "log p(x)": "hierarchical",
+        "Glow log p(x)": "glow",
+    }
     rows = []
     for quantity, per_set in aurocs.items():
         for name, value in per_set.items():
             term = _slug(quantity.replace("Glow ", ""))
-            rows.append(paper_row(f"000-fig2-{models[quantity]}-{term}-{_slug(name)}",
-                                  f"OOD AUROC of {quantity} ({models[quantity]} model): {in_name} vs {name}", None,
-                                  round(value, 4), setup=setup))
+            rows.append(
+                paper_row(
+                    f"000-fig2-{models[quantity]}-{term}-{_slug(name)}",
+                    f"OOD AUROC of {quantity} ({models[quantity]} model): {in_name} vs {name}",
+                    None,
+                    round(value, 4),
+                    setup=setup,
+                )
+            )
     return rows
 
 
@@ -307,24 +352,46 @@ def run(args: argparse.Namespace) -> dict:
 
     # 1. Multi-scale Glow: exact log p(x) and bits per dimension.
     start = time.perf_counter()
-    glow = MultiScaleGlow(channels, levels=3 if big else 2, steps_per_level=(2 if quick else 8 if big else 4),
-                          hidden_channels=(32 if quick else 128 if big else 64), image_size=(size, size))
-    glow, glow_losses = _train_glow(glow, train, n_bins, steps["glow"], args.batch_size, device, generator,
-                                    "Glow (bits/dim)")
+    glow = MultiScaleGlow(
+        channels,
+        levels=3 if big else 2,
+        steps_per_level=(2 if quick else 8 if big else 4),
+        hidden_channels=(32 if quick else 128 if big else 64),
+        image_size=(size, size),
+    )
+    glow, glow_losses = _train_glow(
+        glow, train, n_bins, steps["glow"], args.batch_size, device, generator, "Glow (bits/dim)"
+    )
     timings["glow_train_s"] = time.perf_counter() - start
     glow_log_p = {name: _batched(glow.log_prob, x, device) for name, x in sets.items()}
     dims = channels * size * size
-    glow_bpd = {name: (-(lp - dims * math.log(n_bins)) / (dims * math.log(2))).mean().item()
-                for name, lp in glow_log_p.items()}
+    glow_bpd = {
+        name: (-(lp - dims * math.log(n_bins)) / (dims * math.log(2))).mean().item() for name, lp in glow_log_p.items()
+    }
 
     # 2. Hierarchical autoencoders + flows (§2.1), trained in the paper's order.
     start = time.perf_counter()
-    hier = HierarchicalFlow(image_channels=channels, image_size=size, levels=4 if big else 3,
-                            latent_channels=4 if big else 2, ae_hidden=64 if big else 32,
-                            flow_steps=2 if quick else 4, flow_hidden=32 if quick else 64).to(device)
-    result = fit(hier, train, autoencoder_steps=steps["ae"], flow_steps=steps["flow"], batch_size=args.batch_size,
-                 dequantize_fn=lambda b: dequantize(b, n_bins, generator), checkpoint=args.out / "hierarchical.pt",
-                 checkpoint_every=500, resume=False, seed=args.seed)
+    hier = HierarchicalFlow(
+        image_channels=channels,
+        image_size=size,
+        levels=4 if big else 3,
+        latent_channels=4 if big else 2,
+        ae_hidden=64 if big else 32,
+        flow_steps=2 if quick else 4,
+        flow_hidden=32 if quick else 64,
+    ).to(device)
+    result = fit(
+        hier,
+        train,
+        autoencoder_steps=steps["ae"],
+        flow_steps=steps["flow"],
+        batch_size=args.batch_size,
+        dequantize_fn=lambda b: dequantize(b, n_bins, generator),
+        checkpoint=args.out / "hierarchical.pt",
+        checkpoint_every=500,
+        resume=False,
+        seed=args.seed,
+    )
     timings["hierarchical_train_s"] = time.perf_counter() - start
     start = time.perf_counter()
     hier_terms = {}
@@ -349,11 +416,25 @@ def run(args: argparse.Namespace) -> dict:
 
     # 3. Super-resolution (size/2 -> size): conditional Glow p(x | d(x)) and the hierarchical model.
     start = time.perf_counter()
-    sr_glow = MultiScaleGlow(channels, levels=3 if big else 2, steps_per_level=(2 if quick else 8 if big else 4),
-                             hidden_channels=(32 if quick else 128 if big else 64), condition_channels=channels,
-                             image_size=(size, size))
-    sr_glow, sr_losses = _train_glow(sr_glow, train, n_bins, steps["sr"], args.batch_size, device, generator,
-                                     "conditional Glow (bits/dim)", conditional=True)
+    sr_glow = MultiScaleGlow(
+        channels,
+        levels=3 if big else 2,
+        steps_per_level=(2 if quick else 8 if big else 4),
+        hidden_channels=(32 if quick else 128 if big else 64),
+        condition_channels=channels,
+        image_size=(size, size),
+    )
+    sr_glow, sr_losses = _train_glow(
+        sr_glow,
+        train,
+        n_bins,
+        steps["sr"],
+        args.batch_size,
+        device,
+        generator,
+        "conditional Glow (bits/dim)",
+        conditional=True,
+    )
     timings["sr_glow_train_s"] = time.perf_counter() - start
     low = downsample(test_x)
     cond_bpd = _batched(lambda xx: sr_glow.bits_per_dim(xx, n_bins, downsample(xx)), test_x, device).mean().item()
@@ -363,30 +444,45 @@ def run(args: argparse.Namespace) -> dict:
     baseline = F.interpolate(low, scale_factor=2, mode="bilinear", align_corners=False)
 
     def sr_stats(images):
-        return {"mse_to_truth": _round(F.mse_loss(images, test_x).item(), 5),
-                "mse_of_downsampled_to_input": _round(F.mse_loss(downsample(images), low).item(), 5)}
+        return {
+            "mse_to_truth": _round(F.mse_loss(images, test_x).item(), 5),
+            "mse_of_downsampled_to_input": _round(F.mse_loss(downsample(images), low).item(), 5),
+        }
 
     # Figures.
     figures = {k: args.out / f"flow_{k}.png" for k in ("loglik_hist", "samples", "superres", "training")}
     _histogram_figure(figures["loglik_hist"], quantities, in_name, aurocs)
     with torch.no_grad():
         shown = test_x[:36].to(device)
-        _samples_figure(figures["samples"], {
-            "test images": shown,
-            f"Glow samples, T={t}": glow.sample(36, t, generator=None),
-            "Glow samples, T=1.0": glow.sample(36, 1.0),
-            "hierarchical reconstructions (Eq. 3, z from encoders)": hier.reconstruct(shown),
-            f"hierarchical samples (Eq. 3, z ~ N(0, T^2)), T={t}": hier.sample(36, t),
-        })
+        _samples_figure(
+            figures["samples"],
+            {
+                "test images": shown,
+                f"Glow samples, T={t}": glow.sample(36, t, generator=None),
+                "Glow samples, T=1.0": glow.sample(36, 1.0),
+                "hierarchical reconstructions (Eq. 3, z from encoders)": hier.reconstruct(shown),
+                f"hierarchical samples (Eq. 3, z ~ N(0, T^2)), T={t}": hier.sample(36, t),
+            },
+        )
         examples = test_x[:8].to(device)
         low_examples = downsample(examples)
-        _superres_figure(figures["superres"], low_examples, examples,
-                         [hier.super_resolve(low_examples, t) for _ in range(3)],
-                         [sr_glow.sample(8, t, cond=low_examples) for _ in range(3)], t)
-    _training_figure(figures["training"], {"Glow bits/dim": glow_losses,
-                                           "autoencoders MSE (Eq. 4)": result.autoencoder_losses,
-                                           "flows NLL/dim (Eq. 5)": result.flow_losses,
-                                           "conditional Glow bits/dim": sr_losses})
+        _superres_figure(
+            figures["superres"],
+            low_examples,
+            examples,
+            [hier.super_resolve(low_examples, t) for _ in range(3)],
+            [sr_glow.sample(8, t, cond=low_examples) for _ in range(3)],
+            t,
+        )
+    _training_figure(
+        figures["training"],
+        {
+            "Glow bits/dim": glow_losses,
+            "autoencoders MSE (Eq. 4)": result.autoencoder_losses,
+            "flows NLL/dim (Eq. 5)": result.flow_losses,
+            "conditional Glow bits/dim": sr_losses,
+        },
+    )
 
     summary = {
         "demo": NAME,
@@ -408,15 +504,21 @@ def run(args: argparse.Namespace) -> dict:
             "final_autoencoder_mse": _round(np.mean(result.autoencoder_losses[-50:]), 5),
             "final_flow_nll_per_dim": _round(np.mean(result.flow_losses[-50:])),
             "test_reconstruction_mse_eq3": _round(recon_mse, 5),
-            "mean_nats": {q: {name: _round(hier_terms[name][q].mean()) for name in sets}
-                          for q in ("log p(z)", "log p(y)", "log p(x)", "log p(z_1)", "ae log-volume")},
-            "ood_auroc": {q: {name: _round(v) for name, v in aurocs[q].items()}
-                          for q in ("log p(z)", "log p(y)", "log p(x)")},
-            "ood_auroc_level1_log_pz": {name: _round(_auroc(hier_terms[in_name]["log p(z_1)"],
-                                                            hier_terms[name]["log p(z_1)"])) for name in ood},
+            "mean_nats": {
+                q: {name: _round(hier_terms[name][q].mean()) for name in sets}
+                for q in ("log p(z)", "log p(y)", "log p(x)", "log p(z_1)", "ae log-volume")
+            },
+            "ood_auroc": {
+                q: {name: _round(v) for name, v in aurocs[q].items()} for q in ("log p(z)", "log p(y)", "log p(x)")
+            },
+            "ood_auroc_level1_log_pz": {
+                name: _round(_auroc(hier_terms[in_name]["log p(z_1)"], hier_terms[name]["log p(z_1)"])) for name in ood
+            },
         },
         "super_resolution": {
-            "from": f"{size // 2}x{size // 2}", "to": f"{size}x{size}", "temperature": t,
+            "from": f"{size // 2}x{size // 2}",
+            "to": f"{size}x{size}",
+            "temperature": t,
             "conditional_glow_bits_per_dim": _round(cond_bpd),
             "unconditional_glow_bits_per_dim": _round(glow_bpd[in_name]),
             "conditional_glow": sr_stats(sr_cond),

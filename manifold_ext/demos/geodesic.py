@@ -10,6 +10,7 @@ Euclidean length, mean distance to the noiseless Swiss-roll curve, and the
 mean log p along the path by Eq. 15 (``log_likelihood``, an independent
 estimate that the relaxation never sees). The geodesic should stay on the data.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,15 +51,23 @@ PAIRS = ((0.5, 0.83), (0.15, 0.45), (0.3, 0.75))
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, NAME)
     add_model_arguments(parser)
-    parser.add_argument("--score-time", type=int, default=3,
-                        help="diffusion step t whose score defines the density (default 3: the data density "
-                             "slightly smoothed; 1 is sharper and more prone to local minima, 10 too smooth)")
+    parser.add_argument(
+        "--score-time",
+        type=int,
+        default=3,
+        help="diffusion step t whose score defines the density (default 3: the data density "
+        "slightly smoothed; 1 is sharper and more prone to local minima, 10 too smooth)",
+    )
     parser.add_argument("--nodes", type=int, default=64, help="segments of each path (default 64)")
     parser.add_argument("--relax-steps", type=int, default=None, help="relaxation steps (default 800, quick 300)")
     parser.add_argument("--rounds", type=int, default=None, help="Eq. 15 rounds per path node (default 8, quick 2)")
-    parser.add_argument("--init", choices=("graph", "straight"), default="graph",
-                        help="relaxation starts: the straight line and (default 'graph') also the d_w-shortest path "
-                             "through a 10-NN graph of 2,000 samples drawn from the model; the shorter result is kept")
+    parser.add_argument(
+        "--init",
+        choices=("graph", "straight"),
+        default="graph",
+        help="relaxation starts: the straight line and (default 'graph') also the d_w-shortest path "
+        "through a 10-NN graph of 2,000 samples drawn from the model; the shorter result is kept",
+    )
 
 
 SLIDES_STRAIGHT, SLIDES_GEODESIC = 304.0, 148.0  # slides 002: raw weighted distances of their one example
@@ -68,19 +77,33 @@ def _paper_rows(rows: list[dict]) -> list[dict]:
     """The slides report one pair: d_straight = 304, d_geodesic = 148 (ratio 0.487) on a density they do not
     specify. The ratio d_w(geodesic) / d_w(straight) is the comparable number (the raw lengths depend on p's
     unknown normalisation); ours per pair, plus how far each path stays from the data."""
-    setup = ("a diffusion model of the Swiss roll (score at step t) and pairs of points on the roll; the slides' "
-             "density and pair are not stated, and only the ratio is comparable")
+    setup = (
+        "a diffusion model of the Swiss roll (score at step t) and pairs of points on the roll; the slides' "
+        "density and pair are not stated, and only the ratio is comparable"
+    )
     out = []
     for k, row in enumerate(rows, 1):
         first, second = row["arc_fractions"]
         where = f"pair {k} (arc fractions {first}, {second})"
-        out.append(paper_row(f"002-geodesic-pair{k}-length-ratio", f"weighted length d_w(geodesic) / d_w(straight), "
-                             f"{where}", round(SLIDES_GEODESIC / SLIDES_STRAIGHT, 4),
-                             float(f"{row['weighted_length_ratio']:.4g}"), setup=setup))
+        out.append(
+            paper_row(
+                f"002-geodesic-pair{k}-length-ratio",
+                f"weighted length d_w(geodesic) / d_w(straight), {where}",
+                round(SLIDES_GEODESIC / SLIDES_STRAIGHT, 4),
+                float(f"{row['weighted_length_ratio']:.4g}"),
+                setup=setup,
+            )
+        )
         for name in ("straight", "geodesic"):
-            out.append(paper_row(f"002-geodesic-pair{k}-{name}-distance-to-data",
-                                 f"mean distance of the {name} path to the noiseless roll, {where}", None,
-                                 row[name]["mean_distance_to_curve"], setup=setup))
+            out.append(
+                paper_row(
+                    f"002-geodesic-pair{k}-{name}-distance-to-data",
+                    f"mean distance of the {name} path to the noiseless roll, {where}",
+                    None,
+                    row[name]["mean_distance_to_curve"],
+                    setup=setup,
+                )
+            )
     return out
 
 
@@ -93,14 +116,31 @@ def _figure(path, data, grid_log_p, extent, results, score_time):
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 5.2))
     axes = np.atleast_1d(axes)
     for ax, result in zip(axes, results):
-        image = ax.imshow(grid_log_p, origin="lower", extent=extent, cmap="viridis", interpolation="bilinear",
-                          vmin=np.percentile(grid_log_p, 20), vmax=np.percentile(grid_log_p, 99.5))
+        image = ax.imshow(
+            grid_log_p,
+            origin="lower",
+            extent=extent,
+            cmap="viridis",
+            interpolation="bilinear",
+            vmin=np.percentile(grid_log_p, 20),
+            vmax=np.percentile(grid_log_p, 99.5),
+        )
         ax.scatter(data[:, 0], data[:, 1], s=0.2, color="white", alpha=0.35)
         line, geo = result["straight_path"], result["geodesic_path"]
-        ax.plot(line[:, 0], line[:, 1], color="tab:red", lw=2,
-                label=f"straight: mean log p {result['straight']['mean_log_p_eq15']:.1f}")
-        ax.plot(geo[:, 0], geo[:, 1], color="tab:blue", lw=2,
-                label=f"geodesic: mean log p {result['geodesic']['mean_log_p_eq15']:.1f}")
+        ax.plot(
+            line[:, 0],
+            line[:, 1],
+            color="tab:red",
+            lw=2,
+            label=f"straight: mean log p {result['straight']['mean_log_p_eq15']:.1f}",
+        )
+        ax.plot(
+            geo[:, 0],
+            geo[:, 1],
+            color="tab:blue",
+            lw=2,
+            label=f"geodesic: mean log p {result['geodesic']['mean_log_p_eq15']:.1f}",
+        )
         ax.scatter(*line[[0, -1]].T, color="k", zorder=5)
         ratio = np.exp(result["geodesic"]["log_weighted_length"] - result["straight"]["log_weighted_length"])
         ax.set_title(f"d_w(geodesic) / d_w(straight) = {ratio:.2g}")
@@ -109,8 +149,10 @@ def _figure(path, data, grid_log_p, extent, results, score_time):
         ax.set_ylim(extent[2], extent[3])
         ax.legend(loc="lower right", fontsize=8)
     fig.colorbar(image, ax=list(axes), shrink=0.8, label="log p (Eq. 15)")
-    fig.suptitle(f"w = 1/p geodesics on the Swiss roll (score of the diffusion model at t = {score_time}; "
-                 "background: log p by Eq. 15)")
+    fig.suptitle(
+        f"w = 1/p geodesics on the Swiss roll (score of the diffusion model at t = {score_time}; "
+        "background: log p by Eq. 15)"
+    )
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 

@@ -14,6 +14,7 @@ noised (Gaussian, std 0.2 on the [-1, 1] scale) and uniform noise. Every image g
 Reported: ROC-AUC of each score per OOD set (in-distribution = negative class for
 LMD's distance, positive for log p), histograms, and example reconstructions.
 """
+
 from __future__ import annotations
 
 import argparse

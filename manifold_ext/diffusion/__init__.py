@@ -7,6 +7,7 @@
   log-mean-exp estimate), in-process or sharded over an executor (Dask).
 * :mod:`~manifold_ext.diffusion.samplers`: DDPM, DDIM, large-step, RK4, probability-flow ODE.
 """
+
 from manifold_ext._checkpoint import CheckpointError
 from manifold_ext.diffusion.likelihood import chain_nll, log_likelihood, log_mean_exp
 from manifold_ext.diffusion.models import PointEpsNet, SmallUNet, build_model, time_tensor, timestep_embedding

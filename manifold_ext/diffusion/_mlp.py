@@ -18,6 +18,7 @@ Measured on the project's 2-core AMD EPYC (AVX-512), float32, per row and core
 Every chunk computes exactly what the eager layers compute, so the answer does
 not depend on the chunking (rows are independent in a GEMM here).
 """
+
 from __future__ import annotations
 
 import functools
@@ -49,8 +50,13 @@ def onednn_linear():
 
 def applies(x: torch.Tensor, weights: list[torch.Tensor]) -> bool:
     """The fast path is for float32 CPU inference on contiguous weights (else the eager layers run)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2 and not torch.is_grad_enabled()
-            and all(w.dtype == torch.float32 and w.is_contiguous() for w in weights))
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() == 2
+        and not torch.is_grad_enabled()
+        and all(w.dtype == torch.float32 and w.is_contiguous() for w in weights)
+    )
 
 
 def chunk_rows(hidden: int) -> int:
@@ -58,16 +64,20 @@ def chunk_rows(hidden: int) -> int:
     return max(64, ACTIVATION_BYTES_PER_CHUNK // (4 * hidden))
 
 
-def shared_time_mlp(x: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]], output_weight: torch.Tensor,
-                    output_bias: torch.Tensor) -> torch.Tensor:
+def shared_time_mlp(
+    x: torch.Tensor,
+    layers: list[tuple[torch.Tensor, torch.Tensor]],
+    output_weight: torch.Tensor,
+    output_bias: torch.Tensor,
+) -> torch.Tensor:
     """SiLU MLP ``x -> silu(W_k ... silu(W_1 x + b_1) ... + b_k) -> W_out h + b_out`` (time folded into the b_i)."""
     out = torch.empty(x.shape[0], output_weight.shape[0], dtype=x.dtype)
     linear = onednn_linear() or F.linear
     (first_weight, first_bias), rest = layers[0], layers[1:]
     step = chunk_rows(first_weight.shape[0])
     for start in range(0, x.shape[0], step):
-        h = F.silu(F.linear(x[start:start + step], first_weight, first_bias), inplace=True)
+        h = F.silu(F.linear(x[start : start + step], first_weight, first_bias), inplace=True)
         for weight, bias in rest:
             h = F.silu(linear(h, weight, bias), inplace=True)
-        torch.addmm(output_bias, h, output_weight.t(), out=out[start:start + step])
+        torch.addmm(output_bias, h, output_weight.t(), out=out[start : start + step])
     return out

@@ -10,6 +10,7 @@ Gaussian with a standard deviation that can be compared with s exactly: a
 sampler that leaves the spread above s leaves noise in the samples (the
 "noisy" samples of paper 000 Fig. 7), one below s over-smooths them.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,7 +65,6 @@ def sigmoid_schedule(T: int, beta_start: float = 1e-5, beta_end: float = 1e-2) -
     return NoiseSchedule.from_betas(betas, name=f"sigmoid(T={T}, {beta_start:g}..{beta_end:g})")
 
 
-
 class EmpiricalDataEps(nn.Module):
     """The exact noise predictor for the empirical distribution of ``data`` ([M, *]): no network error.
 
@@ -87,8 +87,9 @@ class EmpiricalDataEps(nn.Module):
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         times = torch.as_tensor(t).reshape(-1)
         if (times != times[0]).any() or times[0] != torch.round(times[0]):
-            raise ValueError("EmpiricalDataEps: t must be one integer step for the whole batch, got "
-                             f"{times.tolist()[:4]}...")
+            raise ValueError(
+                f"EmpiricalDataEps: t must be one integer step for the whole batch, got {times.tolist()[:4]}..."
+            )
         step = int(times[0])
         a = self.schedule.abar(step)
         flat = x.flatten(1)

@@ -27,6 +27,7 @@ driver's content hash), never from a pickled closure, and the result is
 identical to the in-process run with the same ``batch_size`` whatever the
 number of workers (see docs/guides/scale_out_likelihood.md).
 """
+
 from __future__ import annotations
 
 import math
@@ -135,8 +136,10 @@ class _BlockNoise:
     def __init__(self, seed: int, start: int, stop: int, shape: tuple, dtype: torch.dtype, device: torch.device):
         self.start, self.stop, self.shape, self.dtype, self.device = start, stop, tuple(shape), dtype, device
         first, last = start // NOISE_BLOCK_ROWS, (stop - 1) // NOISE_BLOCK_ROWS
-        self.blocks = [(torch.Generator().manual_seed(block_seed(seed, block)), block * NOISE_BLOCK_ROWS)
-                       for block in range(first, last + 1)]  # (generator, first row of the block)
+        self.blocks = [
+            (torch.Generator().manual_seed(block_seed(seed, block)), block * NOISE_BLOCK_ROWS)
+            for block in range(first, last + 1)
+        ]  # (generator, first row of the block)
 
     def __call__(self) -> torch.Tensor:
         out = torch.empty((self.stop - self.start, *self.shape), dtype=self.dtype)
@@ -144,10 +147,10 @@ class _BlockNoise:
             high = low + NOISE_BLOCK_ROWS
             begin, end = max(low, self.start), min(high, self.stop)
             if begin == low and end == high:  # the whole block lies in the range: draw in place
-                out[begin - self.start:end - self.start].normal_(generator=generator)
+                out[begin - self.start : end - self.start].normal_(generator=generator)
             else:
                 block = torch.empty((NOISE_BLOCK_ROWS, *self.shape), dtype=self.dtype).normal_(generator=generator)
-                out[begin - self.start:end - self.start] = block[begin - low:end - low]
+                out[begin - self.start : end - self.start] = block[begin - low : end - low]
         return out.to(self.device, non_blocking=True)
 
 
@@ -181,8 +184,17 @@ def _score_batch(model, schedule, points, first_point, grid: _Grid, start: int, 
         return -_chain(model, batch, schedule, grid.dt, noise, grid.fused).cpu()
 
 
-def _score_rows(model: nn.Module, schedule: NoiseSchedule, points: torch.Tensor, first_point: int, grid: _Grid,
-                row_start: int, row_stop: int, bar=None, threads: int = 1) -> torch.Tensor:
+def _score_rows(
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    points: torch.Tensor,
+    first_point: int,
+    grid: _Grid,
+    row_start: int,
+    row_stop: int,
+    bar=None,
+    threads: int = 1,
+) -> torch.Tensor:
     """log p bounds of rows [row_start, row_stop) (batch-aligned); [rows] float64 on the CPU.
 
     ``points`` holds the data points first_point, first_point + 1, ... that the rows need.
@@ -195,8 +207,9 @@ def _score_rows(model: nn.Module, schedule: NoiseSchedule, points: torch.Tensor,
 
     def score(start: int) -> None:
         stop = min(start + grid.batch_rows, row_stop)
-        out[start - row_start:stop - row_start] = _score_batch(model, schedule, points, first_point, grid, start,
-                                                               stop, device)
+        out[start - row_start : stop - row_start] = _score_batch(
+            model, schedule, points, first_point, grid, start, stop, device
+        )
         if bar is not None:
             bar.update(stop - start)
 
@@ -236,8 +249,9 @@ def _worker_model(path: str, sha256: str) -> tuple[nn.Module, NoiseSchedule]:
 def _likelihood_task(task: dict) -> np.ndarray:
     """One executor task: rows [row_start, row_stop) with the model loaded from ``task['checkpoint']``."""
     model, schedule = _worker_model(task["checkpoint"], task["sha256"])
-    values = _score_rows(model, schedule, task["points"], task["first_point"], task["grid"],
-                         task["row_start"], task["row_stop"])
+    values = _score_rows(
+        model, schedule, task["points"], task["first_point"], task["grid"], task["row_start"], task["row_stop"]
+    )
     return values.numpy()
 
 
@@ -250,8 +264,10 @@ def _check_points(x0) -> None:
     if not isinstance(x0, torch.Tensor):
         raise TypeError(f"x0 must be a tensor of data points [N, *], got {type(x0).__name__}")
     if not x0.is_floating_point():
-        raise TypeError(f"x0 must be a floating-point tensor (the data points, e.g. float32), got dtype {x0.dtype}; "
-                        "convert it first (x0.float()): integer data would be scored as a different point set")
+        raise TypeError(
+            f"x0 must be a floating-point tensor (the data points, e.g. float32), got dtype {x0.dtype}; "
+            "convert it first (x0.float()): integer data would be scored as a different point set"
+        )
     if x0.dim() < 2:
         raise ValueError(f"x0 must be [N, *] with a batch dimension, got shape {list(x0.shape)}")
 
@@ -364,16 +380,38 @@ def log_likelihood(
     if isinstance(model, nn.Module):
         check_model_schedule(model, schedule)
     dt = schedule.check_dt(dt)[1]
-    grid = _Grid(points=x0.shape[0], rounds=rounds, batch_rows=batch_size, dt=dt,
-                 seed=_resolve_seed(seed, generator), fused=bool(fused))
+    grid = _Grid(
+        points=x0.shape[0],
+        rounds=rounds,
+        batch_rows=batch_size,
+        dt=dt,
+        seed=_resolve_seed(seed, generator),
+        fused=bool(fused),
+    )
     if executor is None:
-        with tqdm(total=grid.total, desc=f"log p (dt={dt})", unit="row", unit_scale=True, disable=not progress,
-                  mininterval=0.5) as bar:
+        with tqdm(
+            total=grid.total,
+            desc=f"log p (dt={dt})",
+            unit="row",
+            unit_scale=True,
+            disable=not progress,
+            mininterval=0.5,
+        ) as bar:
             values = _score_rows(model, schedule, x0, 0, grid, 0, grid.total, bar, threads)
     else:
-        values = torch.from_numpy(np.concatenate(
-            run_tasks(_likelihood_task, _tasks(path, sha, x0, grid, task_rows), executor, progress,
-                      desc=f"log p (dt={dt}) tasks")) if grid.total else np.zeros(0))
+        values = torch.from_numpy(
+            np.concatenate(
+                run_tasks(
+                    _likelihood_task,
+                    _tasks(path, sha, x0, grid, task_rows),
+                    executor,
+                    progress,
+                    desc=f"log p (dt={dt}) tasks",
+                )
+            )
+            if grid.total
+            else np.zeros(0)
+        )
     result = values.view(grid.points, rounds)
     if reduce == "logmeanexp":
         result = log_mean_exp(result)
@@ -389,8 +427,17 @@ def _tasks(path: str, sha: str, x0: torch.Tensor, grid: _Grid, task_rows: int) -
     for row_start in range(0, grid.total, per_task):
         row_stop = min(row_start + per_task, grid.total)
         first, last = row_start // grid.rounds, (row_stop - 1) // grid.rounds
-        tasks.append({"checkpoint": path, "sha256": sha, "grid": grid, "row_start": row_start,
-                      "row_stop": row_stop, "first_point": first, "points": x0[first:last + 1].detach().cpu().clone()})
+        tasks.append(
+            {
+                "checkpoint": path,
+                "sha256": sha,
+                "grid": grid,
+                "row_start": row_start,
+                "row_stop": row_stop,
+                "first_point": first,
+                "points": x0[first : last + 1].detach().cpu().clone(),
+            }
+        )
     return tasks
 
 

@@ -14,6 +14,7 @@ The built-in networks also accept a Python number for ``t`` (one time for the
 batch) and fractional times, and they refuse a schedule with a different T
 (:func:`check_model_schedule`): their time embedding is scaled by 1000 / T.
 """
+
 from __future__ import annotations
 
 import math
@@ -165,8 +166,9 @@ class SmallUNet(nn.Module):
         self.T = T
         time_channels = 4 * base
         self.time_dim = base
-        self.time_mlp = nn.Sequential(nn.Linear(base, time_channels), nn.SiLU(),
-                                      nn.Linear(time_channels, time_channels))
+        self.time_mlp = nn.Sequential(
+            nn.Linear(base, time_channels), nn.SiLU(), nn.Linear(time_channels, time_channels)
+        )
         self.stem = nn.Conv2d(channels, base, 3, padding=1)
         widths = [base * m for m in channel_mults]
         self.down = nn.ModuleList()
@@ -184,8 +186,9 @@ class SmallUNet(nn.Module):
             self.up.append(_ResBlock(previous + width, width, time_channels))
             previous = width
             self.upsample.append(nn.Identity() if level == 0 else nn.Upsample(scale_factor=2, mode="nearest"))
-        self.head = nn.Sequential(nn.GroupNorm(min(8, previous), previous), nn.SiLU(),
-                                  nn.Conv2d(previous, channels, 3, padding=1))
+        self.head = nn.Sequential(
+            nn.GroupNorm(min(8, previous), previous), nn.SiLU(), nn.Conv2d(previous, channels, 3, padding=1)
+        )
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 

@@ -40,6 +40,7 @@ samples are not finite or their RMS exceeds ``divergence_factor`` times that
 of the starting noise x_T; diffusion data is scaled to about unit size, so
 such samples cannot be data.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -171,14 +172,22 @@ def _warn_if_diverged(x: torch.Tensor, start_rms: float, factor: float, method: 
     name = f"{method} (g = {rk4_step})" if method == "rk4" else method
     finite = torch.isfinite(x)
     if not finite.all():
-        warnings.warn(f"sampler {name} at dt = {dt} diverged: {int((~finite).sum())} of {x.numel()} sample values "
-                      f"are not finite; use a smaller dt", SamplerDivergenceWarning, stacklevel=4)
+        warnings.warn(
+            f"sampler {name} at dt = {dt} diverged: {int((~finite).sum())} of {x.numel()} sample values "
+            f"are not finite; use a smaller dt",
+            SamplerDivergenceWarning,
+            stacklevel=4,
+        )
         return
     rms = x.double().square().mean().sqrt().item()
     if rms > factor * start_rms:
-        warnings.warn(f"sampler {name} at dt = {dt} diverged: the samples' RMS is {rms:.4g}, more than "
-                      f"{factor:g} x the RMS {start_rms:.3g} of the starting noise x_T (diffusion data is about "
-                      f"unit size); use a smaller dt", SamplerDivergenceWarning, stacklevel=4)
+        warnings.warn(
+            f"sampler {name} at dt = {dt} diverged: the samples' RMS is {rms:.4g}, more than "
+            f"{factor:g} x the RMS {start_rms:.3g} of the starting noise x_T (diffusion data is about "
+            f"unit size); use a smaller dt",
+            SamplerDivergenceWarning,
+            stacklevel=4,
+        )
 
 
 def _rk4_step(model, schedule: NoiseSchedule, x, t: int, dt: int, g, generator, noise_at: str):

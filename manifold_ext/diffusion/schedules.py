@@ -5,6 +5,7 @@ Time indexing: ``alphas_cumprod[0] = 1`` (clean data, t = 0) and
 schedule holds T + 1 values. Every pair used by Eq. 17-20 needs
 ``abar_{t+dt} < abar_t``; :meth:`NoiseSchedule.validate` checks it once.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,8 +35,10 @@ class NoiseSchedule:
         return self.betas.numel()
 
     def __repr__(self) -> str:  # short: the dataclass default would print every beta and abar
-        return (f"NoiseSchedule(name={self.name!r}, T={self.T}, beta_1={self.betas[0].item():.4g}, "
-                f"beta_T={self.betas[-1].item():.4g}, abar_T={self.alphas_cumprod[-1].item():.4g})")
+        return (
+            f"NoiseSchedule(name={self.name!r}, T={self.T}, beta_1={self.betas[0].item():.4g}, "
+            f"beta_T={self.betas[-1].item():.4g}, abar_T={self.alphas_cumprod[-1].item():.4g})"
+        )
 
     @classmethod
     def from_betas(cls, betas: torch.Tensor, name: str = "custom") -> NoiseSchedule:
@@ -58,11 +61,14 @@ class NoiseSchedule:
             )
         abar = self.alphas_cumprod
         if abar.shape != (self.T + 1,):
-            raise ValueError(f"noise schedule: alphas_cumprod must hold T + 1 = {self.T + 1} values, "
-                             f"got shape {list(abar.shape)}")
+            raise ValueError(
+                f"noise schedule: alphas_cumprod must hold T + 1 = {self.T + 1} values, got shape {list(abar.shape)}"
+            )
         if abar[0] != 1.0 or not abar[-1] > 0:
-            raise ValueError(f"noise schedule: need abar_0 = 1 and abar_T > 0, "
-                             f"got abar_0 = {abar[0].item()!r} and abar_T = {abar[-1].item()!r}")
+            raise ValueError(
+                f"noise schedule: need abar_0 = 1 and abar_T > 0, "
+                f"got abar_0 = {abar[0].item()!r} and abar_T = {abar[-1].item()!r}"
+            )
         # Rounding can make a tiny beta vanish in 1 - beta: abar_t == abar_(t-1) in float64.
         flat = torch.nonzero(abar[1:] >= abar[:-1])
         if len(flat):
@@ -118,8 +124,9 @@ class NoiseSchedule:
         return cls.from_betas(torch.tensor(payload["betas"], dtype=torch.float64), payload.get("name", "custom"))
 
 
-def linear_schedule(T: int, beta_start: float = 1e-4, beta_end: float = 0.02, scale_to_T: bool = True,
-                    max_beta: float = 0.999) -> NoiseSchedule:
+def linear_schedule(
+    T: int, beta_start: float = 1e-4, beta_end: float = 0.02, scale_to_T: bool = True, max_beta: float = 0.999
+) -> NoiseSchedule:
     """DDPM's linear betas (Ho et al. 2020: 1e-4 to 0.02 over T = 1000).
 
     With ``scale_to_T`` (default) both ends are multiplied by 1000 / T (Nichol &

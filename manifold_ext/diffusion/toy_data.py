@@ -5,6 +5,7 @@ factor so that its overall standard deviation, sqrt((var_x + var_y) / 2), is 1.
 All sets then occupy the same region at the same scale, and a difference in
 log p reflects the shape, not the position or size.
 """
+
 from __future__ import annotations
 
 import numpy as np

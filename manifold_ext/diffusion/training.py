@@ -10,6 +10,7 @@ class, config and weight signature, the schedule, the training settings and a
 fingerprint of the data. A resume checks all of them before anything is
 loaded and refuses a file that would not continue *this* run.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,8 +43,13 @@ class TrainConfig:
 
     def run_settings(self) -> dict:
         """The settings that determine the trained weights (all but ``checkpoint_every``)."""
-        return {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "ema_decay": self.ema_decay,
-                "seed": self.seed}
+        return {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "ema_decay": self.ema_decay,
+            "seed": self.seed,
+        }
 
     def validate(self) -> None:
         as_int(self.steps, "TrainConfig.steps", 0)
@@ -69,24 +75,37 @@ def noisy_batch(x0: torch.Tensor, schedule: NoiseSchedule, generator: torch.Gene
 
 def _run_meta(model: nn.Module, schedule: NoiseSchedule, config: TrainConfig, data: torch.Tensor) -> dict:
     """What identifies a training run: a checkpoint resumes it only if all of this agrees."""
-    return {"model": {k: v for k, v in ckpt.model_record(model).items()},
-            "schedule": schedule.to_dict(), "train": config.run_settings(), "data": ckpt.tensor_fingerprint(data)}
+    return {
+        "model": {k: v for k, v in ckpt.model_record(model).items()},
+        "schedule": schedule.to_dict(),
+        "train": config.run_settings(),
+        "data": ckpt.tensor_fingerprint(data),
+    }
 
 
 def _resume(path: Path, run: dict, model, ema, optimiser, scheduler, generator) -> tuple[int, list[float]]:
     """Load a training state after checking it belongs to this run; nothing is touched on failure."""
     payload, meta = ckpt.read_checkpoint(path, map_location=model_device(model))
     if meta.get("kind") != TRAINING_KIND:
-        raise CheckpointError(path, f"holds a {meta.get('kind')!r} checkpoint, not a training state "
-                                    f"({TRAINING_KIND!r}) to resume")
+        raise CheckpointError(
+            path, f"holds a {meta.get('kind')!r} checkpoint, not a training state ({TRAINING_KIND!r}) to resume"
+        )
     remedy = "resume with the same model, schedule, data and TrainConfig, or give a new checkpoint path"
     saved_model = meta.get("model", {})
     current_model = run["model"]
-    ckpt.require_match(path, {"model": {k: saved_model.get(k) for k in ("class", "config")}},
-                       {"model": {k: current_model[k] for k in ("class", "config")}}, remedy)
+    ckpt.require_match(
+        path,
+        {"model": {k: saved_model.get(k) for k in ("class", "config")}},
+        {"model": {k: current_model[k] for k in ("class", "config")}},
+        remedy,
+    )
     saved_schedule = meta.get("schedule", {})
-    ckpt.require_match(path, {"schedule": {k: saved_schedule.get(k) for k in ("T", "betas")}},
-                       {"schedule": {k: run["schedule"][k] for k in ("T", "betas")}}, remedy)
+    ckpt.require_match(
+        path,
+        {"schedule": {k: saved_schedule.get(k) for k in ("T", "betas")}},
+        {"schedule": {k: run["schedule"][k] for k in ("T", "betas")}},
+        remedy,
+    )
     ckpt.require_match(path, meta, {"train": run["train"], "data": run["data"]}, remedy)
     for key, module in (("model", model), ("ema", ema)):
         ckpt.check_state_dict(path, module, payload.get(key, {}), what=key)
@@ -125,8 +144,10 @@ def train_eps_model(
     """
     config.validate()
     if not isinstance(data, torch.Tensor) or not data.is_floating_point():
-        raise TypeError(f"data must be a floating-point tensor [N, *], got "
-                        f"{data.dtype if isinstance(data, torch.Tensor) else type(data).__name__}")
+        raise TypeError(
+            f"data must be a floating-point tensor [N, *], got "
+            f"{data.dtype if isinstance(data, torch.Tensor) else type(data).__name__}"
+        )
     if data.dim() < 1 or data.shape[0] == 0:
         raise ValueError(f"data must hold at least one example [N, *], got shape {list(data.shape)}")
     check_model_schedule(model, schedule)
@@ -140,8 +161,15 @@ def train_eps_model(
     if checkpoint is not None and Path(checkpoint).exists():
         start, losses = _resume(Path(checkpoint), run, model, ema, optimiser, scheduler, generator)
     model.train()
-    bar = tqdm(range(start, config.steps), desc="training eps-model", unit="step", disable=not progress,
-               mininterval=0.5, initial=start, total=config.steps)
+    bar = tqdm(
+        range(start, config.steps),
+        desc="training eps-model",
+        unit="step",
+        disable=not progress,
+        mininterval=0.5,
+        initial=start,
+        total=config.steps,
+    )
     for step in bar:
         index = torch.randint(0, data.shape[0], (config.batch_size,), generator=generator).to(data.device)
         x_t, t, eps = noisy_batch(data[index].to(device), schedule, generator)
@@ -158,8 +186,12 @@ def train_eps_model(
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         done = step + 1
-        if checkpoint is not None and config.checkpoint_every and done % config.checkpoint_every == 0 \
-                and done < config.steps:
+        if (
+            checkpoint is not None
+            and config.checkpoint_every
+            and done % config.checkpoint_every == 0
+            and done < config.steps
+        ):
             _save_training_state(checkpoint, run, model, ema, optimiser, scheduler, generator, done, losses)
     if checkpoint is not None and start < config.steps:
         _save_training_state(checkpoint, run, model, ema, optimiser, scheduler, generator, config.steps, losses)
@@ -195,8 +227,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, schedule: NoiseSchedule,
     ckpt.save_model(path, model, kind=MODEL_KIND, meta={"schedule": schedule.to_dict()}, extra=extra)
 
 
-def load_checkpoint(path: str | Path, map_location="cpu", model: nn.Module | None = None,
-                    schedule: NoiseSchedule | None = None) -> tuple[nn.Module, NoiseSchedule, dict]:
+def load_checkpoint(
+    path: str | Path, map_location="cpu", model: nn.Module | None = None, schedule: NoiseSchedule | None = None
+) -> tuple[nn.Module, NoiseSchedule, dict]:
     """(model with the saved (EMA) weights in eval mode, schedule, the whole payload).
 
     Reads files from :func:`save_checkpoint` and training states of
@@ -208,8 +241,10 @@ def load_checkpoint(path: str | Path, map_location="cpu", model: nn.Module | Non
     """
     payload, meta = ckpt.read_checkpoint(path, map_location=map_location)
     if meta.get("kind") not in (MODEL_KIND, TRAINING_KIND):
-        raise CheckpointError(path, f"holds a {meta.get('kind')!r} checkpoint, not a diffusion model "
-                                    f"({MODEL_KIND!r} or {TRAINING_KIND!r})")
+        raise CheckpointError(
+            path,
+            f"holds a {meta.get('kind')!r} checkpoint, not a diffusion model ({MODEL_KIND!r} or {TRAINING_KIND!r})",
+        )
     try:
         saved_schedule = NoiseSchedule.from_dict(meta["schedule"])
     except (KeyError, TypeError, ValueError) as error:

@@ -1,15 +1,5 @@
 """Normalising flows (paper 000 §2.1): Glow layers on the fused coupling op."""
-from manifold_ext.flows.layers import (
-    ActNorm,
-    AffineCoupling,
-    FlowLayer,
-    FlowSequential,
-    GlowStep,
-    InvertibleConv1x1,
-    StandardNormalFlow,
-    data_initialize,
-    default_coupling_net,
-)
+
 from manifold_ext.flows.glow import (
     ConditionalAffineCoupling,
     FlowStep,
@@ -29,6 +19,17 @@ from manifold_ext.flows.hierarchical import (
     fit,
     jacobian_log_volume,
     log_volume_factor,
+)
+from manifold_ext.flows.layers import (
+    ActNorm,
+    AffineCoupling,
+    FlowLayer,
+    FlowSequential,
+    GlowStep,
+    InvertibleConv1x1,
+    StandardNormalFlow,
+    data_initialize,
+    default_coupling_net,
 )
 
 __all__ = [

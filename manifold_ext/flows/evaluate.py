@@ -7,6 +7,7 @@ loads the model from a verified checkpoint path (:func:`save_model`, or a
 closure, and the result equals the in-process run with the same
 ``batch_size`` whatever the number of workers.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,8 +60,9 @@ def _worker_model(path: str, sha256: str) -> nn.Module:
 
 
 @torch.no_grad()
-def _log_prob_batches(model: nn.Module, data: torch.Tensor, batch_size: int, method: str, kwargs: dict,
-                      bar=None) -> torch.Tensor:
+def _log_prob_batches(
+    model: nn.Module, data: torch.Tensor, batch_size: int, method: str, kwargs: dict, bar=None
+) -> torch.Tensor:
     device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
     out = torch.empty(data.shape[0], dtype=torch.float64)
     score = getattr(model, method)
@@ -68,8 +70,10 @@ def _log_prob_batches(model: nn.Module, data: torch.Tensor, batch_size: int, met
         stop = min(start + batch_size, data.shape[0])
         values = score(data[start:stop].to(device), **kwargs)
         if not isinstance(values, torch.Tensor) or values.shape != (stop - start,):
-            raise ValueError(f"model.{method} must return one value per example [B] = [{stop - start}], got "
-                             f"{tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__}")
+            raise ValueError(
+                f"model.{method} must return one value per example [B] = [{stop - start}], got "
+                f"{tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__}"
+            )
         out[start:stop] = values.detach().to(torch.float64).cpu()
         if bar is not None:
             bar.update()
@@ -110,25 +114,42 @@ def log_prob_dataset(
     batch_size = as_int(batch_size, "batch_size", 1)
     task_rows = as_int(task_rows, "task_rows", 1)
     if not isinstance(data, torch.Tensor) or not data.is_floating_point() or data.dim() < 1:
-        raise TypeError(f"data must be a floating-point tensor [N, *], got "
-                        f"{data.dtype if isinstance(data, torch.Tensor) else type(data).__name__}")
+        raise TypeError(
+            f"data must be a floating-point tensor [N, *], got "
+            f"{data.dtype if isinstance(data, torch.Tensor) else type(data).__name__}"
+        )
     if executor is None:
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model)
         if not callable(getattr(model, method, None)):
             raise TypeError(f"model has no method {method!r}")
-        with tqdm(total=math.ceil(data.shape[0] / batch_size), desc="log p", unit="batch", disable=not progress,
-                  mininterval=0.5) as bar:
+        with tqdm(
+            total=math.ceil(data.shape[0] / batch_size),
+            desc="log p",
+            unit="batch",
+            disable=not progress,
+            mininterval=0.5,
+        ) as bar:
             return _log_prob_batches(model, data, batch_size, method, kwargs, bar)
     if not isinstance(model, (str, os.PathLike)):
-        raise TypeError("log_prob_dataset(executor=...) needs the model as a checkpoint path that every worker can "
-                        f"read, not a {type(model).__name__}: flows.save_model(path, model) first and pass path")
+        raise TypeError(
+            "log_prob_dataset(executor=...) needs the model as a checkpoint path that every worker can "
+            f"read, not a {type(model).__name__}: flows.save_model(path, model) first and pass path"
+        )
     path = str(Path(model).resolve())
     sha = ckpt.read_header(path)["sha256"]
     load_model(path)  # fail here, clearly, rather than on every worker
     per_task = max(1, math.ceil(task_rows / batch_size)) * batch_size
-    tasks = [{"checkpoint": path, "sha256": sha, "data": data[start:start + per_task].detach().cpu().clone(),
-              "batch_size": batch_size, "method": method, "kwargs": kwargs}
-             for start in range(0, data.shape[0], per_task)]
+    tasks = [
+        {
+            "checkpoint": path,
+            "sha256": sha,
+            "data": data[start : start + per_task].detach().cpu().clone(),
+            "batch_size": batch_size,
+            "method": method,
+            "kwargs": kwargs,
+        }
+        for start in range(0, data.shape[0], per_task)
+    ]
     parts = run_tasks(_log_prob_task, tasks, executor, progress, desc="log p tasks")
     return torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros(0, dtype=torch.float64)

@@ -30,6 +30,7 @@ Conventions:
   level's resolution (area-averaged when smaller, bilinear when larger) and fed to
   every coupling network and every prior.
 """
+
 from __future__ import annotations
 
 import math
@@ -86,9 +87,7 @@ class Squeeze(FlowLayer):
 
     def inverse(self, y):
         if y.dim() != 4 or y.shape[1] % (self.factor**2):
-            raise ValueError(
-                f"Squeeze.inverse: expected [B, C * {self.factor ** 2}, H, W], got shape {tuple(y.shape)}"
-            )
+            raise ValueError(f"Squeeze.inverse: expected [B, C * {self.factor**2}, H, W], got shape {tuple(y.shape)}")
         return F.pixel_shuffle(y, self.factor), y.new_zeros(y.shape[0])
 
 
@@ -175,9 +174,7 @@ def check_condition(where: str, cond: torch.Tensor | None, channels: int, batch:
     if cond is None:
         raise ValueError(f"{where}: this model is conditional ({channels} condition channels); pass cond=")
     if cond.dim() != 4 or cond.shape[1] != channels or cond.shape[0] != batch:
-        raise ValueError(
-            f"{where}: expected a condition of shape [{batch}, {channels}, h, w], got {tuple(cond.shape)}"
-        )
+        raise ValueError(f"{where}: expected a condition of shape [{batch}, {channels}, h, w], got {tuple(cond.shape)}")
     return cond
 
 
@@ -289,8 +286,19 @@ def standard_normal_log_prob(eps: torch.Tensor) -> torch.Tensor:
 class GlowLevel(nn.Module):
     """Squeeze (optional), ``K`` flow steps, then a split (or the top prior on the last level)."""
 
-    def __init__(self, channels_in: int, steps: int, hidden_channels: int, *, squeeze: bool, is_last: bool,
-                 condition_channels: int, coupling_net: CouplingNetFactory | None, scale: str, clamp: float):
+    def __init__(
+        self,
+        channels_in: int,
+        steps: int,
+        hidden_channels: int,
+        *,
+        squeeze: bool,
+        is_last: bool,
+        condition_channels: int,
+        coupling_net: CouplingNetFactory | None,
+        scale: str,
+        clamp: float,
+    ):
         super().__init__()
         self.squeeze = Squeeze(2) if squeeze else None
         channels = channels_in * 4 if squeeze else channels_in
@@ -301,8 +309,14 @@ class GlowLevel(nn.Module):
             )
         self.channels = channels
         self.steps = nn.ModuleList(
-            FlowStep(channels, hidden_channels, condition_channels=condition_channels,
-                     coupling_net=coupling_net, scale=scale, clamp=clamp)
+            FlowStep(
+                channels,
+                hidden_channels,
+                condition_channels=condition_channels,
+                coupling_net=coupling_net,
+                scale=scale,
+                clamp=clamp,
+            )
             for _ in range(steps)
         )
         self.is_last = is_last

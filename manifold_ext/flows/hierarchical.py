@@ -50,6 +50,7 @@ Training follows the paper's order: all autoencoders jointly by the MSE of
 Eq. 4 (decoders conditioned on the true coarser image), then, with the
 autoencoders frozen, all flows jointly by ``-log p_Y`` (Eq. 5). See :func:`fit`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -134,14 +135,17 @@ class LevelAutoencoder(nn.Module):
         self.conditional = conditional
         c, h = image_channels, hidden_channels
         self.encoder = nn.Sequential(
-            nn.Conv2d(c, h, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(h, h, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(c, h, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(h, h, 3, stride=2, padding=1),
+            nn.SiLU(),
             nn.Conv2d(h, latent_channels, 1),
         )
         cond_c = c if conditional else 0
         self.decoder_low = nn.Sequential(nn.Conv2d(latent_channels + cond_c, h, 3, padding=1), nn.SiLU())
         self.decoder_high = nn.Sequential(
-            nn.Conv2d(h + cond_c, h, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(h + cond_c, h, 3, padding=1),
+            nn.SiLU(),
             nn.Conv2d(h, c, 3, padding=1),
         )
 
@@ -176,13 +180,13 @@ class HierarchicalConfig:
 class LevelLogProb:
     """Eq. 5-8 terms of one level, each ``[B]`` in nats (``nll_per_dim`` per dimension)."""
 
-    log_pz: torch.Tensor          # log N(z_i; 0, I)
-    nll_per_dim: torch.Tensor     # Eq. 6 as printed: -log_pz / d_i
-    flow_logdet: torch.Tensor     # log|det J_g(y_i)|
-    log_py: torch.Tensor          # Eq. 5
-    ae_logdet: torch.Tensor       # log|det J_f(x_i)| (volume factor of the non-square Jacobian)
-    log_px: torch.Tensor          # Eq. 7
-    down_logdet: float            # log|det J_d(x_{i-1})| for i > 1, else 0 (Eq. 8)
+    log_pz: torch.Tensor  # log N(z_i; 0, I)
+    nll_per_dim: torch.Tensor  # Eq. 6 as printed: -log_pz / d_i
+    flow_logdet: torch.Tensor  # log|det J_g(y_i)|
+    log_py: torch.Tensor  # Eq. 5
+    ae_logdet: torch.Tensor  # log|det J_f(x_i)| (volume factor of the non-square Jacobian)
+    log_px: torch.Tensor  # Eq. 7
+    down_logdet: float  # log|det J_d(x_{i-1})| for i > 1, else 0 (Eq. 8)
 
 
 class HierarchicalFlow(nn.Module):
@@ -376,38 +380,55 @@ def save_checkpoint(path: str | os.PathLike, payload: dict, meta: dict | None = 
     ckpt.write_checkpoint(path, payload, meta if meta is not None else {"kind": TRAINING_KIND})
 
 
-def _fit_run(model: HierarchicalFlow, data: torch.Tensor, batch_size: int, autoencoder_lr: float, flow_lr: float,
-             seed: int) -> dict:
+def _fit_run(
+    model: HierarchicalFlow, data: torch.Tensor, batch_size: int, autoencoder_lr: float, flow_lr: float, seed: int
+) -> dict:
     """What identifies a fit: a checkpoint resumes it only if all of this agrees (step counts are checked apart)."""
-    return {"model": ckpt.model_record(model),
-            "fit": {"batch_size": batch_size, "autoencoder_lr": autoencoder_lr, "flow_lr": flow_lr, "seed": seed},
-            "data": ckpt.tensor_fingerprint(data)}
+    return {
+        "model": ckpt.model_record(model),
+        "fit": {"batch_size": batch_size, "autoencoder_lr": autoencoder_lr, "flow_lr": flow_lr, "seed": seed},
+        "data": ckpt.tensor_fingerprint(data),
+    }
 
 
 def _check_resume(path, saved: dict, meta: dict, run: dict, model, autoencoder_steps: int, flow_steps: int) -> None:
     """CheckpointError unless the file continues this very run (a fresh run with these settings would
     pass through the saved state); nothing is loaded before this passes."""
     if meta.get("kind") != TRAINING_KIND:
-        raise CheckpointError(path, f"holds a {meta.get('kind')!r} checkpoint, not a hierarchical fit "
-                                    f"({TRAINING_KIND!r}) to resume")
+        raise CheckpointError(
+            path, f"holds a {meta.get('kind')!r} checkpoint, not a hierarchical fit ({TRAINING_KIND!r}) to resume"
+        )
     remedy = "resume with the same model, data and settings, or give a new checkpoint path (or resume=False)"
     saved_model = meta.get("model", {})
-    ckpt.require_match(path, {"model": {k: saved_model.get(k) for k in ("class", "config")}},
-                       {"model": {k: run["model"][k] for k in ("class", "config")}}, remedy)
+    ckpt.require_match(
+        path,
+        {"model": {k: saved_model.get(k) for k in ("class", "config")}},
+        {"model": {k: run["model"][k] for k in ("class", "config")}},
+        remedy,
+    )
     ckpt.require_match(path, meta, {"fit": run["fit"], "data": run["data"]}, remedy)
     phase, step = saved.get("phase"), saved.get("step")
     if phase not in ("autoencoder", "flow", "done") or not isinstance(step, int) or step < 0:
         raise CheckpointError(path, f"unreadable training position: phase {phase!r}, step {step!r}")
     done_autoencoder = len(saved.get("autoencoder_losses", []))
     if phase == "autoencoder" and step > autoencoder_steps:
-        raise CheckpointError(path, f"autoencoder_steps differs: the file is at autoencoder step {step}, "
-                                    f"this call asks for {autoencoder_steps} (fewer steps); {remedy}")
+        raise CheckpointError(
+            path,
+            f"autoencoder_steps differs: the file is at autoencoder step {step}, "
+            f"this call asks for {autoencoder_steps} (fewer steps); {remedy}",
+        )
     if phase != "autoencoder" and done_autoencoder != autoencoder_steps:
-        raise CheckpointError(path, f"autoencoder_steps differs: the file finished the autoencoder phase after "
-                                    f"{done_autoencoder} steps, this call asks for {autoencoder_steps}; {remedy}")
+        raise CheckpointError(
+            path,
+            f"autoencoder_steps differs: the file finished the autoencoder phase after "
+            f"{done_autoencoder} steps, this call asks for {autoencoder_steps}; {remedy}",
+        )
     if phase != "autoencoder" and step > flow_steps:
-        raise CheckpointError(path, f"flow_steps differs: the file is at flow step {step}, this call asks for "
-                                    f"{flow_steps} (fewer steps); {remedy}")
+        raise CheckpointError(
+            path,
+            f"flow_steps differs: the file is at flow step {step}, this call asks for "
+            f"{flow_steps} (fewer steps); {remedy}",
+        )
     ckpt.check_state_dict(path, model, saved.get("model", {}))
 
 
@@ -471,9 +492,15 @@ def fit(
     def save(optimiser):
         # optimiser=None at the phase change: the flow phase starts with a fresh optimiser.
         if checkpoint is not None:
-            save_checkpoint(checkpoint, {**state, "model": model.state_dict(),
-                                         "optimiser": optimiser.state_dict() if optimiser is not None else None},
-                            {"kind": TRAINING_KIND, **run})
+            save_checkpoint(
+                checkpoint,
+                {
+                    **state,
+                    "model": model.state_dict(),
+                    "optimiser": optimiser.state_dict() if optimiser is not None else None,
+                },
+                {"kind": TRAINING_KIND, **run},
+            )
 
     # Phase 1: autoencoders (Eq. 4).
     if state["phase"] == "autoencoder":

@@ -5,6 +5,7 @@ for vector data) and returns ``(y, logdet)`` with ``logdet`` of shape ``[B]``,
 the log|det| of the layer's Jacobian per sample. ``inverse(y)`` returns
 ``(x, logdet)`` with the log|det| of the inverse map (the negative).
 """
+
 from __future__ import annotations
 
 import math
@@ -95,7 +96,8 @@ class ActNorm(FlowLayer):
                 raise RuntimeError(
                     "ActNorm: the data-dependent initialisation runs eagerly; call "
                     "manifold_ext.flows.data_initialize(model, batch) or ActNorm.initialize(x) before "
-                    "torch.compile(..., fullgraph=True)")
+                    "torch.compile(..., fullgraph=True)"
+                )
             self.initialize(x)
         y = (x + _per_channel(self.bias, x)) * _per_channel(self.log_scale.exp(), x)
         logdet = (_spatial_size(x) * self.log_scale.sum()).expand(x.shape[0])
@@ -236,8 +238,10 @@ class AffineCoupling(FlowLayer):
         self.passive_channels = channels // 2
         self.active_channels = channels - self.passive_channels
         self.scale, self.layout, self.clamp = scale, layout, clamp
-        self.net = net if net is not None else default_coupling_net(
-            self.passive_channels, 2 * self.active_channels, hidden_channels, spatial_dims
+        self.net = (
+            net
+            if net is not None
+            else default_coupling_net(self.passive_channels, 2 * self.active_channels, hidden_channels, spatial_dims)
         )
 
     def _params(self, passive: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@
 * Value ranges that depend on the compute dtype (a scale whose reciprocal
   overflows it): the compiled kernels apply the same limits.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,13 +35,16 @@ def as_int(value, name: str, op: str) -> int:
     if _is_bool(value):
         raise TypeError(f"{op}: {name} must be an integer, got the bool {value!r}")
     if isinstance(value, torch.Tensor) and (value.dim() != 0 or value.is_floating_point() or value.is_complex()):
-        raise TypeError(f"{op}: {name} must be an integer, got a tensor of shape {list(value.shape)} and dtype "
-                        f"{value.dtype}")
+        raise TypeError(
+            f"{op}: {name} must be an integer, got a tensor of shape {list(value.shape)} and dtype {value.dtype}"
+        )
     try:
         return operator.index(value)
     except TypeError:
-        raise TypeError(f"{op}: {name} must be an integer, got {value!r} ({type(value).__name__}); "
-                        f"it is not rounded or truncated for you") from None
+        raise TypeError(
+            f"{op}: {name} must be an integer, got {value!r} ({type(value).__name__}); "
+            f"it is not rounded or truncated for you"
+        ) from None
 
 
 def as_float(value, name: str, op: str) -> float:
@@ -49,8 +53,9 @@ def as_float(value, name: str, op: str) -> float:
         raise TypeError(f"{op}: {name} must be a real number, got the bool {value!r}")
     if isinstance(value, torch.Tensor):
         if value.dim() != 0 or value.is_complex() or value.dtype == torch.bool:
-            raise TypeError(f"{op}: {name} must be a real number, got a tensor of shape {list(value.shape)} and "
-                            f"dtype {value.dtype}")
+            raise TypeError(
+                f"{op}: {name} must be a real number, got a tensor of shape {list(value.shape)} and dtype {value.dtype}"
+            )
         return float(value.item())
     if not isinstance(value, numbers.Real):
         raise TypeError(f"{op}: {name} must be a real number, got {value!r} ({type(value).__name__})")
@@ -81,8 +86,9 @@ def check_device(ok: bool, message: Callable[[], str], *, value_error: bool = Fa
         torch._check(ok, message)
 
 
-def check_on_device_of(tensor: torch.Tensor | None, like: torch.Tensor, message: Callable[[], str],
-                       *, value_error: bool = False) -> None:
+def check_on_device_of(
+    tensor: torch.Tensor | None, like: torch.Tensor, message: Callable[[], str], *, value_error: bool = False
+) -> None:
     """``tensor`` (if given) must be on ``like``'s device."""
     if tensor is not None:
         check_device(tensor.device == like.device, message, value_error=value_error)

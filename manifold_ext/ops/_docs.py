@@ -1,4 +1,5 @@
 """Shared docstring text for the op wrappers: written once, filled into each docstring."""
+
 from __future__ import annotations
 
 import re

@@ -17,6 +17,7 @@ schedule was validated once beforehand (``NoiseSchedule.validate``), e.g. for
 captured into a CUDA graph always check this way. CPU tensors, and ``abar``
 given as floats or 0-dim tensors, are checked on the host as usual.
 """
+
 from __future__ import annotations
 
 import contextlib

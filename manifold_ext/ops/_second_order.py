@@ -15,6 +15,7 @@ Arguments that an op is *not* differentiable in (the diffusion schedule
 ``abar``) raise a clear error when a gradient is requested for them, instead
 of the zeros a missing derivative would silently stand for.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -42,22 +43,28 @@ def differentiable_leaf(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.requires_grad else tensor.detach().requires_grad_()
 
 
-def vjp(outputs: Sequence[torch.Tensor | None], inputs: Sequence[torch.Tensor],
-        cotangents: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, ...]:
+def vjp(
+    outputs: Sequence[torch.Tensor | None], inputs: Sequence[torch.Tensor], cotangents: Sequence[torch.Tensor | None]
+) -> tuple[torch.Tensor, ...]:
     """Differentiable VJP of ``outputs`` w.r.t. ``inputs`` (``create_graph=True``); zeros where an input is
     not used (a true zero derivative, e.g. the log-determinant of a coupling does not depend on x)."""
-    pairs = [(out, cot) for out, cot in zip(outputs, cotangents)
-             if out is not None and cot is not None and out.requires_grad]
+    pairs = [
+        (out, cot) for out, cot in zip(outputs, cotangents) if out is not None and cot is not None and out.requires_grad
+    ]
     if not pairs:
         return tuple(torch.zeros_like(t) for t in inputs)
-    grads = torch.autograd.grad([out for out, _ in pairs], list(inputs), [cot for _, cot in pairs],
-                                create_graph=True, allow_unused=True)
+    grads = torch.autograd.grad(
+        [out for out, _ in pairs], list(inputs), [cot for _, cot in pairs], create_graph=True, allow_unused=True
+    )
     return tuple(torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads))
 
 
-def register_backward_op_autograd(op: str, first_order: Callable[..., Sequence[torch.Tensor]],
-                                  differentiable: Sequence[int],
-                                  not_differentiable: Sequence[tuple[int, str, str]] = ()) -> None:
+def register_backward_op_autograd(
+    op: str,
+    first_order: Callable[..., Sequence[torch.Tensor]],
+    differentiable: Sequence[int],
+    not_differentiable: Sequence[tuple[int, str, str]] = (),
+) -> None:
     """Make the fused VJP op ``manifold_ext::<op>`` differentiable.
 
     Args:
@@ -76,8 +83,13 @@ def register_backward_op_autograd(op: str, first_order: Callable[..., Sequence[t
         ctx.save_for_backward(*(inputs[i] for i in tensor_positions))
 
     def backward(ctx, *cotangents):
-        refuse_gradient(ctx, [p for p, _, _ in not_differentiable], [n for _, n, _ in not_differentiable], op,
-                        "; ".join(sorted({why for _, _, why in not_differentiable})))
+        refuse_gradient(
+            ctx,
+            [p for p, _, _ in not_differentiable],
+            [n for _, n, _ in not_differentiable],
+            op,
+            "; ".join(sorted({why for _, _, why in not_differentiable})),
+        )
         inputs = [None] * ctx.num_inputs
         for position, tensor in zip(ctx.tensor_positions, ctx.saved_tensors):
             inputs[position] = tensor
@@ -93,8 +105,13 @@ def register_backward_op_autograd(op: str, first_order: Callable[..., Sequence[t
             pairs = [(out, cot) for out, cot in zip(outputs, cotangents) if cot is not None and out.requires_grad]
             if not pairs:  # no output depends on a wanted input: a true zero derivative
                 return tuple(grads)
-            found = torch.autograd.grad([out for out, _ in pairs], [inputs[i] for i in wanted],
-                                        [cot for _, cot in pairs], create_graph=create_graph, allow_unused=True)
+            found = torch.autograd.grad(
+                [out for out, _ in pairs],
+                [inputs[i] for i in wanted],
+                [cot for _, cot in pairs],
+                create_graph=create_graph,
+                allow_unused=True,
+            )
         for position, grad in zip(wanted, found):
             grads[position] = grad
         return tuple(grads)

@@ -1,4 +1,5 @@
 """Fused affine coupling (op family 1): ``torch.ops.manifold_ext.affine_coupling``."""
+
 from __future__ import annotations
 
 import torch
@@ -75,7 +76,11 @@ def affine_coupling(
     """
     op = "affine_coupling"
     return torch.ops.manifold_ext.affine_coupling.default(
-        x, h, _check_name(scale, "scale", op), _check_name(layout, "layout", op), as_float(clamp, "clamp", op),
+        x,
+        h,
+        _check_name(scale, "scale", op),
+        _check_name(layout, "layout", op),
+        as_float(clamp, "clamp", op),
         as_bool(reverse, "reverse", op),
     )
 
@@ -101,18 +106,36 @@ def _check_mode(scale: str, layout: str, clamp: float, op: str = "affine_couplin
 
 def _check_inputs(x, h):
     """The compiled kernels' check_inputs (affine_coupling_host.h), in their words."""
-    torch._check(x.dim() >= 2, lambda: f"affine_coupling: x must have shape [B, C, *spatial] (rank >= 2), got rank "
-                                       f"{x.dim()} with shape {list(x.shape)}")
-    torch._check(h.dim() == x.dim(), lambda: "affine_coupling: h must have the same rank as x ([B, 2C, *spatial]); "
-                                             f"x has shape {list(x.shape)} but h has shape {list(h.shape)}")
-    check_device(x.device == h.device, lambda: f"affine_coupling: x and h must be on the same device, got x on "
-                                               f"{x.device} and h on {h.device}")
-    torch._check(x.dtype == h.dtype, lambda: f"affine_coupling: x and h must have the same dtype, got x {x.dtype} "
-                                             f"and h {h.dtype}")
-    torch._check(h.shape[0] == x.shape[0], lambda: f"affine_coupling: x and h must have the same batch size, got "
-                                                   f"{x.shape[0]} and {h.shape[0]}")
-    torch._check(h.shape[1] == 2 * x.shape[1],
-                 lambda: f"affine_coupling: h must have 2*C = {2 * x.shape[1]} channels, got {h.shape[1]}")
+    torch._check(
+        x.dim() >= 2,
+        lambda: (
+            f"affine_coupling: x must have shape [B, C, *spatial] (rank >= 2), got rank "
+            f"{x.dim()} with shape {list(x.shape)}"
+        ),
+    )
+    torch._check(
+        h.dim() == x.dim(),
+        lambda: (
+            "affine_coupling: h must have the same rank as x ([B, 2C, *spatial]); "
+            f"x has shape {list(x.shape)} but h has shape {list(h.shape)}"
+        ),
+    )
+    check_device(
+        x.device == h.device,
+        lambda: f"affine_coupling: x and h must be on the same device, got x on {x.device} and h on {h.device}",
+    )
+    torch._check(
+        x.dtype == h.dtype,
+        lambda: f"affine_coupling: x and h must have the same dtype, got x {x.dtype} and h {h.dtype}",
+    )
+    torch._check(
+        h.shape[0] == x.shape[0],
+        lambda: f"affine_coupling: x and h must have the same batch size, got {x.shape[0]} and {h.shape[0]}",
+    )
+    torch._check(
+        h.shape[1] == 2 * x.shape[1],
+        lambda: f"affine_coupling: h must have 2*C = {2 * x.shape[1]} channels, got {h.shape[1]}",
+    )
     torch._check(h.shape[2:] == x.shape[2:], lambda: "affine_coupling: x and h must have the same spatial size")
 
 
@@ -129,8 +152,10 @@ def _affine_coupling_fake(x, h, scale, layout, clamp, reverse):
 def _affine_coupling_backward_fake(grad_y, grad_logdet, x, h, scale, layout, clamp, reverse):
     _check_mode(scale, layout, clamp)
     _check_inputs(x, h)
-    check_device(grad_y.device == x.device and grad_logdet.device == x.device,
-                 lambda: f"affine_coupling_backward: gradients must be on the device of x ({x.device})")
+    check_device(
+        grad_y.device == x.device and grad_logdet.device == x.device,
+        lambda: f"affine_coupling_backward: gradients must be on the device of x ({x.device})",
+    )
     return (
         torch.empty_like(x, memory_format=torch.contiguous_format),
         torch.empty_like(h, memory_format=torch.contiguous_format),

@@ -12,6 +12,7 @@ posterior); :class:`manifold_ext.vae.GridVAE` passes its prior's ``sigma`` (and
 grid) to this op, so the model and its prior agree, and the op's default stays
 the §4.2 value. Pass ``sigma0=1/3, low=-2, high=3`` for §4.1's grid.
 """
+
 from __future__ import annotations
 
 import math
@@ -113,8 +114,15 @@ def closest_centre_kl(
     """
     op = "closest_centre_kl"
     return torch.ops.manifold_ext.closest_centre_kl.default(
-        mu, logvar, target, mask, as_float(sigma0, "sigma0", op), as_float(spacing, "spacing", op),
-        as_float(offset, "offset", op), as_optional_float(low, "low", op), as_optional_float(high, "high", op),
+        mu,
+        logvar,
+        target,
+        mask,
+        as_float(sigma0, "sigma0", op),
+        as_float(spacing, "spacing", op),
+        as_float(offset, "offset", op),
+        as_optional_float(low, "low", op),
+        as_optional_float(high, "high", op),
     )
 
 
@@ -184,8 +192,10 @@ def _check_sigma0(sigma0: float, op: str, dtype: torch.dtype | None = None) -> N
     smallest = math.nextafter(1.0 / math.sqrt(largest), math.inf)
     if sigma0 < smallest or not math.isfinite(1.0 / (sigma0 * sigma0)):
         arithmetic = "float64" if compute_dtype(dtype) == torch.float64 else "float32"
-        raise ValueError(f"{op}: sigma0 = {sigma0!r} is too small: the kernels multiply by 1/sigma0^2 in "
-                         f"{arithmetic}, where it overflows; need sigma0 >= {smallest!r}")
+        raise ValueError(
+            f"{op}: sigma0 = {sigma0!r} is too small: the kernels multiply by 1/sigma0^2 in "
+            f"{arithmetic}, where it overflows; need sigma0 >= {smallest!r}"
+        )
 
 
 def _check_posterior(mu, logvar, op: str) -> None:
@@ -194,16 +204,24 @@ def _check_posterior(mu, logvar, op: str) -> None:
         logvar.shape == mu.shape,
         lambda: f"{op}: logvar must have the shape of mu {list(mu.shape)}, got {list(logvar.shape)}",
     )
-    check_device(logvar.device == mu.device, lambda: f"{op}: mu and logvar must be on the same device, got mu on "
-                                                     f"{mu.device} and logvar on {logvar.device}")
+    check_device(
+        logvar.device == mu.device,
+        lambda: f"{op}: mu and logvar must be on the same device, got mu on {mu.device} and logvar on {logvar.device}",
+    )
 
 
 def _check_centres(mu, centres, op: str) -> None:
-    torch._check(centres.dim() == 2 and centres.shape[1] == mu.shape[1],
-                 lambda: f"{op}: centres must have shape [K, n] with n = {mu.shape[1]} (the latent size of mu), "
-                         f"got {list(centres.shape)}")
-    check_device(centres.device == mu.device,
-                 lambda: f"{op}: centres must be on the device of mu ({mu.device}), got {centres.device}")
+    torch._check(
+        centres.dim() == 2 and centres.shape[1] == mu.shape[1],
+        lambda: (
+            f"{op}: centres must have shape [K, n] with n = {mu.shape[1]} (the latent size of mu), "
+            f"got {list(centres.shape)}"
+        ),
+    )
+    check_device(
+        centres.device == mu.device,
+        lambda: f"{op}: centres must be on the device of mu ({mu.device}), got {centres.device}",
+    )
 
 
 @torch.library.register_fake("manifold_ext::closest_centre_kl")
@@ -214,19 +232,28 @@ def _closest_centre_kl_fake(mu, logvar, target, mask, sigma0, spacing, offset, l
     if not (math.isfinite(spacing) and spacing > 0):
         raise ValueError(f"{op}: spacing must be a finite number > 0, got {spacing}")
     if mask is not None and target is None:
-        raise ValueError(f"{op}: a mask selects the dimensions guided by target; pass target as well "
-                         "(partially guided)")
+        raise ValueError(
+            f"{op}: a mask selects the dimensions guided by target; pass target as well (partially guided)"
+        )
     if target is not None:
-        torch._check(target.shape == mu.shape,
-                     lambda: f"{op}: target must have the shape of mu {list(mu.shape)}, got {list(target.shape)}")
-        check_device(target.device == mu.device,
-                     lambda: f"{op}: target must be on the device of mu ({mu.device}), got {target.device}")
+        torch._check(
+            target.shape == mu.shape,
+            lambda: f"{op}: target must have the shape of mu {list(mu.shape)}, got {list(target.shape)}",
+        )
+        check_device(
+            target.device == mu.device,
+            lambda: f"{op}: target must be on the device of mu ({mu.device}), got {target.device}",
+        )
     if mask is not None:
-        torch._check(mask.shape == mu.shape or (mask.dim() == 1 and mask.shape[0] == mu.shape[1]),
-                     lambda: f"{op}: mask must have shape [n] = [{mu.shape[1]}] or [B, n] = {list(mu.shape)}, "
-                             f"got {list(mask.shape)}")
-        check_device(mask.device == mu.device,
-                     lambda: f"{op}: mask must be on the device of mu ({mu.device}), got {mask.device}")
+        torch._check(
+            mask.shape == mu.shape or (mask.dim() == 1 and mask.shape[0] == mu.shape[1]),
+            lambda: (
+                f"{op}: mask must have shape [n] = [{mu.shape[1]}] or [B, n] = {list(mu.shape)}, got {list(mask.shape)}"
+            ),
+        )
+        check_device(
+            mask.device == mu.device, lambda: f"{op}: mask must be on the device of mu ({mu.device}), got {mask.device}"
+        )
     kl = mu.new_empty((mu.shape[0],), dtype=_kl_dtype(mu.dtype))
     return kl, torch.empty_like(mu, memory_format=torch.contiguous_format)
 
@@ -236,10 +263,14 @@ def _closest_centre_kl_backward_fake(grad_kl, mu, logvar, centre, sigma0):
     op = "closest_centre_kl_backward"
     _check_posterior(mu, logvar, op)
     _check_sigma0(sigma0, op, mu.dtype)
-    check_device(grad_kl.device == mu.device and centre.device == mu.device,
-                 lambda: f"{op}: grad_kl and centre must be on the device of mu ({mu.device})")
-    return (torch.empty_like(mu, memory_format=torch.contiguous_format),
-            torch.empty_like(logvar, memory_format=torch.contiguous_format))
+    check_device(
+        grad_kl.device == mu.device and centre.device == mu.device,
+        lambda: f"{op}: grad_kl and centre must be on the device of mu ({mu.device})",
+    )
+    return (
+        torch.empty_like(mu, memory_format=torch.contiguous_format),
+        torch.empty_like(logvar, memory_format=torch.contiguous_format),
+    )
 
 
 @torch.library.register_fake("manifold_ext::nearest_centre_kl")
@@ -258,10 +289,14 @@ def _nearest_centre_kl_backward_fake(grad_kl, mu, logvar, centres, index, sigma0
     _check_posterior(mu, logvar, op)
     _check_sigma0(sigma0, op, mu.dtype)
     _check_centres(mu, centres, op)
-    check_device(grad_kl.device == mu.device and index.device == mu.device,
-                 lambda: f"{op}: grad_kl and index must be on the device of mu ({mu.device})")
-    return (torch.empty_like(mu, memory_format=torch.contiguous_format),
-            torch.empty_like(logvar, memory_format=torch.contiguous_format))
+    check_device(
+        grad_kl.device == mu.device and index.device == mu.device,
+        lambda: f"{op}: grad_kl and index must be on the device of mu ({mu.device})",
+    )
+    return (
+        torch.empty_like(mu, memory_format=torch.contiguous_format),
+        torch.empty_like(logvar, memory_format=torch.contiguous_format),
+    )
 
 
 def _closest_setup_context(ctx, inputs, output):
@@ -283,7 +318,8 @@ def _closest_backward(ctx, grad_kl, grad_centre):
         # (the same values), so that d(grad_mu)/d(target) is part of the graph.
         centre = target if mask is None else torch.where(mask, target, centre)
     grad_mu, grad_logvar = torch.ops.manifold_ext.closest_centre_kl_backward.default(
-        grad_kl, mu, logvar, centre, ctx.sigma0)
+        grad_kl, mu, logvar, centre, ctx.sigma0
+    )
     grad_target = None
     if ctx.needs_input_grad[2]:  # dKL/dc = -dKL/dmu where c = target
         grad_target = -grad_mu if mask is None else torch.where(mask, -grad_mu, torch.zeros_like(grad_mu))
@@ -316,17 +352,20 @@ def _nearest_backward(ctx, grad_kl, grad_index):
     if grad_kl is None:
         return None, None, None, None
     grad_mu, grad_logvar = torch.ops.manifold_ext.nearest_centre_kl_backward.default(
-        grad_kl, mu, logvar, centres, index, ctx.sigma0)
+        grad_kl, mu, logvar, centres, index, ctx.sigma0
+    )
     grad_centres = None
     if ctx.needs_input_grad[2]:  # each sample pulls its own centre: -dKL/dmu summed per centre
         grad_centres = _sum_per_centre(-grad_mu.to(centres.dtype), index, centres.size(0))
     return grad_mu, grad_logvar, grad_centres, None
 
 
-torch.library.register_autograd("manifold_ext::closest_centre_kl", _closest_backward,
-                                setup_context=_closest_setup_context)
-torch.library.register_autograd("manifold_ext::nearest_centre_kl", _nearest_backward,
-                                setup_context=_nearest_setup_context)
+torch.library.register_autograd(
+    "manifold_ext::closest_centre_kl", _closest_backward, setup_context=_closest_setup_context
+)
+torch.library.register_autograd(
+    "manifold_ext::nearest_centre_kl", _nearest_backward, setup_context=_nearest_setup_context
+)
 
 
 # Second order: the backward ops' own VJPs, through the reference's KL.

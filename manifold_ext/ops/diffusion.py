@@ -9,6 +9,7 @@ batch) or a per-sample ``[B]`` tensor on the inputs' device (so one batch can
 mix time steps). Schedules are validated and bad values raise ``ValueError``
 naming the sample and the inequality that failed.
 """
+
 from __future__ import annotations
 
 import torch
@@ -126,7 +127,8 @@ def diffusion_nll_step(
     """
     op = "diffusion_nll_step"
     return torch.ops.manifold_ext.diffusion_nll_step.default(
-        acc, x_t, x_next, eps, _abar(abar_t, "abar_t", op), _abar(abar_next, "abar_next", op))
+        acc, x_t, x_next, eps, _abar(abar_t, "abar_t", op), _abar(abar_next, "abar_next", op)
+    )
 
 
 @fill_doc(dtypes=_DTYPES, schedule=_SCHEDULE_RANGE)
@@ -170,7 +172,13 @@ def diffusion_nll_step_and_forward(
     """
     op = "diffusion_nll_step_and_forward"
     return torch.ops.manifold_ext.diffusion_nll_step_and_forward.default(
-        acc, x_t, x_next, eps, noise, _abar(abar_t, "abar_t", op), _abar(abar_next, "abar_next", op),
+        acc,
+        x_t,
+        x_next,
+        eps,
+        noise,
+        _abar(abar_t, "abar_t", op),
+        _abar(abar_next, "abar_next", op),
         _abar(abar_after, "abar_after", op),
     )
 
@@ -199,7 +207,8 @@ def diffusion_forward_step(x_t: torch.Tensor, noise: torch.Tensor, abar_t: Abar,
     """
     op = "diffusion_forward_step"
     return torch.ops.manifold_ext.diffusion_forward_step.default(
-        x_t, noise, _abar(abar_t, "abar_t", op), _abar(abar_next, "abar_next", op))
+        x_t, noise, _abar(abar_t, "abar_t", op), _abar(abar_next, "abar_next", op)
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -228,8 +237,9 @@ _STEP_SECTIONS = """
 
 
 def _step_sections(eta: str = "") -> str:
-    return _STEP_SECTIONS.format(dtypes=_DTYPES.strip("\n"), nan=_ELEMENTWISE_NAN.strip("\n"),
-                                 schedule=_SCHEDULE_RANGE.strip("\n"), eta=eta)
+    return _STEP_SECTIONS.format(
+        dtypes=_DTYPES.strip("\n"), nan=_ELEMENTWISE_NAN.strip("\n"), schedule=_SCHEDULE_RANGE.strip("\n"), eta=eta
+    )
 
 
 @fill_doc(sections=_step_sections())
@@ -247,7 +257,8 @@ def ddpm_step(
     """
     op = "ddpm_step"
     return torch.ops.manifold_ext.ddpm_step.default(
-        x_t, eps, _abar(abar_t, "abar_t", op), _abar(abar_prev, "abar_prev", op), noise)
+        x_t, eps, _abar(abar_t, "abar_t", op), _abar(abar_prev, "abar_prev", op), noise
+    )
 
 
 @fill_doc(sections=_step_sections(eta=", or ``eta`` outside [0, 1]"))
@@ -270,7 +281,8 @@ def ddim_step(
     """
     op = "ddim_step"
     return torch.ops.manifold_ext.ddim_step.default(
-        x_t, eps, _abar(abar_t, "abar_t", op), _abar(abar_prev, "abar_prev", op), as_float(eta, "eta", op), noise)
+        x_t, eps, _abar(abar_t, "abar_t", op), _abar(abar_prev, "abar_prev", op), as_float(eta, "eta", op), noise
+    )
 
 
 @fill_doc(sections=_step_sections())
@@ -290,7 +302,8 @@ def large_step(
     """
     op = "large_step"
     return torch.ops.manifold_ext.large_step.default(
-        x_t, eps, _abar(abar_t, "abar_t", op), _abar(abar_prev, "abar_prev", op), noise)
+        x_t, eps, _abar(abar_t, "abar_t", op), _abar(abar_prev, "abar_prev", op), noise
+    )
 
 
 _RK4_SECTIONS = """
@@ -321,9 +334,12 @@ def rk4_combine(k1: torch.Tensor, k2: torch.Tensor, k3: torch.Tensor, k4: torch.
     return torch.ops.manifold_ext.rk4_combine.default(k1, k2, k3, k4)
 
 
-@fill_doc(sections=_RK4_SECTIONS.format(
-    nan=_ELEMENTWISE_NAN.strip("\n"),
-    h="\n        ValueError: ``h`` not finite. TypeError: ``h`` not a real number."))
+@fill_doc(
+    sections=_RK4_SECTIONS.format(
+        nan=_ELEMENTWISE_NAN.strip("\n"),
+        h="\n        ValueError: ``h`` not finite. TypeError: ``h`` not a real number.",
+    )
+)
 def rk4_update(
     x: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, k3: torch.Tensor, k4: torch.Tensor, h: float
 ) -> torch.Tensor:
@@ -343,8 +359,10 @@ def _check_like(other, x, op, name, x_name):
         other.shape == x.shape,
         lambda: f"{op}: {name} must have the shape of {x_name} {list(x.shape)}, got {list(other.shape)}",
     )
-    check_device(other.device == x.device,
-                 lambda: f"{op}: {name} must be on the device of {x_name} ({x.device}), got {other.device}")
+    check_device(
+        other.device == x.device,
+        lambda: f"{op}: {name} must be on the device of {x_name} ({x.device}), got {other.device}",
+    )
     torch._check(
         other.dtype == x.dtype,
         lambda: f"{op}: {name} must have the dtype of {x_name} ({x.dtype}), got {other.dtype}",
@@ -361,13 +379,19 @@ def _check_abar(abar, x, op, name):
         lambda: f"{op}: {name} must be a float, a 0-dim tensor or a per-sample tensor of shape [B] = [{x.shape[0]}]",
     )
     if abar.dim() == 1:
-        check_device(abar.device == x.device, lambda: f"{op}: a per-sample {name} must be on the device of the "
-                                                      f"inputs ({x.device}), got {abar.device}")
+        check_device(
+            abar.device == x.device,
+            lambda: f"{op}: a per-sample {name} must be on the device of the inputs ({x.device}), got {abar.device}",
+        )
     else:
         # A 0-dim abar is read on the host (it may be a CPU tensor next to CUDA inputs), so it needs a value.
-        check_device(abar.device.type != "meta" or x.device.type == "meta",
-                     lambda: f"{op}: {name} is a 0-dim tensor on the meta device, whose value cannot be read; "
-                             f"pass a float or a tensor on the device of the inputs ({x.device})")
+        check_device(
+            abar.device.type != "meta" or x.device.type == "meta",
+            lambda: (
+                f"{op}: {name} is a 0-dim tensor on the meta device, whose value cannot be read; "
+                f"pass a float or a tensor on the device of the inputs ({x.device})"
+            ),
+        )
 
 
 def _check_accumulator(acc, x_t, op):
@@ -376,8 +400,9 @@ def _check_accumulator(acc, x_t, op):
         lambda: f"{op}: acc must have shape [B] = [{x_t.shape[0]}], got {list(acc.shape)}",
     )
     torch._check(acc.dtype in (torch.float32, torch.float64), lambda: f"{op}: acc must be float32 or float64")
-    check_device(acc.device == x_t.device,
-                 lambda: f"{op}: acc must be on the device of x_t ({x_t.device}), got {acc.device}")
+    check_device(
+        acc.device == x_t.device, lambda: f"{op}: acc must be on the device of x_t ({x_t.device}), got {acc.device}"
+    )
 
 
 def _check_nll(op, acc, x_t, x_next, eps, abar_t, abar_next):
@@ -402,8 +427,10 @@ def _nll_step_fake(acc, x_t, x_next, eps, abar_t, abar_next):
 @torch.library.register_fake("manifold_ext::diffusion_nll_step_backward")
 def _nll_step_backward_fake(grad_acc, x_t, x_next, eps, abar_t, abar_next):
     op = "diffusion_nll_step_backward"
-    torch._check(grad_acc.dim() == 1 and grad_acc.shape[0] == x_t.shape[0],
-                 lambda: f"{op}: grad_acc must have shape [B] = [{x_t.shape[0]}], got {list(grad_acc.shape)}")
+    torch._check(
+        grad_acc.dim() == 1 and grad_acc.shape[0] == x_t.shape[0],
+        lambda: f"{op}: grad_acc must have shape [B] = [{x_t.shape[0]}], got {list(grad_acc.shape)}",
+    )
     _check_nll(op, grad_acc.to(torch.float64), x_t, x_next, eps, abar_t, abar_next)
     return _contiguous_like(x_t), _contiguous_like(x_t), _contiguous_like(x_t)
 
@@ -502,7 +529,8 @@ def _nll_backward(ctx, grad_acc):
     grads = (None, None, None)
     if any(ctx.needs_input_grad[1:4]):
         grads = torch.ops.manifold_ext.diffusion_nll_step_backward.default(
-            grad_acc, x_t, x_next, eps, abar_t, abar_next)
+            grad_acc, x_t, x_next, eps, abar_t, abar_next
+        )
     return grad_acc, *grads, None, None
 
 
@@ -515,8 +543,9 @@ def _nll_forward_setup(ctx, inputs, output):
 
 
 def _nll_forward_backward(ctx, grad_acc, grad_after):
-    refuse_gradient(ctx, (5, 6, 7), ("abar_t", "abar_next", "abar_after"), "diffusion_nll_step_and_forward",
-                    _NOT_IN_ABAR)
+    refuse_gradient(
+        ctx, (5, 6, 7), ("abar_t", "abar_next", "abar_after"), "diffusion_nll_step_and_forward", _NOT_IN_ABAR
+    )
     x_t, x_next, eps, abar_t, abar_next, abar_after = ctx.saved_tensors
     grad_x_t = grad_x_next = grad_eps = grad_noise = None
     if any(ctx.needs_input_grad[1:4]):
@@ -604,8 +633,12 @@ def _nll_step_backward_composite(grad_acc, x_t, x_next, eps, abar_t, abar_next):
     return vjp((term,), (x_t, x_next, eps), (grad_acc,))
 
 
-register_backward_op_autograd("diffusion_nll_step_backward", _nll_step_backward_composite, differentiable=(0, 1, 2, 3),
-                              not_differentiable=((4, "abar_t", _NOT_IN_ABAR), (5, "abar_next", _NOT_IN_ABAR)))
+register_backward_op_autograd(
+    "diffusion_nll_step_backward",
+    _nll_step_backward_composite,
+    differentiable=(0, 1, 2, 3),
+    not_differentiable=((4, "abar_t", _NOT_IN_ABAR), (5, "abar_next", _NOT_IN_ABAR)),
+)
 
 
 # The linear steps' backward, grad -> (c_x grad, c_eps grad, c_noise grad), is
@@ -633,5 +666,6 @@ def _step_backward_backward(ctx, v_x, v_eps, v_noise):
     return grad, None, None, None, None
 
 
-torch.library.register_autograd("manifold_ext::diffusion_step_backward", _step_backward_backward,
-                                setup_context=_step_backward_setup)
+torch.library.register_autograd(
+    "manifold_ext::diffusion_step_backward", _step_backward_backward, setup_context=_step_backward_setup
+)

@@ -1,4 +1,5 @@
 """Fused Gaussian ELBO of a VAE: ``torch.ops.manifold_ext.gaussian_elbo``."""
+
 from __future__ import annotations
 
 import math
@@ -69,7 +70,8 @@ def gaussian_elbo(
             float16/bfloat16 on CPU.
     """
     return torch.ops.manifold_ext.gaussian_elbo.default(
-        x, x_mean, mu, logvar, as_float(decoder_logvar, "decoder_logvar", "gaussian_elbo"))
+        x, x_mean, mu, logvar, as_float(decoder_logvar, "decoder_logvar", "gaussian_elbo")
+    )
 
 
 def _output_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -86,25 +88,37 @@ def _check_shapes(x, x_mean, mu, logvar, decoder_logvar, op="gaussian_elbo"):
     # The compiled kernels check these too (gaussian_elbo_host.h); repeating them in the fake kernel
     # makes a traced/compiled program fail at trace time with the same words.
     torch._check(x.dim() >= 2, lambda: f"{op}: x must have shape [B, *] (rank >= 2), got shape {list(x.shape)}")
-    torch._check(x_mean.shape == x.shape,
-                 lambda: f"{op}: x_mean must have the shape of x {list(x.shape)}, got {list(x_mean.shape)}")
+    torch._check(
+        x_mean.shape == x.shape,
+        lambda: f"{op}: x_mean must have the shape of x {list(x.shape)}, got {list(x_mean.shape)}",
+    )
     torch._check(mu.dim() >= 2, lambda: f"{op}: mu must have shape [B, *] (rank >= 2), got shape {list(mu.shape)}")
-    torch._check(logvar.shape == mu.shape,
-                 lambda: f"{op}: logvar must have the shape of mu {list(mu.shape)}, got {list(logvar.shape)}")
-    torch._check(mu.shape[0] == x.shape[0],
-                 lambda: f"{op}: x and mu must have the same batch size, got {x.shape[0]} and {mu.shape[0]}")
+    torch._check(
+        logvar.shape == mu.shape,
+        lambda: f"{op}: logvar must have the shape of mu {list(mu.shape)}, got {list(logvar.shape)}",
+    )
+    torch._check(
+        mu.shape[0] == x.shape[0],
+        lambda: f"{op}: x and mu must have the same batch size, got {x.shape[0]} and {mu.shape[0]}",
+    )
     devices = (x.device, x_mean.device, mu.device, logvar.device)
-    check_device(all(device == x.device for device in devices),
-                 lambda: f"{op}: all inputs must be on the same device, got x on {x.device}, x_mean on "
-                         f"{x_mean.device}, mu on {mu.device}, logvar on {logvar.device}")
+    check_device(
+        all(device == x.device for device in devices),
+        lambda: (
+            f"{op}: all inputs must be on the same device, got x on {x.device}, x_mean on "
+            f"{x_mean.device}, mu on {mu.device}, logvar on {logvar.device}"
+        ),
+    )
     if not math.isfinite(decoder_logvar):
         raise ValueError(f"{op}: decoder_logvar must be finite, got {decoder_logvar}")
     smallest = smallest_decoder_logvar(x.dtype)
     if decoder_logvar < smallest:
         arithmetic = "float64" if compute_dtype(x.dtype) == torch.float64 else "float32"
-        raise ValueError(f"{op}: decoder_logvar = {decoder_logvar!r} is too small: the kernels multiply by "
-                         f"exp(-decoder_logvar) in {arithmetic}, where it overflows; "
-                         f"need decoder_logvar >= {smallest!r}")
+        raise ValueError(
+            f"{op}: decoder_logvar = {decoder_logvar!r} is too small: the kernels multiply by "
+            f"exp(-decoder_logvar) in {arithmetic}, where it overflows; "
+            f"need decoder_logvar >= {smallest!r}"
+        )
 
 
 @torch.library.register_fake("manifold_ext::gaussian_elbo")
@@ -119,9 +133,10 @@ def _gaussian_elbo_backward_fake(grad_elbo, grad_kl, x, x_mean, mu, logvar, deco
     op = "gaussian_elbo_backward"
     _check_shapes(x, x_mean, mu, logvar, decoder_logvar, op)
     for grad in (grad_elbo, grad_kl):
-        torch._check(grad.dim() == 1 and grad.shape[0] == x.shape[0],
-                     lambda: f"{op}: grad_elbo and grad_kl must have shape [B] = [{x.shape[0]}], got "
-                             f"{list(grad.shape)}")
+        torch._check(
+            grad.dim() == 1 and grad.shape[0] == x.shape[0],
+            lambda: f"{op}: grad_elbo and grad_kl must have shape [B] = [{x.shape[0]}], got {list(grad.shape)}",
+        )
         check_device(grad.device == x.device, lambda: f"{op}: gradients must be on the device of x ({x.device})")
     contiguous = torch.contiguous_format
     return (

@@ -10,13 +10,15 @@ geometry layer (:func:`manifold_ext.relu_geometry.enumerate_regions`) uses this 
 CPU only, by design (see ``csrc/region_clip/region_clip_cpu.cpp``): the op is not
 differentiable and works in float64.
 """
+
 from __future__ import annotations
 
 import torch
 
 
-def region_clip_2d(A: torch.Tensor, c: torch.Tensor, ignore: torch.Tensor, box: torch.Tensor | None,
-                   tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def region_clip_2d(
+    A: torch.Tensor, c: torch.Tensor, ignore: torch.Tensor, box: torch.Tensor | None, tol: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Facets, Chebyshev centre/radius and boundedness of a batch of 2-D regions ``A x <= c``.
 
     Each region is the polygon of its rows (Eq. 5) cut to ``box``; the facets (Eq. 6: ``max a_i.x``
@@ -66,21 +68,35 @@ def region_clip_2d(A: torch.Tensor, c: torch.Tensor, ignore: torch.Tensor, box: 
 
 @torch.library.register_fake("manifold_ext::region_clip_2d")
 def _region_clip_2d_fake(A, c, ignore, box, tol):
-    torch._check(A.dim() == 3 and A.shape[2] == 2,
-                 lambda: f"region_clip_2d: A must have shape [P, H, 2] (2-D input), got {tuple(A.shape)}")
-    torch._check(A.dtype == torch.float64 and c.dtype == torch.float64,
-                 lambda: f"region_clip_2d: A and c must be float64, got {A.dtype} and {c.dtype}")
-    torch._check(tuple(c.shape) == tuple(A.shape[:2]),
-                 lambda: f"region_clip_2d: c must have shape {tuple(A.shape[:2])}, got {tuple(c.shape)}")
-    torch._check(ignore.dtype == torch.bool and tuple(ignore.shape) == tuple(c.shape),
-                 lambda: f"region_clip_2d: ignore must be bool {tuple(c.shape)}, got {ignore.dtype} "
-                         f"{tuple(ignore.shape)}")
+    torch._check(
+        A.dim() == 3 and A.shape[2] == 2,
+        lambda: f"region_clip_2d: A must have shape [P, H, 2] (2-D input), got {tuple(A.shape)}",
+    )
+    torch._check(
+        A.dtype == torch.float64 and c.dtype == torch.float64,
+        lambda: f"region_clip_2d: A and c must be float64, got {A.dtype} and {c.dtype}",
+    )
+    torch._check(
+        tuple(c.shape) == tuple(A.shape[:2]),
+        lambda: f"region_clip_2d: c must have shape {tuple(A.shape[:2])}, got {tuple(c.shape)}",
+    )
+    torch._check(
+        ignore.dtype == torch.bool and tuple(ignore.shape) == tuple(c.shape),
+        lambda: f"region_clip_2d: ignore must be bool {tuple(c.shape)}, got {ignore.dtype} {tuple(ignore.shape)}",
+    )
     tensors = [A, c, ignore] + ([box] if box is not None else [])
     devices = {t.device for t in tensors}
     if len(devices) != 1:
         raise ValueError(f"region_clip_2d: all tensors must be on one device, got {sorted(map(str, devices))}")
-    torch._check(A.device.type in ("cpu", "meta"),
-                 lambda: f"region_clip_2d: expected tensors on the CPU device (the op is CPU only), got {A.device}")
+    torch._check(
+        A.device.type in ("cpu", "meta"),
+        lambda: f"region_clip_2d: expected tensors on the CPU device (the op is CPU only), got {A.device}",
+    )
     P, H = c.shape
-    return (A.new_empty((P, H), dtype=torch.int64), A.new_empty((P, 2)), A.new_empty((P,)),
-            A.new_empty((P,), dtype=torch.bool), A.new_empty((P,), dtype=torch.bool))
+    return (
+        A.new_empty((P, H), dtype=torch.int64),
+        A.new_empty((P, 2)),
+        A.new_empty((P,)),
+        A.new_empty((P,), dtype=torch.bool),
+        A.new_empty((P,), dtype=torch.bool),
+    )

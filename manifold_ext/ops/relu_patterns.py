@@ -18,6 +18,7 @@ Conventions shared by every op here:
 None of these ops is differentiable (patterns are discrete; region systems
 are for geometry, not training).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -228,44 +229,66 @@ def _check(ok, message):
 
 def _check_network(weights, biases, hidden_layers: int, op: str) -> int:
     """check_network: shapes that chain, one dtype and one device; returns the hidden units."""
-    _check(len(weights) == len(biases), lambda: f"{op}: got {len(weights)} weight matrices but {len(biases)} bias "
-                                                f"vectors; pass one bias per layer")
+    _check(
+        len(weights) == len(biases),
+        lambda: f"{op}: got {len(weights)} weight matrices but {len(biases)} bias vectors; pass one bias per layer",
+    )
     _check(len(weights) > 0, lambda: f"{op}: the network needs at least one layer, got empty weight lists")
     first = weights[0]
     hidden = 0
     for j, (w, b) in enumerate(zip(weights, biases)):
-        _check(w.dim() == 2, lambda: f"{op}: weights[{j}] must be a matrix [out_features, in_features], got shape "
-                                     f"{list(w.shape)}")
-        _check(b.dim() == 1 and b.shape[0] == w.shape[0], lambda: f"{op}: biases[{j}] must have shape "
-                                                                  f"[{w.shape[0]}] to match weights[{j}]")
+        _check(
+            w.dim() == 2,
+            lambda: f"{op}: weights[{j}] must be a matrix [out_features, in_features], got shape {list(w.shape)}",
+        )
+        _check(
+            b.dim() == 1 and b.shape[0] == w.shape[0],
+            lambda: f"{op}: biases[{j}] must have shape [{w.shape[0]}] to match weights[{j}]",
+        )
         _check(w.is_floating_point(), lambda: f"{op}: weights must be floating point, got {w.dtype} for weights[{j}]")
-        _check(w.dtype == first.dtype and b.dtype == first.dtype,
-               lambda: f"{op}: all weights and biases must share one dtype; weights[0] is {first.dtype}")
-        check_device(w.device == first.device and b.device == first.device,
-                     lambda: f"{op}: all weights and biases must be on one device; weights[0] is on {first.device} "
-                             f"but layer {j} has weights on {w.device} and biases on {b.device}", value_error=True)
+        _check(
+            w.dtype == first.dtype and b.dtype == first.dtype,
+            lambda: f"{op}: all weights and biases must share one dtype; weights[0] is {first.dtype}",
+        )
+        check_device(
+            w.device == first.device and b.device == first.device,
+            lambda: (
+                f"{op}: all weights and biases must be on one device; weights[0] is on {first.device} "
+                f"but layer {j} has weights on {w.device} and biases on {b.device}"
+            ),
+            value_error=True,
+        )
         if j > 0:
             previous = weights[j - 1]
-            _check(w.shape[1] == previous.shape[0], lambda: f"{op}: weights[{j}] takes {w.shape[1]} inputs but layer "
-                                                            f"{j - 1} has {previous.shape[0]} units")
+            _check(
+                w.shape[1] == previous.shape[0],
+                lambda: f"{op}: weights[{j}] takes {w.shape[1]} inputs but layer {j - 1} has {previous.shape[0]} units",
+            )
         if j < hidden_layers:
             hidden = hidden + w.shape[0]
     return hidden
 
 
 def _check_packed(packed, name: str, op: str) -> None:
-    _check(packed.dtype == torch.int64, lambda: f"{op}: {name} must be packed patterns of dtype int64 (see "
-                                                f"activation_patterns), got {packed.dtype}")
+    _check(
+        packed.dtype == torch.int64,
+        lambda: f"{op}: {name} must be packed patterns of dtype int64 (see activation_patterns), got {packed.dtype}",
+    )
     _check(packed.dim() == 2, lambda: f"{op}: {name} must have shape [N, words], got shape {list(packed.shape)}")
 
 
 def _check_pair(a, b, name_a, name_b, op):
     _check_packed(a, name_a, op)
     _check_packed(b, name_b, op)
-    _check(a.shape[1] == b.shape[1], lambda: f"{op}: {name_a} and {name_b} must have the same number of words "
-                                             f"(patterns of the same network)")
-    check_device(a.device == b.device, lambda: f"{op}: {name_a} and {name_b} must be on one device, got {a.device} "
-                                               f"and {b.device}", value_error=True)
+    _check(
+        a.shape[1] == b.shape[1],
+        lambda: f"{op}: {name_a} and {name_b} must have the same number of words (patterns of the same network)",
+    )
+    check_device(
+        a.device == b.device,
+        lambda: f"{op}: {name_a} and {name_b} must be on one device, got {a.device} and {b.device}",
+        value_error=True,
+    )
 
 
 @torch.library.register_fake("manifold_ext::activation_patterns")
@@ -273,13 +296,21 @@ def _activation_patterns_fake(x, weights, biases):
     op = "activation_patterns"
     hidden = _check_network(weights, biases, len(weights), op)
     _check(x.dim() == 2, lambda: f"{op}: x must have shape [N, d], got shape {list(x.shape)}")
-    _check(x.shape[1] == weights[0].shape[1], lambda: f"{op}: x has {x.shape[1]} features but weights[0] expects "
-                                                      f"{weights[0].shape[1]}")
-    _check(x.dtype == weights[0].dtype, lambda: f"{op}: x and the weights must share one dtype, got x {x.dtype} and "
-                                                f"weights {weights[0].dtype}")
-    check_device(x.device == weights[0].device, lambda: f"{op}: x and the weights must be on one device, got x on "
-                                                        f"{x.device} and weights on {weights[0].device}",
-                 value_error=True)
+    _check(
+        x.shape[1] == weights[0].shape[1],
+        lambda: f"{op}: x has {x.shape[1]} features but weights[0] expects {weights[0].shape[1]}",
+    )
+    _check(
+        x.dtype == weights[0].dtype,
+        lambda: f"{op}: x and the weights must share one dtype, got x {x.dtype} and weights {weights[0].dtype}",
+    )
+    check_device(
+        x.device == weights[0].device,
+        lambda: (
+            f"{op}: x and the weights must be on one device, got x on {x.device} and weights on {weights[0].device}"
+        ),
+        value_error=True,
+    )
     return x.new_empty((x.shape[0], words_for_units(hidden)), dtype=torch.int64)
 
 
@@ -288,9 +319,13 @@ def _unpack_patterns_fake(packed, num_units):
     op = "unpack_patterns"
     _check_packed(packed, "packed", op)
     _check(num_units >= 0, lambda: f"{op}: num_units must be >= 0, got {num_units}")
-    _check(words_for_units(num_units) == packed.shape[1],
-           lambda: f"{op}: {num_units} units need {words_for_units(num_units)} int64 words per pattern, but packed "
-                   f"has shape {list(packed.shape)}")
+    _check(
+        words_for_units(num_units) == packed.shape[1],
+        lambda: (
+            f"{op}: {num_units} units need {words_for_units(num_units)} int64 words per pattern, but packed "
+            f"has shape {list(packed.shape)}"
+        ),
+    )
     return packed.new_empty((packed.shape[0], num_units), dtype=torch.bool)
 
 
@@ -315,31 +350,50 @@ def _hamming_distance_fake(a, b):
 @torch.library.register_fake("manifold_ext::hamming_topk")
 def _hamming_topk_fake(query, ref, k):
     _check_pair(query, ref, "query", "ref", "hamming_topk")
-    _check(0 <= k and k <= ref.shape[0],
-           lambda: f"hamming_topk: k must be in [0, number of reference patterns = {ref.shape[0]}], got k = {k}")
-    return (query.new_empty((query.shape[0], k), dtype=torch.int32),
-            query.new_empty((query.shape[0], k), dtype=torch.int64))
+    _check(
+        0 <= k and k <= ref.shape[0],
+        lambda: f"hamming_topk: k must be in [0, number of reference patterns = {ref.shape[0]}], got k = {k}",
+    )
+    return (
+        query.new_empty((query.shape[0], k), dtype=torch.int32),
+        query.new_empty((query.shape[0], k), dtype=torch.int64),
+    )
 
 
 @torch.library.register_fake("manifold_ext::region_system")
 def _region_system_fake(weights, biases, patterns):
     op = "region_system"
-    _check(len(weights) >= 2, lambda: f"{op}: weights must list the hidden layers followed by the output layer "
-                                      f"(at least 2 layers), got {len(weights)}")
+    _check(
+        len(weights) >= 2,
+        lambda: (
+            f"{op}: weights must list the hidden layers followed by the output layer "
+            f"(at least 2 layers), got {len(weights)}"
+        ),
+    )
     hidden = _check_network(weights, biases, len(weights) - 1, op)
     _check_packed(patterns, "patterns", op)
-    _check(patterns.shape[1] == words_for_units_symbolic(hidden),
-           lambda: f"{op}: the network has {hidden} hidden units, so patterns need "
-                   f"{words_for_units_symbolic(hidden)} int64 words each, got shape {list(patterns.shape)}")
-    check_device(patterns.device == weights[0].device, lambda: f"{op}: patterns and weights must be on one device, "
-                                                               f"got {patterns.device} and {weights[0].device}",
-                 value_error=True)
+    _check(
+        patterns.shape[1] == words_for_units_symbolic(hidden),
+        lambda: (
+            f"{op}: the network has {hidden} hidden units, so patterns need "
+            f"{words_for_units_symbolic(hidden)} int64 words each, got shape {list(patterns.shape)}"
+        ),
+    )
+    check_device(
+        patterns.device == weights[0].device,
+        lambda: f"{op}: patterns and weights must be on one device, got {patterns.device} and {weights[0].device}",
+        value_error=True,
+    )
     d = weights[0].shape[1]
     n_out = weights[-1].shape[0]
     num = patterns.shape[0]
     ref = weights[0]
-    return (ref.new_empty((num, hidden, d)), ref.new_empty((num, hidden)),
-            ref.new_empty((num, n_out, d)), ref.new_empty((num, n_out)))
+    return (
+        ref.new_empty((num, hidden, d)),
+        ref.new_empty((num, hidden)),
+        ref.new_empty((num, n_out, d)),
+        ref.new_empty((num, n_out)),
+    )
 
 
 # region_system is not differentiable: asking for a gradient through it raises
@@ -352,8 +406,10 @@ def _region_system_setup(ctx, inputs, output):
 def _region_system_backward(ctx, *grads):
     raise NotDifferentiableError(
         "region_system: a gradient through the region system was requested, but region_system is not "
-        "differentiable (region systems are geometry, not a training target); detach the weights and biases")
+        "differentiable (region systems are geometry, not a training target); detach the weights and biases"
+    )
 
 
-torch.library.register_autograd("manifold_ext::region_system", _region_system_backward,
-                                setup_context=_region_system_setup)
+torch.library.register_autograd(
+    "manifold_ext::region_system", _region_system_backward, setup_context=_region_system_setup
+)

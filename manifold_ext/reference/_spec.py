@@ -7,6 +7,7 @@ import) and takes the defaults from the wrapper, where they are written once.
 The reference stays a plain function (no wrapper around it), so it costs
 nothing per call and ``torch.compile`` traces it as before.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -22,18 +23,24 @@ def reference_of(op: Callable) -> Callable[[Callable], Callable]:
         described = [(p.name, p.kind) for p in parameters]
         expected = [(p.name, p.kind) for p in op_parameters]
         if described != expected:
-            raise TypeError(f"{reference.__name__} must take the parameters of {op.__name__} (names and kinds), "
-                            f"{expected}; got {described}")
+            raise TypeError(
+                f"{reference.__name__} must take the parameters of {op.__name__} (names and kinds), "
+                f"{expected}; got {described}"
+            )
         with_defaults = [p.name for p in parameters if p.default is not inspect.Parameter.empty]
         if with_defaults:
-            raise TypeError(f"{reference.__name__}: leave out the defaults of {with_defaults}; they are taken from "
-                            f"{op.__name__}, where they are written once")
+            raise TypeError(
+                f"{reference.__name__}: leave out the defaults of {with_defaults}; they are taken from "
+                f"{op.__name__}, where they are written once"
+            )
         reference.__defaults__ = op.__defaults__
         reference.__kwdefaults__ = dict(op.__kwdefaults__) if op.__kwdefaults__ else None
         reference.__annotations__ = dict(op.__annotations__)
         own = inspect.cleandoc(reference.__doc__) if reference.__doc__ else ""
-        reference.__doc__ = (f"Plain-PyTorch reference of :func:`manifold_ext.ops.{op.__name__}`: the same signature "
-                             f"and defaults, the same results (the op's specification).\n\n{own}").rstrip()
+        reference.__doc__ = (
+            f"Plain-PyTorch reference of :func:`manifold_ext.ops.{op.__name__}`: the same signature "
+            f"and defaults, the same results (the op's specification).\n\n{own}"
+        ).rstrip()
         reference.reference_of = op
         return reference
 

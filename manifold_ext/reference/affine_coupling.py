@@ -1,4 +1,5 @@
 """Reference affine coupling in plain PyTorch (the op's specification)."""
+
 from __future__ import annotations
 
 import torch

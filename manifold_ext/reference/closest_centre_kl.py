@@ -1,4 +1,5 @@
 """Reference closest-centre and nearest-centre Gaussian KL in plain PyTorch (the ops' specification)."""
+
 from __future__ import annotations
 
 import math

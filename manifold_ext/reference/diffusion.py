@@ -5,6 +5,7 @@ ops' specification), written as the paper and the DDPM/DDIM papers state them.
 Schedule arithmetic is done in float64 and the per-element work in the inputs'
 dtype, as a user would write it.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Reference Gaussian ELBO in plain PyTorch (the specification of ``manifold_ext.ops.gaussian_elbo``)."""
+
 from __future__ import annotations
 
 import math

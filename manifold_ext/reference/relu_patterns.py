@@ -5,6 +5,7 @@ tensors, and Hamming distances as matrix products of those; the packed
 ``int64`` layout of the compiled ops (bit ``g % 64`` of word ``g // 64``)
 is produced and consumed only at the edges.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -37,8 +38,9 @@ def unpack_patterns_reference(packed, num_units):
     return bits.reshape(packed.shape[0], packed.shape[1] * BITS_PER_WORD)[:, :num_units].bool()
 
 
-def activation_bits_reference(x: torch.Tensor, weights: Sequence[torch.Tensor],
-                              biases: Sequence[torch.Tensor]) -> torch.Tensor:
+def activation_bits_reference(
+    x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]
+) -> torch.Tensor:
     """Unpacked patterns ``bool [N, H]``: s = (pre-activation > 0), layers concatenated (Eq. 3-4)."""
     bits = []
     h = x
@@ -77,8 +79,9 @@ def hamming_distance_reference(a, b):
     return hamming_distance_bits_reference(unpack_patterns_reference(a, units), unpack_patterns_reference(b, units))
 
 
-def hamming_topk_bits_reference(query_bits: torch.Tensor, ref_bits: torch.Tensor, k: int,
-                                chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+def hamming_topk_bits_reference(
+    query_bits: torch.Tensor, ref_bits: torch.Tensor, k: int, chunk: int = 2048
+) -> tuple[torch.Tensor, torch.Tensor]:
     """k nearest references by Hamming distance on unpacked patterns, ascending by (distance, index).
 
     Queries go in chunks so the distance matrix of a chunk, not of all queries, is held.
@@ -87,7 +90,7 @@ def hamming_topk_bits_reference(query_bits: torch.Tensor, ref_bits: torch.Tensor
     dists, indices = [], []
     index = torch.arange(num_ref, device=ref_bits.device, dtype=torch.int64)
     for start in range(0, query_bits.shape[0], chunk):
-        dist = hamming_distance_bits_reference(query_bits[start:start + chunk], ref_bits).to(torch.int64)
+        dist = hamming_distance_bits_reference(query_bits[start : start + chunk], ref_bits).to(torch.int64)
         key = dist * num_ref + index  # unique keys: ties in distance go to the smaller index
         top_key = torch.topk(key, k, dim=1, largest=False, sorted=True).values
         dists.append((top_key // num_ref).to(torch.int32))
@@ -126,14 +129,14 @@ def region_system_reference(weights, biases, patterns):
         offset = 0
         for j, (w, b) in enumerate(zip(hidden_weights, hidden_biases)):
             if j > 0:
-                prev = s[offset - hidden_weights[j - 1].shape[0]:offset]
+                prev = s[offset - hidden_weights[j - 1].shape[0] : offset]
                 w_hat = w @ torch.diag(prev) @ w_hat
                 b_hat = w @ torch.diag(prev) @ b_hat + b
-            sign = 1 - 2 * s[offset:offset + w.shape[0]]  # s'
+            sign = 1 - 2 * s[offset : offset + w.shape[0]]  # s'
             rows.append(torch.diag(sign) @ w_hat)
             rhs.append(-torch.diag(sign) @ b_hat)
             offset += w.shape[0]
-        last = s[offset - hidden_weights[-1].shape[0]:offset]
+        last = s[offset - hidden_weights[-1].shape[0] : offset]
         A_all.append(torch.cat(rows))
         c_all.append(torch.cat(rhs))
         w_all.append(weights[-1] @ torch.diag(last) @ w_hat)

@@ -21,6 +21,7 @@ top of the compiled pattern ops (``manifold_ext.ops.activation_patterns``,
 * :func:`chebyshev_centre` (Eq. 7-8) and :func:`is_bounded`;
 * :class:`HammingNearestNeighbour`: k-NN on patterns (Table 3).
 """
+
 from manifold_ext.relu_geometry.bisection import BisectionPath, bisect_to_neighbour
 from manifold_ext.relu_geometry.classify import HammingNearestNeighbour
 from manifold_ext.relu_geometry.enumerate import enumerate_regions, sample_patterns
@@ -41,8 +42,27 @@ from manifold_ext.relu_geometry.network import Region, ReLUNetwork
 from manifold_ext.relu_geometry.results import EnumerationResult, EnumerationShards, load_regions
 
 __all__ = [
-    "ReLUNetwork", "Region", "Box", "as_box", "ActiveSet", "RegionLPError", "DEFAULT_TOL",
-    "active_set", "active_bits", "facet_groups", "neighbours", "flip_units", "point_across_facet",
-    "enumerate_regions", "EnumerationResult", "EnumerationShards", "load_regions", "sample_patterns",
-    "bisect_to_neighbour", "BisectionPath", "chebyshev_centre", "is_bounded", "HammingNearestNeighbour",
+    "ReLUNetwork",
+    "Region",
+    "Box",
+    "as_box",
+    "ActiveSet",
+    "RegionLPError",
+    "DEFAULT_TOL",
+    "active_set",
+    "active_bits",
+    "facet_groups",
+    "neighbours",
+    "flip_units",
+    "point_across_facet",
+    "enumerate_regions",
+    "EnumerationResult",
+    "EnumerationShards",
+    "load_regions",
+    "sample_patterns",
+    "bisect_to_neighbour",
+    "BisectionPath",
+    "chebyshev_centre",
+    "is_bounded",
+    "HammingNearestNeighbour",
 ]

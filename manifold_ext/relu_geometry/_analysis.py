@@ -9,6 +9,7 @@ radius, facet count and boundedness, and the patterns across its facets (dedupli
 within the batch), so a batch of ``b`` regions costs about ``b * (8 (d + 2) + 8 w k)`` bytes
 (``w`` words per pattern, ``k`` facets per region), never the regions' ``A`` and ``c``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,14 +37,16 @@ class BatchAnalysis:
     fallbacks: int  # regions the 2-D op handed to the LP path
 
 
-def analyse_batch(network, patterns: np.ndarray, box_array: np.ndarray | None, tol: float, check_bounded: bool,
-                  method: str) -> BatchAnalysis:
+def analyse_batch(
+    network, patterns: np.ndarray, box_array: np.ndarray | None, tol: float, check_bounded: bool, method: str
+) -> BatchAnalysis:
     """Analyse the packed patterns ``[b, words]`` (runs in worker processes; arguments are plain data)."""
     box = None if box_array is None else Box(np.asarray(box_array[0]), np.asarray(box_array[1]))
     A, c, _, _ = network.systems(patterns)
     row_scale, offset_scale = network.system_scales(patterns)
-    bits = np.unpackbits(np.ascontiguousarray(patterns).view(np.uint8), axis=1,
-                         bitorder="little")[:, :network.num_units].astype(bool)
+    bits = np.unpackbits(np.ascontiguousarray(patterns).view(np.uint8), axis=1, bitorder="little")[
+        :, : network.num_units
+    ].astype(bool)
     zero, infeasible, zero_constant = zero_rows(A, c, row_scale, offset_scale, bits)
     b, H, d = A.shape
     facet_of = np.full((b, H), -1, dtype=np.int64)
@@ -74,15 +77,23 @@ def analyse_batch(network, patterns: np.ndarray, box_array: np.ndarray | None, t
         if check_bounded and not act.empty:
             bounded[i] = _bounded(A[i], zero[i], act, tol, failures, patterns[i])
     keep = ~infeasible & (radius > tol)
-    neighbours, _ = exact_neighbour_patterns(network, patterns[keep], facet_of[keep], A[keep], zero_constant[keep],
-                                             row_scale[keep])
+    neighbours, _ = exact_neighbour_patterns(
+        network, patterns[keep], facet_of[keep], A[keep], zero_constant[keep], row_scale[keep]
+    )
     if len(neighbours):
         _, first = np.unique(neighbours, axis=0, return_index=True)
         neighbours = neighbours[np.sort(first)]
-    return BatchAnalysis(keep=keep, points=centre[keep], radii=radius[keep],
-                         num_facets=_count_groups(facet_of[keep]),
-                         bounded=bounded[keep] if check_bounded else None, neighbours=neighbours, n_lps=n_lps,
-                         failures=failures, fallbacks=fallbacks)
+    return BatchAnalysis(
+        keep=keep,
+        points=centre[keep],
+        radii=radius[keep],
+        num_facets=_count_groups(facet_of[keep]),
+        bounded=bounded[keep] if check_bounded else None,
+        neighbours=neighbours,
+        n_lps=n_lps,
+        failures=failures,
+        fallbacks=fallbacks,
+    )
 
 
 def _count_groups(facet_of: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
 """Argument checks shared by the geometry layer: one message style (name, expected, got)."""
+
 from __future__ import annotations
 
 import numbers

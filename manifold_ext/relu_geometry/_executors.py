@@ -5,6 +5,7 @@ The runner hands out futures; the driver always waits for the oldest one and dec
 submit next only from results it has consumed, so the batches (and therefore the result) are
 the same whichever executor ran them and however long each took.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -63,8 +64,10 @@ class BatchRunner:
         elif executor is None or (isinstance(executor, str) and executor in self.MODES):
             self.mode, self.executor = executor or "inline", None
         else:
-            raise ValueError(f"enumerate_regions: executor must be a concurrent.futures.Executor, None or one of "
-                             f"{self.MODES}, got {executor!r}")
+            raise ValueError(
+                f"enumerate_regions: executor must be a concurrent.futures.Executor, None or one of "
+                f"{self.MODES}, got {executor!r}"
+            )
         self.pool_after = as_float(pool_after, "enumerate_regions: pool_after")
         if self.pool_after < 0:
             raise ValueError(f"enumerate_regions: pool_after must be >= 0 seconds, got {pool_after}")
@@ -85,8 +88,9 @@ class BatchRunner:
     def _pool(self) -> Executor:
         if self.executor is None:
             # spawn: forking a process whose torch/OpenMP threads are running is unsafe.
-            self.own_pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_single_threaded_worker)
+            self.own_pool = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_single_threaded_worker
+            )
             self.executor = self.own_pool
         return self.executor
 
@@ -107,9 +111,12 @@ class BatchRunner:
                 return _Deferred(fn, args).result()
             # E.g. a script without an `if __name__ == "__main__":` guard, whose spawned workers
             # re-run it on import: finish in this process instead of failing.
-            warnings.warn(f"enumerate_regions: the local process pool failed ({error}; a script without an "
-                          "`if __name__ == '__main__':` guard?); continuing in this process", RuntimeWarning,
-                          stacklevel=3)
+            warnings.warn(
+                f"enumerate_regions: the local process pool failed ({error}; a script without an "
+                "`if __name__ == '__main__':` guard?); continuing in this process",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             self.close()
             self.mode, self.pool_broke = "inline", True
             return _Deferred(fn, args).result()

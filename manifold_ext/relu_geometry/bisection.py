@@ -11,6 +11,7 @@ Intervals whose end patterns agree are dropped at once (regions are convex, so
 the whole interval lies in that region). All intervals of one level are
 evaluated in one batched call of the pattern and region-system ops.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,8 +69,7 @@ def _exit_parameter(A, c, x0, v, t0, forward: bool) -> tuple[float, int, float]:
     return float(t), int(first), float(gap)
 
 
-def bisect_to_neighbour(network: ReLUNetwork, x, y, *, min_interval: float = 1e-12,
-                        tol: float = 1e-9) -> BisectionPath:
+def bisect_to_neighbour(network: ReLUNetwork, x, y, *, min_interval: float = 1e-12, tol: float = 1e-9) -> BisectionPath:
     """Points along the segment from ``x`` to ``y`` whose consecutive patterns differ in one bit.
 
     Args:
@@ -82,8 +82,10 @@ def bisect_to_neighbour(network: ReLUNetwork, x, y, *, min_interval: float = 1e-
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     y = np.asarray(y, dtype=np.float64).reshape(-1)
     if x.shape != (network.input_dim,) or y.shape != (network.input_dim,):
-        raise ValueError(f"bisect_to_neighbour: x and y must be points of dimension {network.input_dim}, "
-                         f"got shapes {x.shape} and {y.shape}")
+        raise ValueError(
+            f"bisect_to_neighbour: x and y must be points of dimension {network.input_dim}, "
+            f"got shapes {x.shape} and {y.shape}"
+        )
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
         raise ValueError("bisect_to_neighbour: x and y must be finite")
     for name, value in (("min_interval", min_interval), ("tol", tol)):
@@ -115,8 +117,12 @@ def bisect_to_neighbour(network: ReLUNetwork, x, y, *, min_interval: float = 1e-
                 unit = int(diff[0])
                 t_exit, row_a, gap_a = _exit_parameter(A[j], c[j], x + ta * v, v, ta, forward=True)
                 t_enter, row_b, gap_b = _exit_parameter(A[m + j], c[m + j], x + tb * v, v, tb, forward=False)
-                direct = (row_a == unit and row_b == unit and abs(t_exit - t_enter) <= tol * (1 + abs(t_exit))
-                          and ta - tol <= t_exit <= tb + tol)
+                direct = (
+                    row_a == unit
+                    and row_b == unit
+                    and abs(t_exit - t_enter) <= tol * (1 + abs(t_exit))
+                    and ta - tol <= t_exit <= tb + tol
+                )
                 if direct:
                     verified[i] = (t_exit, unit)
         next_pending = []

@@ -1,4 +1,5 @@
 """Nearest-neighbour classification in Hamming distance between activation patterns (paper 001, Table 3)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,19 +33,24 @@ class HammingNearestNeighbour:
             return self.network.patterns(X)
         p = X if torch.is_tensor(X) else torch.as_tensor(np.asarray(X))
         if p.dtype != torch.int64 or p.dim() != 2:
-            raise ValueError("HammingNearestNeighbour: without a network, pass packed patterns int64 [N, words] "
-                             f"(see manifold_ext.ops.activation_patterns), got {p.dtype} {tuple(p.shape)}")
+            raise ValueError(
+                "HammingNearestNeighbour: without a network, pass packed patterns int64 [N, words] "
+                f"(see manifold_ext.ops.activation_patterns), got {p.dtype} {tuple(p.shape)}"
+            )
         return p.contiguous()
 
     def fit(self, X, y) -> "HammingNearestNeighbour":
         ref = self._patterns(X)
         labels = np.asarray(y)
         if labels.shape != (ref.shape[0],):
-            raise ValueError(f"HammingNearestNeighbour.fit: got {ref.shape[0]} patterns but labels of shape "
-                             f"{labels.shape}")
+            raise ValueError(
+                f"HammingNearestNeighbour.fit: got {ref.shape[0]} patterns but labels of shape {labels.shape}"
+            )
         if ref.shape[0] < self.k:
-            raise ValueError(f"HammingNearestNeighbour.fit: k = {self.k} needs at least {self.k} training "
-                             f"patterns, got {ref.shape[0]}")
+            raise ValueError(
+                f"HammingNearestNeighbour.fit: k = {self.k} needs at least {self.k} training "
+                f"patterns, got {ref.shape[0]}"
+            )
         self._ref, self._labels = ref, labels
         self.classes_ = np.unique(labels)
         return self
@@ -55,12 +61,15 @@ class HammingNearestNeighbour:
             raise RuntimeError("HammingNearestNeighbour: call fit first")
         query = self._patterns(X)
         if query.shape[1] != self._ref.shape[1]:
-            raise ValueError(f"HammingNearestNeighbour: patterns have {query.shape[1]} words, the training "
-                             f"patterns {self._ref.shape[1]}")
+            raise ValueError(
+                f"HammingNearestNeighbour: patterns have {query.shape[1]} words, the training "
+                f"patterns {self._ref.shape[1]}"
+            )
         k = self.k if k is None else as_int(k, "HammingNearestNeighbour.kneighbors: k", minimum=1)
         if k > self._ref.shape[0]:
-            raise ValueError(f"HammingNearestNeighbour.kneighbors: k = {k} exceeds the {self._ref.shape[0]} training "
-                             "patterns")
+            raise ValueError(
+                f"HammingNearestNeighbour.kneighbors: k = {k} exceeds the {self._ref.shape[0]} training patterns"
+            )
         dist, index = hamming_topk(query.to(self._ref.device), self._ref, k)
         return dist.cpu().numpy(), index.cpu().numpy()
 

@@ -20,6 +20,7 @@ a local process pool: a small network never pays for starting workers, a large o
 core. With ``out_dir`` the regions are streamed to NumPy shards (:mod:`.results`) instead of
 being kept.
 """
+
 from __future__ import annotations
 
 import time
@@ -45,11 +46,24 @@ SEED_RADII = (1e-6, 1e-3, 1e-1, 1.0)
 SEED_POINTS = 16
 
 
-def enumerate_regions(network: ReLUNetwork, box=None, *, start=None, tol: float = DEFAULT_TOL,
-                      method: str = "auto", executor: Executor | str | None = "auto", scheduler: str | None = None,
-                      pool_after: float = 2.0, workers: int | None = None, batch_size: int | None = None,
-                      max_in_flight: int = 32, max_regions: int | None = None, out_dir=None,
-                      shard_size: int = 100_000, progress: bool = True) -> EnumerationResult | EnumerationShards:
+def enumerate_regions(
+    network: ReLUNetwork,
+    box=None,
+    *,
+    start=None,
+    tol: float = DEFAULT_TOL,
+    method: str = "auto",
+    executor: Executor | str | None = "auto",
+    scheduler: str | None = None,
+    pool_after: float = 2.0,
+    workers: int | None = None,
+    batch_size: int | None = None,
+    max_in_flight: int = 32,
+    max_regions: int | None = None,
+    out_dir=None,
+    shard_size: int = 100_000,
+    progress: bool = True,
+) -> EnumerationResult | EnumerationShards:
     """All linear regions of ``network``, in ``box`` or in all of R^d (Algorithm 1).
 
     Args:
@@ -91,8 +105,11 @@ def enumerate_regions(network: ReLUNetwork, box=None, *, start=None, tol: float 
     box = as_box(box, d)
     tol = check_tol(tol, box, "enumerate_regions")
     method = _resolve_method(method, d)
-    batch_size = DEFAULT_BATCH_SIZE[method] if batch_size is None else as_int(
-        batch_size, "enumerate_regions: batch_size", minimum=1)
+    batch_size = (
+        DEFAULT_BATCH_SIZE[method]
+        if batch_size is None
+        else as_int(batch_size, "enumerate_regions: batch_size", minimum=1)
+    )
     max_in_flight = as_int(max_in_flight, "enumerate_regions: max_in_flight", minimum=1)
     if max_regions is not None:
         max_regions = as_int(max_regions, "enumerate_regions: max_regions", minimum=1)
@@ -108,10 +125,14 @@ def enumerate_regions(network: ReLUNetwork, box=None, *, start=None, tol: float 
     runner = BatchRunner(executor, pool_after, workers)
     check_bounded = box is None
     box_array = None if box is None else box.as_array()
-    sink = (MemorySink(network.num_words, d, check_bounded) if out_dir is None
-            else ShardSink(out_dir, network.num_words, d, check_bounded, shard_size))
-    traversal = _Traversal(network, runner, sink, (box_array, tol, check_bounded, method), batch_size,
-                           max_in_flight, max_regions)
+    sink = (
+        MemorySink(network.num_words, d, check_bounded)
+        if out_dir is None
+        else ShardSink(out_dir, network.num_words, d, check_bounded, shard_size)
+    )
+    traversal = _Traversal(
+        network, runner, sink, (box_array, tol, check_bounded, method), batch_size, max_in_flight, max_regions
+    )
     bar = tqdm(desc="enumerating regions", unit="region", disable=not progress, mininterval=0.5)
     traversal.bar = bar
     try:
@@ -123,26 +144,58 @@ def enumerate_regions(network: ReLUNetwork, box=None, *, start=None, tol: float 
         if client is not None:
             client.close()
     seconds = time.perf_counter() - t0
-    stats = dict(box=box, empty_candidates=traversal.empty, failures=traversal.failures, n_lps=traversal.n_lps,
-                 seconds=seconds, truncated=traversal.truncated, used_executor=runner.used_executor, method=method,
-                 fallbacks=traversal.fallbacks, num_batches=traversal.batches)
+    stats = dict(
+        box=box,
+        empty_candidates=traversal.empty,
+        failures=traversal.failures,
+        n_lps=traversal.n_lps,
+        seconds=seconds,
+        truncated=traversal.truncated,
+        used_executor=runner.used_executor,
+        method=method,
+        fallbacks=traversal.fallbacks,
+        num_batches=traversal.batches,
+    )
     if out_dir is None:
         patterns, points, radii, facets, bounded = sink.arrays()
-        return EnumerationResult(patterns=patterns, interior_points=points, radii=radii, num_facets=facets,
-                                 bounded=bounded, **stats)
+        return EnumerationResult(
+            patterns=patterns, interior_points=points, radii=radii, num_facets=facets, bounded=bounded, **stats
+        )
     sink.flush()
     num_bounded = sink.num_bounded if check_bounded else None
     num_unbounded = sink.count - sink.num_bounded if check_bounded else None
-    sink.write_manifest({
-        "complete": True, "network": repr(network), "words": network.num_words, "dim": d, "tol": tol,
-        "box": None if box is None else [box.lo.tolist(), box.hi.tolist()], "num_regions": sink.count,
-        "num_bounded": num_bounded, "num_unbounded": num_unbounded, "empty_candidates": traversal.empty,
-        "failures": traversal.failures, "n_lps": traversal.n_lps, "seconds": seconds, "truncated": traversal.truncated,
-        "used_executor": runner.used_executor, "method": method, "fallbacks": traversal.fallbacks,
-        "batch_size": batch_size, "max_in_flight": max_in_flight, "num_batches": traversal.batches,
-    })
-    return EnumerationShards(directory=sink.directory, num_regions=sink.count, num_bounded=num_bounded,
-                             num_unbounded=num_unbounded, shard_files=[f["file"] for f in sink.files], **stats)
+    sink.write_manifest(
+        {
+            "complete": True,
+            "network": repr(network),
+            "words": network.num_words,
+            "dim": d,
+            "tol": tol,
+            "box": None if box is None else [box.lo.tolist(), box.hi.tolist()],
+            "num_regions": sink.count,
+            "num_bounded": num_bounded,
+            "num_unbounded": num_unbounded,
+            "empty_candidates": traversal.empty,
+            "failures": traversal.failures,
+            "n_lps": traversal.n_lps,
+            "seconds": seconds,
+            "truncated": traversal.truncated,
+            "used_executor": runner.used_executor,
+            "method": method,
+            "fallbacks": traversal.fallbacks,
+            "batch_size": batch_size,
+            "max_in_flight": max_in_flight,
+            "num_batches": traversal.batches,
+        }
+    )
+    return EnumerationShards(
+        directory=sink.directory,
+        num_regions=sink.count,
+        num_bounded=num_bounded,
+        num_unbounded=num_unbounded,
+        shard_files=[f["file"] for f in sink.files],
+        **stats,
+    )
 
 
 def _resolve_method(method: str, d: int) -> str:
@@ -151,8 +204,9 @@ def _resolve_method(method: str, d: int) -> str:
     if method not in METHODS:
         raise ValueError(f"enumerate_regions: method must be 'auto' or one of {METHODS}, got {method!r}")
     if method == "clip" and d != 2:
-        raise ValueError(f"enumerate_regions: method='clip' (exact polygon clipping) needs a 2-D input space, got "
-                         f"dimension {d}")
+        raise ValueError(
+            f"enumerate_regions: method='clip' (exact polygon clipping) needs a 2-D input space, got dimension {d}"
+        )
     return method
 
 
@@ -163,8 +217,9 @@ def _start_points(start, box: Box | None, d: int) -> np.ndarray:
     if points.ndim == 1:
         points = points[None]
     if points.ndim != 2 or points.shape[1] != d or len(points) == 0:
-        raise ValueError(f"enumerate_regions: start must be a point [{d}] or points [n, {d}], got shape "
-                         f"{np.shape(start)}")
+        raise ValueError(
+            f"enumerate_regions: start must be a point [{d}] or points [n, {d}], got shape {np.shape(start)}"
+        )
     if not np.all(np.isfinite(points)):
         raise ValueError("enumerate_regions: the start points must be finite")
     if box is not None and not np.all(box.contains(points)):
@@ -217,8 +272,12 @@ class _Traversal:
         raise RegionLPError(
             f"enumerate_regions: no region with an interior (Chebyshev radius > tol = {self.args[1]}) at the start "
             f"point(s) or at {SEED_POINTS * len(SEED_RADII)} points around them; "
-            + (f"LP failures: {self.failures[:3]}" if self.failures else
-               "is the box inside a single flat region of a degenerate network?"))
+            + (
+                f"LP failures: {self.failures[:3]}"
+                if self.failures
+                else "is the box inside a single flat region of a degenerate network?"
+            )
+        )
 
     def run(self) -> None:
         self._fill()
@@ -274,8 +333,9 @@ class _Traversal:
             self.pending_count += int(fresh.sum())
 
 
-def sample_patterns(network: ReLUNetwork, box, n: int, *, seed: int = 0, grid: bool = False,
-                    chunk: int = 1 << 16) -> np.ndarray:
+def sample_patterns(
+    network: ReLUNetwork, box, n: int, *, seed: int = 0, grid: bool = False, chunk: int = 1 << 16
+) -> np.ndarray:
     """Distinct packed patterns seen at ``n`` points of ``box`` (uniform random, or a grid of about
     ``n`` points when ``grid``). Sampling can only find a subset of the regions an exact
     enumeration finds; the demos and tests use it to check :func:`enumerate_regions`."""
@@ -294,6 +354,6 @@ def sample_patterns(network: ReLUNetwork, box, n: int, *, seed: int = 0, grid: b
         points = box.sample(n, rng)
     unique = []
     for i in range(0, len(points), chunk):
-        p = network.patterns(points[i:i + chunk]).numpy()
+        p = network.patterns(points[i : i + chunk]).numpy()
         unique.append(np.unique(p, axis=0))
     return np.unique(np.concatenate(unique), axis=0)

@@ -12,6 +12,7 @@ When every vanishing unit is in the facet group's first layer (the usual case) t
 "flip the group's bits" and needs no new system; otherwise the systems of the partly updated
 pattern give the gradients of the next layer.
 """
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -36,8 +37,9 @@ def unit_layers(network) -> np.ndarray:
     return np.repeat(np.arange(len(network.hidden_sizes)), network.hidden_sizes)
 
 
-def exact_neighbour_patterns(network, patterns: np.ndarray, facet_of: np.ndarray, A: np.ndarray,
-                             zero_constant: np.ndarray, row_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def exact_neighbour_patterns(
+    network, patterns: np.ndarray, facet_of: np.ndarray, A: np.ndarray, zero_constant: np.ndarray, row_scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The pattern across every facet of every region (see the module docstring).
 
     Args:
@@ -76,8 +78,9 @@ def exact_neighbour_patterns(network, patterns: np.ndarray, facet_of: np.ndarray
         i, rep_row = int(owner[q]), int(pair_keys[q] % H)
         group = np.flatnonzero(facet_of[i] == rep_row)
         normal = A[i, rep_row] / np.linalg.norm(A[i, rep_row])
-        out[q] = _settle_layer_by_layer(network, patterns[i], group, np.flatnonzero(zero_constant[i]), normal,
-                                        A[i], row_scale[i], layers).view(np.uint64)
+        out[q] = _settle_layer_by_layer(
+            network, patterns[i], group, np.flatnonzero(zero_constant[i]), normal, A[i], row_scale[i], layers
+        ).view(np.uint64)
     return out.view(np.int64), owner
 
 
@@ -114,12 +117,13 @@ def pack_bits(bits: np.ndarray) -> np.ndarray:
     """``bool [H]`` packed into ``int64 [ceil(H / 64)]`` (LSB first, as activation_patterns)."""
     words = (len(bits) + 63) // 64
     padded = np.zeros(words * 64, dtype=bool)
-    padded[:len(bits)] = bits
+    padded[: len(bits)] = bits
     return np.packbits(padded, bitorder="little").view(np.int64).copy()
 
 
-def neighbours(region, box=None, *, tol: float = DEFAULT_TOL, method: str = "highs", network=None,
-               return_points: bool = False):
+def neighbours(
+    region, box=None, *, tol: float = DEFAULT_TOL, method: str = "highs", network=None, return_points: bool = False
+):
     """Packed patterns ``[q, words]`` of the regions across each facet of ``region`` (within ``box``).
 
     Args:
@@ -137,8 +141,9 @@ def neighbours(region, box=None, *, tol: float = DEFAULT_TOL, method: str = "hig
         ``active_set(region, box).groups``.
     """
     if return_points and network is None:
-        raise ValueError("neighbours: return_points=True needs network= (the points are found by bisection "
-                         "through the network)")
+        raise ValueError(
+            "neighbours: return_points=True needs network= (the points are found by bisection through the network)"
+        )
     act = active_set(region, box, tol=tol, method=method)
     words = len(region.pattern)
     if not act.groups:
@@ -152,17 +157,23 @@ def neighbours(region, box=None, *, tol: float = DEFAULT_TOL, method: str = "hig
             facet_of[0, group] = group.min()
         row_scale = region.row_scale if region.row_scale is not None else np.linalg.norm(region.A, axis=1)
         _, _, zero_constant = zero_rows(region.A, region.c, region.row_scale, region.offset_scale, region.bits)
-        patterns, _ = exact_neighbour_patterns(network, region.pattern[None], facet_of, region.A[None],
-                                               zero_constant[None], row_scale[None])
+        patterns, _ = exact_neighbour_patterns(
+            network, region.pattern[None], facet_of, region.A[None], zero_constant[None], row_scale[None]
+        )
     if not return_points:
         return patterns
-    points = np.stack([point_across_facet(network, region, k, box, tol=tol, method=method, active=act)[0]
-                       for k in range(len(act.groups))])
+    points = np.stack(
+        [
+            point_across_facet(network, region, k, box, tol=tol, method=method, active=act)[0]
+            for k in range(len(act.groups))
+        ]
+    )
     return patterns, points
 
 
-def point_across_facet(network, region, facet: int, box=None, *, tol: float = DEFAULT_TOL, method: str = "highs",
-                       active=None) -> tuple[np.ndarray, np.ndarray]:
+def point_across_facet(
+    network, region, facet: int, box=None, *, tol: float = DEFAULT_TOL, method: str = "highs", active=None
+) -> tuple[np.ndarray, np.ndarray]:
     """A point inside the region across facet ``facet`` of ``region``, and that region's pattern.
 
     Facet ``k`` is ``active_set(region, box).groups[k]``. The segment from the region's Chebyshev
@@ -181,8 +192,9 @@ def point_across_facet(network, region, facet: int, box=None, *, tol: float = DE
     act = active if active is not None else active_set(region, box, tol=tol, method=method)
     facet = as_int(facet, "point_across_facet: facet", minimum=0)
     if facet >= len(act.groups):
-        raise ValueError(f"point_across_facet: facet must be < {len(act.groups)} (the region's facets within the "
-                         f"box), got {facet}")
+        raise ValueError(
+            f"point_across_facet: facet must be < {len(act.groups)} (the region's facets within the box), got {facet}"
+        )
     box = as_box(box, region.input_dim)
     system = normalise_system(as_system(region))
     group = act.groups[facet]
@@ -202,8 +214,7 @@ def point_across_facet(network, region, facet: int, box=None, *, tol: float = DE
         raise RegionLPError(f"point_across_facet: the LP for a point beyond facet {facet} failed ({status})")
     path = bisect_to_neighbour(network, x0, beyond)
     if path.num_regions < 2:
-        raise RegionLPError(f"point_across_facet: the bisection from the centre across facet {facet} found no "
-                            "crossing")
+        raise RegionLPError(f"point_across_facet: the bisection from the centre across facet {facet} found no crossing")
     end = path.crossings[1] if len(path.crossings) > 1 else 1.0
     t = 0.5 * (path.crossings[0] + end)
     point = x0 + t * (beyond - x0)

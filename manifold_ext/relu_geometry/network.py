@@ -3,6 +3,7 @@
 Paper 001 (Liu et al.), model (1): x -> ReLU(W_1 x + b_1) -> ... -> ReLU(W_L . + b_L) -> W_{L+1} . + b_{L+1}.
 The geometry is computed in float64 on the CPU, whatever the module's dtype and device.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,8 +78,9 @@ class ReLUNetwork:
         if len(hidden_weights) == 0:
             raise ValueError("ReLUNetwork: needs at least one hidden (ReLU) layer")
         if len(hidden_weights) != len(hidden_biases):
-            raise ValueError(f"ReLUNetwork: got {len(hidden_weights)} hidden weight matrices but "
-                             f"{len(hidden_biases)} bias vectors")
+            raise ValueError(
+                f"ReLUNetwork: got {len(hidden_weights)} hidden weight matrices but {len(hidden_biases)} bias vectors"
+            )
         self.hidden_weights = [_as_float64(w) for w in hidden_weights]
         self.hidden_biases = [_as_float64(b) for b in hidden_biases]
         width = self.hidden_weights[-1].shape[0]
@@ -92,17 +94,22 @@ class ReLUNetwork:
         fan_in = self.hidden_weights[0].shape[1]
         for j, (w, b) in enumerate(zip(self.layers_weights, self.layers_biases)):
             if w.dim() != 2 or b.dim() != 1 or b.shape[0] != w.shape[0]:
-                raise ValueError(f"ReLUNetwork: layer {j} needs weights [out, in] and biases [out], got "
-                                 f"{tuple(w.shape)} and {tuple(b.shape)}")
+                raise ValueError(
+                    f"ReLUNetwork: layer {j} needs weights [out, in] and biases [out], got "
+                    f"{tuple(w.shape)} and {tuple(b.shape)}"
+                )
             if w.shape[1] != fan_in:
-                raise ValueError(f"ReLUNetwork: layer {j} takes {w.shape[1]} inputs but the previous layer has "
-                                 f"{fan_in} units")
+                raise ValueError(
+                    f"ReLUNetwork: layer {j} takes {w.shape[1]} inputs but the previous layer has {fan_in} units"
+                )
             for name, t in (("weights", w), ("biases", b)):
                 bad = ~torch.isfinite(t)
                 if bad.any():
-                    raise ValueError(f"ReLUNetwork: layer {j} {name} contain {int(bad.sum())} NaN or infinite "
-                                     f"value(s) (first at index {tuple(torch.nonzero(bad)[0].tolist())}); the "
-                                     "regions of such a network are undefined")
+                    raise ValueError(
+                        f"ReLUNetwork: layer {j} {name} contain {int(bad.sum())} NaN or infinite "
+                        f"value(s) (first at index {tuple(torch.nonzero(bad)[0].tolist())}); the "
+                        "regions of such a network are undefined"
+                    )
             fan_in = w.shape[0]
         self._abs_layers: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
@@ -113,14 +120,17 @@ class ReLUNetwork:
         layer when ``output_layer`` (default), otherwise every layer has a ReLU."""
         if output_layer:
             if len(weights) < 2:
-                raise ValueError("ReLUNetwork.from_weights: with output_layer=True pass at least two layers "
-                                 "(hidden layers, then the output layer)")
+                raise ValueError(
+                    "ReLUNetwork.from_weights: with output_layer=True pass at least two layers "
+                    "(hidden layers, then the output layer)"
+                )
             return cls(weights[:-1], biases[:-1], weights[-1], biases[-1])
         return cls(weights, biases)
 
     @classmethod
-    def random(cls, input_dim: int, widths: Sequence[int], *, seed: int = 0, outputs: int = 1,
-               box=(-1.0, 1.0)) -> "ReLUNetwork":
+    def random(
+        cls, input_dim: int, widths: Sequence[int], *, seed: int = 0, outputs: int = 1, box=(-1.0, 1.0)
+    ) -> "ReLUNetwork":
         """A random network (normal weights scaled by ``1/sqrt(fan_in)``) whose first-layer hyperplanes
         pass through uniform points of ``box`` and deeper units through typical activations, as a
         trained network's do (PyTorch's default initialisation leaves most hyperplanes outside a
@@ -135,8 +145,11 @@ class ReLUNetwork:
         weights, biases, fan_in = [], [], input_dim
         for layer, width in enumerate(widths):
             w = g.standard_normal((width, fan_in)) / np.sqrt(fan_in)
-            through = (g.uniform(bounds.lo, bounds.hi, (width, fan_in)) if layer == 0
-                       else 0.3 * np.abs(g.standard_normal((width, fan_in))))
+            through = (
+                g.uniform(bounds.lo, bounds.hi, (width, fan_in))
+                if layer == 0
+                else 0.3 * np.abs(g.standard_normal((width, fan_in)))
+            )
             weights.append(w)
             biases.append(-(w * through).sum(axis=1))
             fan_in = width
@@ -161,18 +174,25 @@ class ReLUNetwork:
         for name, p in module.named_parameters():
             bad = ~torch.isfinite(p.detach())
             if bad.any():
-                raise ValueError(f"ReLUNetwork.from_module: parameter {name!r} contains {int(bad.sum())} NaN or "
-                                 "infinite value(s); the regions of such a network are undefined")
+                raise ValueError(
+                    f"ReLUNetwork.from_module: parameter {name!r} contains {int(bad.sum())} NaN or "
+                    "infinite value(s); the regions of such a network are undefined"
+                )
         if isinstance(module, nn.Sequential):
             net = cls._from_sequential(module)
             if check:
                 net._check_against(module)
             return net
-        others = [type(child).__name__ for child in module.children()
-                  if not isinstance(child, (nn.Linear, nn.ReLU, nn.Identity, nn.Dropout))]
+        others = [
+            type(child).__name__
+            for child in module.children()
+            if not isinstance(child, (nn.Linear, nn.ReLU, nn.Identity, nn.Dropout))
+        ]
         if others:
-            raise TypeError(f"ReLUNetwork.from_module: {type(module).__name__} has children other than "
-                            f"Linear/ReLU ({', '.join(others)}); only ReLU MLPs have this polyhedral structure")
+            raise TypeError(
+                f"ReLUNetwork.from_module: {type(module).__name__} has children other than "
+                f"Linear/ReLU ({', '.join(others)}); only ReLU MLPs have this polyhedral structure"
+            )
         linears = [(name, child) for name, child in module.named_children() if isinstance(child, nn.Linear)]
         if not linears:
             raise TypeError(f"ReLUNetwork.from_module: {type(module).__name__} has no Linear layers")
@@ -180,13 +200,22 @@ class ReLUNetwork:
         weights = [layer.weight for _, layer in linears]
         biases = [layer.bias if layer.bias is not None else torch.zeros(layer.out_features) for _, layer in linears]
         order = ", ".join(name for name, _ in linears)
-        candidates = [] if traced is None else [("its forward read with torch.fx",
-                                                  lambda: cls._from_sequential(traced))]
+        candidates = (
+            [] if traced is None else [("its forward read with torch.fx", lambda: cls._from_sequential(traced))]
+        )
         if len(linears) >= 2:
-            candidates.append((f"Linear children in registration order ({order}) with an affine output",
-                               lambda: cls.from_weights(weights, biases, output_layer=True)))
-        candidates.append((f"Linear children in registration order ({order}) with a ReLU after each",
-                           lambda: cls.from_weights(weights, biases, output_layer=False)))
+            candidates.append(
+                (
+                    f"Linear children in registration order ({order}) with an affine output",
+                    lambda: cls.from_weights(weights, biases, output_layer=True),
+                )
+            )
+        candidates.append(
+            (
+                f"Linear children in registration order ({order}) with a ReLU after each",
+                lambda: cls.from_weights(weights, biases, output_layer=False),
+            )
+        )
         tried = []
         for what, build in candidates:
             try:
@@ -198,10 +227,12 @@ class ReLUNetwork:
                 return net
             tried.append(f"{what} (does not reproduce the output)")
         tried = "; ".join(tried)
-        raise ValueError(f"ReLUNetwork.from_module: {type(module).__name__}'s forward is neither its Linear "
-                         f"children in registration order with ReLUs between them nor a Linear/ReLU chain torch.fx "
-                         f"can read ({trace_problem or 'read, but it does not reproduce the output'}); tried: {tried}. "
-                         "Wrap it as nn.Sequential or use ReLUNetwork.from_weights")
+        raise ValueError(
+            f"ReLUNetwork.from_module: {type(module).__name__}'s forward is neither its Linear "
+            f"children in registration order with ReLUs between them nor a Linear/ReLU chain torch.fx "
+            f"can read ({trace_problem or 'read, but it does not reproduce the output'}); tried: {tried}. "
+            "Wrap it as nn.Sequential or use ReLUNetwork.from_weights"
+        )
 
     @classmethod
     def _from_sequential(cls, seq: nn.Sequential) -> "ReLUNetwork":
@@ -216,8 +247,10 @@ class ReLUNetwork:
                 elif isinstance(child, (nn.Linear, nn.ReLU)):
                     flat.append(child)
                 else:
-                    raise TypeError(f"ReLUNetwork.from_module: unsupported layer {type(child).__name__} in "
-                                    "nn.Sequential; only Linear and ReLU (plus Identity/Dropout) are allowed")
+                    raise TypeError(
+                        f"ReLUNetwork.from_module: unsupported layer {type(child).__name__} in "
+                        "nn.Sequential; only Linear and ReLU (plus Identity/Dropout) are allowed"
+                    )
 
         flatten(seq)
         weights, biases, relu_after = [], [], []
@@ -233,8 +266,10 @@ class ReLUNetwork:
                     relu_after.append(False)
             else:
                 if not weights or relu_after[-1]:
-                    raise ValueError("ReLUNetwork.from_module: a ReLU must follow a Linear layer "
-                                     "(found a ReLU first or two ReLUs in a row)")
+                    raise ValueError(
+                        "ReLUNetwork.from_module: a ReLU must follow a Linear layer "
+                        "(found a ReLU first or two ReLUs in a row)"
+                    )
                 relu_after[-1] = True
         if not weights:
             raise TypeError("ReLUNetwork.from_module: the nn.Sequential has no Linear layers")
@@ -272,8 +307,10 @@ class ReLUNetwork:
 
     def _check_against(self, module: nn.Module) -> None:
         if not self._matches(module):
-            raise ValueError("ReLUNetwork.from_module: the network read from the module does not reproduce its "
-                             "output on random inputs; is its forward a plain Linear/ReLU stack?")
+            raise ValueError(
+                "ReLUNetwork.from_module: the network read from the module does not reproduce its "
+                "output on random inputs; is its forward a plain Linear/ReLU stack?"
+            )
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -312,12 +349,19 @@ class ReLUNetwork:
     _STATE = ("hidden_weights", "hidden_biases", "output_weight", "output_bias")
 
     def __getstate__(self):  # plain arrays travel to worker processes cheaply
-        return {k: [t.numpy() for t in v] if isinstance(v, list) else v.numpy()
-                for k, v in self.__dict__.items() if k in self._STATE}
+        return {
+            k: [t.numpy() for t in v] if isinstance(v, list) else v.numpy()
+            for k, v in self.__dict__.items()
+            if k in self._STATE
+        }
 
     def __setstate__(self, state):
-        self.__dict__.update({k: [torch.from_numpy(a) for a in v] if isinstance(v, list) else torch.from_numpy(v)
-                              for k, v in state.items()})
+        self.__dict__.update(
+            {
+                k: [torch.from_numpy(a) for a in v] if isinstance(v, list) else torch.from_numpy(v)
+                for k, v in state.items()
+            }
+        )
         self._abs_layers = None
 
     # ------------------------------------------------------------------ evaluation
@@ -369,8 +413,10 @@ class ReLUNetwork:
         A, c, W_hat, b_hat = self.systems(patterns)
         row_scale, offset_scale = self.system_scales(patterns)
         p = patterns.numpy()
-        return [Region(p[i].copy(), self.num_units, A[i], c[i], W_hat[i], b_hat[i], row_scale[i], offset_scale[i])
-                for i in range(len(p))]
+        return [
+            Region(p[i].copy(), self.num_units, A[i], c[i], W_hat[i], b_hat[i], row_scale[i], offset_scale[i])
+            for i in range(len(p))
+        ]
 
     def region_of_point(self, x) -> Region:
         """The region containing the point ``x [d]`` (its pattern under the tie rule of Eq. 3)."""
@@ -378,43 +424,56 @@ class ReLUNetwork:
         if point.ndim == 2 and point.shape[0] == 1:
             point = point[0]
         if point.shape != (self.input_dim,):
-            raise ValueError(f"{self!r}.region_of_point: x must be one point of shape [{self.input_dim}], got shape "
-                             f"{point.shape}; for several points use regions(patterns(x))")
+            raise ValueError(
+                f"{self!r}.region_of_point: x must be one point of shape [{self.input_dim}], got shape "
+                f"{point.shape}; for several points use regions(patterns(x))"
+            )
         return self.regions(self.patterns(point[None]))[0]
 
     def region_of_pattern(self, pattern) -> Region:
         """The region of one packed pattern ``int64 [words]`` (see :func:`manifold_ext.ops.activation_patterns`)."""
         p = pattern if torch.is_tensor(pattern) else np.asarray(pattern)
         if p.dtype not in (np.int64, torch.int64):
-            raise ValueError(f"{self!r}.region_of_pattern: a pattern is packed int64 [{self.num_words}] (see "
-                             f"manifold_ext.ops.activation_patterns), got dtype {p.dtype}"
-                             + ("; for a point use region_of_point(x) or region(x=...)"
-                                if str(p.dtype).replace("torch.", "").startswith(("float", "bfloat")) else ""))
+            raise ValueError(
+                f"{self!r}.region_of_pattern: a pattern is packed int64 [{self.num_words}] (see "
+                f"manifold_ext.ops.activation_patterns), got dtype {p.dtype}"
+                + (
+                    "; for a point use region_of_point(x) or region(x=...)"
+                    if str(p.dtype).replace("torch.", "").startswith(("float", "bfloat"))
+                    else ""
+                )
+            )
         if tuple(p.shape) not in ((self.num_words,), (1, self.num_words)):
-            raise ValueError(f"{self!r}.region_of_pattern: a pattern is packed int64 [{self.num_words}], got shape "
-                             f"{tuple(p.shape)}")
+            raise ValueError(
+                f"{self!r}.region_of_pattern: a pattern is packed int64 [{self.num_words}], got shape {tuple(p.shape)}"
+            )
         return self.regions(torch.as_tensor(p).reshape(1, -1))[0]
 
     def region(self, pattern=None, *, x=None) -> Region:
         """The region of one packed pattern ``[words]`` (``region(pattern)``) or of one point
         (``region(x=point)``); the same as :meth:`region_of_pattern` / :meth:`region_of_point`."""
         if (pattern is None) == (x is None):
-            raise ValueError("ReLUNetwork.region: pass exactly one of a packed pattern (region(pattern)) or a point "
-                             "(region(x=point)); or call region_of_pattern / region_of_point")
+            raise ValueError(
+                "ReLUNetwork.region: pass exactly one of a packed pattern (region(pattern)) or a point "
+                "(region(x=point)); or call region_of_pattern / region_of_point"
+            )
         return self.region_of_point(x) if x is not None else self.region_of_pattern(pattern)
 
     def _packed(self, patterns) -> torch.Tensor:
         p = torch.as_tensor(np.asarray(patterns) if not torch.is_tensor(patterns) else patterns)
         if p.dtype != torch.int64 or p.dim() != 2 or p.shape[1] != self.num_words:
-            raise ValueError(f"{self!r}: patterns must be packed int64 [P, {self.num_words}], got "
-                             f"{p.dtype} {tuple(p.shape)}")
+            raise ValueError(
+                f"{self!r}: patterns must be packed int64 [P, {self.num_words}], got {p.dtype} {tuple(p.shape)}"
+            )
         spare = self.num_words * 64 - self.num_units  # bits past the last unit must be 0
         if spare and len(p):
             high = p[:, -1] & ~((1 << (64 - spare)) - 1)
             if bool((high != 0).any()):
                 row = int(torch.nonzero(high != 0)[0, 0])
-                raise ValueError(f"{self!r}: pattern {row} has bits set beyond its {self.num_units} hidden units "
-                                 f"(bits {self.num_units}..{self.num_words * 64 - 1} of the packed words must be 0)")
+                raise ValueError(
+                    f"{self!r}: pattern {row} has bits set beyond its {self.num_units} hidden units "
+                    f"(bits {self.num_units}..{self.num_words * 64 - 1} of the packed words must be 0)"
+                )
         return p.to("cpu").contiguous()
 
 
@@ -445,7 +504,8 @@ def _trace_chain(module: nn.Module) -> tuple[nn.Sequential | None, str]:
             elif not isinstance(layer, (nn.Identity, nn.Dropout)):
                 return None, f"it calls {type(layer).__name__}"
         elif (node.op == "call_function" and node.target in _RELU_FUNCTIONS) or (
-                node.op == "call_method" and node.target in ("relu", "relu_")):
+            node.op == "call_method" and node.target in ("relu", "relu_")
+        ):
             layers.append(nn.ReLU())
         else:
             return None, f"its forward does more than Linear/ReLU (at {node.name})"

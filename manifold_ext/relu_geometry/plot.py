@@ -1,4 +1,5 @@
 """Drawing the polyhedral decomposition of a network with 2-D inputs (paper 001, Fig. 1)."""
+
 from __future__ import annotations
 
 import colorsys

@@ -8,6 +8,7 @@ a box, ``bounded``) every ``shard_size`` regions, with ``manifest.json`` describ
 :func:`load_regions` opens such a folder; :meth:`EnumerationShards.iter_shards` reads it one
 shard at a time.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -105,32 +106,58 @@ class EnumerationShards:
         directory = Path(directory)
         path = directory / MANIFEST
         if not path.is_file():
-            raise FileNotFoundError(f"load_regions: {directory} has no {MANIFEST}: not an enumeration written by "
-                                    "enumerate_regions(..., out_dir=...)")
+            raise FileNotFoundError(
+                f"load_regions: {directory} has no {MANIFEST}: not an enumeration written by "
+                "enumerate_regions(..., out_dir=...)"
+            )
         meta = json.loads(path.read_text())
         if meta.get("format") != FORMAT:
             raise ValueError(f"load_regions: {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
         if not meta.get("complete"):
-            raise ValueError(f"load_regions: {path} belongs to an enumeration that did not finish (no final "
-                             "manifest); its shards are incomplete")
+            raise ValueError(
+                f"load_regions: {path} belongs to an enumeration that did not finish (no final "
+                "manifest); its shards are incomplete"
+            )
         box = None if meta["box"] is None else Box(np.asarray(meta["box"][0]), np.asarray(meta["box"][1]))
-        return cls(directory=directory, num_regions=meta["num_regions"], num_bounded=meta["num_bounded"],
-                   num_unbounded=meta["num_unbounded"], box=box, empty_candidates=meta["empty_candidates"],
-                   failures=meta["failures"], n_lps=meta["n_lps"], seconds=meta["seconds"],
-                   truncated=meta["truncated"], used_executor=meta["used_executor"], method=meta["method"],
-                   fallbacks=meta["fallbacks"], shard_files=[s["file"] for s in meta["shards"]],
-                   num_batches=meta.get("num_batches", 0))
+        return cls(
+            directory=directory,
+            num_regions=meta["num_regions"],
+            num_bounded=meta["num_bounded"],
+            num_unbounded=meta["num_unbounded"],
+            box=box,
+            empty_candidates=meta["empty_candidates"],
+            failures=meta["failures"],
+            n_lps=meta["n_lps"],
+            seconds=meta["seconds"],
+            truncated=meta["truncated"],
+            used_executor=meta["used_executor"],
+            method=meta["method"],
+            fallbacks=meta["fallbacks"],
+            shard_files=[s["file"] for s in meta["shards"]],
+            num_batches=meta.get("num_batches", 0),
+        )
 
     def iter_shards(self) -> Iterator[EnumerationResult]:
         """One :class:`EnumerationResult` per shard, in traversal order (counts and failures are the run's)."""
         for name in self.shard_files:
             with np.load(self.directory / name) as shard:
                 yield EnumerationResult(
-                    patterns=shard["patterns"], interior_points=shard["interior_points"], radii=shard["radii"],
-                    num_facets=shard["num_facets"], bounded=shard["bounded"] if "bounded" in shard else None,
-                    box=self.box, empty_candidates=self.empty_candidates, failures=self.failures, n_lps=self.n_lps,
-                    seconds=self.seconds, truncated=self.truncated, used_executor=self.used_executor,
-                    method=self.method, fallbacks=self.fallbacks, num_batches=self.num_batches)
+                    patterns=shard["patterns"],
+                    interior_points=shard["interior_points"],
+                    radii=shard["radii"],
+                    num_facets=shard["num_facets"],
+                    bounded=shard["bounded"] if "bounded" in shard else None,
+                    box=self.box,
+                    empty_candidates=self.empty_candidates,
+                    failures=self.failures,
+                    n_lps=self.n_lps,
+                    seconds=self.seconds,
+                    truncated=self.truncated,
+                    used_executor=self.used_executor,
+                    method=self.method,
+                    fallbacks=self.fallbacks,
+                    num_batches=self.num_batches,
+                )
 
     def load(self) -> EnumerationResult:
         """Every region in memory, as the in-memory run would have returned them."""
@@ -170,8 +197,13 @@ class MemorySink:
             parts = [chunk[k] for chunk in self.chunks]
             return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(shape, dtype=dtype)
 
-        return (cat(0, (0, self.words), np.int64), cat(1, (0, self.dim), np.float64), cat(2, (0,), np.float64),
-                cat(3, (0,), np.int64), cat(4, (0,), bool) if self.check_bounded else None)
+        return (
+            cat(0, (0, self.words), np.int64),
+            cat(1, (0, self.dim), np.float64),
+            cat(2, (0,), np.float64),
+            cat(3, (0,), np.int64),
+            cat(4, (0,), bool) if self.check_bounded else None,
+        )
 
 
 class ShardSink(MemorySink):
@@ -181,8 +213,10 @@ class ShardSink(MemorySink):
         super().__init__(words, dim, check_bounded)
         self.directory = Path(directory)
         if self.directory.exists() and any(self.directory.iterdir()):
-            raise FileExistsError(f"enumerate_regions: out_dir {self.directory} is not empty; pass a new or empty "
-                                  "folder (shards of another run would be mixed in)")
+            raise FileExistsError(
+                f"enumerate_regions: out_dir {self.directory} is not empty; pass a new or empty "
+                "folder (shards of another run would be mixed in)"
+            )
         self.directory.mkdir(parents=True, exist_ok=True)
         self.shard_size = shard_size
         self.files: list[dict] = []

@@ -13,6 +13,7 @@
   Gaussian-mixture latent space, rejection (§4.6) and reclassification by decoder
   inversion (§4.7, Eq. 4.8).
 """
+
 from manifold_ext.vae.classifier import (
     TrainingHistory,
     VAEClassifier,
@@ -39,10 +40,27 @@ from manifold_ext.vae.networks import (
 from manifold_ext.vae.rae import RAE, ExPostGMM, GMMClassifier, train_autoencoder
 
 __all__ = [
-    "GridPrior", "GridVAE", "train_grid_vae",
-    "VAEClassifier", "train_vae_classifier", "TrainingHistory",
-    "RAE", "ExPostGMM", "GMMClassifier", "train_autoencoder",
-    "cluster_report", "dimension_control", "majority_map", "purity",
-    "ConvEncoder", "ConvDecoder", "MLPEncoder", "MLPDecoder", "ResidualBlock",
-    "make_encoder", "make_decoder", "reconstruction_nll", "decoder_mean",
+    "GridPrior",
+    "GridVAE",
+    "train_grid_vae",
+    "VAEClassifier",
+    "train_vae_classifier",
+    "TrainingHistory",
+    "RAE",
+    "ExPostGMM",
+    "GMMClassifier",
+    "train_autoencoder",
+    "cluster_report",
+    "dimension_control",
+    "majority_map",
+    "purity",
+    "ConvEncoder",
+    "ConvDecoder",
+    "MLPEncoder",
+    "MLPDecoder",
+    "ResidualBlock",
+    "make_encoder",
+    "make_decoder",
+    "reconstruction_nll",
+    "decoder_mean",
 ]

@@ -22,6 +22,7 @@ scikit-learn's 8x8 digits (the shipped stand-in for the paper's CelebA gender
 task), and usable on small colour images (e.g. 32x32 CelebA crops) with wider
 layers.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,9 +63,17 @@ class VAEClassifier(nn.Module):
         channels: base channel count of the conv nets (``net="conv"`` only).
     """
 
-    def __init__(self, image_shape: Sequence[int] = (1, 8, 8), num_classes: int = 2, latent_dim: int = 8,
-                 hidden: Sequence[int] = (256, 128), classifier_hidden: int = 64, decoder_std: float = 0.1,
-                 net: str = "mlp", channels: int = 32):
+    def __init__(
+        self,
+        image_shape: Sequence[int] = (1, 8, 8),
+        num_classes: int = 2,
+        latent_dim: int = 8,
+        hidden: Sequence[int] = (256, 128),
+        classifier_hidden: int = 64,
+        decoder_std: float = 0.1,
+        net: str = "mlp",
+        channels: int = 32,
+    ):
         super().__init__()
         if len(image_shape) != 3 or min(image_shape) < 1:
             raise ValueError(

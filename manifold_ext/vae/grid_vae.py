@@ -25,6 +25,7 @@ centre (``target``); partially guided training does so on a ``mask`` of
 dimensions. In ``"mc"`` mode, guided dimensions use the one component
 N(target_i, sigma^2) instead of the mixture.
 """
+
 from __future__ import annotations
 
 import math
@@ -121,8 +122,7 @@ class GridPrior(nn.Module):
 
     def sample(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``count`` draws of z ~ p(z), [count, n]."""
-        index = torch.randint(0, self.points_per_dim, (count, self.dim), generator=generator,
-                              device=self.axis.device)
+        index = torch.randint(0, self.points_per_dim, (count, self.dim), generator=generator, device=self.axis.device)
         noise = torch.randn(count, self.dim, generator=generator, device=self.axis.device)
         return self.axis[index] + self.sigma * noise
 
@@ -142,10 +142,20 @@ class GridVAE(nn.Module):
         likelihood: ``"bernoulli"`` (decoder outputs logits) or ``"gaussian"``.
     """
 
-    def __init__(self, image_shape: tuple[int, int, int] = (1, 8, 16), latent_dim: int = 2, *,
-                 prior: GridPrior | None = None, kl: str = "closest", sigma0: float | None = None,
-                 net: str = "conv", hidden: int = 32, likelihood: str = "bernoulli",
-                 encoder: nn.Module | None = None, decoder: nn.Module | None = None):
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] = (1, 8, 16),
+        latent_dim: int = 2,
+        *,
+        prior: GridPrior | None = None,
+        kl: str = "closest",
+        sigma0: float | None = None,
+        net: str = "conv",
+        hidden: int = 32,
+        likelihood: str = "bernoulli",
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+    ):
         super().__init__()
         if kl not in ("closest", "mc"):
             raise ValueError(f"kl must be 'closest' (Eq. 27) or 'mc' (Eq. 25), got {kl!r}")
@@ -174,8 +184,14 @@ class GridVAE(nn.Module):
         """The images decoded from z, in [0, 1] for the Bernoulli likelihood."""
         return decoder_mean(self.decode(z), self.likelihood)
 
-    def kl_divergence(self, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor | None = None,
-                      target: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def kl_divergence(
+        self,
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        z: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """KL(q(z|x) || p(z)) per sample, [B] (see the module docstring for the two modes).
 
         ``target`` [B, n]: guided centres (grid coordinates); ``mask`` [n] or [B, n] bool:
@@ -183,8 +199,17 @@ class GridVAE(nn.Module):
         """
         prior = self.prior
         if self.kl_mode == "closest":
-            kl, _ = closest_centre_kl(mu, logvar, sigma0=self.sigma0, spacing=prior.spacing, offset=prior.low,
-                                      low=prior.low, high=prior.high, target=target, mask=mask)
+            kl, _ = closest_centre_kl(
+                mu,
+                logvar,
+                sigma0=self.sigma0,
+                spacing=prior.spacing,
+                offset=prior.low,
+                low=prior.low,
+                high=prior.high,
+                target=target,
+                mask=mask,
+            )
             return kl
         if z is None:
             raise ValueError("kl='mc' estimates Eq. 25 from a sample: pass z")
@@ -197,8 +222,9 @@ class GridVAE(nn.Module):
             log_prior = guided if mask is None else torch.where(mask, guided, log_prior)
         return neg_entropy - log_prior.sum(1)
 
-    def forward(self, x: torch.Tensor, target: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                beta: float = 1.0) -> dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, target: torch.Tensor | None = None, mask: torch.Tensor | None = None, beta: float = 1.0
+    ) -> dict[str, torch.Tensor]:
         """The negative ELBO (Eq. 23) of a batch: ``{"loss", "recon", "kl", "mu", "logvar"}``
         (``loss = mean(recon + beta * kl)``; recon and kl per sample)."""
         mu, logvar = self.encode(x)
@@ -226,8 +252,13 @@ class GridVAE(nn.Module):
         return self.decode_mean(z)
 
     @torch.no_grad()
-    def sample_at(self, centres: torch.Tensor, per_centre: int = 1, spread: float | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_at(
+        self,
+        centres: torch.Tensor,
+        per_centre: int = 1,
+        spread: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Images from chosen centres [K, n] (grid coordinates): ``per_centre`` draws of
         z ~ N(centre, spread^2 I) each (spread defaults to the prior's sigma; 0 decodes the
         centre itself). Returns [K, per_centre, C, H, W]."""
@@ -243,10 +274,20 @@ class GridVAE(nn.Module):
         return self.decode_mean(self.prior.sample(count, generator))
 
 
-def train_grid_vae(model: GridVAE, images: torch.Tensor, *, steps: int = 2000, batch_size: int = 128,
-                   lr: float = 1e-3, attributes: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                   warmup_steps: int = 0, device: torch.device | str = "cpu", generator: torch.Generator | None = None,
-                   progress: bool = True) -> list[float]:
+def train_grid_vae(
+    model: GridVAE,
+    images: torch.Tensor,
+    *,
+    steps: int = 2000,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    attributes: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    warmup_steps: int = 0,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> list[float]:
     """Train ``model`` by Adam on the negative ELBO; returns the per-step losses.
 
     Args:
@@ -266,6 +307,7 @@ def train_grid_vae(model: GridVAE, images: torch.Tensor, *, steps: int = 2000, b
         if attributes is None:
             raise ValueError("a mask selects which attribute dimensions guide training: pass attributes too")
         mask = mask.to(device)
+
     def step_loss(step: int, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         batch = torch.randint(0, len(images), (batch_size,), device=device, generator=generator)
         beta = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
@@ -274,6 +316,15 @@ def train_grid_vae(model: GridVAE, images: torch.Tensor, *, steps: int = 2000, b
         out = model(images[batch], target=batch_target, mask=batch_mask, beta=beta)
         return {"loss": out["loss"], "kl": out["kl"].detach().mean()}
 
-    log = train_loop(model.parameters(), step_loss, steps=steps, lr=lr, min_lr_fraction=0.05, generator=generator,
-                     desc=f"training GridVAE ({model.kl_mode} KL)", progress=progress, postfix=("kl",))
+    log = train_loop(
+        model.parameters(),
+        step_loss,
+        steps=steps,
+        lr=lr,
+        min_lr_fraction=0.05,
+        generator=generator,
+        desc=f"training GridVAE ({model.kl_mode} KL)",
+        progress=progress,
+        postfix=("kl",),
+    )
     return log.loss

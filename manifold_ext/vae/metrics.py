@@ -1,4 +1,5 @@
 """How well a latent grid clusters and disentangles labelled data (paper 000 §4.1)."""
+
 from __future__ import annotations
 
 import numpy as np

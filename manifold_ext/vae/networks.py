@@ -10,6 +10,7 @@ decoder maps a latent ``[B, latent_dim]`` to per-pixel outputs ``[B, C, H, W]``
 The conv nets follow the paper's "small ResNet and its mirror" (§4.1.2): two
 stride-2 stages with a residual block each, so H and W must be divisible by 4.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,10 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1),
-            nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,16 +47,20 @@ def _check_image_shape(image_shape: tuple[int, int, int]) -> tuple[int, int, int
 class ConvEncoder(nn.Module):
     """[B, C, H, W] -> [B, out_features]: conv stem, two (stride-2 conv, residual block) stages, MLP head."""
 
-    def __init__(self, image_shape: tuple[int, int, int], out_features: int, hidden: int = 32,
-                 head_width: int = 256):
+    def __init__(self, image_shape: tuple[int, int, int], out_features: int, hidden: int = 32, head_width: int = 256):
         super().__init__()
         channels, height, width = _check_image_shape(image_shape)
         self.image_shape = tuple(image_shape)
         self.features = nn.Sequential(
             nn.Conv2d(channels, hidden, 3, padding=1),
-            nn.ReLU(), nn.Conv2d(hidden, 2 * hidden, 4, stride=2, padding=1), ResidualBlock(2 * hidden),
-            nn.ReLU(), nn.Conv2d(2 * hidden, 2 * hidden, 4, stride=2, padding=1), ResidualBlock(2 * hidden),
-            nn.ReLU(), nn.Flatten(),
+            nn.ReLU(),
+            nn.Conv2d(hidden, 2 * hidden, 4, stride=2, padding=1),
+            ResidualBlock(2 * hidden),
+            nn.ReLU(),
+            nn.Conv2d(2 * hidden, 2 * hidden, 4, stride=2, padding=1),
+            ResidualBlock(2 * hidden),
+            nn.ReLU(),
+            nn.Flatten(),
         )
         flat = 2 * hidden * (height // 4) * (width // 4)
         self.head = nn.Sequential(nn.Linear(flat, head_width), nn.ReLU(), nn.Linear(head_width, out_features))
@@ -70,12 +77,18 @@ class ConvDecoder(nn.Module):
         channels, height, width = _check_image_shape(image_shape)
         self.image_shape = tuple(image_shape)
         self.grid = (2 * hidden, height // 4, width // 4)
-        self.head = nn.Sequential(nn.Linear(latent_dim, head_width), nn.ReLU(),
-                                  nn.Linear(head_width, math.prod(self.grid)), nn.ReLU())
+        self.head = nn.Sequential(
+            nn.Linear(latent_dim, head_width), nn.ReLU(), nn.Linear(head_width, math.prod(self.grid)), nn.ReLU()
+        )
         self.body = nn.Sequential(
-            ResidualBlock(2 * hidden), nn.ReLU(), nn.ConvTranspose2d(2 * hidden, hidden, 4, stride=2, padding=1),
-            ResidualBlock(hidden), nn.ReLU(), nn.ConvTranspose2d(hidden, hidden, 4, stride=2, padding=1),
-            nn.ReLU(), nn.Conv2d(hidden, channels, 3, padding=1),
+            ResidualBlock(2 * hidden),
+            nn.ReLU(),
+            nn.ConvTranspose2d(2 * hidden, hidden, 4, stride=2, padding=1),
+            ResidualBlock(hidden),
+            nn.ReLU(),
+            nn.ConvTranspose2d(hidden, hidden, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, channels, 3, padding=1),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ GMM classifier with rejection (thesis 004, ch. 3 and 4).
   and ``predict_with_defence`` composes the two (rejection, then reclassification
   of the rejected inputs, then rejection of fooling samples).
 """
+
 from __future__ import annotations
 
 import math
@@ -46,9 +47,20 @@ class RAE(nn.Module):
         net, hidden, likelihood, encoder, decoder: as for ``GridVAE``.
     """
 
-    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 8, *, beta: float = 1e-2,
-                 regulariser: str = "l2", lam: float = 1e-4, net: str = "conv", hidden: int = 32,
-                 likelihood: str = "bernoulli", encoder: nn.Module | None = None, decoder: nn.Module | None = None):
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        latent_dim: int = 8,
+        *,
+        beta: float = 1e-2,
+        regulariser: str = "l2",
+        lam: float = 1e-4,
+        net: str = "conv",
+        hidden: int = 32,
+        likelihood: str = "bernoulli",
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+    ):
         super().__init__()
         if regulariser not in ("l2", "gp", "none"):
             raise ValueError(f"regulariser must be 'l2', 'gp' or 'none', got {regulariser!r}")

@@ -7,6 +7,7 @@ values), so the fixed samples of ``test_contract.py`` and the drawn ones of
 of their own: the suite records the backward-op calls a backward pass makes
 (``record_op_calls``) and checks those.
 """
+
 from __future__ import annotations
 
 import math
@@ -85,8 +86,15 @@ class Maker:
     """Builds one sample's tensors from a seeded generator (values drawn in float64 on the CPU, then cast and
     moved), optionally laid out non-contiguously and sprinkled with special values."""
 
-    def __init__(self, device="cpu", dtype=F32, requires_grad=False, seed=0,
-                 layout: Callable[[torch.Tensor], torch.Tensor] | None = None, specials: str | None = None):
+    def __init__(
+        self,
+        device="cpu",
+        dtype=F32,
+        requires_grad=False,
+        seed=0,
+        layout: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        specials: str | None = None,
+    ):
         self.device = torch.device(device)
         self.dtype = dtype
         self.requires_grad = requires_grad
@@ -186,8 +194,9 @@ class OpCase:
     def overload(self):
         return getattr(torch.ops.manifold_ext, self.name).default
 
-    def make(self, params: dict, device="cpu", dtype=F32, requires_grad=False, seed=0, layout=None,
-             specials=None) -> Sample:
+    def make(
+        self, params: dict, device="cpu", dtype=F32, requires_grad=False, seed=0, layout=None, specials=None
+    ) -> Sample:
         maker = Maker(device, dtype, requires_grad and self.differentiable, seed, layout, specials)
         return self.build(params, maker)
 
@@ -278,15 +287,24 @@ def _coupling_tolerance(dtype, sample):
 def _coupling_strategy():
     from hypothesis import strategies as st
 
-    return st.fixed_dictionaries(dict(
-        shape=st.tuples(st.integers(0, 3), st.integers(0, 3)).flatmap(
-            lambda bc: st.lists(st.integers(0, 4), max_size=2).map(lambda sp: (*bc, *sp))),
-        scale=st.sampled_from(ops.COUPLING_SCALES), layout=st.sampled_from(ops.COUPLING_LAYOUTS),
-        reverse=st.booleans(), clamp=st.floats(0.5, 3.0)))
+    return st.fixed_dictionaries(
+        dict(
+            shape=st.tuples(st.integers(0, 3), st.integers(0, 3)).flatmap(
+                lambda bc: st.lists(st.integers(0, 4), max_size=2).map(lambda sp: (*bc, *sp))
+            ),
+            scale=st.sampled_from(ops.COUPLING_SCALES),
+            layout=st.sampled_from(ops.COUPLING_LAYOUTS),
+            reverse=st.booleans(),
+            clamp=st.floats(0.5, 3.0),
+        )
+    )
 
 
 AFFINE_COUPLING = OpCase(
-    name="affine_coupling", op=ops.affine_coupling, reference=ref.affine_coupling_reference, build=_coupling,
+    name="affine_coupling",
+    op=ops.affine_coupling,
+    reference=ref.affine_coupling_reference,
+    build=_coupling,
     params=[
         dict(shape=(2, 3, 5, 7), scale="glow", layout="cross", reverse=False),
         dict(shape=(3, 4), scale="exp", layout="split", reverse=True),
@@ -294,22 +312,42 @@ AFFINE_COUPLING = OpCase(
         dict(shape=(2, 2, 3, 4, 5), scale="softclamp", layout="split", reverse=True, clamp=1.5),
         dict(shape=(5, 1), scale="glow", layout="cross", reverse=True),
         dict(shape=(1, 2, 70, 70), scale="exp", layout="cross", reverse=False),  # rows longer than a 4096 chunk
-    ] + [dict(shape=(2, 3, 4, 5), scale=scale, layout=layout, reverse=reverse, clamp=1.5)  # the other modes
-         for scale, layout, reverse in [("glow", "split", False), ("glow", "cross", True), ("glow", "split", True),
-                                        ("exp", "cross", False), ("exp", "split", False), ("exp", "cross", True),
-                                        ("softclamp", "split", False), ("softclamp", "cross", True)]],
+    ]
+    + [
+        dict(shape=(2, 3, 4, 5), scale=scale, layout=layout, reverse=reverse, clamp=1.5)  # the other modes
+        for scale, layout, reverse in [
+            ("glow", "split", False),
+            ("glow", "cross", True),
+            ("glow", "split", True),
+            ("exp", "cross", False),
+            ("exp", "split", False),
+            ("exp", "cross", True),
+            ("softclamp", "split", False),
+            ("softclamp", "cross", True),
+        ]
+    ],
     gradcheck_params=[
         dict(shape=(1, 2, 3), scale="glow", layout="cross", reverse=False),
         dict(shape=(2, 1, 2), scale="exp", layout="split", reverse=True),
         dict(shape=(1, 2, 2, 2), scale="softclamp", layout="cross", reverse=True, clamp=1.5),
     ],
     big_params=[dict(shape=(4, 8, 64, 64), scale="glow", layout="cross", reverse=False)],
-    tolerance=_coupling_tolerance, strategy=_coupling_strategy, compile_backend="inductor",
-    compile_params=[dict(shape=(4, 3, 8, 8), scale="glow", layout="cross", reverse=False),  # one dynamic-shape graph
-                    dict(shape=(3, 3, 6, 5), scale="glow", layout="cross", reverse=False)],
-    invalid=[(dict(shape=(2, 3, 4), scale="glow", layout="cross", reverse=False),
-              lambda s: replace(s, args=(s.args[0], s.args[1][:, :5])), RuntimeError,
-              r"h must have 2\*C = 6 channels", True)],
+    tolerance=_coupling_tolerance,
+    strategy=_coupling_strategy,
+    compile_backend="inductor",
+    compile_params=[
+        dict(shape=(4, 3, 8, 8), scale="glow", layout="cross", reverse=False),  # one dynamic-shape graph
+        dict(shape=(3, 3, 6, 5), scale="glow", layout="cross", reverse=False),
+    ],
+    invalid=[
+        (
+            dict(shape=(2, 3, 4), scale="glow", layout="cross", reverse=False),
+            lambda s: replace(s, args=(s.args[0], s.args[1][:, :5])),
+            RuntimeError,
+            r"h must have 2\*C = 6 channels",
+            True,
+        )
+    ],
 )
 
 
@@ -402,8 +440,9 @@ def _linear_step_tolerance(dtype, sample):
 def _shape_strategy(min_rank=1, max_rank=3, max_side=5):
     from hypothesis import strategies as st
 
-    return st.tuples(st.integers(0, 4), st.lists(st.integers(0, max_side), min_size=min_rank - 1,
-                                                 max_size=max_rank - 1)).map(lambda t: (t[0], *t[1]))
+    return st.tuples(
+        st.integers(0, 4), st.lists(st.integers(0, max_side), min_size=min_rank - 1, max_size=max_rank - 1)
+    ).map(lambda t: (t[0], *t[1]))
 
 
 def _abar_strategy(rule):
@@ -424,8 +463,9 @@ def _abar_strategy(rule):
 def _nll_strategy():
     from hypothesis import strategies as st
 
-    return st.fixed_dictionaries(dict(shape=_shape_strategy(), abar=_abar_strategy("likelihood"),
-                                      acc=st.sampled_from([F32, F64])))
+    return st.fixed_dictionaries(
+        dict(shape=_shape_strategy(), abar=_abar_strategy("likelihood"), acc=st.sampled_from([F32, F64]))
+    )
 
 
 def _step_strategy(rule, with_eta=False):
@@ -440,14 +480,22 @@ def _step_strategy(rule, with_eta=False):
 def _nll_and_forward_strategy():
     from hypothesis import strategies as st
 
-    triple = st.lists(st.floats(1e-3, 1.0), min_size=3, max_size=3).map(sorted).filter(
-        lambda v: v[1] < v[2]).map(lambda v: (v[2], v[1], v[0]))
-    return st.fixed_dictionaries(dict(shape=_shape_strategy(), abar=st.one_of(triple, st.just("per_sample")),
-                                      acc=st.sampled_from([F32, F64])))
+    triple = (
+        st.lists(st.floats(1e-3, 1.0), min_size=3, max_size=3)
+        .map(sorted)
+        .filter(lambda v: v[1] < v[2])
+        .map(lambda v: (v[2], v[1], v[0]))
+    )
+    return st.fixed_dictionaries(
+        dict(shape=_shape_strategy(), abar=st.one_of(triple, st.just("per_sample")), acc=st.sampled_from([F32, F64]))
+    )
 
 
 DIFFUSION_NLL_STEP = OpCase(
-    name="diffusion_nll_step", op=ops.diffusion_nll_step, reference=ref.diffusion_nll_step_reference, build=_nll,
+    name="diffusion_nll_step",
+    op=ops.diffusion_nll_step,
+    reference=ref.diffusion_nll_step_reference,
+    build=_nll,
     params=[
         dict(shape=(5, 2), abar=(0.9, 0.8)),
         dict(shape=(3, 3, 5, 7), abar=(1.0, 0.999)),
@@ -456,15 +504,22 @@ DIFFUSION_NLL_STEP = OpCase(
         dict(shape=(2, 5000), abar=(0.3, 0.01)),  # samples longer than a 4096-element chunk
         dict(shape=(37, 2), abar="per_sample"),  # the one-pass path for short per-sample samples
     ],
-    gradcheck_params=[dict(shape=(3, 4), abar=(0.8, 0.5)), dict(shape=(2, 3), abar=(1.0, 0.9)),
-                      dict(shape=(4, 3), abar="per_sample")],
+    gradcheck_params=[
+        dict(shape=(3, 4), abar=(0.8, 0.5)),
+        dict(shape=(2, 3), abar=(1.0, 0.9)),
+        dict(shape=(4, 3), abar="per_sample"),
+    ],
     big_params=[dict(shape=(10_000, 2), abar="per_sample"), dict(shape=(3, 9000), abar=(0.9, 0.8))],
-    tolerance=_nll_tolerance, reference_in_float64=True, strategy=_nll_strategy,
+    tolerance=_nll_tolerance,
+    reference_in_float64=True,
+    strategy=_nll_strategy,
 )
 
 DIFFUSION_NLL_STEP_AND_FORWARD = OpCase(
-    name="diffusion_nll_step_and_forward", op=ops.diffusion_nll_step_and_forward,
-    reference=ref.diffusion_nll_step_and_forward_reference, build=_nll_and_forward,
+    name="diffusion_nll_step_and_forward",
+    op=ops.diffusion_nll_step_and_forward,
+    reference=ref.diffusion_nll_step_and_forward_reference,
+    build=_nll_and_forward,
     params=[
         dict(shape=(37, 2), abar=(0.9, 0.8, 0.7)),
         dict(shape=(3, 3, 8, 8), abar=(1.0, 0.99, 0.5)),
@@ -474,17 +529,27 @@ DIFFUSION_NLL_STEP_AND_FORWARD = OpCase(
     ],
     gradcheck_params=[dict(shape=(3, 4), abar=(0.8, 0.5, 0.3)), dict(shape=(4, 2), abar="per_sample")],
     big_params=[dict(shape=(3000, 2), abar=(0.9, 0.8, 0.7))],
-    tolerance=_nll_and_forward_tolerance, reference_in_float64=True, strategy=_nll_and_forward_strategy,
+    tolerance=_nll_and_forward_tolerance,
+    reference_in_float64=True,
+    strategy=_nll_and_forward_strategy,
 )
 
 DIFFUSION_FORWARD_STEP = OpCase(
-    name="diffusion_forward_step", op=ops.diffusion_forward_step, reference=ref.diffusion_forward_step_reference,
+    name="diffusion_forward_step",
+    op=ops.diffusion_forward_step,
+    reference=ref.diffusion_forward_step_reference,
     build=lambda p, m: _linear_step_sample(p, m, "forward", False),
-    params=[dict(shape=(37, 2), abar=(1.0, 0.5)), dict(shape=(3, 3, 5, 7), abar=(0.9, 0.9)),
-            dict(shape=(0, 4), abar=(0.5, 0.001)), dict(shape=(37, 2), abar="per_sample")],
+    params=[
+        dict(shape=(37, 2), abar=(1.0, 0.5)),
+        dict(shape=(3, 3, 5, 7), abar=(0.9, 0.9)),
+        dict(shape=(0, 4), abar=(0.5, 0.001)),
+        dict(shape=(37, 2), abar="per_sample"),
+    ],
     gradcheck_params=[dict(shape=(3, 4), abar=(0.7, 0.4)), dict(shape=(4, 3), abar="per_sample")],
     big_params=[dict(shape=(64, 3, 32, 32), abar=(0.9, 0.6))],
-    tolerance=_linear_step_tolerance, reference_in_float64=True, strategy=_step_strategy("forward"),
+    tolerance=_linear_step_tolerance,
+    reference_in_float64=True,
+    strategy=_step_strategy("forward"),
 )
 
 _STEP_PARAMS = [
@@ -500,20 +565,38 @@ _STEP_GRADCHECK = [dict(shape=(4, 3), abar=(0.4, 0.7)), dict(shape=(4, 3), abar=
 
 def _step_case(name, op, reference, with_eta=False, extra_params=()):
     return OpCase(
-        name=name, op=op, reference=reference, build=lambda p, m: _linear_step_sample(p, m, "backward", with_eta),
-        params=list(_STEP_PARAMS) + list(extra_params), gradcheck_params=list(_STEP_GRADCHECK),
+        name=name,
+        op=op,
+        reference=reference,
+        build=lambda p, m: _linear_step_sample(p, m, "backward", with_eta),
+        params=list(_STEP_PARAMS) + list(extra_params),
+        gradcheck_params=list(_STEP_GRADCHECK),
         big_params=[dict(shape=(64, 3, 32, 32), abar=(0.4, 0.6))],
-        tolerance=_linear_step_tolerance, reference_in_float64=True, strategy=_step_strategy("backward", with_eta),
-        invalid=[] if name != "ddim_step" else [
-            (dict(shape=(3, 2), abar=(0.4, 0.6)), lambda s: replace(s, args=(s.args[0], s.args[1][:, :1], *s.args[2:])),
-             RuntimeError, "eps must have the shape of x_t", True)],
+        tolerance=_linear_step_tolerance,
+        reference_in_float64=True,
+        strategy=_step_strategy("backward", with_eta),
+        invalid=[]
+        if name != "ddim_step"
+        else [
+            (
+                dict(shape=(3, 2), abar=(0.4, 0.6)),
+                lambda s: replace(s, args=(s.args[0], s.args[1][:, :1], *s.args[2:])),
+                RuntimeError,
+                "eps must have the shape of x_t",
+                True,
+            )
+        ],
     )
 
 
 DDPM_STEP = _step_case("ddpm_step", ops.ddpm_step, ref.ddpm_step_reference)
-DDIM_STEP = _step_case("ddim_step", ops.ddim_step, ref.ddim_step_reference, with_eta=True,
-                       extra_params=[dict(shape=(9, 2), abar=(0.3, 0.7), eta=1.0), dict(shape=(9, 2), abar=(0.3, 0.7),
-                                                                                         eta=0.0)])
+DDIM_STEP = _step_case(
+    "ddim_step",
+    ops.ddim_step,
+    ref.ddim_step_reference,
+    with_eta=True,
+    extra_params=[dict(shape=(9, 2), abar=(0.3, 0.7), eta=1.0), dict(shape=(9, 2), abar=(0.3, 0.7), eta=0.0)],
+)
 LARGE_STEP = _step_case("large_step", ops.large_step, ref.large_step_reference)
 
 
@@ -533,17 +616,35 @@ def _rk4_strategy(with_x):
     return lambda: st.fixed_dictionaries(fields)
 
 
-_RK4_PARAMS = [dict(shape=(1,)), dict(shape=(37, 2), h=-2.5), dict(shape=(3, 3, 5, 7), h=0.0), dict(shape=(0, 2)),
-               dict(shape=(10_001,)), dict(shape=())]
+_RK4_PARAMS = [
+    dict(shape=(1,)),
+    dict(shape=(37, 2), h=-2.5),
+    dict(shape=(3, 3, 5, 7), h=0.0),
+    dict(shape=(0, 2)),
+    dict(shape=(10_001,)),
+    dict(shape=()),
+]
 RK4_COMBINE = OpCase(
-    name="rk4_combine", op=ops.rk4_combine, reference=ref.rk4_combine_reference,
-    build=lambda p, m: _rk4(p, m, False), params=_RK4_PARAMS, gradcheck_params=[dict(shape=(3, 4))],
-    big_params=[dict(shape=(1 << 18,))], strategy=_rk4_strategy(False), has_backward_op=False,
+    name="rk4_combine",
+    op=ops.rk4_combine,
+    reference=ref.rk4_combine_reference,
+    build=lambda p, m: _rk4(p, m, False),
+    params=_RK4_PARAMS,
+    gradcheck_params=[dict(shape=(3, 4))],
+    big_params=[dict(shape=(1 << 18,))],
+    strategy=_rk4_strategy(False),
+    has_backward_op=False,
 )
 RK4_UPDATE = OpCase(
-    name="rk4_update", op=ops.rk4_update, reference=ref.rk4_update_reference,
-    build=lambda p, m: _rk4(p, m, True), params=_RK4_PARAMS, gradcheck_params=[dict(shape=(3, 4), h=-0.3)],
-    big_params=[dict(shape=(1 << 18,))], strategy=_rk4_strategy(True), has_backward_op=False,
+    name="rk4_update",
+    op=ops.rk4_update,
+    reference=ref.rk4_update_reference,
+    build=lambda p, m: _rk4(p, m, True),
+    params=_RK4_PARAMS,
+    gradcheck_params=[dict(shape=(3, 4), h=-0.3)],
+    big_params=[dict(shape=(1 << 18,))],
+    strategy=_rk4_strategy(True),
+    has_backward_op=False,
 )
 
 
@@ -591,23 +692,43 @@ def _closest_check(case, sample, outputs, dtype):
 def _closest_strategy():
     from hypothesis import strategies as st
 
-    return st.fixed_dictionaries(dict(shape=st.tuples(st.integers(0, 5), st.integers(0, 6)),
-                                      mode=st.sampled_from(CLOSEST_MODES)))
+    return st.fixed_dictionaries(
+        dict(shape=st.tuples(st.integers(0, 5), st.integers(0, 6)), mode=st.sampled_from(CLOSEST_MODES))
+    )
 
 
 CLOSEST_CENTRE_KL = OpCase(
-    name="closest_centre_kl", op=ops.closest_centre_kl, reference=ref.closest_centre_kl_reference, build=_closest,
-    params=[dict(shape=(7, 2), mode="unguided"), dict(shape=(5, 3), mode="clipped"),
-            dict(shape=(2, 17), mode="low-only"), dict(shape=(33, 40), mode="grid"), dict(shape=(3, 0), mode="guided"),
-            dict(shape=(0, 4), mode="partial-dim"),
-            dict(shape=(3, 1500), mode="partial-elem"), dict(shape=(1, 1), mode="unguided", sigma0=1 / 3)],
-    gradcheck_params=[dict(shape=(3, 4), mode=mode, near_centres=True, sigma0=0.5)
-                      for mode in ("unguided", "clipped", "guided", "partial-elem")],
+    name="closest_centre_kl",
+    op=ops.closest_centre_kl,
+    reference=ref.closest_centre_kl_reference,
+    build=_closest,
+    params=[
+        dict(shape=(7, 2), mode="unguided"),
+        dict(shape=(5, 3), mode="clipped"),
+        dict(shape=(2, 17), mode="low-only"),
+        dict(shape=(33, 40), mode="grid"),
+        dict(shape=(3, 0), mode="guided"),
+        dict(shape=(0, 4), mode="partial-dim"),
+        dict(shape=(3, 1500), mode="partial-elem"),
+        dict(shape=(1, 1), mode="unguided", sigma0=1 / 3),
+    ],
+    gradcheck_params=[
+        dict(shape=(3, 4), mode=mode, near_centres=True, sigma0=0.5)
+        for mode in ("unguided", "clipped", "guided", "partial-elem")
+    ],
     big_params=[dict(shape=(4099, 40), mode="partial-elem")],
-    check=_closest_check, strategy=_closest_strategy, differentiable_outputs=1,
-    invalid=[(dict(shape=(4, 3), mode="partial-dim"),
-              lambda s: replace(s, kwargs={**s.kwargs, "mask": torch.ones(5, dtype=torch.bool)}), RuntimeError,
-              r"mask must have shape \[n\] = \[3\]", True)],
+    check=_closest_check,
+    strategy=_closest_strategy,
+    differentiable_outputs=1,
+    invalid=[
+        (
+            dict(shape=(4, 3), mode="partial-dim"),
+            lambda s: replace(s, kwargs={**s.kwargs, "mask": torch.ones(5, dtype=torch.bool)}),
+            RuntimeError,
+            r"mask must have shape \[n\] = \[3\]",
+            True,
+        )
+    ],
 )
 
 
@@ -648,17 +769,30 @@ def _nearest_check(case, sample, outputs, dtype):
 def _nearest_strategy():
     from hypothesis import strategies as st
 
-    return st.fixed_dictionaries(dict(shape=st.tuples(st.integers(0, 5), st.integers(0, 4), st.integers(1, 9)),
-                                      sigma0=st.floats(0.1, 2.0)))
+    return st.fixed_dictionaries(
+        dict(shape=st.tuples(st.integers(0, 5), st.integers(0, 4), st.integers(1, 9)), sigma0=st.floats(0.1, 2.0))
+    )
 
 
 NEAREST_CENTRE_KL = OpCase(
-    name="nearest_centre_kl", op=ops.nearest_centre_kl, reference=ref.nearest_centre_kl_reference, build=_nearest,
-    params=[dict(shape=(1, 1, 1)), dict(shape=(7, 2, 36)), dict(shape=(33, 40, 5)), dict(shape=(0, 3, 4)),
-            dict(shape=(5, 3, 1)), dict(shape=(4, 0, 3)), dict(shape=(3, 1500, 9))],
+    name="nearest_centre_kl",
+    op=ops.nearest_centre_kl,
+    reference=ref.nearest_centre_kl_reference,
+    build=_nearest,
+    params=[
+        dict(shape=(1, 1, 1)),
+        dict(shape=(7, 2, 36)),
+        dict(shape=(33, 40, 5)),
+        dict(shape=(0, 3, 4)),
+        dict(shape=(5, 3, 1)),
+        dict(shape=(4, 0, 3)),
+        dict(shape=(3, 1500, 9)),
+    ],
     gradcheck_params=[dict(shape=(4, 3, 3), near_centres=True, sigma0=0.5)],
     big_params=[dict(shape=(4099, 40, 100))],
-    check=_nearest_check, strategy=_nearest_strategy, differentiable_outputs=1,
+    check=_nearest_check,
+    strategy=_nearest_strategy,
+    differentiable_outputs=1,
 )
 
 
@@ -686,21 +820,39 @@ def _elbo_strategy():
         rest = st.lists(st.integers(0, 5), min_size=1, max_size=3)
         return st.tuples(rest, rest).map(lambda r: dict(x_shape=(batch, *r[0]), z_shape=(batch, *r[1])))
 
-    return st.integers(0, 4).flatmap(shapes).flatmap(
-        lambda d: st.floats(-20.0, 20.0).map(lambda s: {**d, "decoder_logvar": s}))
+    return (
+        st.integers(0, 4)
+        .flatmap(shapes)
+        .flatmap(lambda d: st.floats(-20.0, 20.0).map(lambda s: {**d, "decoder_logvar": s}))
+    )
 
 
 GAUSSIAN_ELBO = OpCase(
-    name="gaussian_elbo", op=ops.gaussian_elbo, reference=ref.gaussian_elbo_reference, build=_elbo,
-    params=[dict(x_shape=(1, 1, 1, 1), z_shape=(1, 1)), dict(x_shape=(2, 1, 8, 8), z_shape=(2, 8), decoder_logvar=-4.6),
-            dict(x_shape=(0, 1, 8, 8), z_shape=(0, 4)), dict(x_shape=(5, 13), z_shape=(5, 3), decoder_logvar=1.7),
-            dict(x_shape=(2, 2, 3, 4, 5), z_shape=(2, 2, 3)), dict(x_shape=(4, 3, 33, 31), z_shape=(4, 300))],
+    name="gaussian_elbo",
+    op=ops.gaussian_elbo,
+    reference=ref.gaussian_elbo_reference,
+    build=_elbo,
+    params=[
+        dict(x_shape=(1, 1, 1, 1), z_shape=(1, 1)),
+        dict(x_shape=(2, 1, 8, 8), z_shape=(2, 8), decoder_logvar=-4.6),
+        dict(x_shape=(0, 1, 8, 8), z_shape=(0, 4)),
+        dict(x_shape=(5, 13), z_shape=(5, 3), decoder_logvar=1.7),
+        dict(x_shape=(2, 2, 3, 4, 5), z_shape=(2, 2, 3)),
+        dict(x_shape=(4, 3, 33, 31), z_shape=(4, 300)),
+    ],
     gradcheck_params=[dict(x_shape=(3, 2, 3), z_shape=(3, 4), decoder_logvar=-1.0)],
     big_params=[dict(x_shape=(64, 3, 32, 32), z_shape=(64, 16))],
-    tolerance=_elbo_tolerance, strategy=_elbo_strategy,
-    invalid=[(dict(x_shape=(2, 1, 4, 4), z_shape=(2, 3)),
-              lambda s: replace(s, args=(s.args[0], s.args[1][..., :3], *s.args[2:])), RuntimeError,
-              "x_mean must have the shape of x", True)],
+    tolerance=_elbo_tolerance,
+    strategy=_elbo_strategy,
+    invalid=[
+        (
+            dict(x_shape=(2, 1, 4, 4), z_shape=(2, 3)),
+            lambda s: replace(s, args=(s.args[0], s.args[1][..., :3], *s.args[2:])),
+            RuntimeError,
+            "x_mean must have the shape of x",
+            True,
+        )
+    ],
 )
 
 
@@ -723,19 +875,31 @@ def _activation(p, m: Maker) -> Sample:
 def _networks_strategy(extra):
     from hypothesis import strategies as st
 
-    return lambda: st.fixed_dictionaries(dict(widths=st.lists(st.integers(1, 70), min_size=1, max_size=3).map(tuple),
-                                              d=st.integers(1, 5), **extra()))
+    return lambda: st.fixed_dictionaries(
+        dict(widths=st.lists(st.integers(1, 70), min_size=1, max_size=3).map(tuple), d=st.integers(1, 5), **extra())
+    )
 
 
-NETWORKS = [dict(widths=(10, 10), d=2), dict(widths=(7,), d=3), dict(widths=(64,), d=5), dict(widths=(33, 40, 5), d=4),
-            dict(widths=(1,), d=1), dict(widths=(100, 29), d=8)]
+NETWORKS = [
+    dict(widths=(10, 10), d=2),
+    dict(widths=(7,), d=3),
+    dict(widths=(64,), d=5),
+    dict(widths=(33, 40, 5), d=4),
+    dict(widths=(1,), d=1),
+    dict(widths=(100, 29), d=8),
+]
 
 ACTIVATION_PATTERNS = OpCase(
-    name="activation_patterns", op=ops.activation_patterns, reference=ref.activation_patterns_reference,
-    build=_activation, differentiable=False,
+    name="activation_patterns",
+    op=ops.activation_patterns,
+    reference=ref.activation_patterns_reference,
+    build=_activation,
+    differentiable=False,
     params=[{**net, "n": n} for net, n in zip(NETWORKS, (17, 1, 300, 0, 5, 40))],
-    big_params=[dict(widths=(64, 64), d=8, n=20_000)], tolerance=exact,
-    nan_rule="raises", nan_error=r"is NaN for sample \d+, so its pattern bit is undefined",
+    big_params=[dict(widths=(64, 64), d=8, n=20_000)],
+    tolerance=exact,
+    nan_rule="raises",
+    nan_error=r"is NaN for sample \d+, so its pattern bit is undefined",
     strategy=_networks_strategy(lambda: dict(n=__import__("hypothesis").strategies.integers(0, 20))),
 )
 
@@ -767,14 +931,31 @@ def _units_strategy():
 
 _UNITS_PARAMS = [dict(n=37, units=u) for u in (0, 1, 63, 64, 65, 130)] + [dict(n=0, units=70)]
 UNPACK_PATTERNS = OpCase(
-    name="unpack_patterns", op=ops.unpack_patterns, reference=ref.unpack_patterns_reference, build=_unpack,
-    differentiable=False, dtypes=(torch.int64,), params=_UNITS_PARAMS, big_params=[dict(n=20_000, units=1000)],
-    tolerance=exact, nan_rule="none", strategy=_units_strategy,
+    name="unpack_patterns",
+    op=ops.unpack_patterns,
+    reference=ref.unpack_patterns_reference,
+    build=_unpack,
+    differentiable=False,
+    dtypes=(torch.int64,),
+    params=_UNITS_PARAMS,
+    big_params=[dict(n=20_000, units=1000)],
+    tolerance=exact,
+    nan_rule="none",
+    strategy=_units_strategy,
 )
 PACK_PATTERNS = OpCase(
-    name="pack_patterns", op=ops.pack_patterns, reference=ref.pack_patterns_reference, build=_pack,
-    differentiable=False, dtypes=(torch.int64,), params=_UNITS_PARAMS, big_params=[dict(n=20_000, units=1000)],
-    tolerance=exact, nan_rule="none", strategy=_units_strategy, invalid_leaf=None,
+    name="pack_patterns",
+    op=ops.pack_patterns,
+    reference=ref.pack_patterns_reference,
+    build=_pack,
+    differentiable=False,
+    dtypes=(torch.int64,),
+    params=_UNITS_PARAMS,
+    big_params=[dict(n=20_000, units=1000)],
+    tolerance=exact,
+    nan_rule="none",
+    strategy=_units_strategy,
+    invalid_leaf=None,
 )
 
 
@@ -796,19 +977,44 @@ def _hamming_strategy(with_k):
 
 
 HAMMING_DISTANCE = OpCase(
-    name="hamming_distance", op=ops.hamming_distance, reference=ref.hamming_distance_reference, build=_hamming,
-    differentiable=False, dtypes=(torch.int64,),
+    name="hamming_distance",
+    op=ops.hamming_distance,
+    reference=ref.hamming_distance_reference,
+    build=_hamming,
+    differentiable=False,
+    dtypes=(torch.int64,),
     params=[dict(sizes=s) for s in [(0, 5, 1), (5, 0, 2), (1, 1, 1), (37, 1029, 1), (130, 600, 3), (20, 70, 17)]],
-    big_params=[dict(sizes=(2000, 3000, 2))], tolerance=exact, nan_rule="none", strategy=_hamming_strategy(False),
+    big_params=[dict(sizes=(2000, 3000, 2))],
+    tolerance=exact,
+    nan_rule="none",
+    strategy=_hamming_strategy(False),
 )
 HAMMING_TOPK = OpCase(
-    name="hamming_topk", op=ops.hamming_topk, reference=ref.hamming_topk_reference, build=_hamming,
-    differentiable=False, dtypes=(torch.int64,),
-    params=[dict(sizes=s, k=k) for s, k in [((0, 5, 1), 2), ((7, 5, 1), 0), ((1, 1, 1), 1), ((50, 1500, 1), 1),
-                                            ((33, 700, 2), 5), ((20, 300, 17), 300), ((9, 1100, 1), 64)]],
-    big_params=[dict(sizes=(2000, 3000, 2), k=10)], tolerance=exact, nan_rule="none", strategy=_hamming_strategy(True),
-    invalid=[(dict(sizes=(3, 3, 1), k=3), lambda s: replace(s, args=(*s.args[:2], 5)), ValueError, "k must be in",
-              True)],
+    name="hamming_topk",
+    op=ops.hamming_topk,
+    reference=ref.hamming_topk_reference,
+    build=_hamming,
+    differentiable=False,
+    dtypes=(torch.int64,),
+    params=[
+        dict(sizes=s, k=k)
+        for s, k in [
+            ((0, 5, 1), 2),
+            ((7, 5, 1), 0),
+            ((1, 1, 1), 1),
+            ((50, 1500, 1), 1),
+            ((33, 700, 2), 5),
+            ((20, 300, 17), 300),
+            ((9, 1100, 1), 64),
+        ]
+    ],
+    big_params=[dict(sizes=(2000, 3000, 2), k=10)],
+    tolerance=exact,
+    nan_rule="none",
+    strategy=_hamming_strategy(True),
+    invalid=[
+        (dict(sizes=(3, 3, 1), k=3), lambda s: replace(s, args=(*s.args[:2], 5)), ValueError, "k must be in", True)
+    ],
 )
 
 
@@ -822,11 +1028,17 @@ def _region(p, m: Maker) -> Sample:
 
 
 REGION_SYSTEM = OpCase(
-    name="region_system", op=ops.region_system, reference=ref.region_system_reference, build=_region,
-    differentiable=False, params=NETWORKS + [dict(widths=(5, 4), d=2, patterns=0)],
+    name="region_system",
+    op=ops.region_system,
+    reference=ref.region_system_reference,
+    build=_region,
+    differentiable=False,
+    params=NETWORKS + [dict(widths=(5, 4), d=2, patterns=0)],
     big_params=[dict(widths=(64, 64), d=8, patterns=500)],
     tolerance=lambda dtype, s: dict(rtol=1e-4, atol=1e-4) if dtype == F32 else dict(rtol=1e-10, atol=1e-10),
-    nan_rule="none", invalid_leaf=-1, layout_exact=False,
+    nan_rule="none",
+    invalid_leaf=-1,
+    layout_exact=False,
     strategy=_networks_strategy(lambda: dict(patterns=__import__("hypothesis").strategies.integers(0, 6))),
 )
 
@@ -835,11 +1047,23 @@ from op_contract.region_clip_case import REGION_CLIP_2D  # noqa: E402  (needs th
 
 CASES: list[OpCase] = [
     AFFINE_COUPLING,
-    DIFFUSION_NLL_STEP, DIFFUSION_NLL_STEP_AND_FORWARD, DIFFUSION_FORWARD_STEP, DDPM_STEP, DDIM_STEP, LARGE_STEP,
-    RK4_COMBINE, RK4_UPDATE,
-    CLOSEST_CENTRE_KL, NEAREST_CENTRE_KL,
+    DIFFUSION_NLL_STEP,
+    DIFFUSION_NLL_STEP_AND_FORWARD,
+    DIFFUSION_FORWARD_STEP,
+    DDPM_STEP,
+    DDIM_STEP,
+    LARGE_STEP,
+    RK4_COMBINE,
+    RK4_UPDATE,
+    CLOSEST_CENTRE_KL,
+    NEAREST_CENTRE_KL,
     GAUSSIAN_ELBO,
-    ACTIVATION_PATTERNS, UNPACK_PATTERNS, PACK_PATTERNS, HAMMING_DISTANCE, HAMMING_TOPK, REGION_SYSTEM,
+    ACTIVATION_PATTERNS,
+    UNPACK_PATTERNS,
+    PACK_PATTERNS,
+    HAMMING_DISTANCE,
+    HAMMING_TOPK,
+    REGION_SYSTEM,
     REGION_CLIP_2D,
 ]
 DIFFERENTIABLE = [case for case in CASES if case.differentiable]
@@ -858,8 +1082,9 @@ BACKWARD_OPS = {
 def registered_ops() -> set[str]:
     """Names of every op in the manifold_ext namespace."""
     prefix = "manifold_ext::"
-    return {name[len(prefix):].split(".")[0] for name in torch._C._dispatch_get_all_op_names()
-            if name.startswith(prefix)}
+    return {
+        name[len(prefix) :].split(".")[0] for name in torch._C._dispatch_get_all_op_names() if name.startswith(prefix)
+    }
 
 
 def ids(cases: Sequence[OpCase]) -> list[str]:

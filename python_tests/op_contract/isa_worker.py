@@ -5,6 +5,7 @@ entry is ``("ok", outputs, grads)`` or ``("error", type name, message)``. test_c
 ISA copy of the kernels and compares them: normal values, the special values of the NaN rule (NaN, inf,
 float32-overflowing, denormal), and the gradients (the backward kernels).
 """
+
 from __future__ import annotations
 
 import os

@@ -8,6 +8,7 @@ region with the reference's radius, instead of comparing the two centres.
 Registered in ``cases.py``: ``from op_contract.region_clip_case import REGION_CLIP_2D`` at the end
 of the cases, and ``REGION_CLIP_2D`` in ``CASES``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,8 +41,9 @@ def region_clip_2d_reference(A, c, ignore, box, tol):
             radius[i] = -float("inf")
             continue
         norms = np.linalg.norm(a[keep], axis=1)
-        okay, x, r, _, _ = _chebyshev_highs(a[keep] / norms[:, None], b[keep] / norms, box_,
-                                            None if box_ is not None else INTERIOR_RADIUS_CAP)
+        okay, x, r, _, _ = _chebyshev_highs(
+            a[keep] / norms[:, None], b[keep] / norms, box_, None if box_ is not None else INTERIOR_RADIUS_CAP
+        )
         radius[i], centre[i] = r, torch.from_numpy(x)
         if not r > tol:
             continue
@@ -95,17 +97,33 @@ def _check(case, sample, outputs, dtype) -> None:
 def _strategy():
     from hypothesis import strategies as st
 
-    return st.fixed_dictionaries(dict(regions=st.integers(0, 6), widths=st.sampled_from([(4,), (6, 5), (5, 5, 5)]),
-                                      box=st.booleans(), ignored=st.sampled_from([0.0, 0.2])))
+    return st.fixed_dictionaries(
+        dict(
+            regions=st.integers(0, 6),
+            widths=st.sampled_from([(4,), (6, 5), (5, 5, 5)]),
+            box=st.booleans(),
+            ignored=st.sampled_from([0.0, 0.2]),
+        )
+    )
 
 
 REGION_CLIP_2D = OpCase(
-    name="region_clip_2d", op=region_clip_2d, reference=region_clip_2d_reference, build=_regions,
-    differentiable=False, dtypes=(F64,),
-    params=[dict(regions=9, widths=(6, 5), box=True), dict(regions=9, widths=(6, 5), box=False),
-            dict(regions=5, widths=(10, 10, 10), box=False, spread=3.0), dict(regions=7, widths=(8,), box=True,
-                                                                                ignored=0.2),
-            dict(regions=0, widths=(4,), box=True)],
+    name="region_clip_2d",
+    op=region_clip_2d,
+    reference=region_clip_2d_reference,
+    build=_regions,
+    differentiable=False,
+    dtypes=(F64,),
+    params=[
+        dict(regions=9, widths=(6, 5), box=True),
+        dict(regions=9, widths=(6, 5), box=False),
+        dict(regions=5, widths=(10, 10, 10), box=False, spread=3.0),
+        dict(regions=7, widths=(8,), box=True, ignored=0.2),
+        dict(regions=0, widths=(4,), box=True),
+    ],
     big_params=[dict(regions=600, widths=(12, 12), box=False, spread=2.0)],
-    check=_check, nan_rule="raises", nan_error="finite", strategy=_strategy,
+    check=_check,
+    nan_rule="raises",
+    nan_error="finite",
+    strategy=_strategy,
 )

@@ -7,6 +7,7 @@ non-contiguous inputs, thread-count determinism, every CPU ISA copy, meta
 tensors and mixed devices, the NaN rule, errors raised at trace time as at
 run time, and CPU/CUDA agreement where a GPU exists.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,9 @@ from op_contract.cases import (
 ALL_CASES = pytest.mark.parametrize("case", CASES, ids=ids(CASES))
 DIFFERENTIABLE_CASES = pytest.mark.parametrize("case", DIFFERENTIABLE, ids=ids(DIFFERENTIABLE))
 CASE_DTYPES = [(case, dtype) for case in CASES for dtype in case.dtypes]
-WITH_DTYPES = pytest.mark.parametrize("case,dtype", CASE_DTYPES,
-                                      ids=[f"{c.name}-{str(d).removeprefix('torch.')}" for c, d in CASE_DTYPES])
+WITH_DTYPES = pytest.mark.parametrize(
+    "case,dtype", CASE_DTYPES, ids=[f"{c.name}-{str(d).removeprefix('torch.')}" for c, d in CASE_DTYPES]
+)
 
 
 BACKWARD_OPCHECKS = 3
@@ -144,14 +146,16 @@ def test_opcheck_every_sample(case):
         # inputs that require grad: autograd is registered (region_system refuses a backward with a clear error;
         # the others return integers), so no silent "autograd kernel was not registered" fallback
         sample = _first_nonempty(case).map_tensors(
-            lambda t: t.detach().requires_grad_() if t.is_floating_point() else t)
+            lambda t: t.detach().requires_grad_() if t.is_floating_point() else t
+        )
         torch.library.opcheck(case.overload, sample.args, sample.kwargs, test_utils="test_autograd_registration")
 
 
 def _compile_samples(case):
     if case.compile_params:
-        return [case.make(p, dtype=first_dtype(case), requires_grad=True, seed=i)
-                for i, p in enumerate(case.compile_params)]
+        return [
+            case.make(p, dtype=first_dtype(case), requires_grad=True, seed=i) for i, p in enumerate(case.compile_params)
+        ]
     return case.samples(dtype=first_dtype(case), requires_grad=True)[:2]
 
 
@@ -258,8 +262,13 @@ def isa_results(tmp_path_factory):
     procs = {}
     for isa in available_isas():  # concurrently: each mostly waits on importing torch
         env = dict(os.environ, ATEN_CPU_CAPABILITY=isa, OMP_NUM_THREADS="1")
-        procs[isa] = subprocess.Popen([sys.executable, worker, str(folder / f"{isa}.pt")], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs[isa] = subprocess.Popen(
+            [sys.executable, worker, str(folder / f"{isa}.pt")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     results = {}
     for isa, proc in procs.items():
         _, err = proc.communicate(timeout=900)
@@ -277,8 +286,14 @@ def _assert_isa_agree(ours, base, what):
     assert torch.equal(torch.isinf(ours), torch.isinf(base)), f"{what}: inf where the default ISA has none"
     tight = ours.dtype == F64
     # sums in another lane order: float64 sums with cancellation keep ~1e-7 of their terms' size
-    torch.testing.assert_close(ours, base, rtol=1e-6 if tight else 2e-4, atol=1e-8 if tight else 1e-3,
-                               equal_nan=True, msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(
+        ours,
+        base,
+        rtol=1e-6 if tight else 2e-4,
+        atol=1e-8 if tight else 1e-3,
+        equal_nan=True,
+        msg=lambda m: f"{what}: {m}",
+    )
 
 
 @ALL_CASES
@@ -305,8 +320,11 @@ def test_every_cpu_isa_copy_agrees(case, isa_results):
 # Devices: meta tensors and mixed devices (issue 13 item 1)
 # ---------------------------------------------------------------------------
 def _first_nonempty(case, requires_grad=False):
-    return next(s for s in case.samples(dtype=first_dtype(case), requires_grad=requires_grad)
-                if all(t.numel() for t in s.tensors()))
+    return next(
+        s
+        for s in case.samples(dtype=first_dtype(case), requires_grad=requires_grad)
+        if all(t.numel() for t in s.tensors())
+    )
 
 
 @ALL_CASES
@@ -328,8 +346,11 @@ def _mixed_samples(sample: Sample):
             yield i, sample.replace_tensor(i, lambda t: t.detach().to("meta"))
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if len(_first_nonempty(c).tensors()) > 1],
-                         ids=ids([c for c in CASES if len(_first_nonempty(c).tensors()) > 1]))
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if len(_first_nonempty(c).tensors()) > 1],
+    ids=ids([c for c in CASES if len(_first_nonempty(c).tensors()) > 1]),
+)
 def test_mixed_devices_are_refused_by_wrapper_raw_op_and_compile(case):
     """A meta tensor mixed with real ones raises the kernels' device error; it never returns uninitialised memory."""
     sample = _first_nonempty(case)
@@ -369,8 +390,9 @@ def test_backward_ops_refuse_mixed_devices(case):
 # ---------------------------------------------------------------------------
 # The NaN rule (issue 13 item 7) and errors at trace time
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("case", [c for c in CASES if c.nan_rule != "none"],
-                         ids=ids([c for c in CASES if c.nan_rule != "none"]))
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.nan_rule != "none"], ids=ids([c for c in CASES if c.nan_rule != "none"])
+)
 def test_nan_rule(case):
     """A NaN in any one floating input: NaN exactly where the plain-PyTorch reference has NaN, or a clear error."""
     for dtype in case.dtypes:
@@ -386,8 +408,9 @@ def test_nan_rule(case):
                 want = as_tuple(case.reference(*poisoned.args, **poisoned.kwargs))
                 for a, b in zip(got, want):
                     if a.is_floating_point():
-                        assert torch.equal(torch.isnan(a), torch.isnan(b)), \
+                        assert torch.equal(torch.isnan(a), torch.isnan(b)), (
                             f"{case.name}[{sample.name}] NaN in tensor {index}: NaN pattern differs from the reference"
+                        )
                     else:
                         assert torch.equal(a, b), f"{case.name}[{sample.name}] NaN in tensor {index}"
 

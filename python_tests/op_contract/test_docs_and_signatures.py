@@ -1,4 +1,5 @@
 """Every op documents its contract, and its reference shares its signature by construction."""
+
 from __future__ import annotations
 
 import inspect
@@ -33,11 +34,13 @@ def test_reference_of_refuses_drift():
         return x
 
     with pytest.raises(TypeError, match="must take the parameters of op"):
+
         @reference_of(op)
         def renamed(x, z, *, scale):
             return x
 
     with pytest.raises(TypeError, match="leave out the defaults"):
+
         @reference_of(op)
         def restates(x, y, *, scale=2.0):
             return x

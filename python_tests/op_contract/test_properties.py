@@ -18,6 +18,7 @@ float32-overflowing, denormal and signed-zero values). Properties:
 The default profile (python_tests/conftest.py) is derandomised with few
 examples; run ``pytest --hypothesis-profile=thorough`` for a deep search.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -42,10 +43,18 @@ def draw_sample(data, case, *, dtype=None, requires_grad=False, specials=None, l
     dtype = dtype or data.draw(st.sampled_from(case.dtypes), label="dtype")
     layout = None
     if layouts:
+
         def layout(t):
             return LAYOUTS[data.draw(st.sampled_from(sorted(LAYOUTS)), label="layout")](t)
-    sample = case.make(params, dtype=dtype, requires_grad=requires_grad, seed=data.draw(st.integers(0, 2**16)),
-                       layout=layout, specials=specials)
+
+    sample = case.make(
+        params,
+        dtype=dtype,
+        requires_grad=requires_grad,
+        seed=data.draw(st.integers(0, 2**16)),
+        layout=layout,
+        specials=specials,
+    )
     return sample, dtype
 
 
@@ -111,8 +120,9 @@ def test_first_and_second_derivatives_match_reference(name, data):
     for order, (mine, ref) in enumerate(zip(ours, theirs), start=1):
         for a, b in zip(mine, ref):
             scale = max(1.0, float(b.detach().abs().max())) if b.numel() else 1.0
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7 * scale,
-                                       msg=lambda m: f"{case.name}, derivative of order {order}: {m}")
+            torch.testing.assert_close(
+                a, b, rtol=1e-6, atol=1e-7 * scale, msg=lambda m: f"{case.name}, derivative of order {order}: {m}"
+            )
 
 
 NAN_CASES = [case for case in CASES if case.nan_rule != "none"]

@@ -9,6 +9,7 @@ torch installed in the build environment, so pip never pairs a wheel with a
 torch it cannot load in. Build with ``--no-build-isolation`` (an isolated build
 environment would hold a different, freshly downloaded torch).
 """
+
 from __future__ import annotations
 
 import re

@@ -15,6 +15,7 @@
 writes its figures to ``--out``; ``summary.json`` holds each section's numbers and
 the ``paper_comparison`` rows (``000-table1-*``, ``004-table41-*``, ``004-fig43-*``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,10 @@ from manifold_ext.demos.common import (
 )
 
 NAME = "attack"
-DESCRIPTION = ("Table 1: Patch-PGD / Patch-NAG on a conv VAE-classifier and ELBO test-time purification; "
-               "GMM classifier with rejection and reclassification, Table 4.1 and Fig. 4.3 (thesis 004 ch. 4)")
+DESCRIPTION = (
+    "Table 1: Patch-PGD / Patch-NAG on a conv VAE-classifier and ELBO test-time purification; "
+    "GMM classifier with rejection and reclassification, Table 4.1 and Fig. 4.3 (thesis 004 ch. 4)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,8 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gmm_patch.add_arguments(parser)
     gmm_whitebox.add_arguments(parser)
     table41.add_arguments(parser)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default 1 on CPU: the models are tiny and one thread is fastest)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default 1 on CPU: the models are tiny and one thread is fastest)",
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -64,13 +71,27 @@ def run(args: argparse.Namespace) -> dict:
             summary["gmm_classifier"] = {"skipped": "the GMM-classifier sections run on the 8x8 digits only"}
         else:
             mask = patch_mask(split.image_shape[-2:], *args.gmm_patch, device=device)
-            gmm, model = gmm_patch.run_gmm_patch(args, split, reuse["x_test"], reuse["y_test"], mask,
-                                                 reuse["attack_step"], reuse["attack_steps"], device, figures)
-            gmm["patch"] = {"top": args.gmm_patch[0], "left": args.gmm_patch[1], "height": args.gmm_patch[2],
-                            "width": args.gmm_patch[3]}
+            gmm, model = gmm_patch.run_gmm_patch(
+                args,
+                split,
+                reuse["x_test"],
+                reuse["y_test"],
+                mask,
+                reuse["attack_step"],
+                reuse["attack_steps"],
+                device,
+                figures,
+            )
+            gmm["patch"] = {
+                "top": args.gmm_patch[0],
+                "left": args.gmm_patch[1],
+                "height": args.gmm_patch[2],
+                "width": args.gmm_patch[3],
+            }
             if not args.no_whitebox:
-                gmm["whitebox"] = gmm_whitebox.run_gmm_whitebox(args, model, split, reuse["x_test"], reuse["y_test"],
-                                                                mask, figures)
+                gmm["whitebox"] = gmm_whitebox.run_gmm_whitebox(
+                    args, model, split, reuse["x_test"], reuse["y_test"], mask, figures
+                )
             summary["gmm_classifier"] = gmm
         if not args.no_table41:
             summary["table41"], table41_rows = table41.run_table41(args, device, figures)

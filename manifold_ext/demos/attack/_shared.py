@@ -1,4 +1,5 @@
 """Helpers the attack experiments share: percentages, markdown tables, a pixel-space reference classifier."""
+
 from __future__ import annotations
 
 import torch
@@ -23,6 +24,7 @@ def mean4(values: torch.Tensor) -> float:
 def percent_table_lines(title: str, sets, rows, table: dict) -> list[str]:
     """Markdown lines of a table with one column per (name, title) in ``sets`` and one row per
     (key, label) in ``rows``; cells are ``table[name][key]`` percentages (None prints as a dash)."""
+
     def cell(value):
         return "–" if value is None else f"{value:.2f}"
 
@@ -32,8 +34,9 @@ def percent_table_lines(title: str, sets, rows, table: dict) -> list[str]:
     return [head, rule, *body]
 
 
-def pixel_knn(train_x: torch.Tensor, train_y: torch.Tensor, images: torch.Tensor,
-              k: int = KNN_NEIGHBOURS) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_knn(
+    train_x: torch.Tensor, train_y: torch.Tensor, images: torch.Tensor, k: int = KNN_NEIGHBOURS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A model-free reference: majority label of the k nearest training images in pixel space,
     and the distance to the nearest one. It tells whether an image that a model calls class t
     also looks like a class-t digit, or is a real adversarial example."""

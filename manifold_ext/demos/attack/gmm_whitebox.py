@@ -8,6 +8,7 @@ change, as in the thesis), and Eq. 4.10 fooling images from uniform noise
 not rejected", the thesis' criterion. Writes ``gmm_whitebox.png`` (attacked and
 fooling images with their reconstructions g(f(x)), as the thesis' Fig. 4.4).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,20 +29,44 @@ from manifold_ext.demos.common import pyplot
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-whitebox", action="store_true",
-                        help="skip the threshold-aware white-box attacks on the GMM classifier (Eq. 4.9, 4.10)")
-    parser.add_argument("--whitebox-steps", type=int, default=None,
-                        help="Adam steps of the Eq. 4.9 / 4.10 attacks (default 500, quick 200)")
-    parser.add_argument("--whitebox-lr", type=float, default=None,
-                        help="Adam step size of the Eq. 4.9 / 4.10 attacks (default 0.01, quick 0.02)")
-    parser.add_argument("--whitebox-exponents", type=float, nargs=2, default=(2.0, 2.0), metavar=("A", "B"),
-                        help="exponents a, b (> 1) of Eq. 4.9 / 4.10 (default 2 2)")
-    parser.add_argument("--fooling-per-class", type=int, default=None,
-                        help="Eq. 4.10 fooling images per target class, from uniform noise (default 100, quick 50)")
+    parser.add_argument(
+        "--no-whitebox",
+        action="store_true",
+        help="skip the threshold-aware white-box attacks on the GMM classifier (Eq. 4.9, 4.10)",
+    )
+    parser.add_argument(
+        "--whitebox-steps",
+        type=int,
+        default=None,
+        help="Adam steps of the Eq. 4.9 / 4.10 attacks (default 500, quick 200)",
+    )
+    parser.add_argument(
+        "--whitebox-lr",
+        type=float,
+        default=None,
+        help="Adam step size of the Eq. 4.9 / 4.10 attacks (default 0.01, quick 0.02)",
+    )
+    parser.add_argument(
+        "--whitebox-exponents",
+        type=float,
+        nargs=2,
+        default=(2.0, 2.0),
+        metavar=("A", "B"),
+        help="exponents a, b (> 1) of Eq. 4.9 / 4.10 (default 2 2)",
+    )
+    parser.add_argument(
+        "--fooling-per-class",
+        type=int,
+        default=None,
+        help="Eq. 4.10 fooling images per target class, from uniform noise (default 100, quick 50)",
+    )
 
 
-WHITEBOX_SETS = (("eq49_patch", "Eq. 4.9, patch"), ("eq49_unconstrained", "Eq. 4.9, unconstrained"),
-                 ("eq410_fooling", "Eq. 4.10, fooling"))
+WHITEBOX_SETS = (
+    ("eq49_patch", "Eq. 4.9, patch"),
+    ("eq49_unconstrained", "Eq. 4.9, unconstrained"),
+    ("eq410_fooling", "Eq. 4.10, fooling"),
+)
 WHITEBOX_ROWS = (
     ("success", "attack success: target, not rejected"),
     ("rejected", "rejected by tau_enc / tau_dec (§4.6)"),
@@ -59,8 +84,11 @@ WHITEBOX_ROWS = (
 
 def whitebox_table_markdown(table: dict) -> str:
     rows = percent_table_lines("GMM classifier, white box (%)", WHITEBOX_SETS, WHITEBOX_ROWS, table)
-    rows.append("| mean ‖η‖₂ (distance moved) | " + " | ".join(f"{table[name]['mean_eta_l2']:.3f}"
-                                                           for name, _ in WHITEBOX_SETS) + " |")
+    rows.append(
+        "| mean ‖η‖₂ (distance moved) | "
+        + " | ".join(f"{table[name]['mean_eta_l2']:.3f}" for name, _ in WHITEBOX_SETS)
+        + " |"
+    )
     return "\n".join(rows)
 
 
@@ -124,39 +152,57 @@ def run_gmm_whitebox(args, model, split, x_test, y_test, mask, figures) -> dict:
     for name, result in results.items():
         truth = None if name == "eq410_fooling" else y_test
         start = time.perf_counter()
-        defence = model.predict_with_defence(result.x, steps=args.reclassify_steps, lr=args.reclassify_lr,
-                                             progress=False)
-        every = model.predict_with_defence(result.x, reclassify_all=True, steps=args.reclassify_steps,
-                                           lr=args.reclassify_lr, progress=False)
+        defence = model.predict_with_defence(
+            result.x, steps=args.reclassify_steps, lr=args.reclassify_lr, progress=False
+        )
+        every = model.predict_with_defence(
+            result.x, reclassify_all=True, steps=args.reclassify_steps, lr=args.reclassify_lr, progress=False
+        )
         timings[f"defend_{name}_s"] = time.perf_counter() - start
         knn_label, knn_distance = pixel_knn(train_x, train_y, result.x)
         table[name] = _whitebox_row(model, result, truth, defence, every, knn_label, knn_distance)
     clean_knn, clean_distance = pixel_knn(train_x, train_y, x_test)
     # what reclassifying every image costs on clean images (the same setting as the reclassify_all_* rows)
-    clean_every = model.predict_with_defence(x_test, reclassify_all=True, steps=args.reclassify_steps,
-                                             lr=args.reclassify_lr, progress=False)
+    clean_every = model.predict_with_defence(
+        x_test, reclassify_all=True, steps=args.reclassify_steps, lr=args.reclassify_lr, progress=False
+    )
 
     figures["gmm_whitebox"] = str(args.out / "gmm_whitebox.png")
-    _whitebox_figure(figures["gmm_whitebox"], model, x_test, y_test, results, split.class_names,
-                     min(args.examples, x_test.shape[0]))
+    _whitebox_figure(
+        figures["gmm_whitebox"], model, x_test, y_test, results, split.class_names, min(args.examples, x_test.shape[0])
+    )
     return {
-        "settings": {"optimiser": "projected Adam from eta = 0 (Eq. 4.9) / from U(0, 1) noise (Eq. 4.10)",
-                     "steps": steps, "lr": lr, "a": a, "b": b, "fooling_per_class": per_class,
-                     "target": "the other class", "patch": "the same patch as Patch-PGD / Patch-NAG",
-                     "latent_term": "Mahalanobis distance with the inverse covariance (precision) of the target "
-                                    "class, as thresholded by tau_enc (the thesis' Sigma_t read as Sigma_t^-1)",
-                     "defence_steps": args.reclassify_steps, "defence_lr": args.reclassify_lr},
+        "settings": {
+            "optimiser": "projected Adam from eta = 0 (Eq. 4.9) / from U(0, 1) noise (Eq. 4.10)",
+            "steps": steps,
+            "lr": lr,
+            "a": a,
+            "b": b,
+            "fooling_per_class": per_class,
+            "target": "the other class",
+            "patch": "the same patch as Patch-PGD / Patch-NAG",
+            "latent_term": "Mahalanobis distance with the inverse covariance (precision) of the target "
+            "class, as thresholded by tau_enc (the thesis' Sigma_t read as Sigma_t^-1)",
+            "defence_steps": args.reclassify_steps,
+            "defence_lr": args.reclassify_lr,
+        },
         "percent": table,
         "table_markdown": whitebox_table_markdown(table),
-        "reference": {"knn_neighbours": KNN_NEIGHBOURS,
-                      "knn_clean_accuracy_percent": accuracy_percent(clean_knn, y_test),
-                      "reclassify_all_clean_correct_percent": percent((clean_every["label"] == y_test)
-                                                                       & ~clean_every["rejected"]),
-                      "reclassify_all_clean_rejected_percent": percent(clean_every["rejected"]),
-                      "mean_nearest_train_distance_clean": mean4(clean_distance),
-                      "mean_distance_to_nearest_other_class_train_image": mean4(
-                          torch.cdist(x_test.flatten(1), train_x.flatten(1))
-                          .masked_fill(train_y[None] == y_test[:, None], float("inf")).min(1).values)},
+        "reference": {
+            "knn_neighbours": KNN_NEIGHBOURS,
+            "knn_clean_accuracy_percent": accuracy_percent(clean_knn, y_test),
+            "reclassify_all_clean_correct_percent": percent(
+                (clean_every["label"] == y_test) & ~clean_every["rejected"]
+            ),
+            "reclassify_all_clean_rejected_percent": percent(clean_every["rejected"]),
+            "mean_nearest_train_distance_clean": mean4(clean_distance),
+            "mean_distance_to_nearest_other_class_train_image": mean4(
+                torch.cdist(x_test.flatten(1), train_x.flatten(1))
+                .masked_fill(train_y[None] == y_test[:, None], float("inf"))
+                .min(1)
+                .values
+            ),
+        },
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
 
@@ -196,8 +242,11 @@ def _whitebox_figure(path, model, clean, labels, results, class_names, n):
                 broken = target is not None and label == int(target[c]) and not rejected
                 ax.set_title(text, fontsize=5.5, color="red" if broken else ("green" if not rejected else "orange"))
         axes[r, 0].set_ylabel(title, fontsize=7)
-    fig.suptitle("GMM classifier, threshold-aware white-box attacks (thesis 004 Fig. 4.4): images and g(f(x)); "
-                 "red: attack succeeded, orange: rejected, green: correct / not fooled", fontsize=7)
+    fig.suptitle(
+        "GMM classifier, threshold-aware white-box attacks (thesis 004 Fig. 4.4): images and g(f(x)); "
+        "red: attack succeeded, orange: rejected, green: correct / not fooled",
+        fontsize=7,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

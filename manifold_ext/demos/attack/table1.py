@@ -32,6 +32,7 @@ copy (nothing is downloaded). Writes ``table1.png``, ``examples_patch_pgd.png``,
 ``examples_patch_nag.png`` (clean / attacked / purified with reconstructions, as
 the paper's Fig. 10) and ``attack_strength.png``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,12 @@ from manifold_ext.demos.common import paper_row, pyplot
 from manifold_ext.vae import VAEClassifier, train_vae_classifier
 
 PAPER_TABLE1 = {  # CelebA gender, ResNet-50 VAE-classifier (paper 000, Table 1)
-    "clean": 97.86, "patch_pgd": 13.14, "patch_nag": 6.83,
-    "purified_clean": 91.20, "purified_patch_pgd": 75.75, "purified_patch_nag": 76.75,
+    "clean": 97.86,
+    "patch_pgd": 13.14,
+    "patch_nag": 6.83,
+    "purified_clean": 91.20,
+    "purified_patch_pgd": 75.75,
+    "purified_patch_nag": 76.75,
 }
 SETS = (("clean", "Clean"), ("patch_pgd", "Patch-PGD"), ("patch_nag", "Patch-NAG"))
 RULES = ("scaled", "sign")
@@ -72,19 +77,36 @@ CORNER_SEARCH_LIMIT = 9  # patch values searched exhaustively in the curves (2^9
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", choices=("digits", "celeba"), default="digits",
-                        help="digits: scikit-learn's 8x8 digits, <5 vs >=5 (ships); celeba: gender from --celeba-root")
-    parser.add_argument("--celeba-root", default=None,
-                        help="local CelebA folder with img_align_celeba/ and list_attr_celeba.txt (for --data celeba)")
+    parser.add_argument(
+        "--data",
+        choices=("digits", "celeba"),
+        default="digits",
+        help="digits: scikit-learn's 8x8 digits, <5 vs >=5 (ships); celeba: gender from --celeba-root",
+    )
+    parser.add_argument(
+        "--celeba-root",
+        default=None,
+        help="local CelebA folder with img_align_celeba/ and list_attr_celeba.txt (for --data celeba)",
+    )
     parser.add_argument("--image-size", type=int, default=32, help="CelebA images are resized to this (default 32)")
-    parser.add_argument("--patch", type=int, nargs=4, metavar=("TOP", "LEFT", "HEIGHT", "WIDTH"), default=None,
-                        help="patch rectangle in pixels (default digits: the most salient 2x4 or 4x2 window; "
-                             "celeba: a forehead band)")
-    parser.add_argument("--net", choices=("conv", "mlp"), default="conv",
-                        help="VAE-classifier networks (default conv: the small ResNet and its mirror)")
+    parser.add_argument(
+        "--patch",
+        type=int,
+        nargs=4,
+        metavar=("TOP", "LEFT", "HEIGHT", "WIDTH"),
+        default=None,
+        help="patch rectangle in pixels (default digits: the most salient 2x4 or 4x2 window; celeba: a forehead band)",
+    )
+    parser.add_argument(
+        "--net",
+        choices=("conv", "mlp"),
+        default="conv",
+        help="VAE-classifier networks (default conv: the small ResNet and its mirror)",
+    )
     parser.add_argument("--channels", type=int, default=16, help="conv width of the VAE-classifier (default 16)")
-    parser.add_argument("--train-steps", type=int, default=None,
-                        help="VAE-classifier training steps (default 2000, quick 1000)")
+    parser.add_argument(
+        "--train-steps", type=int, default=None, help="VAE-classifier training steps (default 2000, quick 1000)"
+    )
     parser.add_argument("--lam", type=float, default=20.0, help="lambda of Eq. 21 (weight of the classification loss)")
     parser.add_argument("--latent-dim", type=int, default=8, help="latent dimension of the VAE (default 8)")
     parser.add_argument(
@@ -118,8 +140,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the attack-strength study (accuracy vs iterations, patch size and placement)",
     )
-    parser.add_argument("--curve-images", type=int, default=None,
-                        help="test images of the size / placement curves (default 270, half the digits; quick all)")
+    parser.add_argument(
+        "--curve-images",
+        type=int,
+        default=None,
+        help="test images of the size / placement curves (default 270, half the digits; quick all)",
+    )
     parser.add_argument(
         "--curve-steps",
         type=int,
@@ -227,8 +253,15 @@ def _strength_study(args, model, split, x_test, y_test, saliency, main_patch, st
         with torch.no_grad():
             point["patch_nag"] = accuracy_percent(model(adversarial).argmax(1), y_test)
         if purified:  # does ELBO ascent undo this placement's Patch-NAG images?
-            result = purify(model, adversarial, steps=purification[0], step=purification[1], rule=args.purify_rule,
-                            seed=args.seed, progress=False)
+            result = purify(
+                model,
+                adversarial,
+                steps=purification[0],
+                step=purification[1],
+                rule=args.purify_rule,
+                seed=args.seed,
+                progress=False,
+            )
             point["purified_patch_nag"] = accuracy_percent(result.predictions, y_test)
         values = patch[2] * patch[3] * split.image_shape[0]
         if values <= CORNER_SEARCH_LIMIT:
@@ -359,8 +392,7 @@ def _strength_figure(path, curves: dict, corner_accuracy: float | None, study: d
         ax.set_xlabel("patch area (% of the image), most salient place")
         ax.set_ylabel("accuracy under attack (%)")
         ax.set_ylim(0, 100)
-        ax.set_title(f"accuracy vs patch size ({study['steps']} iterations, {study['test_images']} images)",
-                     fontsize=9)
+        ax.set_title(f"accuracy vs patch size ({study['steps']} iterations, {study['test_images']} images)", fontsize=9)
         ax.legend(fontsize=7)
         ax = axes[3]
         names = list(study["by_placement"])
@@ -518,8 +550,9 @@ def run_table1(args, split, device, figures: dict) -> tuple[dict, list[dict], di
 
     study = None
     if not args.no_curve:
-        study = _strength_study(args, model, split, x_test, y_test, saliency, patch, attack_step,
-                                (purify_steps, purify_step), timings)
+        study = _strength_study(
+            args, model, split, x_test, y_test, saliency, patch, attack_step, (purify_steps, purify_step), timings
+        )
 
     args.out.mkdir(parents=True, exist_ok=True)
     figures["table1"] = str(args.out / "table1.png")

@@ -20,6 +20,7 @@ cross-entropy of the scores -1/2 ||f(x) - mu_c||^2, i.e. it attacks the encoder 
 does not see the decoder or the thresholds, as in §4.8.4. Several training seeds
 give a mean and a spread. Writes ``table41_fig43.png``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,28 +46,58 @@ DEFAULT_EPS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-table41", action="store_true",
-                        help="skip thesis 004 Table 4.1 / Fig. 4.3 (10-class GMM classifier, FGSM sweep)")
+    parser.add_argument(
+        "--no-table41",
+        action="store_true",
+        help="skip thesis 004 Table 4.1 / Fig. 4.3 (10-class GMM classifier, FGSM sweep)",
+    )
     parser.add_argument("--t41-seeds", type=int, default=None, help="training seeds for Table 4.1 (default 3, quick 1)")
-    parser.add_argument("--t41-train-steps", type=int, default=None,
-                        help="GMM classifier training steps for Table 4.1 (default 2000, quick 300)")
-    parser.add_argument("--t41-net", choices=("conv", "mlp"), default="conv",
-                        help="encoder/decoder (default conv, as the thesis: the small ResNet and its mirror)")
+    parser.add_argument(
+        "--t41-train-steps",
+        type=int,
+        default=None,
+        help="GMM classifier training steps for Table 4.1 (default 2000, quick 300)",
+    )
+    parser.add_argument(
+        "--t41-net",
+        choices=("conv", "mlp"),
+        default="conv",
+        help="encoder/decoder (default conv, as the thesis: the small ResNet and its mirror)",
+    )
     parser.add_argument("--t41-channels", type=int, default=16, help="conv width (default 16)")
     parser.add_argument("--t41-alpha", type=float, default=1.0, help="alpha of Eq. 4.6 (the thesis gives none; 1)")
-    parser.add_argument("--t41-noise-std", type=float, default=math.sqrt(THESIS_NOISE_VARIANCE),
-                        help="std of the encoder noise eps (default sqrt(1/3000), the thesis' MNIST setting)")
-    parser.add_argument("--fgsm-eps", type=float, nargs="+", default=None,
-                        help=f"FGSM eps values of Fig. 4.3 (default {' '.join(map(str, DEFAULT_EPS))})")
-    parser.add_argument("--t41-mnist", default=None, metavar="PATH",
-                        help="a local MNIST copy: run Table 4.1 on MNIST (the thesis' data) instead of the 8x8 digits")
+    parser.add_argument(
+        "--t41-noise-std",
+        type=float,
+        default=math.sqrt(THESIS_NOISE_VARIANCE),
+        help="std of the encoder noise eps (default sqrt(1/3000), the thesis' MNIST setting)",
+    )
+    parser.add_argument(
+        "--fgsm-eps",
+        type=float,
+        nargs="+",
+        default=None,
+        help=f"FGSM eps values of Fig. 4.3 (default {' '.join(map(str, DEFAULT_EPS))})",
+    )
+    parser.add_argument(
+        "--t41-mnist",
+        default=None,
+        metavar="PATH",
+        help="a local MNIST copy: run Table 4.1 on MNIST (the thesis' data) instead of the 8x8 digits",
+    )
 
 
 def _data(args) -> ImageSplit:
     if args.t41_mnist:
         (x_train, y_train), (x_test, y_test) = (load_mnist(args.t41_mnist, split) for split in ("train", "test"))
-        return ImageSplit(x_train.unsqueeze(1), y_train, x_test.unsqueeze(1), y_test,
-                          class_names=tuple(str(d) for d in range(10)), name="mnist")
+        return ImageSplit(
+            x_train.unsqueeze(1),
+            y_train,
+            x_test.unsqueeze(1),
+            y_test,
+            class_names=tuple(str(d) for d in range(10)),
+            name="mnist",
+        )
     return load_digits_classes(seed=0)
 
 
@@ -74,21 +105,42 @@ def _verdict(model: GMMClassifier, images: torch.Tensor, labels: torch.Tensor) -
     """Accuracy / error / rejection in percent, without and with the §4.6 thresholds."""
     out = model.predict(images)
     correct, rejected = out["label"] == labels, out["rejected"]
-    return {"no_thresh_accuracy": percent(correct), "no_thresh_error": percent(~correct), "no_thresh_rejected": 0.0,
-            "thresh_accuracy": percent(correct & ~rejected), "thresh_error": percent(~correct & ~rejected),
-            "thresh_rejected": percent(rejected), "rejected_latent": percent(out["rejected_latent"]),
-            "rejected_recon": percent(out["rejected_recon"])}
+    return {
+        "no_thresh_accuracy": percent(correct),
+        "no_thresh_error": percent(~correct),
+        "no_thresh_rejected": 0.0,
+        "thresh_accuracy": percent(correct & ~rejected),
+        "thresh_error": percent(~correct & ~rejected),
+        "thresh_rejected": percent(rejected),
+        "rejected_latent": percent(out["rejected_latent"]),
+        "rejected_recon": percent(out["rejected_recon"]),
+    }
 
 
 def _one_seed(args, split: ImageSplit, seed: int, eps_values, device) -> dict:
     steps = args.t41_train_steps or (300 if args.quick else 2000)
     torch.manual_seed(seed)
-    model = GMMClassifier(split.image_shape, 10, latent_dim=10, centre_scale=1.0, noise_std=args.t41_noise_std,
-                          alpha=args.t41_alpha, net=args.t41_net, hidden=args.t41_channels,
-                          likelihood="sigmoid-mse").to(device)
+    model = GMMClassifier(
+        split.image_shape,
+        10,
+        latent_dim=10,
+        centre_scale=1.0,
+        noise_std=args.t41_noise_std,
+        alpha=args.t41_alpha,
+        net=args.t41_net,
+        hidden=args.t41_channels,
+        likelihood="sigmoid-mse",
+    ).to(device)
     start = time.perf_counter()
-    losses = train_autoencoder(model, split.x_train, split.y_train, steps=steps, device=device, seed=seed,
-                               desc=f"Table 4.1: training the GMM classifier (seed {seed})")
+    losses = train_autoencoder(
+        model,
+        split.x_train,
+        split.y_train,
+        steps=steps,
+        device=device,
+        seed=seed,
+        desc=f"Table 4.1: training the GMM classifier (seed {seed})",
+    )
     x_train, y_train = split.x_train.to(device), split.y_train.to(device)
     thresholds = model.calibrate(x_train, y_train)
     train_seconds = time.perf_counter() - start
@@ -104,8 +156,9 @@ def _one_seed(args, split: ImageSplit, seed: int, eps_values, device) -> dict:
     rejected = first["rejected"]
     recovered = 0
     if rejected.any():
-        second = model.reclassify(x_test[rejected], steps=args.reclassify_steps, lr=args.reclassify_lr, reject=False,
-                                  progress=False)
+        second = model.reclassify(
+            x_test[rejected], steps=args.reclassify_steps, lr=args.reclassify_lr, reject=False, progress=False
+        )
         recovered = int((second["label"] == y_test[rejected]).sum())
     accepted_correct = int(((first["label"] == y_test) & ~rejected).sum())
 
@@ -113,8 +166,9 @@ def _one_seed(args, split: ImageSplit, seed: int, eps_values, device) -> dict:
     for eps in eps_values:
         attacked = fgsm(model.logits, x_test, y_test, eps) if eps > 0 else x_test
         sweep[f"{eps:g}"] = _verdict(model, attacked, y_test)
-    examples = {f"{eps:g}": fgsm(model.logits, x_test[:8], y_test[:8], eps) if eps > 0 else x_test[:8]
-                for eps in eps_values}
+    examples = {
+        f"{eps:g}": fgsm(model.logits, x_test[:8], y_test[:8], eps) if eps > 0 else x_test[:8] for eps in eps_values
+    }
     return {
         "seed": seed,
         "model": model,

@@ -15,6 +15,7 @@
 ``summary.json`` holds every number and the ``paper_comparison`` rows; ``--scheduler ADDRESS``
 enumerates on an existing Dask cluster (see :mod:`manifold_ext.demos.relu_polyhedra.counting`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,10 @@ from manifold_ext.demos.relu_polyhedra.toy import (
 from manifold_ext.demos.relu_polyhedra.training import Recipe, train_networks
 
 NAME = "polyhedra"
-DESCRIPTION = ("ReLU polyhedra (paper 001): Fig. 1 2x10 net, all of Table 1 over seeds in [-1,1]^2 and R^2, "
-               "the 3-D 3x10 net, Hamming/bisection/Chebyshev experiments on 8x8 digits")
+DESCRIPTION = (
+    "ReLU polyhedra (paper 001): Fig. 1 2x10 net, all of Table 1 over seeds in [-1,1]^2 and R^2, "
+    "the 3-D 3x10 net, Hamming/bisection/Chebyshev experiments on 8x8 digits"
+)
 
 TABLE1_ARCHITECTURES = list(TABLE1)  # (layers, nodes), the paper's order
 QUICK_ARCHITECTURES = [(2, 5), (3, 5)]
@@ -55,24 +58,46 @@ ARCHITECTURE_3D = (3, 10)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, NAME)
-    parser.add_argument("--full", action="store_true",
-                        help="the paper's 50 seeds per Table 1 network and larger digits experiments (long)")
-    parser.add_argument("--seeds", type=int, default=None,
-                        help="seeds per Table 1 / Fig. 1 network (default 10; --full 50; --quick 2)")
-    parser.add_argument("--seeds-3d", type=int, default=None,
-                        help="seeds of the 3-D 3x10 network (default 5; --full 10; --quick 0)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"training steps per network (default {Recipe.steps}; --quick 800)")
-    parser.add_argument("--init", choices=("median", "pytorch"), default="median",
-                        help="hidden-layer initialisation: 'median' (default: He weights, bias = -median "
-                             "pre-activation, no unit starts dead) or 'pytorch' (nn.Linear's default; an ablation)")
-    parser.add_argument("--grid", type=int, default=None,
-                        help="points per axis of the sampling check's grid (default 1000; --quick 200)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="local processes enumerating networks side by side (default: one per core)")
-    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                        help="enumerate on an existing Dask scheduler (e.g. tcp://127.0.0.1:8786): each traversal's "
-                             "batches of regions go to its workers; needs manifold_ext[distributed]")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="the paper's 50 seeds per Table 1 network and larger digits experiments (long)",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="seeds per Table 1 / Fig. 1 network (default 10; --full 50; --quick 2)"
+    )
+    parser.add_argument(
+        "--seeds-3d", type=int, default=None, help="seeds of the 3-D 3x10 network (default 5; --full 10; --quick 0)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help=f"training steps per network (default {Recipe.steps}; --quick 800)"
+    )
+    parser.add_argument(
+        "--init",
+        choices=("median", "pytorch"),
+        default="median",
+        help="hidden-layer initialisation: 'median' (default: He weights, bias = -median "
+        "pre-activation, no unit starts dead) or 'pytorch' (nn.Linear's default; an ablation)",
+    )
+    parser.add_argument(
+        "--grid",
+        type=int,
+        default=None,
+        help="points per axis of the sampling check's grid (default 1000; --quick 200)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local processes enumerating networks side by side (default: one per core)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="enumerate on an existing Dask scheduler (e.g. tcp://127.0.0.1:8786): each traversal's "
+        "batches of regions go to its workers; needs manifold_ext[distributed]",
+    )
 
 
 @dataclasses.dataclass
@@ -85,9 +110,13 @@ class Settings:
     digits: Sizes
 
     def as_dict(self) -> dict:
-        return {"seeds": self.seeds, "seeds_3d": self.seeds_3d, "sampling_grid_per_axis": self.grid,
-                "architectures": [f"{a}x{b}" for a, b in self.architectures],
-                "digits": dataclasses.asdict(self.digits)}
+        return {
+            "seeds": self.seeds,
+            "seeds_3d": self.seeds_3d,
+            "sampling_grid_per_axis": self.grid,
+            "architectures": [f"{a}x{b}" for a, b in self.architectures],
+            "digits": dataclasses.asdict(self.digits),
+        }
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -101,8 +130,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise ValueError(f"demo polyhedra: --seeds-3d must be >= 0, got {args.seeds_3d}")
     if args.quick:
         seeds, seeds_3d, steps, grid = 2, 0, 800, 200
-        digits = Sizes(structures=(1,), depth_widths=(1, 2), radii_points=8, bisection_pairs=4, table5_pairs=2,
-                       epochs=10, table6_structure=1)
+        digits = Sizes(
+            structures=(1,),
+            depth_widths=(1, 2),
+            radii_points=8,
+            bisection_pairs=4,
+            table5_pairs=2,
+            epochs=10,
+            table6_structure=1,
+        )
         architectures = QUICK_ARCHITECTURES
     elif args.full:
         seeds, seeds_3d, steps, grid = 50, 10, Recipe.steps, 1000
@@ -113,8 +149,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
         digits = Sizes()
         architectures = TABLE1_ARCHITECTURES
     recipe = Recipe(steps=args.steps or steps, init=getattr(args, "init", "median"))
-    return Settings(args.seeds or seeds, seeds_3d if args.seeds_3d is None else args.seeds_3d, recipe,
-                    args.grid or grid, architectures, digits)
+    return Settings(
+        args.seeds or seeds,
+        seeds_3d if args.seeds_3d is None else args.seeds_3d,
+        recipe,
+        args.grid or grid,
+        architectures,
+        digits,
+    )
 
 
 def _cluster(scheduler: str | None):
@@ -135,22 +177,33 @@ def _training_order(settings: Settings) -> list[tuple[str, tuple[int, int], int]
 
 
 def _per_net_rows(trained, results) -> list[dict]:
-    return [{"seed": seed, "validation_mse": float(mse), **res.stats}
-            for seed, mse, res in zip(trained.seeds, trained.validation_mse, results)]
+    return [
+        {"seed": seed, "validation_mse": float(mse), **res.stats}
+        for seed, mse, res in zip(trained.seeds, trained.validation_mse, results)
+    ]
 
 
 def _aggregate(rows: list[dict], everywhere: bool = True) -> dict:
-    out = {"seeds": len(rows), "box": count_summary([r["regions_box"] for r in rows]),
-           "mse": {"mean": float(np.mean([r["validation_mse"] for r in rows])),
-                   "sd": float(np.std([r["validation_mse"] for r in rows], ddof=1)) if len(rows) > 1 else 0.0},
-           "never_switching_units_in_box": count_summary([r["never_switching_units_in_box"] for r in rows]),
-           "failed_lps": int(sum(r["failed_lps"] for r in rows))}
+    out = {
+        "seeds": len(rows),
+        "box": count_summary([r["regions_box"] for r in rows]),
+        "mse": {
+            "mean": float(np.mean([r["validation_mse"] for r in rows])),
+            "sd": float(np.std([r["validation_mse"] for r in rows], ddof=1)) if len(rows) > 1 else 0.0,
+        },
+        "never_switching_units_in_box": count_summary([r["never_switching_units_in_box"] for r in rows]),
+        "failed_lps": int(sum(r["failed_lps"] for r in rows)),
+    }
     if everywhere:
-        out.update({"R2": count_summary([r["regions_everywhere"] for r in rows]),
-                    "bounded": count_summary([r["bounded"] for r in rows]),
-                    "unbounded": count_summary([r["unbounded"] for r in rows]),
-                    "active_bits_per_region_mean": count_summary([r["active_bits"]["mean"] for r in rows]),
-                    "active_bits_per_region_max": count_summary([r["active_bits"]["max"] for r in rows])})
+        out.update(
+            {
+                "R2": count_summary([r["regions_everywhere"] for r in rows]),
+                "bounded": count_summary([r["bounded"] for r in rows]),
+                "unbounded": count_summary([r["unbounded"] for r in rows]),
+                "active_bits_per_region_mean": count_summary([r["active_bits"]["mean"] for r in rows]),
+                "active_bits_per_region_max": count_summary([r["active_bits"]["max"] for r in rows]),
+            }
+        )
     return out
 
 
@@ -171,8 +224,9 @@ def _train_and_submit(args, settings: Settings, counter: RegionCounter, clock: C
     """Train every architecture (all seeds at once) and hand each network to the counter as soon as it exists,
     so enumeration runs while the next architecture trains."""
     trained_by_role, futures = {}, {}
-    for role, (layers, nodes), d in tqdm(_training_order(settings), desc="training (all seeds at once)",
-                                         unit="architecture"):
+    for role, (layers, nodes), d in tqdm(
+        _training_order(settings), desc="training (all seeds at once)", unit="architecture"
+    ):
         n_seeds = settings.seeds_3d if role == "3d" else settings.seeds
         seeds = [args.seed + 1000 * (role == "3d") + s for s in range(n_seeds)]
         trained = train_networks([nodes] * layers, d, seeds, settings.recipe)
@@ -194,8 +248,9 @@ def _collect(futures) -> dict:
 
 def _write_figures(out, fig1_net, fig1_result, table1, observation, digits, net_3d, result_3d) -> dict:
     paths = {"fig1": out / "relu_polyhedra.png", "table1": out / "table1_counts.png", "geometry": out / "geometry.png"}
-    figures.fig1(paths["fig1"], fig1_net, fig1_result.patterns_box, fig1_result.patterns_everywhere,
-                 fig1_result.bounded)
+    figures.fig1(
+        paths["fig1"], fig1_net, fig1_result.patterns_box, fig1_result.patterns_everywhere, fig1_result.bounded
+    )
     figures.table1(paths["table1"], table1)
     figures.geometry(paths["geometry"], observation, digits)
     if net_3d is not None:
@@ -232,23 +287,32 @@ def run(args: argparse.Namespace) -> dict:
             client.close()
     per_net = {key: _per_net_rows(trained_by_role[key], by_role[key]) for key in by_role}
     all_nets = [r for rows in per_net.values() for r in rows]
-    clock.add("enumeration_summed_over_networks",
-              sum(r.get("seconds_box", 0) + r.get("seconds_everywhere", 0) for r in all_nets),
-              sum(r["cpu_seconds"] for r in all_nets))
+    clock.add(
+        "enumeration_summed_over_networks",
+        sum(r.get("seconds_box", 0) + r.get("seconds_everywhere", 0) for r in all_nets),
+        sum(r["cpu_seconds"] for r in all_nets),
+    )
 
     t0, c0 = time.perf_counter(), time.process_time()
     table1 = [{"layers": a[0], "nodes": a[1], **_aggregate(per_net[("table1", a)])} for a in settings.architectures]
     fig1_key = ("fig1", FIG1_ARCHITECTURE)
     fig1_net, fig1_result = trained_by_role[fig1_key].networks[0], by_role[fig1_key][0]
-    fig1 = {**_aggregate(per_net[fig1_key]), "observation": observation, "random_segments_bisection": segments,
-            "sampling_check_seed0": sampling_check(fig1_net, fig1_result.patterns_box, settings.grid ** 2, args.seed)}
+    fig1 = {
+        **_aggregate(per_net[fig1_key]),
+        "observation": observation,
+        "random_segments_bisection": segments,
+        "sampling_check_seed0": sampling_check(fig1_net, fig1_result.patterns_box, settings.grid**2, args.seed),
+    }
     section_3d, net_3d, result_3d = None, None, None
     if settings.seeds_3d:
         key_3d = ("3d", ARCHITECTURE_3D)
         net_3d, result_3d = trained_by_role[key_3d].networks[0], by_role[key_3d][0]
-        section_3d = {**_aggregate(per_net[key_3d], everywhere=False),
-                      "sampling_check_seed0": sampling_check(net_3d, result_3d.patterns_box,
-                                                             round(settings.grid ** 2 / 2), args.seed)}
+        section_3d = {
+            **_aggregate(per_net[key_3d], everywhere=False),
+            "sampling_check_seed0": sampling_check(
+                net_3d, result_3d.patterns_box, round(settings.grid**2 / 2), args.seed
+            ),
+        }
     clock.add("sampling_checks", time.perf_counter() - t0, time.process_time() - c0)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -264,8 +328,11 @@ def run(args: argparse.Namespace) -> dict:
     summary = {
         "demo": NAME,
         "settings": settings.as_dict(),
-        "training_recipe": {**settings.recipe.as_dict(), "data_points": {"2-D": 10_000, "3-D": 125_000},
-                            "validation_split": "last 20% of each seed's points"},
+        "training_recipe": {
+            **settings.recipe.as_dict(),
+            "data_points": {"2-D": 10_000, "3-D": 125_000},
+            "validation_split": "last 20% of each seed's points",
+        },
         "enumeration_route": counter.route,
         "fig1_2x10": fig1,
         "table1": table1,
@@ -273,10 +340,12 @@ def run(args: argparse.Namespace) -> dict:
         "digits": digits,
         "networks": {f"{role}-{a[0]}x{a[1]}": rows_ for (role, a), rows_ in per_net.items()},
         "timing_seconds": {k: round(v, 1) for k, v in clock.wall.items()},
-        "cpu_seconds": {**{k: round(v, 1) for k, v in clock.cpu.items()},
-                        "this_process_total": round(time.process_time(), 1),
-                        "note": "enumeration CPU is measured in the local worker processes (with --scheduler it is "
-                                "the driver thread's process time, not the cluster's)"},
+        "cpu_seconds": {
+            **{k: round(v, 1) for k, v in clock.cpu.items()},
+            "this_process_total": round(time.process_time(), 1),
+            "note": "enumeration CPU is measured in the local worker processes (with --scheduler it is "
+            "the driver thread's process time, not the cluster's)",
+        },
         "figures": paths,
         "paper_comparison": rows,
         "run": run_record(started),

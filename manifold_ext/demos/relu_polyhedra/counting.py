@@ -15,6 +15,7 @@ Two ways to spread the work, chosen by :class:`RegionCounter`:
 
 The result does not depend on the route (enumeration is deterministic).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,12 +58,17 @@ def _distribution(values: np.ndarray) -> dict:
     values = np.asarray(values, dtype=np.float64)
     if len(values) == 0:
         return {"mean": None, "sd": None, "min": None, "max": None}
-    return {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-            "min": float(values.min()), "max": float(values.max())}
+    return {
+        "mean": float(values.mean()),
+        "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
 
 
-def region_statistics(network: ReLUNetwork, box=BOX, *, everywhere: bool = True,
-                      executor: Executor | str | None = None) -> NetRegions:
+def region_statistics(
+    network: ReLUNetwork, box=BOX, *, everywhere: bool = True, executor: Executor | str | None = None
+) -> NetRegions:
     """Enumerate ``network``'s regions in ``box`` and (if ``everywhere``) in all of R^d.
 
     The regions of R^d meeting the box with an interior are exactly the box's regions, so the box
@@ -87,19 +93,23 @@ def region_statistics(network: ReLUNetwork, box=BOX, *, everywhere: bool = True,
     plane = enumerate_regions(network, executor=executor, progress=False)
     missing = int(np.sum(plane.index_of(in_box.patterns) < 0))
     if missing:
-        raise RuntimeError(f"region_statistics: {missing} of the {len(in_box)} regions found in the box are not "
-                           f"among the {len(plane)} regions found in R^{network.input_dim}; the enumeration is "
-                           "not exact for this network")
-    stats.update({
-        "regions_everywhere": len(plane),
-        "bounded": plane.num_bounded,
-        "unbounded": plane.num_unbounded,
-        "active_bits": _distribution(plane.num_facets),
-        "failed_lps": stats["failed_lps"] + len(plane.failures),
-        "empty_candidates": stats["empty_candidates"] + plane.empty_candidates,
-        "seconds_everywhere": round(plane.seconds, 3),
-        "cpu_seconds": round(time.process_time() - cpu_started, 3),
-    })
+        raise RuntimeError(
+            f"region_statistics: {missing} of the {len(in_box)} regions found in the box are not "
+            f"among the {len(plane)} regions found in R^{network.input_dim}; the enumeration is "
+            "not exact for this network"
+        )
+    stats.update(
+        {
+            "regions_everywhere": len(plane),
+            "bounded": plane.num_bounded,
+            "unbounded": plane.num_unbounded,
+            "active_bits": _distribution(plane.num_facets),
+            "failed_lps": stats["failed_lps"] + len(plane.failures),
+            "empty_candidates": stats["empty_candidates"] + plane.empty_candidates,
+            "seconds_everywhere": round(plane.seconds, 3),
+            "cpu_seconds": round(time.process_time() - cpu_started, 3),
+        }
+    )
     result.patterns_everywhere = plane.patterns
     result.bounded = plane.bounded
     return result
@@ -122,14 +132,19 @@ class RegionCounter:
             self.pool: Executor = ThreadPoolExecutor(1)
         else:
             # spawn: forking a process whose torch/OpenMP threads are running is unsafe.
-            self.pool = ProcessPoolExecutor(workers or os.cpu_count() or 1,
-                                            mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_single_threaded_worker)
+            self.pool = ProcessPoolExecutor(
+                workers or os.cpu_count() or 1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_single_threaded_worker,
+            )
 
     @property
     def route(self) -> str:
-        return "dask: enumerate_regions(executor=client.get_executor())" if self.cluster_executor is not None \
+        return (
+            "dask: enumerate_regions(executor=client.get_executor())"
+            if self.cluster_executor is not None
             else "local process pool, one network per task"
+        )
 
     def submit(self, network: ReLUNetwork, box=BOX, *, everywhere: bool = True) -> Future:
         executor = self.cluster_executor if self.cluster_executor is not None else None
@@ -148,6 +163,11 @@ class RegionCounter:
 def count_summary(values) -> dict:
     """Mean, SD (ddof 1), median, min, max of a list of counts (Table 1's columns)."""
     values = np.asarray(values, dtype=np.float64)
-    return {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-            "median": float(np.median(values)), "min": int(values.min()), "max": int(values.max()),
-            "n": len(values)}
+    return {
+        "mean": float(values.mean()),
+        "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        "median": float(np.median(values)),
+        "min": int(values.min()),
+        "max": int(values.max()),
+        "n": len(values),
+    }

@@ -8,6 +8,7 @@ pixels (scaled to [0, 1]) split 70 / 30 stratified, instead of MNIST's 60,000 + 
 are taken within the pixel box [0, 1]^64 (the paper bounds unbounded regions by a box too, without
 saying which). The paper does not give its FGSM step; we use eps = 0.1 in pixel units.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,7 +69,8 @@ def load_split(seed: int) -> Digits:
     model_selection = require("sklearn.model_selection", feature="the polyhedra demo's digits experiments")
     X, y = datasets.load_digits(return_X_y=True)
     X_train, X_test, y_train, y_test = model_selection.train_test_split(
-        X / 16.0, y, test_size=0.3, random_state=seed, stratify=y)
+        X / 16.0, y, test_size=0.3, random_state=seed, stratify=y
+    )
     return Digits(X_train, y_train, X_test, y_test)
 
 
@@ -114,8 +116,14 @@ def train_classifier(widths: list[int], data: Digits, seed: int, epochs: int = E
             loss.backward()
             optimiser.step()
     model.eval()
-    return Classifier(list(widths), model, ReLUNetwork.from_module(model), _accuracy(model, data.X_train, data.y_train),
-                      _accuracy(model, data.X_test, data.y_test), time.perf_counter() - started)
+    return Classifier(
+        list(widths),
+        model,
+        ReLUNetwork.from_module(model),
+        _accuracy(model, data.X_train, data.y_train),
+        _accuracy(model, data.X_test, data.y_test),
+        time.perf_counter() - started,
+    )
 
 
 def fgsm_points(classifier: Classifier, data: Digits, eps: float = FGSM_EPS) -> tuple[np.ndarray, dict]:
@@ -124,8 +132,11 @@ def fgsm_points(classifier: Classifier, data: Digits, eps: float = FGSM_EPS) -> 
     y = torch.tensor(data.y_test)
     adversarial = fgsm(classifier.model, x, y, eps, clip=PIXEL_BOX)
     X_adv = adversarial.double().numpy()
-    return X_adv, {"eps": eps, "accuracy_clean": classifier.test_accuracy,
-                   "accuracy_adversarial": _accuracy(classifier.model, X_adv, data.y_test)}
+    return X_adv, {
+        "eps": eps,
+        "accuracy_clean": classifier.test_accuracy,
+        "accuracy_adversarial": _accuracy(classifier.model, X_adv, data.y_test),
+    }
 
 
 def _leave_one_out_first(indices: np.ndarray, own: np.ndarray | None = None) -> np.ndarray:
@@ -147,10 +158,14 @@ def nearest_neighbour_accuracy(network: ReLUNetwork, data: Digits) -> dict:
     _, train_index = hamming.kneighbors(data.X_train, k=2)
     hamming_train = _leave_one_out_first(train_index)
     return {
-        "euclidean": {"train": float(np.mean(data.y_train[train_nn] == data.y_train)),
-                      "test": float(np.mean(data.y_train[test_nn] == data.y_test))},
-        "hamming": {"train": float(np.mean(data.y_train[hamming_train] == data.y_train)),
-                    "test": hamming.score(data.X_test, data.y_test)},
+        "euclidean": {
+            "train": float(np.mean(data.y_train[train_nn] == data.y_train)),
+            "test": float(np.mean(data.y_train[test_nn] == data.y_test)),
+        },
+        "hamming": {
+            "train": float(np.mean(data.y_train[hamming_train] == data.y_train)),
+            "test": hamming.score(data.X_test, data.y_test),
+        },
     }
 
 
@@ -177,8 +192,13 @@ def chebyshev_radii(network: ReLUNetwork, X: np.ndarray) -> np.ndarray:
 
 def _stats(values) -> dict:
     values = np.asarray(values, dtype=np.float64)
-    return {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-            "min": float(values.min()), "max": float(values.max()), "n": len(values)}
+    return {
+        "mean": float(values.mean()),
+        "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "n": len(values),
+    }
 
 
 def nearest_pairs(X: np.ndarray, n_pairs: int, seed: int) -> list[tuple[int, int]]:
@@ -196,11 +216,15 @@ def bisection_along_pairs(network: ReLUNetwork, X: np.ndarray, pairs) -> dict:
     records = [one_bit_guarantee(network, bisect_to_neighbour(network, X[a], X[b])) for a, b in pairs]
     regions = np.array([r["regions"] for r in records])
     hamming = np.array([r["hamming_between_ends"] for r in records])
-    return {"pairs": len(records), "regions": _stats(regions), "hamming": _stats(hamming),
-            "steps": int(sum(r["steps"] for r in records)),
-            "steps_one_bit_apart": int(sum(r["steps_one_bit_apart"] for r in records)),
-            "degenerate_steps": int(sum(r["degenerate_steps"] for r in records)),
-            "per_pair": [{"hamming": int(h), "regions": int(n)} for h, n in zip(hamming, regions)]}
+    return {
+        "pairs": len(records),
+        "regions": _stats(regions),
+        "hamming": _stats(hamming),
+        "steps": int(sum(r["steps"] for r in records)),
+        "steps_one_bit_apart": int(sum(r["steps_one_bit_apart"] for r in records)),
+        "degenerate_steps": int(sum(r["degenerate_steps"] for r in records)),
+        "per_pair": [{"hamming": int(h), "regions": int(n)} for h, n in zip(hamming, regions)],
+    }
 
 
 def active_bit_counts(network: ReLUNetwork, X: np.ndarray) -> np.ndarray:
@@ -219,42 +243,54 @@ def run_digits(seed: int, sizes: Sizes, progress: bool = True) -> dict:
     started = time.perf_counter()
     data = load_split(seed)
     summary: dict = {"setup": SETUP, "fgsm_eps": FGSM_EPS, "pixel_box": list(PIXEL_BOX), "structures": {}}
-    bar = tqdm(total=len(sizes.structures) + len(sizes.depth_widths), desc="digits networks", unit="net",
-               disable=not progress)
+    bar = tqdm(
+        total=len(sizes.structures) + len(sizes.depth_widths), desc="digits networks", unit="net", disable=not progress
+    )
     classifiers: dict[str, Classifier] = {}
     for k in sizes.structures:
         layers, nodes = STRUCTURES[k]
         clf = train_classifier([nodes] * layers, data, seed + k, sizes.epochs)
         classifiers[clf.name] = clf
         X_adv, attack = fgsm_points(clf, data)
-        section = {"network": f"64-{'-'.join(map(str, clf.widths))}-10", "hidden_units": clf.network.num_units,
-                   "train_accuracy": clf.train_accuracy, "test_accuracy": clf.test_accuracy,
-                   "train_seconds": round(clf.seconds, 1), "fgsm": attack,
-                   "nearest_neighbour": nearest_neighbour_accuracy(clf.network, data),
-                   "hamming_at_fixed_distance": {
-                       name: hamming_at_fixed_distance(clf.network, X, FIXED_DISTANCES, seed)
-                       for name, X in (("train", data.X_train), ("test", data.X_test), ("fgsm", X_adv))}}
+        section = {
+            "network": f"64-{'-'.join(map(str, clf.widths))}-10",
+            "hidden_units": clf.network.num_units,
+            "train_accuracy": clf.train_accuracy,
+            "test_accuracy": clf.test_accuracy,
+            "train_seconds": round(clf.seconds, 1),
+            "fgsm": attack,
+            "nearest_neighbour": nearest_neighbour_accuracy(clf.network, data),
+            "hamming_at_fixed_distance": {
+                name: hamming_at_fixed_distance(clf.network, X, FIXED_DISTANCES, seed)
+                for name, X in (("train", data.X_train), ("test", data.X_test), ("fgsm", X_adv))
+            },
+        }
         if k == sizes.table6_structure:
             rng = np.random.default_rng(seed)
             n = sizes.radii_points
-            picks = {"train": data.X_train[rng.choice(len(data.X_train), min(n, len(data.X_train)), replace=False)],
-                     "test": data.X_test[rng.choice(len(data.X_test), min(n, len(data.X_test)), replace=False)]}
+            picks = {
+                "train": data.X_train[rng.choice(len(data.X_train), min(n, len(data.X_train)), replace=False)],
+                "test": data.X_test[rng.choice(len(data.X_test), min(n, len(data.X_test)), replace=False)],
+            }
             picks["adversarial"] = X_adv[rng.choice(len(X_adv), min(n, len(X_adv)), replace=False)]
             section["chebyshev_radius"] = {name: _stats(chebyshev_radii(clf.network, X)) for name, X in picks.items()}
             pairs = nearest_pairs(data.X_train, sizes.table5_pairs, seed + 5)
             section["table5_bisection"] = bisection_along_pairs(clf.network, data.X_train, pairs)
         if sizes.active_bit_images and k == sizes.active_bit_structure:
-            images = data.X_train[:sizes.active_bit_images]
+            images = data.X_train[: sizes.active_bit_images]
             t0 = time.perf_counter()
-            section["active_bits"] = {**_stats(active_bit_counts(clf.network, images)),
-                                      "seconds_per_region": round((time.perf_counter() - t0) / len(images), 1)}
+            section["active_bits"] = {
+                **_stats(active_bit_counts(clf.network, images)),
+                "seconds_per_region": round((time.perf_counter() - t0) / len(images), 1),
+            }
         summary["structures"][str(k)] = section
         bar.update(1)
     pairs = nearest_pairs(data.X_train, sizes.bisection_pairs, seed + 4)
     summary["fig4_bisection_vs_depth"] = {}
     for layers in sizes.depth_widths:
-        clf = classifiers.get(f"{layers}x200") or train_classifier([200] * layers, data, seed + 100 + layers,
-                                                                    sizes.epochs)
+        clf = classifiers.get(f"{layers}x200") or train_classifier(
+            [200] * layers, data, seed + 100 + layers, sizes.epochs
+        )
         result = bisection_along_pairs(clf.network, data.X_train, pairs)
         result.pop("per_pair")
         summary["fig4_bisection_vs_depth"][str(layers)] = {"test_accuracy": clf.test_accuracy, **result}

@@ -24,6 +24,7 @@ All seeds of one architecture are trained as one stacked model (weights
 ``[S, out, in]``, batched matmuls): for nets of a few hundred parameters the
 per-step overhead dominates, so S nets cost little more than one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,7 +51,7 @@ def target(x: torch.Tensor) -> torch.Tensor:
     d = x.shape[-1]
     if d not in TARGET_OFFSET:
         raise ValueError(f"target: the paper defines the target for 2-D and 3-D inputs, got dimension {d}")
-    return (x ** 2).sum(-1, keepdim=True) - TARGET_OFFSET[d]
+    return (x**2).sum(-1, keepdim=True) - TARGET_OFFSET[d]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,12 +68,20 @@ class Recipe:
     init: str = "median"  # or "pytorch": nn.Linear's default initialisation (an ablation; units may start dead)
 
     def as_dict(self) -> dict:
-        init = {"median": {"weights": "He normal",
-                           "hidden_bias": "minus the median pre-activation over the training points"},
-                "pytorch": {"weights_and_biases": "nn.Linear default, uniform in +-1/sqrt(fan_in)"}}[self.init]
-        return {**dataclasses.asdict(self), "optimiser": "Adam, cosine decay", **init,
-                "target": "standardised for training (output layer folded back)",
-                "checkpoint": "best validation MSE"}
+        init = {
+            "median": {
+                "weights": "He normal",
+                "hidden_bias": "minus the median pre-activation over the training points",
+            },
+            "pytorch": {"weights_and_biases": "nn.Linear default, uniform in +-1/sqrt(fan_in)"},
+        }[self.init]
+        return {
+            **dataclasses.asdict(self),
+            "optimiser": "Adam, cosine decay",
+            **init,
+            "target": "standardised for training (output layer folded back)",
+            "checkpoint": "best validation MSE",
+        }
 
 
 @dataclasses.dataclass
@@ -106,8 +115,9 @@ def torch_threads(n: int):
 
 def sample_datasets(seeds: list[int], d: int, n_points: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Uniform points of [-1, 1]^d and their targets, one independent set per seed: ``[S, N, d]``, ``[S, N, 1]``."""
-    x = torch.stack([torch.rand(n_points, d, generator=torch.Generator().manual_seed(10_000 + s)) * 2 - 1
-                     for s in seeds])
+    x = torch.stack(
+        [torch.rand(n_points, d, generator=torch.Generator().manual_seed(10_000 + s)) * 2 - 1 for s in seeds]
+    )
     return x, target(x)
 
 
@@ -116,8 +126,15 @@ class StackedMLP(nn.Module):
 
     INITS = ("median", "pytorch")
 
-    def __init__(self, n_models: int, d: int, widths: list[int], x_train: torch.Tensor, generator: torch.Generator,
-                 init: str = "median"):
+    def __init__(
+        self,
+        n_models: int,
+        d: int,
+        widths: list[int],
+        x_train: torch.Tensor,
+        generator: torch.Generator,
+        init: str = "median",
+    ):
         super().__init__()
         if init not in self.INITS:
             raise ValueError(f"StackedMLP: init must be one of {self.INITS}, got {init!r}")
@@ -190,8 +207,9 @@ def _lr_factor(recipe: Recipe, step: int) -> float:
 
 
 @torch_threads(1)
-def train_networks(widths: list[int], d: int, seeds: list[int], recipe: Recipe = Recipe(),
-                   n_points: int | None = None) -> TrainedNets:
+def train_networks(
+    widths: list[int], d: int, seeds: list[int], recipe: Recipe = Recipe(), n_points: int | None = None
+) -> TrainedNets:
     """Train one network per seed on the paper's target; returns them as :class:`ReLUNetwork` s."""
     if not seeds:
         raise ValueError("train_networks: needs at least one seed")
@@ -231,7 +249,13 @@ def train_networks(widths: list[int], d: int, seeds: list[int], recipe: Recipe =
     with torch.no_grad():
         for kept, p in zip(best, model.parameters()):
             p.copy_(kept)
-    networks = [ReLUNetwork.from_module(model.sequential(s, float(std[s]), float(mean[s])))
-                for s in range(len(seeds))]
-    return TrainedNets(list(widths), d, list(seeds), networks, best_mse.double().numpy(),
-                       time.perf_counter() - started, time.process_time() - cpu_started)
+    networks = [ReLUNetwork.from_module(model.sequential(s, float(std[s]), float(mean[s]))) for s in range(len(seeds))]
+    return TrainedNets(
+        list(widths),
+        d,
+        list(seeds),
+        networks,
+        best_mse.double().numpy(),
+        time.perf_counter() - started,
+        time.process_time() - cpu_started,
+    )

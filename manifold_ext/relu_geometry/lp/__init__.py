@@ -33,6 +33,7 @@ polygon clipping in C++, no LP, :mod:`.clip2d`). A failed or infeasible LP is ne
 counted either way: it raises :class:`RegionLPError`, or with ``on_failure="report"``
 leaves the row in ``ActiveSet.undecided`` with a message in ``ActiveSet.failures``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -63,12 +64,20 @@ def _check_method(method: str, where: str, dim: int) -> None:
     if method not in METHODS:
         raise ValueError(f"{where}: method must be one of {METHODS}, got {method!r}")
     if method == "clip" and dim != 2:
-        raise ValueError(f"{where}: method='clip' (exact polygon clipping) needs a 2-D input space, got "
-                         f"dimension {dim}")
+        raise ValueError(
+            f"{where}: method='clip' (exact polygon clipping) needs a 2-D input space, got dimension {dim}"
+        )
 
 
-def active_set(region, box=None, *, tol: float = DEFAULT_TOL, method: str = "highs", on_failure: str = "raise",
-               rng: np.random.Generator | None = None) -> ActiveSet:
+def active_set(
+    region,
+    box=None,
+    *,
+    tol: float = DEFAULT_TOL,
+    method: str = "highs",
+    on_failure: str = "raise",
+    rng: np.random.Generator | None = None,
+) -> ActiveSet:
     """Active (non-redundant) bits of a region (Eq. 6), with facet groups, an interior point and counts.
 
     Args:
@@ -91,8 +100,14 @@ def active_set(region, box=None, *, tol: float = DEFAULT_TOL, method: str = "hig
     return _active_set(system, box, tol, method, on_failure, rng)
 
 
-def _active_set(system: RegionSystem, box: Box | None, tol: float, method: str, on_failure: str,
-                rng: np.random.Generator | None = None) -> ActiveSet:
+def _active_set(
+    system: RegionSystem,
+    box: Box | None,
+    tol: float,
+    method: str,
+    on_failure: str,
+    rng: np.random.Generator | None = None,
+) -> ActiveSet:
     """:func:`active_set` on an already checked system (the enumeration's workers call this)."""
     if method == "clip":
         from manifold_ext.relu_geometry.lp.clip2d import active_set_clip
@@ -172,8 +187,26 @@ def is_bounded(region, *, tol: float = DEFAULT_TOL) -> bool:
 
 
 __all__ = [
-    "Box", "as_box", "ActiveSet", "RegionLPError", "DEFAULT_TOL", "SAME_HYPERPLANE_TOL", "INTERIOR_RADIUS_CAP",
-    "ZERO_ROW_RTOL", "TOL_FRACTION", "RegionSystem", "NormalisedSystem", "as_system", "zero_rows", "check_tol",
-    "normalise_system", "active_set", "active_bits", "facet_groups", "chebyshev_centre", "is_bounded",
-    "clip_polygon", "METHODS",
+    "Box",
+    "as_box",
+    "ActiveSet",
+    "RegionLPError",
+    "DEFAULT_TOL",
+    "SAME_HYPERPLANE_TOL",
+    "INTERIOR_RADIUS_CAP",
+    "ZERO_ROW_RTOL",
+    "TOL_FRACTION",
+    "RegionSystem",
+    "NormalisedSystem",
+    "as_system",
+    "zero_rows",
+    "check_tol",
+    "normalise_system",
+    "active_set",
+    "active_bits",
+    "facet_groups",
+    "chebyshev_centre",
+    "is_bounded",
+    "clip_polygon",
+    "METHODS",
 ]

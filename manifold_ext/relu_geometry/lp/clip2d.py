@@ -1,4 +1,5 @@
 """The exact 2-D path: the region_clip_2d op (no LP) behind the same definitions as the LP paths."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,9 +13,13 @@ def clip_2d(A: np.ndarray, c: np.ndarray, zero: np.ndarray, box: Box | None, tol
     """:func:`~manifold_ext.ops.region_clip.region_clip_2d` on NumPy arrays ``A [P, H, 2]``, ``c [P, H]``,
     ``zero [P, H]``: ``(facet_of, centre, radius, bounded, ok)`` as NumPy arrays."""
     box_t = None if box is None else torch.from_numpy(box.as_array())
-    out = region_clip_2d(torch.from_numpy(np.ascontiguousarray(A, dtype=np.float64)),
-                         torch.from_numpy(np.ascontiguousarray(c, dtype=np.float64)),
-                         torch.from_numpy(np.ascontiguousarray(zero, dtype=bool)), box_t, tol)
+    out = region_clip_2d(
+        torch.from_numpy(np.ascontiguousarray(A, dtype=np.float64)),
+        torch.from_numpy(np.ascontiguousarray(c, dtype=np.float64)),
+        torch.from_numpy(np.ascontiguousarray(zero, dtype=bool)),
+        box_t,
+        tol,
+    )
     return tuple(t.numpy() for t in out)
 
 
@@ -37,5 +42,6 @@ def active_set_clip(region: RegionSystem, box: Box | None, tol: float) -> Active
         return None
     if not radius[0] > tol:
         return empty_result(0, {"clip": 1}, x=centre[0], r=float(radius[0]))
-    return ActiveSet(groups_from_facet_of(facet_of[0]), centre[0], float(radius[0]), False, np.zeros(0, np.int64),
-                     [], 0, {"clip": 1})
+    return ActiveSet(
+        groups_from_facet_of(facet_of[0]), centre[0], float(radius[0]), False, np.zeros(0, np.int64), [], 0, {"clip": 1}
+    )

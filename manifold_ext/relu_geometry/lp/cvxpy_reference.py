@@ -4,6 +4,7 @@ Problems are compiled once per shape with every number a parameter (cvxpy's DPP)
 reference is readable and not needlessly slow; the HiGHS path (:mod:`.highs`) and the exact
 2-D op must give the same answers, which the tests check.
 """
+
 from __future__ import annotations
 
 import functools

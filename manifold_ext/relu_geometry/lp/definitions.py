@@ -4,6 +4,7 @@ These definitions are shared by the HiGHS fast path (:mod:`.highs`), the cvxpy r
 (:mod:`.cvxpy_reference`) and the exact 2-D op (:func:`manifold_ext.ops.region_clip.region_clip_2d`);
 see :mod:`manifold_ext.relu_geometry.lp` for the rules in words.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,9 +68,11 @@ class Box:
         return np.stack([self.lo, self.hi])
 
 
-_BOX_CONVENTION = ("a box is (lo, hi): lo and hi are scalars or sequences of length d (one bound per input "
-                   "dimension), e.g. (-1.0, 1.0) or ([-1, -2], [1, 2]); an array of shape [2, d] is read the same "
-                   "way (row 0 = lo, row 1 = hi)")
+_BOX_CONVENTION = (
+    "a box is (lo, hi): lo and hi are scalars or sequences of length d (one bound per input "
+    "dimension), e.g. (-1.0, 1.0) or ([-1, -2], [1, 2]); an array of shape [2, d] is read the same "
+    "way (row 0 = lo, row 1 = hi)"
+)
 
 
 def as_box(box, dim: int) -> Box | None:
@@ -88,18 +91,23 @@ def as_box(box, dim: int) -> Box | None:
         lo, hi = box.lo, box.hi
     elif isinstance(box, (tuple, list)):
         if len(box) != 2:
-            raise ValueError(f"box must be a pair (lo, hi), got a {type(box).__name__} of length {len(box)}: "
-                             f"{_BOX_CONVENTION}")
+            raise ValueError(
+                f"box must be a pair (lo, hi), got a {type(box).__name__} of length {len(box)}: {_BOX_CONVENTION}"
+            )
         lo, hi = box
     elif np.ndim(box) == 0:
         raise ValueError(f"box={box!r} is ambiguous (is it [-{box}, {box}] or [0, {box}]?): {_BOX_CONVENTION}")
     else:
         arr = np.asarray(box, dtype=np.float64)
         if arr.ndim > 2 or arr.shape[0] != 2:
-            hint = (" (per-dimension (lo, hi) pairs? pass (arr[:, 0], arr[:, 1]))"
-                    if arr.ndim == 2 and arr.shape[1] == 2 else "")
-            raise ValueError(f"box array must have shape [2, {dim}] (rows lo, hi), got {arr.shape}{hint}: "
-                             f"{_BOX_CONVENTION}")
+            hint = (
+                " (per-dimension (lo, hi) pairs? pass (arr[:, 0], arr[:, 1]))"
+                if arr.ndim == 2 and arr.shape[1] == 2
+                else ""
+            )
+            raise ValueError(
+                f"box array must have shape [2, {dim}] (rows lo, hi), got {arr.shape}{hint}: {_BOX_CONVENTION}"
+            )
         lo, hi = arr[0], arr[1]
     lo = _bound(lo, "lo", dim)
     hi = _bound(hi, "hi", dim)
@@ -113,8 +121,10 @@ def _bound(value, name: str, dim: int) -> np.ndarray:
     if arr.ndim == 0:
         return np.full(dim, float(arr))
     if arr.shape != (dim,):
-        raise ValueError(f"box {name} must be a scalar or have {dim} values (one per input dimension), got shape "
-                         f"{arr.shape}: {_BOX_CONVENTION}")
+        raise ValueError(
+            f"box {name} must be a scalar or have {dim} values (one per input dimension), got shape "
+            f"{arr.shape}: {_BOX_CONVENTION}"
+        )
     return arr.copy()
 
 
@@ -125,16 +135,20 @@ def check_tol(tol, box: Box | None, where: str) -> float:
         raise ValueError(f"{where}: tol must be > 0 (a distance), got {tol}")
     limit = TOL_FRACTION * INTERIOR_RADIUS_CAP
     if tol > limit:
-        raise ValueError(f"{where}: tol = {tol} is a distance below which regions count as empty; it must be <= "
-                         f"{limit:g} (1/{1 / TOL_FRACTION:g} of the Chebyshev radius cap {INTERIOR_RADIUS_CAP}), "
-                         f"default {DEFAULT_TOL}")
+        raise ValueError(
+            f"{where}: tol = {tol} is a distance below which regions count as empty; it must be <= "
+            f"{limit:g} (1/{1 / TOL_FRACTION:g} of the Chebyshev radius cap {INTERIOR_RADIUS_CAP}), "
+            f"default {DEFAULT_TOL}"
+        )
     if box is not None:
         width = 2 * box.half_width
         k = int(np.argmin(width))
         if tol > TOL_FRACTION * width[k]:
-            raise ValueError(f"{where}: the box is {width[k]:.3g} wide in dimension {k}, narrower than "
-                             f"{1 / TOL_FRACTION:g} x tol = {tol / TOL_FRACTION:.3g}; regions would be dropped as "
-                             f"thinner than tol: pass tol <= {TOL_FRACTION * width[k]:.3g} or a wider box")
+            raise ValueError(
+                f"{where}: the box is {width[k]:.3g} wide in dimension {k}, narrower than "
+                f"{1 / TOL_FRACTION:g} x tol = {tol / TOL_FRACTION:.3g}; regions would be dropped as "
+                f"thinner than tol: pass tol <= {TOL_FRACTION * width[k]:.3g} or a wider box"
+            )
     return tol
 
 
@@ -236,8 +250,14 @@ def normalise_system(system: RegionSystem) -> NormalisedSystem:
     window = SAME_HYPERPLANE_TOL * (np.sqrt(d) + 1)
     close = np.diff(key[order]) <= window
     if not close.any():  # the usual case: no two rows share a direction
-        return NormalisedSystem(A=An, c=cn, rows=nonzero, groups=[nonzero[i:i + 1] for i in range(len(nonzero))],
-                                dominated=np.flatnonzero(zero).astype(np.int64), infeasible=system.infeasible)
+        return NormalisedSystem(
+            A=An,
+            c=cn,
+            rows=nonzero,
+            groups=[nonzero[i : i + 1] for i in range(len(nonzero))],
+            dominated=np.flatnonzero(zero).astype(np.int64),
+            infeasible=system.infeasible,
+        )
     parent = np.arange(len(nonzero))
 
     def find(i):
@@ -271,8 +291,12 @@ def normalise_system(system: RegionSystem) -> NormalisedSystem:
     representatives.sort(key=lambda item: item[0])
     reps = np.array([r for r, _ in representatives], dtype=np.int64)
     return NormalisedSystem(
-        A=An[reps].reshape(len(reps), d), c=cn[reps], rows=nonzero[reps], groups=[g for _, g in representatives],
-        dominated=np.sort(np.concatenate(dominated)).astype(np.int64), infeasible=system.infeasible,
+        A=An[reps].reshape(len(reps), d),
+        c=cn[reps],
+        rows=nonzero[reps],
+        groups=[g for _, g in representatives],
+        dominated=np.sort(np.concatenate(dominated)).astype(np.int64),
+        infeasible=system.infeasible,
     )
 
 

@@ -13,6 +13,7 @@
    through a facet that ray shooting identifies, which is added, and row ``i``
    is tried again. Only row bounds and the objective change between LPs.
 """
+
 from __future__ import annotations
 
 import functools
@@ -120,8 +121,9 @@ class _HighsModel:
 
     def solve(self) -> tuple[bool, float, np.ndarray | None, str]:
         if _PER_THREAD.owner is not self:
-            raise RuntimeError("internal error: a retired _HighsModel was solved (another model was built in this "
-                               "thread since)")
+            raise RuntimeError(
+                "internal error: a retired _HighsModel was solved (another model was built in this thread since)"
+            )
         self.h.run()
         status = self.h.getModelStatus()
         if status != self._optimal:
@@ -161,8 +163,9 @@ def _chebyshev_highs(An: np.ndarray, cn: np.ndarray, box: Box | None, cap: float
     return True, x[:d], value, status, model
 
 
-def _ray_hits(x0: np.ndarray, U: np.ndarray, An: np.ndarray, slack: np.ndarray, box: Box | None, tol: float,
-              t_max: float = np.inf) -> np.ndarray:
+def _ray_hits(
+    x0: np.ndarray, U: np.ndarray, An: np.ndarray, slack: np.ndarray, box: Box | None, tol: float, t_max: float = np.inf
+) -> np.ndarray:
     """For rays ``x0 + t u`` (rows of ``U``), the row each ray meets first, or -1 when that is not proven:
     no hit before ``t_max``, a box face first, or another row within ``tol`` of it."""
     S = U @ An.T  # [rays, m]
@@ -243,13 +246,20 @@ def _vertex_screen(Ac, cc, state, box, tol) -> int:
     return int(proven.sum())
 
 
-def active_set_highs(region: RegionSystem, box: Box | None, tol: float, on_failure: str,
-                     rng: np.random.Generator) -> ActiveSet:
+def active_set_highs(
+    region: RegionSystem, box: Box | None, tol: float, on_failure: str, rng: np.random.Generator
+) -> ActiveSet:
     """Facets of ``region`` (within ``box``) by screening and one reused HiGHS model (see the module docstring)."""
     d = region.dim
     system = normalise_system(region)
-    screened = {"zero_or_parallel": int(len(system.dominated)), "box": 0, "ray": 0, "vertices": 0,
-                "lp_redundant": 0, "lp_facet": 0}
+    screened = {
+        "zero_or_parallel": int(len(system.dominated)),
+        "box": 0,
+        "ray": 0,
+        "vertices": 0,
+        "lp_redundant": 0,
+        "lp_facet": 0,
+    }
     failures: list[str] = []
     if system.infeasible:
         return empty_result(0, screened)
@@ -264,8 +274,9 @@ def active_set_highs(region: RegionSystem, box: Box | None, tol: float, on_failu
         screened["box"] = int(by_box.sum())
     cand = np.flatnonzero(candidate)
     # 2) an interior point (Chebyshev centre on the candidate rows; redundant rows do not change the set).
-    ok, x0, radius, status, model = _chebyshev_highs(An[cand], cn[cand], box,
-                                                     None if box is not None else INTERIOR_RADIUS_CAP)
+    ok, x0, radius, status, model = _chebyshev_highs(
+        An[cand], cn[cand], box, None if box is not None else INTERIOR_RADIUS_CAP
+    )
     n_lps = 1
     if not ok:
         record_failure(on_failure, f"Chebyshev LP failed ({status})", failures)
@@ -299,8 +310,9 @@ def active_set_highs(region: RegionSystem, box: Box | None, tol: float, on_failu
                 n_lps += 1
                 model.set_row_upper(i, np.inf)
                 if not ok:
-                    record_failure(on_failure, f"redundancy LP of row {int(system.rows[cand[i]])} failed ({status})",
-                                   failures)
+                    record_failure(
+                        on_failure, f"redundancy LP of row {int(system.rows[cand[i]])} failed ({status})", failures
+                    )
                     state[i] = 2
                     break
                 if value <= cc[i] + tol:
@@ -312,8 +324,9 @@ def active_set_highs(region: RegionSystem, box: Box | None, tol: float, on_failu
                 if hit < 0 or state[hit] in (1, -1):
                     # Ties or a numerically flat crossing: decide row i by the plain LP over all
                     # rows not proven redundant.
-                    state[i] = _plain_lp_decision(model, Ac, cc, state, i, tol, on_failure, failures,
-                                                  system.rows[cand[i]])
+                    state[i] = _plain_lp_decision(
+                        model, Ac, cc, state, i, tol, on_failure, failures, system.rows[cand[i]]
+                    )
                     n_lps += 1
                     if state[i] == 1:
                         screened["lp_facet"] += 1
@@ -322,8 +335,11 @@ def active_set_highs(region: RegionSystem, box: Box | None, tol: float, on_failu
                 model.set_row_upper(hit, cc[hit])
                 screened["lp_facet"] += 1
     groups = [system.groups[cand[i]] for i in np.flatnonzero(state == 1)]
-    undecided = np.concatenate([system.groups[cand[i]] for i in np.flatnonzero(state == 2)]) \
-        if np.any(state == 2) else np.zeros(0, np.int64)
+    undecided = (
+        np.concatenate([system.groups[cand[i]] for i in np.flatnonzero(state == 2)])
+        if np.any(state == 2)
+        else np.zeros(0, np.int64)
+    )
     return ActiveSet(groups, x0, float(radius), False, undecided, failures, n_lps, screened)
 
 

@@ -2,6 +2,7 @@
 
 The enumeration uses the exact C++ op :func:`manifold_ext.ops.region_clip.region_clip_2d` instead.
 """
+
 from __future__ import annotations
 
 import numpy as np
