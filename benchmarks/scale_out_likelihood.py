@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import pickle
 import resource
@@ -28,8 +27,8 @@ import torch
 from torch import nn
 
 from manifold_ext._checkpoint import read_header
+from manifold_ext._distributed import local_cluster
 from manifold_ext._machine import machine_record
-from manifold_ext._optional import require
 from manifold_ext.diffusion import PointEpsNet, linear_schedule, log_likelihood, save_checkpoint
 from manifold_ext.diffusion.likelihood import _Grid, _likelihood_task, _resolve_seed, _tasks
 
@@ -65,19 +64,9 @@ def rss_mb() -> float:
 
 
 def measure(workers: int, path: str, x0: torch.Tensor, rounds: int, task_rows: int, seed: int) -> dict:
-    distributed = require("distributed", feature="the scale-out benchmark")
     start = time.perf_counter()
-    cluster = distributed.LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
-    client = distributed.Client(cluster)
-    startup = time.perf_counter() - start
-    try:
+    with local_cluster(workers, feature="the scale-out benchmark") as client:
+        startup = time.perf_counter() - start
         # Warm the workers (imports) so that the run measures the work, then time the model load separately.
         client.run(lambda: __import__("manifold_ext.diffusion"))
         grid = _Grid(points=x0.shape[0], rounds=rounds, batch_rows=min(16_384, task_rows), dt=1, seed=seed, fused=True)
@@ -118,9 +107,6 @@ def measure(workers: int, path: str, x0: torch.Tensor, rounds: int, task_rows: i
             "load_average_1min": round(os.getloadavg()[0], 2),
             "_values": values,
         }
-    finally:
-        client.close()
-        cluster.close()
 
 
 def _first_per_worker(results) -> list[float]:

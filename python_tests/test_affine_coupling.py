@@ -239,10 +239,7 @@ def test_cuda_half_precision_accumulates_in_float32(dtype, scale):
 # float32 accuracy of the range-specialised math (log-sigmoid's log1p, the
 # soft clamp's tanh) over dense sweeps, through the vectorised kernel path
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "scale,low,high",
-    [("glow", -60.0, 60.0), ("exp", -80.0, 80.0), ("softclamp", -12.0, 12.0)],
-)
+@pytest.mark.parametrize("scale,low,high", [("glow", -60.0, 60.0), ("exp", -80.0, 80.0), ("softclamp", -12.0, 12.0)])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_float32_accuracy_dense_sweep(device, scale, low, high, reverse):
     rows, width = 16384, 64  # rows of 64: the SIMD body of the CPU kernel, plus no tail

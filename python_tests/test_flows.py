@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from manifold_ext.flows import (
-    ActNorm,
-    AffineCoupling,
-    FlowSequential,
-    GlowStep,
-    InvertibleConv1x1,
-    StandardNormalFlow,
-)
+from manifold_ext.flows import ActNorm, AffineCoupling, FlowSequential, GlowStep, InvertibleConv1x1, StandardNormalFlow
 
 # Tiny models: one thread (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -5,13 +5,13 @@ run gives exactly the in-process result."""
 from __future__ import annotations
 
 import concurrent.futures
-import logging
 import multiprocessing
 
 import numpy as np
 import pytest
 from relu_geometry_cases import spread_network
 
+from manifold_ext._distributed import local_cluster
 from manifold_ext.relu_geometry import EnumerationShards, enumerate_regions, load_regions
 
 
@@ -33,21 +33,9 @@ CASES = [  # (network, box, method): the exact 2-D op and the LP path, in a box 
 
 @pytest.fixture(scope="module")
 def dask_client():
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
-    client = distributed.Client(cluster)
-    try:
+    pytest.importorskip("distributed")
+    with local_cluster(2) as client:
         yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 @pytest.mark.parametrize("make,box,method", CASES, ids=["2d-box", "2d-R2", "3d-box"])

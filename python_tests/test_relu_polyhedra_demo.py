@@ -11,25 +11,11 @@ import pytest
 import torch
 
 from manifold_ext.demos.relu_polyhedra import QUICK_ARCHITECTURES, settings_from
-from manifold_ext.demos.relu_polyhedra.comparison import (
-    fig1_rows,
-    required_ids,
-    table1_rows,
-)
-from manifold_ext.demos.relu_polyhedra.counting import (
-    RegionCounter,
-    count_summary,
-    region_statistics,
-)
+from manifold_ext.demos.relu_polyhedra.comparison import fig1_rows, required_ids, table1_rows
+from manifold_ext.demos.relu_polyhedra.counting import RegionCounter, count_summary, region_statistics
 from manifold_ext.demos.relu_polyhedra.paper import TABLE1
 from manifold_ext.demos.relu_polyhedra.toy import one_bit_guarantee
-from manifold_ext.demos.relu_polyhedra.training import (
-    Recipe,
-    StackedMLP,
-    sample_datasets,
-    target,
-    train_networks,
-)
+from manifold_ext.demos.relu_polyhedra.training import Recipe, StackedMLP, sample_datasets, target, train_networks
 from manifold_ext.relu_geometry import ReLUNetwork, bisect_to_neighbour
 
 

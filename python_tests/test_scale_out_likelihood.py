@@ -5,7 +5,6 @@ the result equals the in-process run bit for bit, whatever the number of workers
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
 import pytest
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 from manifold_ext._checkpoint import CheckpointError
+from manifold_ext._distributed import local_cluster
 from manifold_ext.cli import main
 from manifold_ext.diffusion import PointEpsNet, linear_schedule, log_likelihood, save_checkpoint
 
@@ -21,20 +21,8 @@ distributed = pytest.importorskip("distributed")
 
 @pytest.fixture(scope="module")
 def dask_client():
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
-    client = distributed.Client(cluster)
-    try:
+    with local_cluster(2) as client:
         yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 @pytest.fixture(scope="module")

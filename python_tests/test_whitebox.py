@@ -7,13 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from manifold_ext.attacks import (
-    fooling_attack,
-    patch_mask,
-    threshold_aware_attack,
-    whitebox_objective,
-    whitebox_terms,
-)
+from manifold_ext.attacks import fooling_attack, patch_mask, threshold_aware_attack, whitebox_objective, whitebox_terms
 from manifold_ext.vae.rae import GMMClassifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")

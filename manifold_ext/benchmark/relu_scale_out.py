@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import logging
 import os
 import pickle
 import tempfile
@@ -27,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from manifold_ext._distributed import local_cluster
 from manifold_ext._machine import machine_record
-from manifold_ext._optional import require
 
 CASES = {  # name -> (input dim, widths, box, batch size): both give >= 10,000 regions in all of R^d
     "2d": (2, [40, 40, 40], None, 256),  # exact 2-D op: cheap tasks, the driver's limits show
@@ -47,7 +46,6 @@ def _peak_python_mb(fn):
 
 
 def measure(case: str, workers: list[int]) -> dict:
-    distributed = require("distributed", feature="the Dask scale-out benchmark")
     from manifold_ext.relu_geometry import ReLUNetwork, enumerate_regions
     from manifold_ext.relu_geometry import enumerate as enumerate_module
     from manifold_ext.relu_geometry._analysis import analyse_batch
@@ -102,25 +100,13 @@ def measure(case: str, workers: list[int]) -> dict:
         out["network_pickle_bytes"] = len(pickle.dumps(net))
         out["bytes_per_region"] = (out["bytes_per_task_args"] + out["bytes_per_task_result"]) / len(sample)
         for n in workers:
-            cluster = distributed.LocalCluster(
-                n_workers=n,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-            )
-            client = distributed.Client(cluster)
-            try:
+            with local_cluster(n, feature="the scale-out measurement") as client:
                 client.run(torch.set_num_threads, 1)
                 executor = client.get_executor()
                 executor.submit(analyse_batch, *args).result()  # workers have imported everything
                 start = time.perf_counter()
                 remote = enumerate_regions(net, box=box, executor=executor, batch_size=batch, progress=False)
                 wall = time.perf_counter() - start
-            finally:
-                client.close()
-                cluster.close()
             assert np.array_equal(remote.patterns, inline.patterns), "the cluster's regions differ"
             out[f"dask_{n}_workers_s"] = wall
             out[f"dask_{n}_workers_efficiency"] = out["inline_s"] / (n * wall)  # 1.0: n workers, n times faster

@@ -31,14 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from manifold_ext.demos.common import (
-    add_common_arguments,
-    paper_row,
-    pyplot,
-    run_record,
-    seed_everything,
-    write_json,
-)
+from manifold_ext.demos.common import add_common_arguments, paper_row, pyplot, run_record, seed_everything, write_json
 from manifold_ext.diffusion import (
     PointEpsNet,
     TrainConfig,

@@ -48,14 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from manifold_ext.demos.common import (
-    add_common_arguments,
-    paper_row,
-    pyplot,
-    run_record,
-    seed_everything,
-    write_json,
-)
+from manifold_ext.demos.common import add_common_arguments, paper_row, pyplot, run_record, seed_everything, write_json
 from manifold_ext.diffusion import (
     PointEpsNet,
     SmallUNet,
@@ -66,11 +59,7 @@ from manifold_ext.diffusion import (
     save_checkpoint,
     train_eps_model,
 )
-from manifold_ext.diffusion.exact import (
-    EmpiricalDataEps,
-    GaussianDataEps,
-    sigmoid_schedule,
-)
+from manifold_ext.diffusion.exact import EmpiricalDataEps, GaussianDataEps, sigmoid_schedule
 from manifold_ext.diffusion.samplers import SamplerDivergenceWarning
 from manifold_ext.diffusion.toy_data import point_set, swiss_roll_curve
 from manifold_ext.ops import ddpm_step

@@ -40,21 +40,8 @@ from manifold_ext.datasets import (
     ood_digit_sets,
 )
 from manifold_ext.datasets.images import DIGITS_BINS
-from manifold_ext.demos.common import (
-    add_common_arguments,
-    paper_row,
-    pyplot,
-    run_record,
-    seed_everything,
-    write_json,
-)
-from manifold_ext.flows import (
-    HierarchicalFlow,
-    MultiScaleGlow,
-    data_initialize,
-    dequantize,
-    fit,
-)
+from manifold_ext.demos.common import add_common_arguments, paper_row, pyplot, run_record, seed_everything, write_json
+from manifold_ext.flows import HierarchicalFlow, MultiScaleGlow, data_initialize, dequantize, fit
 from manifold_ext.flows.hierarchical import downsample, total_log_prob
 
 NAME = "flow"

@@ -19,25 +19,9 @@ import time
 import numpy as np
 import torch
 
-from manifold_ext.analysis import (
-    diffusion_score_fn,
-    graph_path,
-    path_lengths,
-    straight_line,
-    weighted_geodesic,
-)
-from manifold_ext.demos.common import (
-    add_common_arguments,
-    paper_row,
-    pyplot,
-    run_record,
-    seed_everything,
-    write_json,
-)
-from manifold_ext.demos.diffusion_likelihood import (
-    add_model_arguments,
-    swiss_roll_model,
-)
+from manifold_ext.analysis import diffusion_score_fn, graph_path, path_lengths, straight_line, weighted_geodesic
+from manifold_ext.demos.common import add_common_arguments, paper_row, pyplot, run_record, seed_everything, write_json
+from manifold_ext.demos.diffusion_likelihood import add_model_arguments, swiss_roll_model
 from manifold_ext.diffusion import log_likelihood, sample
 from manifold_ext.diffusion.toy_data import point_set, swiss_roll_curve
 

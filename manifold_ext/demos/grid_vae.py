@@ -26,14 +26,7 @@ import numpy as np
 import torch
 
 from manifold_ext.datasets import two_digit_digits, two_digit_mnist
-from manifold_ext.demos.common import (
-    add_common_arguments,
-    paper_row,
-    pyplot,
-    run_record,
-    seed_everything,
-    write_json,
-)
+from manifold_ext.demos.common import add_common_arguments, paper_row, pyplot, run_record, seed_everything, write_json
 from manifold_ext.vae import GridVAE, cluster_report, dimension_control, train_grid_vae
 from manifold_ext.vae.metrics import majority_map, mapped_accuracy
 

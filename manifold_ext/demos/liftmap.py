@@ -28,14 +28,7 @@ from manifold_ext._optional import require
 from manifold_ext.analysis.lmd import checkerboard_mask, lmd_scores
 from manifold_ext.datasets import digits_levels, ood_digit_sets
 from manifold_ext.datasets.images import DIGITS_BINS
-from manifold_ext.demos.common import (
-    add_common_arguments,
-    paper_row,
-    pyplot,
-    run_record,
-    seed_everything,
-    write_json,
-)
+from manifold_ext.demos.common import add_common_arguments, paper_row, pyplot, run_record, seed_everything, write_json
 from manifold_ext.diffusion import (
     SmallUNet,
     TrainConfig,

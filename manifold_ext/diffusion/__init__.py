@@ -13,13 +13,7 @@ from manifold_ext.diffusion.likelihood import chain_nll, log_likelihood, log_mea
 from manifold_ext.diffusion.models import PointEpsNet, SmallUNet, build_model, time_tensor, timestep_embedding
 from manifold_ext.diffusion.samplers import SAMPLERS, sample
 from manifold_ext.diffusion.schedules import NoiseSchedule, cosine_schedule, linear_schedule, make_schedule
-from manifold_ext.diffusion.training import (
-    TrainConfig,
-    load_checkpoint,
-    noisy_batch,
-    save_checkpoint,
-    train_eps_model,
-)
+from manifold_ext.diffusion.training import TrainConfig, load_checkpoint, noisy_batch, save_checkpoint, train_eps_model
 
 __all__ = [
     "SAMPLERS",

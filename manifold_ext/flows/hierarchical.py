@@ -144,9 +144,7 @@ class LevelAutoencoder(nn.Module):
         cond_c = c if conditional else 0
         self.decoder_low = nn.Sequential(nn.Conv2d(latent_channels + cond_c, h, 3, padding=1), nn.SiLU())
         self.decoder_high = nn.Sequential(
-            nn.Conv2d(h + cond_c, h, 3, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(h, c, 3, padding=1),
+            nn.Conv2d(h + cond_c, h, 3, padding=1), nn.SiLU(), nn.Conv2d(h, c, 3, padding=1)
         )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

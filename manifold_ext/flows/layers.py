@@ -295,9 +295,7 @@ class GlowStep(FlowSequential):
 
     def __init__(self, channels: int, hidden_channels: int = 64, **coupling_kwargs):
         super().__init__(
-            ActNorm(channels),
-            InvertibleConv1x1(channels),
-            AffineCoupling(channels, hidden_channels, **coupling_kwargs),
+            ActNorm(channels), InvertibleConv1x1(channels), AffineCoupling(channels, hidden_channels, **coupling_kwargs)
         )
 
 

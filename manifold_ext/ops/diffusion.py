@@ -16,12 +16,7 @@ import torch
 
 from manifold_ext.ops._checks import as_float, check_device
 from manifold_ext.ops._docs import fill_doc
-from manifold_ext.ops._second_order import (
-    differentiable_leaf,
-    refuse_gradient,
-    register_backward_op_autograd,
-    vjp,
-)
+from manifold_ext.ops._second_order import differentiable_leaf, refuse_gradient, register_backward_op_autograd, vjp
 
 Abar = float | torch.Tensor
 
@@ -62,12 +57,7 @@ def _abar(value: Abar, name: str, op: str) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 @fill_doc(dtypes=_DTYPES, schedule=_SCHEDULE_RANGE)
 def diffusion_nll_step(
-    acc: torch.Tensor,
-    x_t: torch.Tensor,
-    x_next: torch.Tensor,
-    eps: torch.Tensor,
-    abar_t: Abar,
-    abar_next: Abar,
+    acc: torch.Tensor, x_t: torch.Tensor, x_next: torch.Tensor, eps: torch.Tensor, abar_t: Abar, abar_next: Abar
 ) -> torch.Tensor:
     """One term of Eq. 15 added to a per-sample accumulator, in one pass.
 
@@ -364,8 +354,7 @@ def _check_like(other, x, op, name, x_name):
         lambda: f"{op}: {name} must be on the device of {x_name} ({x.device}), got {other.device}",
     )
     torch._check(
-        other.dtype == x.dtype,
-        lambda: f"{op}: {name} must have the dtype of {x_name} ({x.dtype}), got {other.dtype}",
+        other.dtype == x.dtype, lambda: f"{op}: {name} must have the dtype of {x_name} ({x.dtype}), got {other.dtype}"
     )
 
 

@@ -11,11 +11,7 @@ from manifold_ext.ops._second_order import differentiable_leaf, register_backwar
 
 
 def gaussian_elbo(
-    x: torch.Tensor,
-    x_mean: torch.Tensor,
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
-    decoder_logvar: float = 0.0,
+    x: torch.Tensor, x_mean: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, decoder_logvar: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample ELBO of a Gaussian VAE and its KL term, in one pass (paper 000 Eq. 21-22).
 

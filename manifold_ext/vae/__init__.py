@@ -14,18 +14,9 @@
   inversion (§4.7, Eq. 4.8).
 """
 
-from manifold_ext.vae.classifier import (
-    TrainingHistory,
-    VAEClassifier,
-    train_vae_classifier,
-)
+from manifold_ext.vae.classifier import TrainingHistory, VAEClassifier, train_vae_classifier
 from manifold_ext.vae.grid_vae import GridPrior, GridVAE, train_grid_vae
-from manifold_ext.vae.metrics import (
-    cluster_report,
-    dimension_control,
-    majority_map,
-    purity,
-)
+from manifold_ext.vae.metrics import cluster_report, dimension_control, majority_map, purity
 from manifold_ext.vae.networks import (
     ConvDecoder,
     ConvEncoder,

@@ -36,12 +36,7 @@ from torch import nn
 
 from manifold_ext._training import train_loop
 from manifold_ext.ops import closest_centre_kl
-from manifold_ext.vae.networks import (
-    decoder_mean,
-    make_decoder,
-    make_encoder,
-    reconstruction_nll,
-)
+from manifold_ext.vae.networks import decoder_mean, make_decoder, make_encoder, reconstruction_nll
 
 LOG_2PI = math.log(2.0 * math.pi)
 

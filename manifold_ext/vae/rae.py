@@ -28,12 +28,7 @@ from tqdm.auto import tqdm
 from manifold_ext._optional import require
 from manifold_ext._training import train_loop
 from manifold_ext.ops import closest_centre_kl, nearest_centre_kl
-from manifold_ext.vae.networks import (
-    decoder_mean,
-    make_decoder,
-    make_encoder,
-    reconstruction_nll,
-)
+from manifold_ext.vae.networks import decoder_mean, make_decoder, make_encoder, reconstruction_nll
 
 
 class RAE(nn.Module):

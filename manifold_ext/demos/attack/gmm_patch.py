@@ -18,11 +18,7 @@ import time
 import torch
 
 from manifold_ext.attacks import patch_nag, patch_pgd
-from manifold_ext.demos.attack._shared import (
-    accuracy_percent,
-    percent,
-    percent_table_lines,
-)
+from manifold_ext.demos.attack._shared import accuracy_percent, percent, percent_table_lines
 from manifold_ext.demos.common import pyplot, seed_everything
 from manifold_ext.vae.rae import GMMClassifier, train_autoencoder
 

@@ -52,12 +52,7 @@ from manifold_ext.attacks import (
     purify,
 )
 from manifold_ext.datasets import load_celeba_gender, load_digits_binary
-from manifold_ext.demos.attack._shared import (
-    accuracy_percent,
-    percent,
-    pixel_knn,
-    show_image,
-)
+from manifold_ext.demos.attack._shared import accuracy_percent, percent, pixel_knn, show_image
 from manifold_ext.demos.common import paper_row, pyplot
 from manifold_ext.vae import VAEClassifier, train_vae_classifier
 

@@ -37,11 +37,7 @@ from manifold_ext.demos.relu_polyhedra import comparison, figures
 from manifold_ext.demos.relu_polyhedra.counting import BOX, RegionCounter, count_summary
 from manifold_ext.demos.relu_polyhedra.digits import Sizes, run_digits
 from manifold_ext.demos.relu_polyhedra.paper import TABLE1
-from manifold_ext.demos.relu_polyhedra.toy import (
-    fig1_observation,
-    random_segment_bisection,
-    sampling_check,
-)
+from manifold_ext.demos.relu_polyhedra.toy import fig1_observation, random_segment_bisection, sampling_check
 from manifold_ext.demos.relu_polyhedra.training import Recipe, train_networks
 
 NAME = "polyhedra"
