@@ -116,3 +116,19 @@ def test_vector_coupling_cases_carry_issue_20_targets():
     assert by_name["vector fwd+bwd (glow, cross)"].target_vs_eager == 1.5
     assert by_name["vector wide fwd+logdet (glow, cross)"].target_vs_eager == 1.5
     assert by_name["vector 1-D fwd+logdet (glow, cross)"].shape == "x 65536x1"
+
+
+def test_fig5_end_to_end_splits_thread_time_not_wall_time():
+    """log_likelihood scores batches on several Python threads: the network time summed over them once
+    exceeded the wall time and the recorded share outside the network came out negative (-0.87)."""
+    from manifold_ext.benchmark.diffusion import end_to_end
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = end_to_end(points=64, rounds=40, T=20, hidden=16, batch_size=128)
+    finally:
+        torch.set_num_threads(previous)
+    assert result["batch_threads"] == 2
+    for mode in ("fused", "unfused"):
+        assert 0.0 <= result[mode]["outside_network_share"] <= 1.0, result[mode]
