@@ -78,6 +78,11 @@ def _eps(model: nn.Module, x: torch.Tensor, t) -> torch.Tensor:
     return model(x, time_tensor(t, x.shape[0], x.device))
 
 
+def _rms(x: torch.Tensor) -> float:
+    """Root-mean-square of all of ``x`` in float64; 0 for an empty tensor."""
+    return x.double().square().mean().sqrt().item() if x.numel() else 0.0
+
+
 def _default_device(model: nn.Module, x_T: torch.Tensor | None) -> torch.device:
     """Where the model's parameters (or buffers) live; for a model with neither, x_T's device, else the CPU."""
     if next(model.parameters(), None) is None and next(model.buffers(), None) is None and x_T is not None:
@@ -142,7 +147,7 @@ def sample(
     check_model_schedule(model, schedule)
     device = torch.device(device) if device is not None else _default_device(model, x_T)
     x = x_T.to(device=device, dtype=dtype) if x_T is not None else _noise(shape, generator, dtype, device)
-    start_rms = x.double().square().mean().sqrt().item() if x.numel() else 0.0
+    start_rms = _rms(x)
     steps = list(reversed(list(itertools.pairwise(times))))  # (prev, t), from t = T down
     bar = tqdm(steps, desc=f"sampling {method} dt={dt}", unit="step", disable=not progress, mininterval=0.5)
     if method == "pf_ode":
@@ -179,7 +184,7 @@ def _warn_if_diverged(x: torch.Tensor, start_rms: float, factor: float, method: 
             stacklevel=4,
         )
         return
-    rms = x.double().square().mean().sqrt().item()
+    rms = _rms(x)
     if rms > factor * start_rms:
         warnings.warn(
             f"sampler {name} at dt = {dt} diverged: the samples' RMS is {rms:.4g}, more than "
