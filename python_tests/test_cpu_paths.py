@@ -296,3 +296,117 @@ def test_fused_step_equals_the_two_ops_bit_for_bit(shape, per_sample):
     assert torch.equal(after_fused, after)
     if not per_sample:  # the per-sample one-pass likelihood path is its own code for 1-2 elements
         assert torch.equal(acc_fused, ops.diffusion_nll_step(acc, x_t, x_next, eps, abar_t, abar_next))
+
+
+# ---------------------------------------------------------------------------
+# The inlined float32 vector exp of the AVX2 / AVX-512 copies (cpu_vec_math.h,
+# the Cephes polynomial the baseline copy also uses), swept densely through the
+# exp-scale coupling (x = 1, shift 0: y = exp(raw) exactly as computed), and
+# the closest-centre grid with a power-of-two spacing (multiplied by 1/spacing)
+# or another spacing (divided), on every ISA copy.
+# ---------------------------------------------------------------------------
+EXP_SCRIPT = r"""
+import json, numpy as np, torch, manifold_ext
+from manifold_ext.ops import affine_coupling
+raw = torch.linspace(-110, 90, 1 << 22, dtype=torch.float64).float().reshape(-1, 1, 64)
+special = torch.tensor([float('inf'), -float('inf'), float('nan'), 0.0, 88.72, 88.73, -103.9, -104.5] * 8)
+raw = torch.cat([raw, special.reshape(1, 1, 64)])
+h = torch.cat([torch.zeros_like(raw), raw], dim=1)
+y = affine_coupling(torch.ones_like(raw), h, scale='exp', layout='split')[0].double().flatten()
+ref = torch.exp(raw.double()).flatten()
+normal = (ref > 1.2e-38) & (ref < 3.4e38)
+spacing = torch.from_numpy(np.spacing(ref[normal].float().numpy())).double()
+print(json.dumps({
+    'isa': manifold_ext.build_info()['cpu_isa_in_use'],
+    'max_ulp': ((y[normal] - ref[normal]).abs() / spacing).max().item(),
+    'max_subnormal_error': (y[ref <= 1.2e-38] - ref[ref <= 1.2e-38]).abs().max().item(),
+    'special': y[-64:-56].tolist(),
+}))
+"""
+
+GRID_SCRIPT = r"""
+import json, torch, manifold_ext
+from manifold_ext.ops import closest_centre_kl
+from manifold_ext.reference import closest_centre_kl_reference
+import math
+def reciprocal_is_exact(spacing):
+    return math.frexp(spacing)[0] == 0.5
+mismatches, sensitive = {}, {}
+for dtype in (torch.float32, torch.float64):
+    for spacing in (1.0, 0.25, 4.0, 2.0 ** -20, 0.3, 3.0, 0.1):
+        # near-ties: half-way points between grid points (offset 0.5) and their neighbours up to 3 ulps
+        # away, where (mu - offset) / spacing and (mu - offset) * (1 / spacing) round differently for
+        # spacings that are not powers of two
+        half_way = 0.5 + (torch.arange(-2000, 2000).to(dtype) + 0.5) * spacing
+        near_ties = [half_way]
+        for direction in (float('inf'), -float('inf')):
+            neighbour = half_way
+            for _ in range(3):
+                neighbour = torch.nextafter(neighbour, torch.tensor(direction, dtype=dtype))
+                near_ties.append(neighbour)
+        special = torch.tensor([float('nan'), float('inf'), -float('inf'), 0.0], dtype=dtype)
+        mu = torch.cat(near_ties + [special]).reshape(-1, 4)
+        if not reciprocal_is_exact(spacing):
+            by_reciprocal = torch.round((mu - 0.5) * (1 / spacing))
+            sensitive[f'{dtype}-{spacing}'] = int((by_reciprocal != torch.round((mu - 0.5) / spacing)).sum())
+        logvar = torch.zeros_like(mu)
+        kwargs = dict(sigma0=0.5, spacing=spacing, offset=0.5, low=-20 * spacing, high=30 * spacing)
+        _, centre = closest_centre_kl(mu, logvar, **kwargs)
+        _, centre_ref = closest_centre_kl_reference(mu, logvar, target=None, mask=None, **kwargs)
+        same = (centre == centre_ref) | (centre.isnan() & centre_ref.isnan())
+        mismatches[f'{dtype}-{spacing}'] = int((~same).sum())
+print(json.dumps({'isa': manifold_ext.build_info()['cpu_isa_in_use'], 'mismatches': mismatches,
+                  'sensitive': sensitive}))
+"""
+
+
+def _run_on_isa(script, isa):
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["isa"] == isa, f"asked for {isa}, kernels ran {result['isa']}"
+    return result
+
+
+@pytest.mark.parametrize("isa", _isas())
+def test_vector_exp_within_one_ulp_on_every_isa_copy(isa):
+    result = _run_on_isa(EXP_SCRIPT, isa)
+    assert result["max_ulp"] <= 1.05, f"{isa}: exp is off by {result['max_ulp']:.3f} ulp"
+    assert result["max_subnormal_error"] <= 2.0**-149, f"{isa}: subnormal exp off by {result['max_subnormal_error']}"
+    inf, nan = float("inf"), float("nan")
+    expected = [inf, 0.0, nan, 1.0, 3.3931806003874245e38, inf, 1.401298464324817e-45, 0.0]
+    assert torch.allclose(torch.tensor(result["special"]), torch.tensor(expected), rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("isa", _isas())
+def test_grid_centres_bit_exact_with_and_without_reciprocal_spacing(isa):
+    result = _run_on_isa(GRID_SCRIPT, isa)
+    # the inputs do tell a division from a multiplication by the rounded reciprocal
+    assert sum(result["sensitive"].values()) > 1000, result["sensitive"]
+    assert not any(result["mismatches"].values()), f"{isa}: centres differ from the reference: {result['mismatches']}"
+
+
+@pytest.mark.parametrize("length", [1, 2, 4, 12])
+def test_nll_step_per_sample_extreme_schedules(length):
+    """Per-sample schedules reaching below 1e-18 (kFloat32SimdCoefficientAbar): float32 SIMD coefficients would
+    underflow (abar_t * abar_next < 1e-38 gave inf or NaN), so such a call is computed with coefficients in double
+    and matches the reference; a pair whose coefficients do not fit float32 raises naming its sample, and an
+    invalid pair raises the schedule error. Lengths 1, 2 and 4 take the one-pass path (pairs tested while it
+    computes), 12 the coefficient-array path."""
+    batch = 37  # whole vectors and a partial tail
+    x_t, x_next, eps, _ = _likelihood_inputs((batch, length), torch.float32)
+    abar_t, abar_next = _schedule(batch)
+    acc = torch.zeros(batch, dtype=torch.float64)
+    abar_t[20], abar_next[20] = 1e-22, 5e-23  # abar_t * abar_next underflows float32: coefficients in double
+    out = ops.diffusion_nll_step(acc, x_t, x_next, eps, abar_t, abar_next)
+    assert torch.isfinite(out).all()
+    expected = diffusion_ref.diffusion_nll_step_reference(
+        acc, x_t.double(), x_next.double(), eps.double(), abar_t, abar_next
+    )
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    abar_t[33], abar_next[33] = 0.5, 1e-100
+    with pytest.raises(ValueError, match="the schedule at sample 33, abar_t = 0.5 and abar_next = 1e-100"):
+        ops.diffusion_nll_step(acc, x_t, x_next, eps, abar_t, abar_next)
+    abar_next[33] = 0.6  # abar_next > abar_t
+    with pytest.raises(ValueError, match="invalid schedule at sample 33"):
+        ops.diffusion_nll_step(acc, x_t, x_next, eps, abar_t, abar_next)

@@ -41,12 +41,19 @@ enum class CentreSource : int {
 
 // The grid c = offset + spacing * k (k integer), limited to [low, high]
 // (low = -inf / high = +inf when the grid is unbounded).
+// inv_spacing is used only when reciprocal_exact: spacing = 2^k with 2^k and
+// 2^-k both normal numbers, so x * inv_spacing and x / spacing are the same
+// correctly rounded value for every x and the division (the slowest step of
+// the centre, several cycles per SIMD lane) can be a multiplication without
+// changing a single centre. Any other spacing divides.
 template <typename T>
 struct Grid {
   T offset;
   T spacing;
   T low;
   T high;
+  T inv_spacing = T(0);
+  bool reciprocal_exact = false;
 };
 
 // Nearest grid point of mu, ties to even (torch.round), then clipped. The
@@ -56,10 +63,10 @@ struct Grid {
 // CUDA and the reference agree bit for bit for any spacing and offset.
 template <typename T>
 MANIFOLD_EXT_HD T grid_centre(T mu, const Grid<T>& grid) {
-  T centre = hd_mul_then_add(grid.spacing, hd_round((mu - grid.offset) / grid.spacing), grid.offset);
-  centre = hd_where(hd_lt(centre, grid.low), grid.low, centre);
-  centre = hd_where(hd_lt(grid.high, centre), grid.high, centre);
-  return centre;
+  const T from_offset = mu - grid.offset;
+  const T steps = grid.reciprocal_exact ? from_offset * grid.inv_spacing : from_offset / grid.spacing;
+  const T centre = hd_mul_then_add(grid.spacing, hd_round(steps), grid.offset);
+  return hd_clip_above(hd_clip_below(centre, grid.low), grid.high);
 }
 
 // The prior component's variance sigma0^2, as the kernels use it.

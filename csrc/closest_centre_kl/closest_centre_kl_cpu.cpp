@@ -38,12 +38,13 @@ int64_t row_grain(int64_t n, int64_t work_per_element = 1) {
 }
 
 KlParams kl_params(const ClosestCentreOptions& o) {
-  return KlParams{o.source, o.log_prior_var, o.inv_prior_var, o.offset, o.spacing, o.low, o.high};
+  return KlParams{o.source, o.log_prior_var, o.inv_prior_var, o.offset,          o.spacing,
+                  o.low,    o.high,          o.inv_spacing,   o.reciprocal_exact};
 }
 
 KlParams prior_only_params(double sigma0, CentreSource source) {
   const PriorVariance<double> prior = prior_variance(sigma0);
-  return KlParams{source, prior.log_var, prior.inv_var, 0.0, 1.0, 0.0, 0.0};
+  return KlParams{source, prior.log_var, prior.inv_var, 0.0, 1.0, 0.0, 0.0, 1.0, false};
 }
 
 std::tuple<at::Tensor, at::Tensor> closest_centre_kl_cpu(const at::Tensor& mu_in, const at::Tensor& logvar_in,

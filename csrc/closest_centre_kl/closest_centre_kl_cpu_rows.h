@@ -23,6 +23,8 @@ struct KlParams {
   double spacing;
   double low;
   double high;
+  double inv_spacing;
+  bool reciprocal_exact;
 };
 
 template <typename scalar_t>

@@ -63,7 +63,7 @@ struct LaneParams {
 template <typename T, typename scalar_t>
 LaneParams<T> lane_params(const KlParams& p) {
   const auto s = [](double v) { return T(static_cast<scalar_t>(v)); };
-  return {Grid<T>{s(p.offset), s(p.spacing), s(p.low), s(p.high)},
+  return {Grid<T>{s(p.offset), s(p.spacing), s(p.low), s(p.high), s(p.inv_spacing), p.reciprocal_exact},
           PriorVariance<T>{s(p.log_prior_var), s(p.inv_prior_var)}};
 }
 

@@ -23,9 +23,20 @@ struct ClosestCentreOptions {
   double inv_prior_var;  // 1 / sigma0^2
   double offset;
   double spacing;
-  double low;   // -inf when unbounded
-  double high;  // +inf when unbounded
+  double low;             // -inf when unbounded
+  double high;            // +inf when unbounded
+  double inv_spacing;     // 1 / spacing
+  bool reciprocal_exact;  // spacing = 2^k, |k| <= 126: x * inv_spacing == x / spacing in float and double
 };
+
+// Whether spacing is a power of two whose reciprocal is a normal number in
+// float32 too, so that multiplying by 1 / spacing rounds exactly as dividing
+// by spacing (Grid in closest_centre_kl.h).
+inline bool reciprocal_is_exact(double spacing) {
+  int exponent = 0;
+  const double mantissa = std::frexp(spacing, &exponent);  // spacing = mantissa * 2^exponent, mantissa in [0.5, 1)
+  return mantissa == 0.5 && std::abs(exponent - 1) <= 126;
+}
 
 inline void check_sigma0(double sigma0, const char* op) {
   TORCH_CHECK_VALUE(std::isfinite(sigma0) && sigma0 > 0, op, ": sigma0 must be a finite number > 0, got ", sigma0);
@@ -100,6 +111,8 @@ inline ClosestCentreOptions parse_closest_centre(const at::Tensor& mu, const at:
   options.inv_prior_var = prior.inv_var;
   options.offset = offset;
   options.spacing = spacing;
+  options.inv_spacing = 1.0 / spacing;
+  options.reciprocal_exact = reciprocal_is_exact(spacing);
   options.low = low.has_value() ? *low : -std::numeric_limits<double>::infinity();
   options.high = high.has_value() ? *high : std::numeric_limits<double>::infinity();
   return options;

@@ -113,6 +113,18 @@ MANIFOLD_EXT_HD T hd_where(bool condition, T if_true, T if_false) {
   return condition ? if_true : if_false;
 }
 
+// x clipped to [low, ...] and to [..., high], NaN kept (as torch.clamp):
+// x < low ? low : x and high < x ? high : x. cpu_vec_math.h gives vectors
+// one max / min instruction each.
+template <typename T>
+MANIFOLD_EXT_HD T hd_clip_below(T x, T low) {
+  return hd_where(hd_lt(x, low), low, x);
+}
+template <typename T>
+MANIFOLD_EXT_HD T hd_clip_above(T x, T high) {
+  return hd_where(hd_lt(high, x), high, x);
+}
+
 // The scalar type behind T (T itself for scalars; cpu_vec_math.h adds the
 // vector case), so generic code can pick a float- or double-accurate formula.
 template <typename T>

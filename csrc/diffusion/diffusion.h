@@ -38,6 +38,23 @@ MANIFOLD_EXT_HD bool schedule_ok(ScheduleRule rule, double a, double b) {
   }
 }
 
+// The per-sample CPU paths compute the likelihood coefficients SIMD-wide in
+// the inputs' precision (nll_coefficients_from_gaps). In float32 that is exact
+// to rounding while abar_t * abar_next * (1 - abar_next) stays a normal float32
+// (>= 1.2e-38), which abar_t > abar_next >= 1e-18 ensures. Below it the float32
+// products underflow (abar_next = 5e-77 became 0 and the step inf / NaN, though
+// its coefficients fit float32): such schedules get coefficients in double.
+constexpr double kFloat32SimdCoefficientAbar = 1e-18;
+
+// A likelihood pair that needs no check on the host: valid (schedule_ok) and
+// within the SIMD coefficients' float32 range (so far above the level where
+// any coefficient could overflow float32, diffusion_host.h). The
+// CPU one-pass path counts the pairs that are not clear while it computes; the
+// host looks again only if any is not.
+MANIFOLD_EXT_HD bool likelihood_pair_clear(double abar_t, double abar_next) {
+  return schedule_ok(ScheduleRule::Likelihood, abar_t, abar_next) && abar_next >= kFloat32SimdCoefficientAbar;
+}
+
 // ---------------------------------------------------------------------------
 // Sampler and forward steps: out = x * cx + eps * ce + noise * cn
 // ---------------------------------------------------------------------------

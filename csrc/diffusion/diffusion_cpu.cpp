@@ -18,6 +18,7 @@
 #include <functional>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -97,9 +98,17 @@ CoefVector<Coef> per_sample_coefficients(const AbarPair& pair, Fn&& coefficients
 // The likelihood step's coefficients: per sample they are computed SIMD-wide
 // (five divisions, two square roots and a log per sample would otherwise cost
 // more than the step's memory pass on short samples).
+// In float32 that is exact to rounding only down to kFloat32SimdCoefficientAbar
+// (diffusion.h); a schedule reaching below it has its coefficients computed in
+// double, pair by pair, as the shared-schedule path does.
 template <typename scalar_t>
 CoefVector<NllCoefficients<scalar_t>> nll_coefficients_for(const AbarPair& pair) {
   if (!pair.per_sample) return {cast_coefficients<scalar_t>(nll_coefficients(pair.a, pair.b))};
+  if (std::is_same_v<scalar_t, float> && pair.b_values.size(0) > 0 &&
+      pair.b_values.min().item<double>() < kFloat32SimdCoefficientAbar) {
+    return per_sample_coefficients<NllCoefficients<scalar_t>, scalar_t>(
+        pair, [](double a, double b) { return nll_coefficients(a, b); });
+  }
   const int64_t batch = pair.a_values.size(0);
   CoefVector<NllCoefficients<scalar_t>> out(static_cast<size_t>(batch));
   const double* a = pair.a_values.const_data_ptr<double>();
@@ -349,7 +358,8 @@ bool takes_one_pass_path(const at::Tensor& x_t, const at::Tensor& abar_t, const 
   return (abar_t.dim() != 0 || abar_next.dim() != 0) && x_t.dim() >= 1 && per_sample_len(x_t) <= kShortSampleLen;
 }
 
-// Returns how many samples have an invalid schedule (the caller raises).
+// Returns how many samples have a pair that is not likelihood_pair_clear (the
+// caller then checks the schedule on the host, and raises).
 template <typename scalar_t>
 int64_t nll_step_short_per_sample(const NllInputs& in, at::Tensor& acc_new) {
   const CpuIsa isa = cpu_isa();
@@ -359,15 +369,15 @@ int64_t nll_step_short_per_sample(const NllInputs& in, at::Tensor& acc_new) {
   const double* a = in.pair.a_values.const_data_ptr<double>();
   const double* b = in.pair.b_values.const_data_ptr<double>();
   const int64_t grain = std::max<int64_t>(1, kChunkLen / std::max<int64_t>(1, in.len));
-  std::atomic<int64_t> invalid_pairs{0};
+  std::atomic<int64_t> uncleared_pairs{0};
   at::parallel_for(0, in.batch, grain, [&](int64_t first, int64_t last) {
     const int64_t offset = first * in.len;
-    invalid_pairs += MANIFOLD_EXT_CALL_CPU_ISA(
+    uncleared_pairs += MANIFOLD_EXT_CALL_CPU_ISA(
         isa, nll_per_sample_rows,
         NllPerSampleRows<scalar_t>{x_t + offset, x_next + offset, eps + offset, a + first, b + first, last - first,
                                    in.len, accumulator_span(in.acc, acc_new, first)});
   });
-  return invalid_pairs.load();
+  return uncleared_pairs.load();
 }
 
 at::Tensor diffusion_nll_step_cpu(const at::Tensor& acc, const at::Tensor& x_t, const at::Tensor& x_next,
@@ -378,10 +388,12 @@ at::Tensor diffusion_nll_step_cpu(const at::Tensor& acc, const at::Tensor& x_t, 
   at::Tensor acc_new = at::empty_like(in.acc, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(in.x_t.scalar_type(), "diffusion_nll_step_cpu", [&] {
     if (one_pass) {
-      const int64_t invalid_pairs = nll_step_short_per_sample<scalar_t>(in, acc_new);
-      check_abar_samples(in.pair, ScheduleRule::Likelihood, in.x_t.scalar_type(), op, "abar_t", "abar_next",
-                         /*schedules_valid=*/invalid_pairs == 0);
-      return;
+      const int64_t uncleared_pairs = nll_step_short_per_sample<scalar_t>(in, acc_new);
+      if (uncleared_pairs == 0) return;
+      check_abar_samples(in.pair, ScheduleRule::Likelihood, in.x_t.scalar_type(), op, "abar_t", "abar_next");
+      // Every pair is valid and fits, but some abar_next is below the level down to which the one-pass
+      // float32 coefficients are exact: again, with coefficients in double (nll_coefficients_for).
+      if (!std::is_same_v<scalar_t, float>) return;
     }
     const CoefVector<NllCoefficients<scalar_t>> coef = nll_coefficients_for<scalar_t>(in.pair);
     nll_accumulate<scalar_t>(in, coef, nullptr, nullptr, nullptr, acc_new);

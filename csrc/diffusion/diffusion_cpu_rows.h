@@ -89,8 +89,10 @@ struct NllCoefficientSpan {
 // one pass: each row's term len * log_norm_r + sum over row r of nll_element
 // is added to the accumulator, with the coefficients computed SIMD-wide on the
 // fly (no coefficient array in memory). nll_per_sample_rows returns how many
-// rows have a pair (abar_t, abar_next) that breaks ScheduleRule::Likelihood:
-// the caller checks the schedule in the same pass and raises afterwards.
+// rows have a pair (abar_t, abar_next) that is not likelihood_pair_clear
+// (invalid, or so small that float32 coefficients may overflow): the schedule
+// is checked in the same pass, and the caller checks (and raises) on the host
+// only if some pair is not clear.
 template <typename scalar_t>
 struct NllPerSampleRows {
   const scalar_t* x_t;      // [rows * len]

@@ -320,6 +320,25 @@ void rk4_span_impl(const Rk4Span<scalar_t>& s) {
   }
 }
 
+// How many of the W pairs are not likelihood_pair_clear (diffusion.h), tested
+// SIMD-wide in double: b >= kFloat32SimdCoefficientAbar (> 0), b < a, a <= 1,
+// each false for NaN. zero_mask() marks the lanes whose all-ones "true" mask is 0.
+template <int64_t W>
+int64_t count_uncleared_pairs(const double* abar_t, const double* abar_next) {
+  using D = Vec<double>;
+  static_assert(W % D::size() == 0, "a float or double vector holds whole double vectors");
+  const D safe(kFloat32SimdCoefficientAbar);
+  const D one(1.0);
+  int64_t uncleared = 0;
+  for (int64_t k = 0; k < W; k += D::size()) {
+    const D a = D::loadu(abar_t + k);
+    const D b = D::loadu(abar_next + k);
+    const D clear = (b >= safe) & (b < a) & (a <= one);
+    uncleared += __builtin_popcount(static_cast<unsigned>(clear.zero_mask()));
+  }
+  return uncleared;
+}
+
 // The coefficients of `count` <= W consecutive samples as lanes of
 // Vec<scalar_t>: the gaps abar_t - abar_next, 1 - abar_next, 1 - abar_t in
 // double, then Eq. 18-20 in the inputs' precision (nll_coefficients_from_gaps).
@@ -327,7 +346,7 @@ void rk4_span_impl(const Rk4Span<scalar_t>& s) {
 // numbers (they are never stored).
 template <typename scalar_t, typename Count>
 NllCoefficients<Vec<scalar_t>> lane_coefficients(const double* abar_t, const double* abar_next, Count count,
-                                                 int64_t* invalid_pairs = nullptr) {
+                                                 int64_t* uncleared_pairs = nullptr) {
   using V = Vec<scalar_t>;
   constexpr int64_t W = V::size();
   alignas(64) double a[W], b[W];
@@ -341,11 +360,7 @@ NllCoefficients<Vec<scalar_t>> lane_coefficients(const double* abar_t, const dou
     pa = a;
     pb = b;
   }
-  if (invalid_pairs) {
-    int64_t invalid = 0;
-    for (int64_t k = 0; k < W; ++k) invalid += !schedule_ok(ScheduleRule::Likelihood, pa[k], pb[k]);
-    *invalid_pairs += invalid;
-  }
+  if (uncleared_pairs) *uncleared_pairs += count_uncleared_pairs<W>(pa, pb);
   alignas(64) scalar_t at[W], an[W], jump[W], keep_next[W], keep_t[W];
   for (int64_t k = 0; k < W; ++k) {  // vectorised by the compiler
     at[k] = static_cast<scalar_t>(pa[k]);
@@ -387,9 +402,10 @@ void nll_coefficient_span_impl(const NllCoefficientSpan<scalar_t>& s) {
 template <int kLen, typename scalar_t>
 int64_t nll_per_sample_tiny_rows(const NllPerSampleRows<scalar_t>& r) {
   using V = Vec<scalar_t>;
-  int64_t invalid_pairs = 0;
+  int64_t uncleared_pairs = 0;
   for_each_sample_vector<V>(r.rows, [&](int64_t row, auto count) {
-    const NllCoefficients<V> c = lane_coefficients<scalar_t>(r.abar_t + row, r.abar_next + row, count, &invalid_pairs);
+    const NllCoefficients<V> c =
+        lane_coefficients<scalar_t>(r.abar_t + row, r.abar_next + row, count, &uncleared_pairs);
     const int64_t base = row * kLen;
     const SampleLanes<kLen, V> lanes = load_sample_lanes<kLen>(r.x_t + base, r.x_next + base, r.eps + base, count);
     V terms[kLen + 1];
@@ -399,7 +415,7 @@ int64_t nll_per_sample_tiny_rows(const NllPerSampleRows<scalar_t>& r) {
     store_lane_sums<kLen + 1>(terms, count, sums);
     for (int64_t k = 0; k < count; ++k) add_to_accumulator(r.acc, row + k, sums[k]);
   });
-  return invalid_pairs;
+  return uncleared_pairs;
 }
 
 // The coefficients of a block of samples are computed SIMD-wide into a small
@@ -409,10 +425,12 @@ int64_t nll_per_sample_rows_impl(const NllPerSampleRows<scalar_t>& r) {
   if (r.len == 1) return nll_per_sample_tiny_rows<1>(r);
   if (r.len == 2) return nll_per_sample_tiny_rows<2>(r);
   int64_t invalid_pairs = 0;
+  int64_t uncleared_pairs = 0;
   for (int64_t row = 0; row < r.rows; ++row) {
     invalid_pairs += !schedule_ok(ScheduleRule::Likelihood, r.abar_t[row], r.abar_next[row]);
+    uncleared_pairs += !likelihood_pair_clear(r.abar_t[row], r.abar_next[row]);
   }
-  if (invalid_pairs > 0) return invalid_pairs;  // the caller raises: no need to compute
+  if (invalid_pairs > 0) return uncleared_pairs;  // the caller raises: no need to compute
   constexpr int64_t kBlockRows = 128;
   NllCoefficients<scalar_t> coef[kBlockRows];
   for (int64_t row0 = 0; row0 < r.rows; row0 += kBlockRows) {
@@ -426,7 +444,7 @@ int64_t nll_per_sample_rows_impl(const NllPerSampleRows<scalar_t>& r) {
       add_to_accumulator(r.acc, row0 + k, static_cast<double>(r.len) * static_cast<double>(c.log_norm) + sum);
     }
   }
-  return 0;
+  return uncleared_pairs;
 }
 
 }  // namespace

@@ -147,14 +147,12 @@ inline void check_per_sample_coefficients_fit(const AbarPair& pair, ScheduleRule
 
 // The per-sample checks: raises the error naming the first sample whose pair
 // breaks `rule`, then (float32 compute) the first whose coefficients do not fit
-// float32; returns when every pair passes. schedules_valid = true skips the
-// first check where the caller has already counted no invalid pair (the CPU
-// one-pass likelihood path checks its lanes while it computes, instead of a
-// separate pass over the schedule).
+// float32; returns when every pair passes. (The CPU one-pass likelihood path
+// calls it only when its in-pass test, likelihood_pair_clear, has flagged a pair.)
 inline void check_abar_samples(const AbarPair& pair, ScheduleRule rule, at::ScalarType dtype, const char* op,
-                               const char* name_a, const char* name_b, bool schedules_valid = false) {
+                               const char* name_a, const char* name_b) {
   if (!pair.per_sample || pair.a_values.size(0) == 0) return;
-  const int64_t bad = schedules_valid ? -1 : first_bad_sample(pair.a_values, pair.b_values, rule);
+  const int64_t bad = first_bad_sample(pair.a_values, pair.b_values, rule);
   if (bad >= 0) {
     const at::Tensor& av = pair.a_values;
     const at::Tensor& bv = pair.b_values;
