@@ -23,9 +23,9 @@ import math
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from manifold_ext._optional import require
+from manifold_ext._progress import transient_bar
 from manifold_ext._training import train_loop
 from manifold_ext.ops import closest_centre_kl, nearest_centre_kl
 from manifold_ext.vae.networks import decoder_mean, make_decoder, make_encoder, reconstruction_nll
@@ -449,14 +449,7 @@ class GMMClassifier(nn.Module):
             raise ValueError(f"{who}: starts must be codes [S, {self.latent_dim}] with S >= 1, got {shape}")
         starts = starts.detach().to(device=self.centres.device, dtype=self.centres.dtype)
         chunks = x.split(batch_size) if x.shape[0] else (x,)
-        with tqdm(
-            total=steps * len(chunks),
-            desc="reclassifying (Eq. 4.8)",
-            unit="step",
-            mininterval=0.5,
-            disable=not progress,
-            leave=False,
-        ) as bar:
+        with transient_bar(steps * len(chunks), "reclassifying (Eq. 4.8)", progress) as bar:
             z, error, start = (
                 torch.cat(parts) for parts in zip(*(self._invert_decoder(c, starts, steps, lr, bar) for c in chunks))
             )
