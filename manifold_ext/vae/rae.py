@@ -172,6 +172,19 @@ def train_autoencoder(
     return log.loss
 
 
+def _threshold(index: int, doc: str) -> property:
+    """A float property stored in ``self.thresholds[index]`` (a buffer, so the thresholds travel with the
+    state dict and the device)."""
+
+    def get(self) -> float:
+        return float(self.thresholds[index])
+
+    def set(self, value: float) -> None:
+        self.thresholds[index] = float(value)
+
+    return property(get, set, doc=doc)
+
+
 class GMMClassifier(nn.Module):
     """Classifier with a Gaussian-mixture latent space and rejection (thesis 004 ch. 4).
 
@@ -257,23 +270,8 @@ class GMMClassifier(nn.Module):
         z = self.encode(x)
         return -0.5 * (z[:, None, :] - self.centres[None]).square().sum(-1)
 
-    @property
-    def tau_enc(self) -> float:
-        """Rejection threshold on the squared Mahalanobis distance of the code (§4.6)."""
-        return float(self.thresholds[0])
-
-    @tau_enc.setter
-    def tau_enc(self, value: float) -> None:
-        self.thresholds[0] = float(value)
-
-    @property
-    def tau_dec(self) -> float:
-        """Rejection threshold on the reconstruction error (§4.6)."""
-        return float(self.thresholds[1])
-
-    @tau_dec.setter
-    def tau_dec(self, value: float) -> None:
-        self.thresholds[1] = float(value)
+    tau_enc = _threshold(0, "Rejection threshold on the squared Mahalanobis distance of the code (§4.6).")
+    tau_dec = _threshold(1, "Rejection threshold on the reconstruction error (§4.6).")
 
     @property
     def calibrated(self) -> bool:
