@@ -646,7 +646,17 @@ RK4_UPDATE = op_case(
 # ---------------------------------------------------------------------------
 # Op family 4: closest-centre and nearest-centre KL
 # ---------------------------------------------------------------------------
-CLOSEST_MODES = ("unguided", "clipped", "low-only", "grid", "guided", "partial-dim", "partial-elem")
+# The fixed keyword arguments of each closest_centre_kl mode; "guided" and "partial-*" also draw a target, "partial-dim"
+# a mask per latent dimension and "partial-elem" one per element (test_closest_centre_kl.py draws its own too).
+CLOSEST_MODES = {
+    "unguided": {},
+    "clipped": dict(low=-2.0, high=3.0),
+    "low-only": dict(low=-1.0),
+    "grid": dict(spacing=0.75, offset=0.3, low=-1.2, high=2.7, sigma0=0.2),
+    "guided": {},
+    "partial-dim": dict(low=-2.0, high=3.0),
+    "partial-elem": {},
+}
 
 
 def _closest(p, m: Maker) -> Sample:
@@ -658,18 +668,13 @@ def _closest(p, m: Maker) -> Sample:
         mu = m.randn(shape, scale=3.0)
     logvar = m.randn(shape, shift=-4.0 if not p.get("near_centres") else -1.0)
     kwargs = {}
-    if mode == "clipped":
-        kwargs = dict(low=-2.0, high=3.0)
-    elif mode == "low-only":
-        kwargs = dict(low=-1.0)
-    elif mode == "grid":
-        kwargs = dict(spacing=0.75, offset=0.3, low=-1.2, high=2.7, sigma0=0.2)
-    elif mode == "guided":
-        kwargs = dict(target=m.randn(shape))
-    elif mode == "partial-dim":
-        kwargs = dict(target=m.randn(shape), mask=m.bools((shape[1],)), low=-2.0, high=3.0)
+    if mode in ("guided", "partial-dim", "partial-elem"):
+        kwargs["target"] = m.randn(shape)
+    if mode == "partial-dim":
+        kwargs["mask"] = m.bools((shape[1],))
     elif mode == "partial-elem":
-        kwargs = dict(target=m.randn(shape), mask=m.bools(shape, p=0.7))
+        kwargs["mask"] = m.bools(shape, p=0.7)
+    kwargs.update(CLOSEST_MODES[mode])
     if "sigma0" in p:
         kwargs["sigma0"] = p["sigma0"]
     return Sample((mu, logvar), kwargs, f"{shape}-{mode}")
@@ -688,7 +693,7 @@ def _closest_strategy():
     from hypothesis import strategies as st
 
     return st.fixed_dictionaries(
-        dict(shape=st.tuples(st.integers(0, 5), st.integers(0, 6)), mode=st.sampled_from(CLOSEST_MODES))
+        dict(shape=st.tuples(st.integers(0, 5), st.integers(0, 6)), mode=st.sampled_from(list(CLOSEST_MODES)))
     )
 
 
