@@ -228,6 +228,16 @@ class OpCase:
             else:
                 torch.testing.assert_close(ours.detach().to(want.dtype), want.detach(), equal_nan=True, **tol)
 
+    def check_nan_pattern(self, sample: Sample, where: str, integers_equal: bool = True) -> None:
+        """The op's floating outputs are NaN exactly where the reference's are (raises AssertionError naming
+        ``where``); with ``integers_equal`` its integer outputs equal the reference's too."""
+        got, want = self(sample), as_tuple(self.reference(*sample.args, **sample.kwargs))
+        for a, b in zip(got, want):
+            if a.is_floating_point():
+                assert torch.equal(torch.isnan(a), torch.isnan(b)), f"{where}: NaN pattern differs from the reference"
+            elif integers_equal:
+                assert torch.equal(a, b), f"{where}: integer outputs differ from the reference"
+
 
 def default_tolerance(dtype):
     return dict(rtol=1e-10, atol=1e-10) if dtype == F64 else dict(rtol=1e-5, atol=1e-5)
