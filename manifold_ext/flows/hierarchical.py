@@ -397,13 +397,7 @@ def _check_resume(path, saved: dict, meta: dict, run: dict, model, autoencoder_s
             path, f"holds a {meta.get('kind')!r} checkpoint, not a hierarchical fit ({TRAINING_KIND!r}) to resume"
         )
     remedy = "resume with the same model, data and settings, or give a new checkpoint path (or resume=False)"
-    saved_model = meta.get("model", {})
-    ckpt.require_match(
-        path,
-        {"model": {k: saved_model.get(k) for k in ("class", "config")}},
-        {"model": {k: run["model"][k] for k in ("class", "config")}},
-        remedy,
-    )
+    ckpt.require_fields_match(path, meta, run, "model", ("class", "config"), remedy)
     ckpt.require_match(path, meta, {"fit": run["fit"], "data": run["data"]}, remedy)
     phase, step = saved.get("phase"), saved.get("step")
     if phase not in ("autoencoder", "flow", "done") or not isinstance(step, int) or step < 0:
