@@ -265,6 +265,20 @@ def require_match(path: str | os.PathLike, saved: dict, current: dict, remedy: s
             )
 
 
+def require_fields_match(
+    path: str | os.PathLike, meta: dict, run: dict, section: str, fields: tuple[str, ...], remedy: str = ""
+) -> None:
+    """``require_match`` on some ``fields`` of one ``section`` only (e.g. a model's class and config, not its
+    parameter count): the file's ``meta[section]`` against this call's ``run[section]``."""
+    saved = meta.get(section, {})
+    require_match(
+        path,
+        {section: {key: saved.get(key) for key in fields}},
+        {section: {key: run[section][key] for key in fields}},
+        remedy,
+    )
+
+
 # ---------------------------------------------------------------------------
 # Models: what they are, and loading weights only when everything fits
 # ---------------------------------------------------------------------------
@@ -431,6 +445,7 @@ __all__ = [
     "read_checkpoint",
     "read_header",
     "read_meta",
+    "require_fields_match",
     "require_match",
     "save_model",
     "state_signature",

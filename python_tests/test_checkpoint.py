@@ -135,6 +135,17 @@ def test_require_match_names_the_differing_field(tmp_path):
         ckpt.require_match("f.ckpt", {"flag": True}, {"flag": 1})
 
 
+def test_require_fields_match_compares_only_the_named_fields_of_one_section():
+    meta = {"model": {"class": "Net", "config": {"hidden": 128}, "parameters": 10}, "kind": "train"}
+    run = {"model": {"class": "Net", "config": {"hidden": 128}, "parameters": 99}}
+    ckpt.require_fields_match("f.ckpt", meta, run, "model", ("class", "config"), "start afresh")  # count ignored
+    run["model"]["config"] = {"hidden": 64}
+    with pytest.raises(CheckpointError, match=r"model\.config\.hidden differs: the file has 128, .*; start afresh"):
+        ckpt.require_fields_match("f.ckpt", meta, run, "model", ("class", "config"), "start afresh")
+    with pytest.raises(CheckpointError, match=r"schedule\.T differs: the file has None, this call has 10"):
+        ckpt.require_fields_match("f.ckpt", meta, {"schedule": {"T": 10}}, "schedule", ("T",))
+
+
 def test_state_dict_check_runs_before_anything_is_copied(tmp_path):
     """PyTorch's load_state_dict copies matching tensors, then raises: ours refuses first."""
     model = nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 3))

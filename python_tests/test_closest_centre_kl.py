@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from op_contract.cases import CLOSEST_MODES
 
 from manifold_ext.ops import closest_centre_kl, nearest_centre_kl
 from manifold_ext.reference import closest_centre_kl_reference, nearest_centre_kl_reference
@@ -14,7 +15,7 @@ from manifold_ext.reference import closest_centre_kl_reference, nearest_centre_k
 # attributes), rows longer than the CPU loops' 1024-element block.
 SHAPES = [(1, 1), (1, 2), (7, 2), (5, 3), (33, 40), (0, 4), (3, 0), (2, 17), (3, 1500), (129, 5)]
 
-MODES = ["unguided", "clipped", "low-only", "grid", "guided", "partial-dim", "partial-elem"]
+MODES = list(CLOSEST_MODES)
 
 
 def make_inputs(shape, mode, dtype=torch.float64, device="cpu", spread=3.0):
@@ -22,25 +23,14 @@ def make_inputs(shape, mode, dtype=torch.float64, device="cpu", spread=3.0):
     mu = torch.randn(shape, dtype=dtype, device=device) * spread
     logvar = torch.randn(shape, dtype=dtype, device=device) - 4.0
     kwargs = {}
-    if mode == "clipped":
-        kwargs = dict(low=-2.0, high=3.0)
-    elif mode == "low-only":
-        kwargs = dict(low=-1.0)
-    elif mode == "grid":
-        kwargs = dict(spacing=0.75, offset=0.3, low=-1.2, high=2.7, sigma0=0.2)
-    elif mode == "guided":
-        kwargs = dict(target=torch.randint(0, 2, shape, device=device).to(dtype))
-    elif mode == "partial-dim":
-        kwargs = dict(
-            target=torch.randint(0, 2, shape, device=device).to(dtype),
-            mask=torch.rand(n, device=device) > 0.5,
-            low=-2.0,
-            high=3.0,
-        )
+    if mode in ("guided", "partial-dim"):
+        kwargs["target"] = torch.randint(0, 2, shape, device=device).to(dtype)
+    if mode == "partial-dim":
+        kwargs["mask"] = torch.rand(n, device=device) > 0.5
     elif mode == "partial-elem":
-        kwargs = dict(
-            target=torch.randn(shape, dtype=dtype, device=device), mask=torch.rand(shape, device=device) > 0.3
-        )
+        kwargs["target"] = torch.randn(shape, dtype=dtype, device=device)
+        kwargs["mask"] = torch.rand(shape, device=device) > 0.3
+    kwargs.update(CLOSEST_MODES[mode])
     return mu, logvar, kwargs
 
 

@@ -352,16 +352,6 @@ def _ratio(row: dict, baseline: str) -> float | None:
     return None
 
 
-def _fmt_ratio(value) -> str:
-    return "–" if value is None else f"{value:.2f}×"
-
-
-def _fmt_ms(value) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
-
-
 def _load_text(table: BenchTable) -> str:
     if not table.load_average:
         return ""
@@ -369,6 +359,8 @@ def _load_text(table: BenchTable) -> str:
 
 
 def bench_table(table: BenchTable, family: str) -> str:
+    from manifold_ext.benchmark.harness import format_ms, format_ratio  # the numbers as the bench tables print them
+
     rows = [row for row in table.rows if row["family"] == family]
     lines = [
         f"**{table.machine}**: ISA path `{table.isa}`, {table.threads} threads, torch {table.torch}, "
@@ -381,8 +373,8 @@ def bench_table(table: BenchTable, family: str) -> str:
         bound = row.get("ours_vs_bound")
         lines.append(
             f"| {md_cell(row['case'])} | {md_cell(row['shape'])} | {row['dtype']} | "
-            f"{_fmt_ms(ms.get('eager'))} | {_fmt_ms(ms.get('compile'))} | {_fmt_ms(ms.get('ours'))} | "
-            f"{_fmt_ratio(_ratio(row, 'eager'))} | {_fmt_ratio(_ratio(row, 'compile'))} | "
+            f"{format_ms(ms.get('eager'))} | {format_ms(ms.get('compile'))} | {format_ms(ms.get('ours'))} | "
+            f"{format_ratio(_ratio(row, 'eager'))} | {format_ratio(_ratio(row, 'compile'))} | "
             f"{'–' if bound is None else f'{bound:.2f}'} |"
         )
     notes = [f"- {md_cell(row['case'])}: {md_cell(row['note'])}" for row in rows if row.get("note")]

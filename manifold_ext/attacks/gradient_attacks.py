@@ -30,8 +30,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from manifold_ext._progress import transient_bar
 from manifold_ext.attacks._checks import (
     broadcast_mask,
     check_batch_size,
@@ -77,10 +77,6 @@ def _generator(device: torch.device, seed: int | None) -> torch.Generator | None
     if seed is None:
         return None
     return torch.Generator(device=device).manual_seed(int(seed))
-
-
-def _progress(total: int, desc: str, progress: bool):
-    return tqdm(total=total, desc=desc, unit="step", disable=not progress, mininterval=0.5, leave=False)
 
 
 def fgsm(
@@ -167,7 +163,7 @@ def pgd_linf(
         start = (x + (2 * noise - 1) * eps).clamp_(low, high)
     out = torch.empty_like(x)
     parts = list(_chunks(x.shape[0], batch_size))
-    with _progress(steps * len(parts), "PGD (l_inf)", progress) as bar:
+    with transient_bar(steps * len(parts), "PGD (l_inf)", progress) as bar:
         for part in parts:
             x0, x_adv, labels = x[part], start[part].clone(), y[part]
             for _ in range(steps):
@@ -329,7 +325,7 @@ def _patch_attack(
     out = torch.empty_like(x)
     parts = list(_chunks(x.shape[0], batch_size))
     desc = "Patch-NAG" if momentum is not None else "Patch-PGD"
-    with _progress(steps * len(parts), desc, progress) as bar:
+    with transient_bar(steps * len(parts), desc, progress) as bar:
         for part in parts:
             x0, x_adv, labels, patch = x[part], start[part].clone(), y[part], mask[part]
             velocity = torch.zeros_like(x0) if momentum is not None else None

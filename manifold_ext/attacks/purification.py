@@ -32,8 +32,8 @@ import dataclasses
 from typing import Protocol
 
 import torch
-from tqdm.auto import tqdm
 
+from manifold_ext._progress import transient_bar
 from manifold_ext.attacks._checks import check_batch_size, check_clip, check_eps, check_images, check_step, check_steps
 from manifold_ext.attacks.steps import STEP_RULES, projected_step
 
@@ -125,14 +125,7 @@ def purify(
     size = x.shape[0] if batch_size is None else batch_size
     parts = [slice(s, min(x.shape[0], s + size)) for s in range(0, x.shape[0], max(size, 1))]
     generator = torch.Generator(device=x.device).manual_seed(int(seed))
-    with tqdm(
-        total=steps * len(parts),
-        desc="purifying (ELBO ascent)",
-        unit="step",
-        mininterval=0.5,
-        disable=not progress,
-        leave=False,
-    ) as bar:
+    with transient_bar(steps * len(parts), "purifying (ELBO ascent)", progress) as bar:
         for part in parts:
             x_start = x[part]
             x_pfy = x_start.clone()

@@ -44,8 +44,8 @@ import math
 from typing import Protocol
 
 import torch
-from tqdm.auto import tqdm
 
+from manifold_ext._progress import transient_bar
 from manifold_ext.attacks._checks import (
     broadcast_mask,
     check_batch_size,
@@ -357,9 +357,7 @@ def _minimise_in_chunks(
     out = torch.empty_like(x0)
     history = [0.0] * (steps + 1)
     parts = list(_chunks(x0.shape[0], batch_size))
-    with tqdm(
-        total=steps * len(parts), desc=desc, unit="step", mininterval=0.5, disable=not progress, leave=False
-    ) as bar:
+    with transient_bar(steps * len(parts), desc, progress) as bar:
         for part in parts:
             eta, chunk_history = _minimise(
                 model,

@@ -223,23 +223,25 @@ def run_cases(cases: list[BenchCase], device: torch.device, settings: BenchSetti
     return rows
 
 
-def _fmt_ms(value: float | None) -> str:
+def format_ms(value: float | None) -> str:
+    """A time in ms for the printed and written tables: 3 decimals below 10 ms, else 1; "–" for none."""
     if value is None:
         return "–"
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
-def _fmt_ratio(value: float | None) -> str:
+def format_ratio(value: float | None) -> str:
+    """A speed-up for the tables, e.g. "2.41×"; "–" for none."""
     return "–" if value is None else f"{value:.2f}×"
 
 
 def one_line(row: dict) -> str:
     parts = [f"{row['family']}/{row['case']} {row['shape']}:"]
-    parts += [f"{name} {_fmt_ms(ms)} ms" for name, ms in row["ms"].items()]
+    parts += [f"{name} {format_ms(ms)} ms" for name, ms in row["ms"].items()]
     if row["speedup_vs_eager"]:
-        parts.append(f"| {_fmt_ratio(row['speedup_vs_eager'])} vs eager")
+        parts.append(f"| {format_ratio(row['speedup_vs_eager'])} vs eager")
     if row["speedup_vs_compile"]:
-        parts.append(f"{_fmt_ratio(row['speedup_vs_compile'])} vs compile")
+        parts.append(f"{format_ratio(row['speedup_vs_compile'])} vs compile")
     if row.get("ours_vs_bound"):
         parts.append(f"| {row['ours_vs_bound']:.2f}× the bandwidth bound")
     if row.get("thread_scaling"):

@@ -24,7 +24,13 @@ import torch
 
 from manifold_ext._atomic import atomic_write_text
 from manifold_ext._machine import machine_record
-from manifold_ext.benchmark.harness import TARGET_SCALING_PER_THREAD, TARGET_VS_BOUND, TARGET_VS_COMPILE
+from manifold_ext.benchmark.harness import (
+    TARGET_SCALING_PER_THREAD,
+    TARGET_VS_BOUND,
+    TARGET_VS_COMPILE,
+    format_ms,
+    format_ratio,
+)
 
 SCHEMA_VERSION = 2
 
@@ -74,16 +80,6 @@ def header(device: torch.device, load_at_start: list[float] | None, quick: bool)
             "thread_scaling_per_thread": TARGET_SCALING_PER_THREAD,
         },
     }
-
-
-def _fmt_ms(value: float | None) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
-
-
-def _fmt_ratio(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}×"
 
 
 def _fmt_factor(value: float | None) -> str:
@@ -136,10 +132,10 @@ def markdown_table(data: dict) -> str:
     ]
     for r in data["results"]:
         lines.append(
-            f"| {r['family']} | {r['case']} | {r['shape']} | {r['dtype']} | {_fmt_ms(r['ms'].get('eager'))} | "
-            f"{_fmt_ms(r['ms'].get('compile'))} | {_fmt_ms(r['ms'].get('ours'))} | "
-            f"{_fmt_ratio(r.get('speedup_vs_eager'))} | {_fmt_ratio(r.get('speedup_vs_compile'))} | "
-            f"{_fmt_ms(r.get('bound_ms'))} | {_fmt_factor(r.get('ours_vs_bound'))} | {_scaling_cell(r)} | "
+            f"| {r['family']} | {r['case']} | {r['shape']} | {r['dtype']} | {format_ms(r['ms'].get('eager'))} | "
+            f"{format_ms(r['ms'].get('compile'))} | {format_ms(r['ms'].get('ours'))} | "
+            f"{format_ratio(r.get('speedup_vs_eager'))} | {format_ratio(r.get('speedup_vs_compile'))} | "
+            f"{format_ms(r.get('bound_ms'))} | {_fmt_factor(r.get('ours_vs_bound'))} | {_scaling_cell(r)} | "
             f"{_target_cell(r)} | {_note_cell(r)} |"
         )
     return "\n".join(lines) + "\n"

@@ -339,13 +339,12 @@ def run(args: argparse.Namespace) -> dict:
 
     # 1. Multi-scale Glow: exact log p(x) and bits per dimension.
     start = time.perf_counter()
-    glow = MultiScaleGlow(
-        channels,
+    glow_size = dict(  # one Glow size for parts 1 (unconditional) and 3 (conditional on the downsampled image)
         levels=3 if big else 2,
         steps_per_level=(2 if quick else 8 if big else 4),
         hidden_channels=(32 if quick else 128 if big else 64),
-        image_size=(size, size),
     )
+    glow = MultiScaleGlow(channels, **glow_size, image_size=(size, size))
     glow, glow_losses = _train_glow(
         glow, train, n_bins, steps["glow"], args.batch_size, device, generator, "Glow (bits/dim)"
     )
@@ -403,14 +402,7 @@ def run(args: argparse.Namespace) -> dict:
 
     # 3. Super-resolution (size/2 -> size): conditional Glow p(x | d(x)) and the hierarchical model.
     start = time.perf_counter()
-    sr_glow = MultiScaleGlow(
-        channels,
-        levels=3 if big else 2,
-        steps_per_level=(2 if quick else 8 if big else 4),
-        hidden_channels=(32 if quick else 128 if big else 64),
-        condition_channels=channels,
-        image_size=(size, size),
-    )
+    sr_glow = MultiScaleGlow(channels, **glow_size, condition_channels=channels, image_size=(size, size))
     sr_glow, sr_losses = _train_glow(
         sr_glow,
         train,

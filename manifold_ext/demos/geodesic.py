@@ -110,22 +110,11 @@ def _figure(path, data, grid_log_p, extent, results, score_time):
             vmax=np.percentile(grid_log_p, 99.5),
         )
         ax.scatter(data[:, 0], data[:, 1], s=0.2, color="white", alpha=0.35)
-        line, geo = result["straight_path"], result["geodesic_path"]
-        ax.plot(
-            line[:, 0],
-            line[:, 1],
-            color="tab:red",
-            lw=2,
-            label=f"straight: mean log p {result['straight']['mean_log_p_eq15']:.1f}",
-        )
-        ax.plot(
-            geo[:, 0],
-            geo[:, 1],
-            color="tab:blue",
-            lw=2,
-            label=f"geodesic: mean log p {result['geodesic']['mean_log_p_eq15']:.1f}",
-        )
-        ax.scatter(*line[[0, -1]].T, color="k", zorder=5)
+        for kind, colour in (("straight", "tab:red"), ("geodesic", "tab:blue")):
+            points = result[f"{kind}_path"]
+            label = f"{kind}: mean log p {result[kind]['mean_log_p_eq15']:.1f}"
+            ax.plot(points[:, 0], points[:, 1], color=colour, lw=2, label=label)
+        ax.scatter(*result["straight_path"][[0, -1]].T, color="k", zorder=5)
         ratio = np.exp(result["geodesic"]["log_weighted_length"] - result["straight"]["log_weighted_length"])
         ax.set_title(f"d_w(geodesic) / d_w(straight) = {ratio:.2g}")
         ax.set_aspect("equal")

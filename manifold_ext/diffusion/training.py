@@ -91,21 +91,8 @@ def _resume(path: Path, run: dict, model, ema, optimiser, scheduler, generator) 
             path, f"holds a {meta.get('kind')!r} checkpoint, not a training state ({TRAINING_KIND!r}) to resume"
         )
     remedy = "resume with the same model, schedule, data and TrainConfig, or give a new checkpoint path"
-    saved_model = meta.get("model", {})
-    current_model = run["model"]
-    ckpt.require_match(
-        path,
-        {"model": {k: saved_model.get(k) for k in ("class", "config")}},
-        {"model": {k: current_model[k] for k in ("class", "config")}},
-        remedy,
-    )
-    saved_schedule = meta.get("schedule", {})
-    ckpt.require_match(
-        path,
-        {"schedule": {k: saved_schedule.get(k) for k in ("T", "betas")}},
-        {"schedule": {k: run["schedule"][k] for k in ("T", "betas")}},
-        remedy,
-    )
+    ckpt.require_fields_match(path, meta, run, "model", ("class", "config"), remedy)
+    ckpt.require_fields_match(path, meta, run, "schedule", ("T", "betas"), remedy)
     ckpt.require_match(path, meta, {"train": run["train"], "data": run["data"]}, remedy)
     for key, module in (("model", model), ("ema", ema)):
         ckpt.check_state_dict(path, module, payload.get(key, {}), what=key)

@@ -397,13 +397,7 @@ def _check_resume(path, saved: dict, meta: dict, run: dict, model, autoencoder_s
             path, f"holds a {meta.get('kind')!r} checkpoint, not a hierarchical fit ({TRAINING_KIND!r}) to resume"
         )
     remedy = "resume with the same model, data and settings, or give a new checkpoint path (or resume=False)"
-    saved_model = meta.get("model", {})
-    ckpt.require_match(
-        path,
-        {"model": {k: saved_model.get(k) for k in ("class", "config")}},
-        {"model": {k: run["model"][k] for k in ("class", "config")}},
-        remedy,
-    )
+    ckpt.require_fields_match(path, meta, run, "model", ("class", "config"), remedy)
     ckpt.require_match(path, meta, {"fit": run["fit"], "data": run["data"]}, remedy)
     phase, step = saved.get("phase"), saved.get("step")
     if phase not in ("autoencoder", "flow", "done") or not isinstance(step, int) or step < 0:
@@ -500,6 +494,27 @@ def fit(
                 {"kind": TRAINING_KIND, **run},
             )
 
+    def run_phase(optimiser, phase_loss, steps, losses, desc, shown, clip_parameters=None):
+        """Adam steps ``state["step"]`` .. ``steps`` - 1 of one phase on fresh minibatches: each loss appended to
+        ``state[losses]``, the bar showing it every 50 steps as ``shown`` = (name, format), a checkpoint every
+        ``checkpoint_every`` steps; with ``clip_parameters``, their gradient norm is clipped to 50 first."""
+        batches = _batches(data, min(batch_size, len(data)), generator)
+        name, number_format = shown
+        bar = tqdm(range(state["step"], steps), desc=desc, unit="step", disable=not progress, mininterval=0.5)
+        for step in bar:
+            loss = phase_loss(prepare(next(batches)).to(device))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_parameters is not None:
+                torch.nn.utils.clip_grad_norm_(clip_parameters, 50.0)
+            optimiser.step()
+            state[losses].append(loss.item())
+            state["step"] = step + 1
+            if step % 50 == 0:
+                bar.set_postfix({name: format(loss.item(), number_format)})
+            if checkpoint_every and state["step"] % checkpoint_every == 0:
+                save(optimiser)
+
     # Phase 1: autoencoders (Eq. 4).
     if state["phase"] == "autoencoder":
         params = [p for ae in model.autoencoders for p in ae.parameters()]
@@ -508,25 +523,14 @@ def fit(
             optimiser.load_state_dict(optimiser_state)
             optimiser_state = None
         model.train()
-        batches = _batches(data, min(batch_size, len(data)), generator)
-        bar = tqdm(
-            range(state["step"], autoencoder_steps),
-            desc="autoencoders (MSE, Eq. 4)",
-            unit="step",
-            disable=not progress,
-            mininterval=0.5,
+        run_phase(
+            optimiser,
+            model.autoencoder_loss,
+            autoencoder_steps,
+            "autoencoder_losses",
+            "autoencoders (MSE, Eq. 4)",
+            ("mse", ".4f"),
         )
-        for step in bar:
-            loss = model.autoencoder_loss(prepare(next(batches)).to(device))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            state["autoencoder_losses"].append(loss.item())
-            state["step"] = step + 1
-            if step % 50 == 0:
-                bar.set_postfix(mse=f"{loss.item():.4f}")
-            if checkpoint_every and state["step"] % checkpoint_every == 0:
-                save(optimiser)
         state["phase"], state["step"] = "flow", 0
         save(None)
 
@@ -538,30 +542,19 @@ def fit(
         optimiser.load_state_dict(optimiser_state)
     model.autoencoders.eval()
     model.flows.train()
-    batches = _batches(data, min(batch_size, len(data)), generator)
     if state["step"] == 0:
         with torch.no_grad():  # ActNorm's data-dependent initialisation on a large batch
             init = data[torch.randperm(len(data), generator=generator)[:512]]
             model.flow_log_py(prepare(init).to(device))
-    bar = tqdm(
-        range(state["step"], flow_steps),
-        desc="flows (-log p_Y, Eq. 5)",
-        unit="step",
-        disable=not progress,
-        mininterval=0.5,
+    run_phase(
+        optimiser,
+        model.flow_loss,
+        flow_steps,
+        "flow_losses",
+        "flows (-log p_Y, Eq. 5)",
+        ("nll_per_dim", ".3f"),
+        clip_parameters=list(model.flows.parameters()),
     )
-    for step in bar:
-        loss = model.flow_loss(prepare(next(batches)).to(device))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.flows.parameters(), 50.0)
-        optimiser.step()
-        state["flow_losses"].append(loss.item())
-        state["step"] = step + 1
-        if step % 50 == 0:
-            bar.set_postfix(nll_per_dim=f"{loss.item():.3f}")
-        if checkpoint_every and state["step"] % checkpoint_every == 0:
-            save(optimiser)
     state["phase"] = "done"
     save(optimiser)
     for p in model.autoencoders.parameters():

@@ -9,6 +9,8 @@
   uninitialised memory.
 * Value ranges that depend on the compute dtype (a scale whose reciprocal
   overflows it): the compiled kernels apply the same limits.
+* Outputs of the fake kernels: ``empty_contiguous_like``, the contiguous
+  tensors the compiled kernels return whatever the inputs' strides.
 """
 
 from __future__ import annotations
@@ -92,6 +94,11 @@ def check_on_device_of(
     """``tensor`` (if given) must be on ``like``'s device."""
     if tensor is not None:
         check_device(tensor.device == like.device, message, value_error=value_error)
+
+
+def empty_contiguous_like(tensor: torch.Tensor) -> torch.Tensor:
+    """A fake kernel's output of ``tensor``'s shape, dtype and device, in the contiguous layout the kernels write."""
+    return torch.empty_like(tensor, memory_format=torch.contiguous_format)
 
 
 # ---------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from manifold_ext.ops._checks import as_bool, as_float, check_device
+from manifold_ext.ops._checks import as_bool, as_float, check_device, empty_contiguous_like
 from manifold_ext.ops._second_order import differentiable_leaf, register_backward_op_autograd, vjp
 
 COUPLING_SCALES = ("glow", "exp", "softclamp")
@@ -143,7 +143,7 @@ def _check_inputs(x, h):
 def _affine_coupling_fake(x, h, scale, layout, clamp, reverse):
     _check_mode(scale, layout, clamp)
     _check_inputs(x, h)
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    y = empty_contiguous_like(x)
     logdet = x.new_empty((x.shape[0],), dtype=_logdet_dtype(x.dtype))
     return y, logdet
 
@@ -156,10 +156,7 @@ def _affine_coupling_backward_fake(grad_y, grad_logdet, x, h, scale, layout, cla
         grad_y.device == x.device and grad_logdet.device == x.device,
         lambda: f"affine_coupling_backward: gradients must be on the device of x ({x.device})",
     )
-    return (
-        torch.empty_like(x, memory_format=torch.contiguous_format),
-        torch.empty_like(h, memory_format=torch.contiguous_format),
-    )
+    return empty_contiguous_like(x), empty_contiguous_like(h)
 
 
 def _setup_context(ctx, inputs, output):

@@ -19,7 +19,14 @@ import math
 
 import torch
 
-from manifold_ext.ops._checks import as_float, as_optional_float, check_device, compute_dtype
+from manifold_ext.ops._checks import (
+    as_float,
+    as_optional_float,
+    check_device,
+    check_on_device_of,
+    compute_dtype,
+    empty_contiguous_like,
+)
 from manifold_ext.ops._second_order import differentiable_leaf, register_backward_op_autograd, vjp
 
 DEFAULT_SIGMA0 = 1.0 / 16.0  # paper 000 §4.2, Eq. 27: "sigma0 = 1/16 in some of our experiments"
@@ -210,6 +217,12 @@ def _check_posterior(mu, logvar, op: str) -> None:
     )
 
 
+def _check_on_device_of_mu(tensor, name: str, mu, op: str) -> None:
+    check_on_device_of(
+        tensor, mu, lambda: f"{op}: {name} must be on the device of mu ({mu.device}), got {tensor.device}"
+    )
+
+
 def _check_centres(mu, centres, op: str) -> None:
     torch._check(
         centres.dim() == 2 and centres.shape[1] == mu.shape[1],
@@ -218,10 +231,7 @@ def _check_centres(mu, centres, op: str) -> None:
             f"got {list(centres.shape)}"
         ),
     )
-    check_device(
-        centres.device == mu.device,
-        lambda: f"{op}: centres must be on the device of mu ({mu.device}), got {centres.device}",
-    )
+    _check_on_device_of_mu(centres, "centres", mu, op)
 
 
 @torch.library.register_fake("manifold_ext::closest_centre_kl")
@@ -240,10 +250,7 @@ def _closest_centre_kl_fake(mu, logvar, target, mask, sigma0, spacing, offset, l
             target.shape == mu.shape,
             lambda: f"{op}: target must have the shape of mu {list(mu.shape)}, got {list(target.shape)}",
         )
-        check_device(
-            target.device == mu.device,
-            lambda: f"{op}: target must be on the device of mu ({mu.device}), got {target.device}",
-        )
+        _check_on_device_of_mu(target, "target", mu, op)
     if mask is not None:
         torch._check(
             mask.shape == mu.shape or (mask.dim() == 1 and mask.shape[0] == mu.shape[1]),
@@ -251,11 +258,9 @@ def _closest_centre_kl_fake(mu, logvar, target, mask, sigma0, spacing, offset, l
                 f"{op}: mask must have shape [n] = [{mu.shape[1]}] or [B, n] = {list(mu.shape)}, got {list(mask.shape)}"
             ),
         )
-        check_device(
-            mask.device == mu.device, lambda: f"{op}: mask must be on the device of mu ({mu.device}), got {mask.device}"
-        )
+        _check_on_device_of_mu(mask, "mask", mu, op)
     kl = mu.new_empty((mu.shape[0],), dtype=_kl_dtype(mu.dtype))
-    return kl, torch.empty_like(mu, memory_format=torch.contiguous_format)
+    return kl, empty_contiguous_like(mu)
 
 
 @torch.library.register_fake("manifold_ext::closest_centre_kl_backward")
@@ -267,10 +272,7 @@ def _closest_centre_kl_backward_fake(grad_kl, mu, logvar, centre, sigma0):
         grad_kl.device == mu.device and centre.device == mu.device,
         lambda: f"{op}: grad_kl and centre must be on the device of mu ({mu.device})",
     )
-    return (
-        torch.empty_like(mu, memory_format=torch.contiguous_format),
-        torch.empty_like(logvar, memory_format=torch.contiguous_format),
-    )
+    return empty_contiguous_like(mu), empty_contiguous_like(logvar)
 
 
 @torch.library.register_fake("manifold_ext::nearest_centre_kl")
@@ -293,10 +295,7 @@ def _nearest_centre_kl_backward_fake(grad_kl, mu, logvar, centres, index, sigma0
         grad_kl.device == mu.device and index.device == mu.device,
         lambda: f"{op}: grad_kl and index must be on the device of mu ({mu.device})",
     )
-    return (
-        torch.empty_like(mu, memory_format=torch.contiguous_format),
-        torch.empty_like(logvar, memory_format=torch.contiguous_format),
-    )
+    return empty_contiguous_like(mu), empty_contiguous_like(logvar)
 
 
 def _closest_setup_context(ctx, inputs, output):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from manifold_ext.ops._checks import as_float, check_device
+from manifold_ext.ops._checks import as_float, check_device, empty_contiguous_like
 from manifold_ext.ops._docs import fill_doc
 from manifold_ext.ops._second_order import differentiable_leaf, refuse_gradient, register_backward_op_autograd, vjp
 
@@ -403,14 +403,10 @@ def _check_nll(op, acc, x_t, x_next, eps, abar_t, abar_next):
     _check_abar(abar_next, x_t, op, "abar_next")
 
 
-def _contiguous_like(x):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
 @torch.library.register_fake("manifold_ext::diffusion_nll_step")
 def _nll_step_fake(acc, x_t, x_next, eps, abar_t, abar_next):
     _check_nll("diffusion_nll_step", acc, x_t, x_next, eps, abar_t, abar_next)
-    return _contiguous_like(acc)
+    return empty_contiguous_like(acc)
 
 
 @torch.library.register_fake("manifold_ext::diffusion_nll_step_backward")
@@ -421,7 +417,7 @@ def _nll_step_backward_fake(grad_acc, x_t, x_next, eps, abar_t, abar_next):
         lambda: f"{op}: grad_acc must have shape [B] = [{x_t.shape[0]}], got {list(grad_acc.shape)}",
     )
     _check_nll(op, grad_acc.to(torch.float64), x_t, x_next, eps, abar_t, abar_next)
-    return _contiguous_like(x_t), _contiguous_like(x_t), _contiguous_like(x_t)
+    return empty_contiguous_like(x_t), empty_contiguous_like(x_t), empty_contiguous_like(x_t)
 
 
 @torch.library.register_fake("manifold_ext::diffusion_nll_step_and_forward")
@@ -430,7 +426,7 @@ def _nll_step_and_forward_fake(acc, x_t, x_next, eps, noise, abar_t, abar_next, 
     _check_nll(op, acc, x_t, x_next, eps, abar_t, abar_next)
     _check_like(noise, x_t, op, "noise", "x_t")
     _check_abar(abar_after, x_t, op, "abar_after")
-    return _contiguous_like(acc), _contiguous_like(x_next)
+    return empty_contiguous_like(acc), empty_contiguous_like(x_next)
 
 
 def _linear_step_fake(op, x, eps, noise, abar_a, abar_b, x_name="x_t", eps_name="eps", names=None):
@@ -441,7 +437,7 @@ def _linear_step_fake(op, x, eps, noise, abar_a, abar_b, x_name="x_t", eps_name=
     name_a, name_b = names or ("abar_t", "abar_next" if op == "diffusion_forward_step" else "abar_prev")
     _check_abar(abar_a, x, op, name_a)
     _check_abar(abar_b, x, op, name_b)
-    return _contiguous_like(x)
+    return empty_contiguous_like(x)
 
 
 def _check_eta_fake(eta, op):
@@ -483,14 +479,14 @@ def _step_backward_fake(grad, step, abar_a, abar_b, eta):
     _check_batched(grad, op, "grad")
     _check_abar(abar_a, grad, op, "abar_a")
     _check_abar(abar_b, grad, op, "abar_b")
-    return _contiguous_like(grad), _contiguous_like(grad), _contiguous_like(grad)
+    return empty_contiguous_like(grad), empty_contiguous_like(grad), empty_contiguous_like(grad)
 
 
 def _rk4_fake(op, like, like_name, *ks):
     for index, k in enumerate(ks):
         name = f"k{index + 1}" if like_name == "x" else f"k{index + 2}"
         _check_like(k, like, op, name, like_name)
-    return _contiguous_like(like)
+    return empty_contiguous_like(like)
 
 
 @torch.library.register_fake("manifold_ext::rk4_combine")

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from manifold_ext.ops._checks import as_float, check_device, compute_dtype
+from manifold_ext.ops._checks import as_float, check_device, compute_dtype, empty_contiguous_like
 from manifold_ext.ops._second_order import differentiable_leaf, register_backward_op_autograd, vjp
 
 
@@ -134,13 +134,7 @@ def _gaussian_elbo_backward_fake(grad_elbo, grad_kl, x, x_mean, mu, logvar, deco
             lambda: f"{op}: grad_elbo and grad_kl must have shape [B] = [{x.shape[0]}], got {list(grad.shape)}",
         )
         check_device(grad.device == x.device, lambda: f"{op}: gradients must be on the device of x ({x.device})")
-    contiguous = torch.contiguous_format
-    return (
-        torch.empty_like(x, memory_format=contiguous),
-        torch.empty_like(x, memory_format=contiguous),
-        torch.empty_like(mu, memory_format=contiguous),
-        torch.empty_like(mu, memory_format=contiguous),
-    )
+    return empty_contiguous_like(x), empty_contiguous_like(x), empty_contiguous_like(mu), empty_contiguous_like(mu)
 
 
 def _setup_context(ctx, inputs, output):

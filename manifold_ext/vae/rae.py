@@ -23,9 +23,9 @@ import math
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from manifold_ext._optional import require
+from manifold_ext._progress import transient_bar
 from manifold_ext._training import train_loop
 from manifold_ext.ops import closest_centre_kl, nearest_centre_kl
 from manifold_ext.vae.networks import decoder_mean, make_decoder, make_encoder, reconstruction_nll
@@ -172,6 +172,19 @@ def train_autoencoder(
     return log.loss
 
 
+def _threshold(index: int, doc: str) -> property:
+    """A float property stored in ``self.thresholds[index]`` (a buffer, so the thresholds travel with the
+    state dict and the device)."""
+
+    def get(self) -> float:
+        return float(self.thresholds[index])
+
+    def set(self, value: float) -> None:
+        self.thresholds[index] = float(value)
+
+    return property(get, set, doc=doc)
+
+
 class GMMClassifier(nn.Module):
     """Classifier with a Gaussian-mixture latent space and rejection (thesis 004 ch. 4).
 
@@ -257,23 +270,8 @@ class GMMClassifier(nn.Module):
         z = self.encode(x)
         return -0.5 * (z[:, None, :] - self.centres[None]).square().sum(-1)
 
-    @property
-    def tau_enc(self) -> float:
-        """Rejection threshold on the squared Mahalanobis distance of the code (§4.6)."""
-        return float(self.thresholds[0])
-
-    @tau_enc.setter
-    def tau_enc(self, value: float) -> None:
-        self.thresholds[0] = float(value)
-
-    @property
-    def tau_dec(self) -> float:
-        """Rejection threshold on the reconstruction error (§4.6)."""
-        return float(self.thresholds[1])
-
-    @tau_dec.setter
-    def tau_dec(self, value: float) -> None:
-        self.thresholds[1] = float(value)
+    tau_enc = _threshold(0, "Rejection threshold on the squared Mahalanobis distance of the code (§4.6).")
+    tau_dec = _threshold(1, "Rejection threshold on the reconstruction error (§4.6).")
 
     @property
     def calibrated(self) -> bool:
@@ -449,14 +447,7 @@ class GMMClassifier(nn.Module):
             raise ValueError(f"{who}: starts must be codes [S, {self.latent_dim}] with S >= 1, got {shape}")
         starts = starts.detach().to(device=self.centres.device, dtype=self.centres.dtype)
         chunks = x.split(batch_size) if x.shape[0] else (x,)
-        with tqdm(
-            total=steps * len(chunks),
-            desc="reclassifying (Eq. 4.8)",
-            unit="step",
-            mininterval=0.5,
-            disable=not progress,
-            leave=False,
-        ) as bar:
+        with transient_bar(steps * len(chunks), "reclassifying (Eq. 4.8)", progress) as bar:
             z, error, start = (
                 torch.cat(parts) for parts in zip(*(self._invert_decoder(c, starts, steps, lr, bar) for c in chunks))
             )

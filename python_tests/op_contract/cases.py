@@ -228,6 +228,16 @@ class OpCase:
             else:
                 torch.testing.assert_close(ours.detach().to(want.dtype), want.detach(), equal_nan=True, **tol)
 
+    def check_nan_pattern(self, sample: Sample, where: str, integers_equal: bool = True) -> None:
+        """The op's floating outputs are NaN exactly where the reference's are (raises AssertionError naming
+        ``where``); with ``integers_equal`` its integer outputs equal the reference's too."""
+        got, want = self(sample), as_tuple(self.reference(*sample.args, **sample.kwargs))
+        for a, b in zip(got, want):
+            if a.is_floating_point():
+                assert torch.equal(torch.isnan(a), torch.isnan(b)), f"{where}: NaN pattern differs from the reference"
+            elif integers_equal:
+                assert torch.equal(a, b), f"{where}: integer outputs differ from the reference"
+
 
 def default_tolerance(dtype):
     return dict(rtol=1e-10, atol=1e-10) if dtype == F64 else dict(rtol=1e-5, atol=1e-5)
@@ -235,6 +245,17 @@ def default_tolerance(dtype):
 
 def exact(dtype, sample):
     return dict(rtol=0, atol=0)
+
+
+def op_case(name: str, build: Callable[[dict, Maker], Sample], **fields) -> OpCase:
+    """The :class:`OpCase` of ``manifold_ext.ops.<name>``, checked against ``manifold_ext.reference.<name>_reference``
+    (every wrapper and its reference share the name this way; ``test_docs_and_signatures`` checks the pairs)."""
+    return OpCase(name=name, op=getattr(ops, name), reference=getattr(ref, f"{name}_reference"), build=build, **fields)
+
+
+def integer_case(name: str, build: Callable[[dict, Maker], Sample], **fields) -> OpCase:
+    """A case of an op on integer (packed bit-pattern) tensors: not differentiable, int64 only, exact, no NaN."""
+    return op_case(name, build, differentiable=False, dtypes=(torch.int64,), tolerance=exact, nan_rule="none", **fields)
 
 
 # ---------------------------------------------------------------------------
@@ -300,11 +321,9 @@ def _coupling_strategy():
     )
 
 
-AFFINE_COUPLING = OpCase(
-    name="affine_coupling",
-    op=ops.affine_coupling,
-    reference=ref.affine_coupling_reference,
-    build=_coupling,
+AFFINE_COUPLING = op_case(
+    "affine_coupling",
+    _coupling,
     params=[
         dict(shape=(2, 3, 5, 7), scale="glow", layout="cross", reverse=False),
         dict(shape=(3, 4), scale="exp", layout="split", reverse=True),
@@ -491,11 +510,9 @@ def _nll_and_forward_strategy():
     )
 
 
-DIFFUSION_NLL_STEP = OpCase(
-    name="diffusion_nll_step",
-    op=ops.diffusion_nll_step,
-    reference=ref.diffusion_nll_step_reference,
-    build=_nll,
+DIFFUSION_NLL_STEP = op_case(
+    "diffusion_nll_step",
+    _nll,
     params=[
         dict(shape=(5, 2), abar=(0.9, 0.8)),
         dict(shape=(3, 3, 5, 7), abar=(1.0, 0.999)),
@@ -515,11 +532,9 @@ DIFFUSION_NLL_STEP = OpCase(
     strategy=_nll_strategy,
 )
 
-DIFFUSION_NLL_STEP_AND_FORWARD = OpCase(
-    name="diffusion_nll_step_and_forward",
-    op=ops.diffusion_nll_step_and_forward,
-    reference=ref.diffusion_nll_step_and_forward_reference,
-    build=_nll_and_forward,
+DIFFUSION_NLL_STEP_AND_FORWARD = op_case(
+    "diffusion_nll_step_and_forward",
+    _nll_and_forward,
     params=[
         dict(shape=(37, 2), abar=(0.9, 0.8, 0.7)),
         dict(shape=(3, 3, 8, 8), abar=(1.0, 0.99, 0.5)),
@@ -534,11 +549,9 @@ DIFFUSION_NLL_STEP_AND_FORWARD = OpCase(
     strategy=_nll_and_forward_strategy,
 )
 
-DIFFUSION_FORWARD_STEP = OpCase(
-    name="diffusion_forward_step",
-    op=ops.diffusion_forward_step,
-    reference=ref.diffusion_forward_step_reference,
-    build=lambda p, m: _linear_step_sample(p, m, "forward", False),
+DIFFUSION_FORWARD_STEP = op_case(
+    "diffusion_forward_step",
+    lambda p, m: _linear_step_sample(p, m, "forward", False),
     params=[
         dict(shape=(37, 2), abar=(1.0, 0.5)),
         dict(shape=(3, 3, 5, 7), abar=(0.9, 0.9)),
@@ -563,12 +576,10 @@ _STEP_PARAMS = [
 _STEP_GRADCHECK = [dict(shape=(4, 3), abar=(0.4, 0.7)), dict(shape=(4, 3), abar="per_sample", noise=False)]
 
 
-def _step_case(name, op, reference, with_eta=False, extra_params=()):
-    return OpCase(
-        name=name,
-        op=op,
-        reference=reference,
-        build=lambda p, m: _linear_step_sample(p, m, "backward", with_eta),
+def _step_case(name, with_eta=False, extra_params=()):
+    return op_case(
+        name,
+        lambda p, m: _linear_step_sample(p, m, "backward", with_eta),
         params=list(_STEP_PARAMS) + list(extra_params),
         gradcheck_params=list(_STEP_GRADCHECK),
         big_params=[dict(shape=(64, 3, 32, 32), abar=(0.4, 0.6))],
@@ -589,15 +600,13 @@ def _step_case(name, op, reference, with_eta=False, extra_params=()):
     )
 
 
-DDPM_STEP = _step_case("ddpm_step", ops.ddpm_step, ref.ddpm_step_reference)
+DDPM_STEP = _step_case("ddpm_step")
 DDIM_STEP = _step_case(
     "ddim_step",
-    ops.ddim_step,
-    ref.ddim_step_reference,
     with_eta=True,
     extra_params=[dict(shape=(9, 2), abar=(0.3, 0.7), eta=1.0), dict(shape=(9, 2), abar=(0.3, 0.7), eta=0.0)],
 )
-LARGE_STEP = _step_case("large_step", ops.large_step, ref.large_step_reference)
+LARGE_STEP = _step_case("large_step")
 
 
 def _rk4(p, m: Maker, with_x: bool) -> Sample:
@@ -624,22 +633,18 @@ _RK4_PARAMS = [
     dict(shape=(10_001,)),
     dict(shape=()),
 ]
-RK4_COMBINE = OpCase(
-    name="rk4_combine",
-    op=ops.rk4_combine,
-    reference=ref.rk4_combine_reference,
-    build=lambda p, m: _rk4(p, m, False),
+RK4_COMBINE = op_case(
+    "rk4_combine",
+    lambda p, m: _rk4(p, m, False),
     params=_RK4_PARAMS,
     gradcheck_params=[dict(shape=(3, 4))],
     big_params=[dict(shape=(1 << 18,))],
     strategy=_rk4_strategy(False),
     has_backward_op=False,
 )
-RK4_UPDATE = OpCase(
-    name="rk4_update",
-    op=ops.rk4_update,
-    reference=ref.rk4_update_reference,
-    build=lambda p, m: _rk4(p, m, True),
+RK4_UPDATE = op_case(
+    "rk4_update",
+    lambda p, m: _rk4(p, m, True),
     params=_RK4_PARAMS,
     gradcheck_params=[dict(shape=(3, 4), h=-0.3)],
     big_params=[dict(shape=(1 << 18,))],
@@ -651,7 +656,17 @@ RK4_UPDATE = OpCase(
 # ---------------------------------------------------------------------------
 # Op family 4: closest-centre and nearest-centre KL
 # ---------------------------------------------------------------------------
-CLOSEST_MODES = ("unguided", "clipped", "low-only", "grid", "guided", "partial-dim", "partial-elem")
+# The fixed keyword arguments of each closest_centre_kl mode; "guided" and "partial-*" also draw a target, "partial-dim"
+# a mask per latent dimension and "partial-elem" one per element (test_closest_centre_kl.py draws its own too).
+CLOSEST_MODES = {
+    "unguided": {},
+    "clipped": dict(low=-2.0, high=3.0),
+    "low-only": dict(low=-1.0),
+    "grid": dict(spacing=0.75, offset=0.3, low=-1.2, high=2.7, sigma0=0.2),
+    "guided": {},
+    "partial-dim": dict(low=-2.0, high=3.0),
+    "partial-elem": {},
+}
 
 
 def _closest(p, m: Maker) -> Sample:
@@ -663,18 +678,13 @@ def _closest(p, m: Maker) -> Sample:
         mu = m.randn(shape, scale=3.0)
     logvar = m.randn(shape, shift=-4.0 if not p.get("near_centres") else -1.0)
     kwargs = {}
-    if mode == "clipped":
-        kwargs = dict(low=-2.0, high=3.0)
-    elif mode == "low-only":
-        kwargs = dict(low=-1.0)
-    elif mode == "grid":
-        kwargs = dict(spacing=0.75, offset=0.3, low=-1.2, high=2.7, sigma0=0.2)
-    elif mode == "guided":
-        kwargs = dict(target=m.randn(shape))
-    elif mode == "partial-dim":
-        kwargs = dict(target=m.randn(shape), mask=m.bools((shape[1],)), low=-2.0, high=3.0)
+    if mode in ("guided", "partial-dim", "partial-elem"):
+        kwargs["target"] = m.randn(shape)
+    if mode == "partial-dim":
+        kwargs["mask"] = m.bools((shape[1],))
     elif mode == "partial-elem":
-        kwargs = dict(target=m.randn(shape), mask=m.bools(shape, p=0.7))
+        kwargs["mask"] = m.bools(shape, p=0.7)
+    kwargs.update(CLOSEST_MODES[mode])
     if "sigma0" in p:
         kwargs["sigma0"] = p["sigma0"]
     return Sample((mu, logvar), kwargs, f"{shape}-{mode}")
@@ -693,15 +703,13 @@ def _closest_strategy():
     from hypothesis import strategies as st
 
     return st.fixed_dictionaries(
-        dict(shape=st.tuples(st.integers(0, 5), st.integers(0, 6)), mode=st.sampled_from(CLOSEST_MODES))
+        dict(shape=st.tuples(st.integers(0, 5), st.integers(0, 6)), mode=st.sampled_from(list(CLOSEST_MODES)))
     )
 
 
-CLOSEST_CENTRE_KL = OpCase(
-    name="closest_centre_kl",
-    op=ops.closest_centre_kl,
-    reference=ref.closest_centre_kl_reference,
-    build=_closest,
+CLOSEST_CENTRE_KL = op_case(
+    "closest_centre_kl",
+    _closest,
     params=[
         dict(shape=(7, 2), mode="unguided"),
         dict(shape=(5, 3), mode="clipped"),
@@ -774,11 +782,9 @@ def _nearest_strategy():
     )
 
 
-NEAREST_CENTRE_KL = OpCase(
-    name="nearest_centre_kl",
-    op=ops.nearest_centre_kl,
-    reference=ref.nearest_centre_kl_reference,
-    build=_nearest,
+NEAREST_CENTRE_KL = op_case(
+    "nearest_centre_kl",
+    _nearest,
     params=[
         dict(shape=(1, 1, 1)),
         dict(shape=(7, 2, 36)),
@@ -827,11 +833,9 @@ def _elbo_strategy():
     )
 
 
-GAUSSIAN_ELBO = OpCase(
-    name="gaussian_elbo",
-    op=ops.gaussian_elbo,
-    reference=ref.gaussian_elbo_reference,
-    build=_elbo,
+GAUSSIAN_ELBO = op_case(
+    "gaussian_elbo",
+    _elbo,
     params=[
         dict(x_shape=(1, 1, 1, 1), z_shape=(1, 1)),
         dict(x_shape=(2, 1, 8, 8), z_shape=(2, 8), decoder_logvar=-4.6),
@@ -889,11 +893,9 @@ NETWORKS = [
     dict(widths=(100, 29), d=8),
 ]
 
-ACTIVATION_PATTERNS = OpCase(
-    name="activation_patterns",
-    op=ops.activation_patterns,
-    reference=ref.activation_patterns_reference,
-    build=_activation,
+ACTIVATION_PATTERNS = op_case(
+    "activation_patterns",
+    _activation,
     differentiable=False,
     params=[{**net, "n": n} for net, n in zip(NETWORKS, (17, 1, 300, 0, 5, 40))],
     big_params=[dict(widths=(64, 64), d=8, n=20_000)],
@@ -930,33 +932,17 @@ def _units_strategy():
 
 
 _UNITS_PARAMS = [dict(n=37, units=u) for u in (0, 1, 63, 64, 65, 130)] + [dict(n=0, units=70)]
-UNPACK_PATTERNS = OpCase(
-    name="unpack_patterns",
-    op=ops.unpack_patterns,
-    reference=ref.unpack_patterns_reference,
-    build=_unpack,
-    differentiable=False,
-    dtypes=(torch.int64,),
-    params=_UNITS_PARAMS,
-    big_params=[dict(n=20_000, units=1000)],
-    tolerance=exact,
-    nan_rule="none",
-    strategy=_units_strategy,
-)
-PACK_PATTERNS = OpCase(
-    name="pack_patterns",
-    op=ops.pack_patterns,
-    reference=ref.pack_patterns_reference,
-    build=_pack,
-    differentiable=False,
-    dtypes=(torch.int64,),
-    params=_UNITS_PARAMS,
-    big_params=[dict(n=20_000, units=1000)],
-    tolerance=exact,
-    nan_rule="none",
-    strategy=_units_strategy,
-    invalid_leaf=None,
-)
+
+
+def _units_case(name, build, **fields):
+    """pack_patterns and unpack_patterns: the same unit counts (around the 64-bit word edges) and big sample."""
+    return integer_case(
+        name, build, params=_UNITS_PARAMS, big_params=[dict(n=20_000, units=1000)], strategy=_units_strategy, **fields
+    )
+
+
+UNPACK_PATTERNS = _units_case("unpack_patterns", _unpack)
+PACK_PATTERNS = _units_case("pack_patterns", _pack, invalid_leaf=None)
 
 
 def _hamming(p, m: Maker) -> Sample:
@@ -976,26 +962,16 @@ def _hamming_strategy(with_k):
     return lambda: sizes.flatmap(lambda s: st.integers(0, s[1]).map(lambda k: dict(sizes=s, k=k)))
 
 
-HAMMING_DISTANCE = OpCase(
-    name="hamming_distance",
-    op=ops.hamming_distance,
-    reference=ref.hamming_distance_reference,
-    build=_hamming,
-    differentiable=False,
-    dtypes=(torch.int64,),
+HAMMING_DISTANCE = integer_case(
+    "hamming_distance",
+    _hamming,
     params=[dict(sizes=s) for s in [(0, 5, 1), (5, 0, 2), (1, 1, 1), (37, 1029, 1), (130, 600, 3), (20, 70, 17)]],
     big_params=[dict(sizes=(2000, 3000, 2))],
-    tolerance=exact,
-    nan_rule="none",
     strategy=_hamming_strategy(False),
 )
-HAMMING_TOPK = OpCase(
-    name="hamming_topk",
-    op=ops.hamming_topk,
-    reference=ref.hamming_topk_reference,
-    build=_hamming,
-    differentiable=False,
-    dtypes=(torch.int64,),
+HAMMING_TOPK = integer_case(
+    "hamming_topk",
+    _hamming,
     params=[
         dict(sizes=s, k=k)
         for s, k in [
@@ -1009,8 +985,6 @@ HAMMING_TOPK = OpCase(
         ]
     ],
     big_params=[dict(sizes=(2000, 3000, 2), k=10)],
-    tolerance=exact,
-    nan_rule="none",
     strategy=_hamming_strategy(True),
     invalid=[
         (dict(sizes=(3, 3, 1), k=3), lambda s: replace(s, args=(*s.args[:2], 5)), ValueError, "k must be in", True)
@@ -1027,11 +1001,9 @@ def _region(p, m: Maker) -> Sample:
     return Sample((weights, biases, patterns), {}, f"{p['widths']}-d{p['d']}")
 
 
-REGION_SYSTEM = OpCase(
-    name="region_system",
-    op=ops.region_system,
-    reference=ref.region_system_reference,
-    build=_region,
+REGION_SYSTEM = op_case(
+    "region_system",
+    _region,
     differentiable=False,
     params=NETWORKS + [dict(widths=(5, 4), d=2, patterns=0)],
     big_params=[dict(widths=(64, 64), d=8, patterns=500)],

@@ -23,6 +23,7 @@ from op_contract.cases import (
     CASES,
     DIFFERENTIABLE,
     F64,
+    OpCase,
     Sample,
     as_tuple,
     default_tolerance,
@@ -404,15 +405,24 @@ def test_nan_rule(case):
                     with pytest.raises(ValueError, match=case.nan_error):
                         case(poisoned)
                     continue
-                got = case(poisoned)
-                want = as_tuple(case.reference(*poisoned.args, **poisoned.kwargs))
-                for a, b in zip(got, want):
-                    if a.is_floating_point():
-                        assert torch.equal(torch.isnan(a), torch.isnan(b)), (
-                            f"{case.name}[{sample.name}] NaN in tensor {index}: NaN pattern differs from the reference"
-                        )
-                    else:
-                        assert torch.equal(a, b), f"{case.name}[{sample.name}] NaN in tensor {index}"
+                case.check_nan_pattern(poisoned, f"{case.name}[{sample.name}] NaN in tensor {index}")
+
+
+def test_check_nan_pattern_compares_integer_outputs_only_when_asked():
+    def op(x):
+        return x * 2, torch.zeros(x.shape[0], dtype=torch.int64)
+
+    def reference(x):
+        return x + x, torch.ones(x.shape[0], dtype=torch.int64)
+
+    case = OpCase(name="toy", op=op, reference=reference, build=None, params=[])
+    sample = Sample((torch.tensor([1.0, float("nan")]),), {}, "toy")
+    case.check_nan_pattern(sample, "toy", integers_equal=False)
+    with pytest.raises(AssertionError, match="toy: integer outputs differ from the reference"):
+        case.check_nan_pattern(sample, "toy")
+    case.op = lambda x: (x.nan_to_num(), reference(x)[1])  # the NaN replaced by a number
+    with pytest.raises(AssertionError, match="toy: NaN pattern differs from the reference"):
+        case.check_nan_pattern(sample, "toy", integers_equal=False)
 
 
 def _with_nan(t: torch.Tensor) -> torch.Tensor:

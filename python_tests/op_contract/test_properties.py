@@ -143,11 +143,8 @@ def test_nan_in_nan_out(name, data):
         else:
             case(sample)
         return
-    got = case(sample)
-    want = as_tuple(case.reference(*sample.args, **sample.kwargs))
-    for a, b in zip(got, want):
-        if a.is_floating_point():
-            assert torch.equal(torch.isnan(a), torch.isnan(b)), f"{case.name}: NaN pattern differs from the reference"
+    # only where NaN lands is the property here (integer outputs are compared in test_contract's NaN test)
+    case.check_nan_pattern(sample, case.name, integers_equal=False)
 
 
 @ALL_CASES

@@ -442,28 +442,19 @@ def _paper_rows(tables: dict, primary: str, setup: str) -> list[dict]:
                 setup=setup,
             )
         )
-        rows.append(
-            paper_row(
-                f"000-table1-{short}-after",
-                f"{title} accuracy after ELBO purification ('{primary}' rule)",
+
+        def purified(rule: str, id_suffix: str, note: str) -> dict:
+            return paper_row(
+                f"000-table1-{short}-after{id_suffix}",
+                f"{title} accuracy after ELBO purification ('{rule}' rule{note})",
                 PAPER_TABLE1[f"purified_{name}"],
-                tables[primary][f"purified_{name}"],
+                tables[rule][f"purified_{name}"],
                 unit="%",
                 setup=setup,
             )
-        )
-        for rule in RULES:
-            if rule != primary:
-                rows.append(
-                    paper_row(
-                        f"000-table1-{short}-after-{rule}",
-                        f"{title} accuracy after ELBO purification ('{rule}' rule; the paper does not state its rule)",
-                        PAPER_TABLE1[f"purified_{name}"],
-                        tables[rule][f"purified_{name}"],
-                        unit="%",
-                        setup=setup,
-                    )
-                )
+
+        rows.append(purified(primary, "", ""))
+        rows += [purified(rule, f"-{rule}", "; the paper does not state its rule") for rule in RULES if rule != primary]
     return rows
 
 

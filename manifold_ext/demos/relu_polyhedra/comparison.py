@@ -81,35 +81,28 @@ def table1_rows(rows: list[dict]) -> list[dict]:
         paper = TABLE1[(layers, nodes)]
         name = f"{layers}x{nodes}"
         setup = _seeds_note(row["seeds"], f"paper: {TABLE1_SEEDS}")
-        out += [
-            paper_row(
-                f"001-table1-{name}-R2",
-                f"Table 1 {name}: regions in R^2 (the paper's count)",
-                paper["mean"],
-                row["R2"]["mean"],
-                spread=row["R2"]["sd"],
-                unit="regions",
-                setup=setup,
+        for key, what, paper_key, unit, note in (
+            ("R2", "regions in R^2 (the paper's count)", "mean", "regions", ""),
+            (
+                "box",
+                "regions in [-1,1]^2 (paper's count is for the input space)",
+                "mean",
+                "regions",
+                "; counted in the box, the paper counts the whole input space",
             ),
-            paper_row(
-                f"001-table1-{name}-box",
-                f"Table 1 {name}: regions in [-1,1]^2 (paper's count is for the input space)",
-                paper["mean"],
-                row["box"]["mean"],
-                spread=row["box"]["sd"],
-                unit="regions",
-                setup=setup + "; counted in the box, the paper counts the whole input space",
-            ),
-            paper_row(
-                f"001-table1-{name}-mse",
-                f"Table 1 {name}: validation MSE",
-                paper["mse"],
-                row["mse"]["mean"],
-                spread=row["mse"]["sd"],
-                unit="",
-                setup=setup,
-            ),
-        ]
+            ("mse", "validation MSE", "mse", "", ""),
+        ):
+            out.append(
+                paper_row(
+                    f"001-table1-{name}-{key}",
+                    f"Table 1 {name}: {what}",
+                    paper[paper_key],
+                    row[key]["mean"],
+                    spread=row[key]["sd"],
+                    unit=unit,
+                    setup=setup + note,
+                )
+            )
     return out
 
 
@@ -119,40 +112,24 @@ def digits_rows(digits: dict) -> list[dict]:
     if s1 is not None:
         nn = s1["nearest_neighbour"]
         setup = DIGITS_SETUP + "; structure 1 = 3x200"
-        out += [
-            paper_row(
-                "001-table3-hamming",
-                "Table 3: Hamming 1-NN accuracy on test points (structure 1, 3x200)",
-                TABLE3[1]["test"],
-                100 * nn["hamming"]["test"],
-                unit="%",
-                setup=setup,
-            ),
-            paper_row(
-                "001-table3-euclidean",
-                "Table 3: Euclidean 1-NN accuracy on test points",
-                TABLE3["euclidean"]["test"],
-                100 * nn["euclidean"]["test"],
-                unit="%",
-                setup=DIGITS_SETUP,
-            ),
-            paper_row(
-                "001-table3-hamming-train",
-                "Table 3: Hamming 1-NN accuracy on training points (leave one out; structure 1)",
-                TABLE3[1]["train"],
-                100 * nn["hamming"]["train"],
-                unit="%",
-                setup=setup,
-            ),
-            paper_row(
-                "001-table3-euclidean-train",
-                "Table 3: Euclidean 1-NN accuracy on training points (leave one out)",
-                TABLE3["euclidean"]["train"],
-                100 * nn["euclidean"]["train"],
-                unit="%",
-                setup=DIGITS_SETUP,
-            ),
-        ]
+        # Table 3, structure 1: 1-NN accuracy on test points, then on training points (leave one out)
+        for metric, split, what in (
+            ("hamming", "test", "Hamming 1-NN accuracy on test points (structure 1, 3x200)"),
+            ("euclidean", "test", "Euclidean 1-NN accuracy on test points"),
+            ("hamming", "train", "Hamming 1-NN accuracy on training points (leave one out; structure 1)"),
+            ("euclidean", "train", "Euclidean 1-NN accuracy on training points (leave one out)"),
+        ):
+            hamming = metric == "hamming"
+            out.append(
+                paper_row(
+                    f"001-table3-{metric}" + ("-train" if split == "train" else ""),
+                    f"Table 3: {what}",
+                    TABLE3[1 if hamming else "euclidean"][split],
+                    100 * nn[metric][split],
+                    unit="%",
+                    setup=setup if hamming else DIGITS_SETUP,
+                )
+            )
     for key, section in digits["structures"].items():
         k = int(key)
         layers, nodes = STRUCTURES[k]
