@@ -62,3 +62,17 @@ def test_shared_checks_are_defined_once_in_common(check):
     sources = [p for p in sorted(CSRC.rglob("*")) if p.suffix in {".h", ".cpp", ".cu", ".cuh"}]
     defined_in = [str(p.relative_to(CSRC)) for p in sources if definition.search(p.read_text())]
     assert defined_in == ["common/checks.h"]
+
+
+def test_cpu_and_cuda_register_one_op_list_per_family():
+    """A family with CUDA kernels registers its CPU and its CUDA kernels from the one list of its ops in its host
+    header (common/registration.h), so the two devices cannot drift apart op by op."""
+    families = sorted(p.parent.name for p in CSRC.glob("*/*_cuda.cu"))
+    assert families, "no CUDA sources found"
+    for family in families:
+        macro = f"MANIFOLD_EXT_{family.upper()}_OPS"
+        assert re.search(rf"#define {macro}\(X\)", (CSRC / family / f"{family}_host.h").read_text()), family
+        for source, key in ((f"{family}_cpu.cpp", "CPU"), (f"{family}_cuda.cu", "CUDA")):
+            text = (CSRC / family / source).read_text()
+            blocks = re.findall(rf"TORCH_LIBRARY_IMPL\(manifold_ext, {key}, m\) \{{([^}}]*)\}}", text)
+            assert blocks == [f" {macro}(MANIFOLD_EXT_IMPL_{key}) "], f"{source}: {blocks}"

@@ -480,7 +480,13 @@ def test_gridvae_demo_partial_guidance_compares_with_fig16(tmp_path):
         "000-gridvae-partial-dim2-second-digit",
         "000-gridvae-partial-cell-second-digit",
     }
-    assert comparison["second_digit_accuracy_from_the_cell"] >= comparison["second_digit_accuracy_from_free_dimension"]
+    # The cell refines dimension 2, but both accuracies are of majority maps on held-out images, so the cell's
+    # is not bounded below by the dimension's (in this 800-step run both sit at chance, 1/6, and which is larger
+    # flips with the last bits of training). What the summary must get right is the sentence it adds:
+    from_cell = comparison["second_digit_accuracy_from_the_cell"]
+    assert 0.0 <= from_cell <= 1.0
+    locally = from_cell > 2 * max(accuracy[1][1], chance) and learned != "yes"
+    assert ("Read from the grid cell" in comparison["verdict"]) == locally
     assert summary["run"]["seconds"] > 0
     assert (tmp_path / "grid_vae.png").stat().st_size > 20_000
 

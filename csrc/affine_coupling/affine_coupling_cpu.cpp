@@ -20,6 +20,7 @@
 #include "affine_coupling/affine_coupling_host.h"
 #include "common/checks.h"
 #include "common/cpu_capability.h"
+#include "common/registration.h"
 
 namespace manifold_ext {
 namespace affine_coupling {
@@ -188,10 +189,7 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cpu(const at::Tensor
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(manifold_ext, CPU, m) {
-  m.impl("affine_coupling", &affine_coupling_cpu);
-  m.impl("affine_coupling_backward", &affine_coupling_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(manifold_ext, CPU, m) { MANIFOLD_EXT_AFFINE_COUPLING_OPS(MANIFOLD_EXT_IMPL_CPU) }
 
 }  // namespace affine_coupling
 }  // namespace manifold_ext

@@ -26,6 +26,7 @@
 #include "affine_coupling/affine_coupling_host.h"
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "common/registration.h"
 
 namespace manifold_ext {
 namespace affine_coupling {
@@ -234,10 +235,7 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cuda(const at::Tenso
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(manifold_ext, CUDA, m) {
-  m.impl("affine_coupling", &affine_coupling_cuda);
-  m.impl("affine_coupling_backward", &affine_coupling_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(manifold_ext, CUDA, m) { MANIFOLD_EXT_AFFINE_COUPLING_OPS(MANIFOLD_EXT_IMPL_CUDA) }
 
 }  // namespace affine_coupling
 }  // namespace manifold_ext

@@ -12,6 +12,12 @@
 
 #include "affine_coupling/affine_coupling.h"
 
+// The ops of this family, listed once: the CPU and CUDA files register a
+// kernel for each (common/registration.h); the schemas are in affine_coupling_schema.cpp.
+#define MANIFOLD_EXT_AFFINE_COUPLING_OPS(X) \
+  X(affine_coupling)                        \
+  X(affine_coupling_backward)
+
 namespace manifold_ext {
 namespace affine_coupling {
 

@@ -69,6 +69,19 @@ MANIFOLD_EXT_HD T grid_centre(T mu, const Grid<T>& grid) {
   return hd_clip_above(hd_clip_below(centre, grid.low), grid.high);
 }
 
+// The scalars of one call, in double, as the host parses them (closest_centre_kl_host.h).
+struct ClosestCentreOptions {
+  CentreSource source;
+  double log_prior_var;  // log sigma0^2
+  double inv_prior_var;  // 1 / sigma0^2
+  double offset;
+  double spacing;
+  double low;             // -inf when unbounded
+  double high;            // +inf when unbounded
+  double inv_spacing;     // 1 / spacing
+  bool reciprocal_exact;  // spacing = 2^k, |k| <= 126: x * inv_spacing == x / spacing in float and double
+};
+
 // The prior component's variance sigma0^2, as the kernels use it.
 template <typename T>
 struct PriorVariance {

@@ -21,6 +21,7 @@
 #include "closest_centre_kl/closest_centre_kl_host.h"
 #include "common/checks.h"
 #include "common/cpu_capability.h"
+#include "common/registration.h"
 
 namespace manifold_ext {
 namespace closest_centre_kl {
@@ -35,11 +36,6 @@ constexpr int64_t kGatherRows = 256;
 
 int64_t row_grain(int64_t n, int64_t work_per_element = 1) {
   return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, n * work_per_element));
-}
-
-KlParams kl_params(const ClosestCentreOptions& o) {
-  return KlParams{o.source, o.log_prior_var, o.inv_prior_var, o.offset,          o.spacing,
-                  o.low,    o.high,          o.inv_spacing,   o.reciprocal_exact};
 }
 
 KlParams prior_only_params(double sigma0, CentreSource source) {
@@ -63,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor> closest_centre_kl_cpu(const at::Tensor& mu_in
   const int64_t n = mu.size(1);
   at::Tensor kl = at::empty({batch}, mu.options());                      // [B]
   at::Tensor centre = at::empty_like(mu, at::MemoryFormat::Contiguous);  // [B, n]
-  const KlParams params = kl_params(options);
+  const KlParams& params = options;
   const CpuIsa isa = cpu_isa();
 
   AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "closest_centre_kl_cpu", [&] {
@@ -241,12 +237,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_centre_kl_backward_cpu(const at::Tens
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(manifold_ext, CPU, m) {
-  m.impl("closest_centre_kl", &closest_centre_kl_cpu);
-  m.impl("closest_centre_kl_backward", &closest_centre_kl_backward_cpu);
-  m.impl("nearest_centre_kl", &nearest_centre_kl_cpu);
-  m.impl("nearest_centre_kl_backward", &nearest_centre_kl_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(manifold_ext, CPU, m) { MANIFOLD_EXT_CLOSEST_CENTRE_KL_OPS(MANIFOLD_EXT_IMPL_CPU) }
 
 }  // namespace closest_centre_kl
 }  // namespace manifold_ext

@@ -13,19 +13,9 @@
 namespace manifold_ext {
 namespace closest_centre_kl {
 
-// Scalars of the forward and backward passes, in double (the loops convert
-// them to their element type once).
-struct KlParams {
-  CentreSource source;
-  double log_prior_var;  // log sigma0^2
-  double inv_prior_var;  // 1 / sigma0^2
-  double offset;
-  double spacing;
-  double low;
-  double high;
-  double inv_spacing;
-  bool reciprocal_exact;
-};
+// The options of one call (closest_centre_kl.h), in double: the loops convert
+// them to their element type once.
+using KlParams = ClosestCentreOptions;
 
 template <typename scalar_t>
 struct ForwardRows {

@@ -26,6 +26,7 @@
 #include "closest_centre_kl/closest_centre_kl_host.h"
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "common/registration.h"
 
 namespace manifold_ext {
 namespace closest_centre_kl {
@@ -335,12 +336,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_centre_kl_backward_cuda(const at::Ten
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(manifold_ext, CUDA, m) {
-  m.impl("closest_centre_kl", &closest_centre_kl_cuda);
-  m.impl("closest_centre_kl_backward", &closest_centre_kl_backward_cuda);
-  m.impl("nearest_centre_kl", &nearest_centre_kl_cuda);
-  m.impl("nearest_centre_kl_backward", &nearest_centre_kl_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(manifold_ext, CUDA, m) { MANIFOLD_EXT_CLOSEST_CENTRE_KL_OPS(MANIFOLD_EXT_IMPL_CUDA) }
 
 }  // namespace closest_centre_kl
 }  // namespace manifold_ext

@@ -14,20 +14,16 @@
 #include "common/checks.h"
 #include "common/repr.h"
 
+// The ops of this family, listed once: the CPU and CUDA files register a
+// kernel for each (common/registration.h); the schemas are in closest_centre_kl_schema.cpp.
+#define MANIFOLD_EXT_CLOSEST_CENTRE_KL_OPS(X) \
+  X(closest_centre_kl)                        \
+  X(closest_centre_kl_backward)               \
+  X(nearest_centre_kl)                        \
+  X(nearest_centre_kl_backward)
+
 namespace manifold_ext {
 namespace closest_centre_kl {
-
-struct ClosestCentreOptions {
-  CentreSource source;
-  double log_prior_var;  // log sigma0^2
-  double inv_prior_var;  // 1 / sigma0^2
-  double offset;
-  double spacing;
-  double low;             // -inf when unbounded
-  double high;            // +inf when unbounded
-  double inv_spacing;     // 1 / spacing
-  bool reciprocal_exact;  // spacing = 2^k, |k| <= 126: x * inv_spacing == x / spacing in float and double
-};
 
 // Whether spacing is a power of two whose reciprocal is a normal number in
 // float32 too, so that multiplying by 1 / spacing rounds exactly as dividing

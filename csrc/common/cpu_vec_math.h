@@ -76,55 +76,40 @@ struct Ops<__m128> {
 };
 #endif
 
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-template <>
-struct Ops<__m256> {
-  using Pi = __m256i;
-  static __m256 set1(float v) { return _mm256_set1_ps(v); }
-  static __m256 max(__m256 a, __m256 b) { return _mm256_max_ps(a, b); }
-  static __m256 min(__m256 a, __m256 b) { return _mm256_min_ps(a, b); }
-  static __m256 mul(__m256 a, __m256 b) { return _mm256_mul_ps(a, b); }
-  static __m256 add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
-  static __m256 fmadd(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
-  static __m256 fnmadd(__m256 a, __m256 b, __m256 c) { return _mm256_fnmadd_ps(a, b, c); }
-  static __m256 round_even(__m256 x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static Pi to_int(__m256 x) { return _mm256_cvtps_epi32(x); }
-  static Pi add_int(Pi a, Pi b) { return _mm256_add_epi32(a, b); }
-  static Pi sub_int(Pi a, Pi b) { return _mm256_sub_epi32(a, b); }
-  static Pi set1_int(int v) { return _mm256_set1_epi32(v); }
-  static Pi half_int(Pi n) { return _mm256_srai_epi32(n, 1); }
-  static __m256 float_bits(Pi n) { return _mm256_castsi256_ps(_mm256_slli_epi32(n, 23)); }
-};
-inline __m256 max_of(__m256 a, __m256 b) { return _mm256_max_ps(a, b); }
-inline __m256d max_of(__m256d a, __m256d b) { return _mm256_max_pd(a, b); }
-inline __m256 min_of(__m256 a, __m256 b) { return _mm256_min_ps(a, b); }
-inline __m256d min_of(__m256d a, __m256d b) { return _mm256_min_pd(a, b); }
-#endif
+// The AVX2 and AVX-512 registers, from one definition: P is the intrinsics'
+// prefix (_mm256 / _mm512), BITS the integer-cast width, ROUND the round-to-
+// nearest-even intrinsic (the two ISAs name it differently).
+#define MANIFOLD_EXT_SIMD_FLOAT_OPS(Ps, PiType, Pd, P, BITS, ROUND)                                \
+  template <>                                                                                      \
+  struct Ops<Ps> {                                                                                 \
+    using Pi = PiType;                                                                             \
+    static Ps set1(float v) { return P##_set1_ps(v); }                                             \
+    static Ps max(Ps a, Ps b) { return P##_max_ps(a, b); }                                         \
+    static Ps min(Ps a, Ps b) { return P##_min_ps(a, b); }                                         \
+    static Ps mul(Ps a, Ps b) { return P##_mul_ps(a, b); }                                         \
+    static Ps add(Ps a, Ps b) { return P##_add_ps(a, b); }                                         \
+    static Ps fmadd(Ps a, Ps b, Ps c) { return P##_fmadd_ps(a, b, c); }                            \
+    static Ps fnmadd(Ps a, Ps b, Ps c) { return P##_fnmadd_ps(a, b, c); }                          \
+    static Ps round_even(Ps x) { return ROUND(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); } \
+    static Pi to_int(Ps x) { return P##_cvtps_epi32(x); }                                          \
+    static Pi add_int(Pi a, Pi b) { return P##_add_epi32(a, b); }                                  \
+    static Pi sub_int(Pi a, Pi b) { return P##_sub_epi32(a, b); }                                  \
+    static Pi set1_int(int v) { return P##_set1_epi32(v); }                                        \
+    static Pi half_int(Pi n) { return P##_srai_epi32(n, 1); }                                      \
+    static Ps float_bits(Pi n) { return P##_castsi##BITS##_ps(P##_slli_epi32(n, 23)); }            \
+  };                                                                                               \
+  inline Ps max_of(Ps a, Ps b) { return P##_max_ps(a, b); }                                        \
+  inline Pd max_of(Pd a, Pd b) { return P##_max_pd(a, b); }                                        \
+  inline Ps min_of(Ps a, Ps b) { return P##_min_ps(a, b); }                                        \
+  inline Pd min_of(Pd a, Pd b) { return P##_min_pd(a, b); }
 
-#if defined(CPU_CAPABILITY_AVX512)
-template <>
-struct Ops<__m512> {
-  using Pi = __m512i;
-  static __m512 set1(float v) { return _mm512_set1_ps(v); }
-  static __m512 max(__m512 a, __m512 b) { return _mm512_max_ps(a, b); }
-  static __m512 min(__m512 a, __m512 b) { return _mm512_min_ps(a, b); }
-  static __m512 mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
-  static __m512 add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
-  static __m512 fmadd(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
-  static __m512 fnmadd(__m512 a, __m512 b, __m512 c) { return _mm512_fnmadd_ps(a, b, c); }
-  static __m512 round_even(__m512 x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static Pi to_int(__m512 x) { return _mm512_cvtps_epi32(x); }
-  static Pi add_int(Pi a, Pi b) { return _mm512_add_epi32(a, b); }
-  static Pi sub_int(Pi a, Pi b) { return _mm512_sub_epi32(a, b); }
-  static Pi set1_int(int v) { return _mm512_set1_epi32(v); }
-  static Pi half_int(Pi n) { return _mm512_srai_epi32(n, 1); }
-  static __m512 float_bits(Pi n) { return _mm512_castsi512_ps(_mm512_slli_epi32(n, 23)); }
-};
-inline __m512 max_of(__m512 a, __m512 b) { return _mm512_max_ps(a, b); }
-inline __m512d max_of(__m512d a, __m512d b) { return _mm512_max_pd(a, b); }
-inline __m512 min_of(__m512 a, __m512 b) { return _mm512_min_ps(a, b); }
-inline __m512d min_of(__m512d a, __m512d b) { return _mm512_min_pd(a, b); }
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+MANIFOLD_EXT_SIMD_FLOAT_OPS(__m256, __m256i, __m256d, _mm256, 256, _mm256_round_ps)
 #endif
+#if defined(CPU_CAPABILITY_AVX512)
+MANIFOLD_EXT_SIMD_FLOAT_OPS(__m512, __m512i, __m512d, _mm512, 512, _mm512_roundscale_ps)
+#endif
+#undef MANIFOLD_EXT_SIMD_FLOAT_OPS
 
 template <typename Ps>
 inline Ps exp_ps(Ps x) {

@@ -24,6 +24,7 @@
 
 #include "common/checks.h"
 #include "common/cpu_capability.h"
+#include "common/registration.h"
 #include "diffusion/diffusion_cpu_rows.h"
 #include "diffusion/diffusion_host.h"
 
@@ -524,18 +525,7 @@ at::Tensor rk4_update_cpu(const at::Tensor& x, const at::Tensor& k1, const at::T
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(manifold_ext, CPU, m) {
-  m.impl("diffusion_nll_step", &diffusion_nll_step_cpu);
-  m.impl("diffusion_nll_step_backward", &diffusion_nll_step_backward_cpu);
-  m.impl("diffusion_nll_step_and_forward", &diffusion_nll_step_and_forward_cpu);
-  m.impl("diffusion_forward_step", &diffusion_forward_step_cpu);
-  m.impl("ddpm_step", &ddpm_step_cpu);
-  m.impl("ddim_step", &ddim_step_cpu);
-  m.impl("large_step", &large_step_cpu);
-  m.impl("diffusion_step_backward", &diffusion_step_backward_cpu);
-  m.impl("rk4_combine", &rk4_combine_cpu);
-  m.impl("rk4_update", &rk4_update_cpu);
-}
+TORCH_LIBRARY_IMPL(manifold_ext, CPU, m) { MANIFOLD_EXT_DIFFUSION_OPS(MANIFOLD_EXT_IMPL_CPU) }
 
 }  // namespace diffusion
 }  // namespace manifold_ext

@@ -36,6 +36,7 @@
 
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "common/registration.h"
 #include "diffusion/diffusion_device_checks.h"
 #include "diffusion/diffusion_host.h"
 
@@ -753,18 +754,7 @@ at::Tensor rk4_update_cuda(const at::Tensor& x, const at::Tensor& k1, const at::
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(manifold_ext, CUDA, m) {
-  m.impl("diffusion_nll_step", &diffusion_nll_step_cuda);
-  m.impl("diffusion_nll_step_backward", &diffusion_nll_step_backward_cuda);
-  m.impl("diffusion_nll_step_and_forward", &diffusion_nll_step_and_forward_cuda);
-  m.impl("diffusion_forward_step", &diffusion_forward_step_cuda);
-  m.impl("ddpm_step", &ddpm_step_cuda);
-  m.impl("ddim_step", &ddim_step_cuda);
-  m.impl("large_step", &large_step_cuda);
-  m.impl("diffusion_step_backward", &diffusion_step_backward_cuda);
-  m.impl("rk4_combine", &rk4_combine_cuda);
-  m.impl("rk4_update", &rk4_update_cuda);
-}
+TORCH_LIBRARY_IMPL(manifold_ext, CUDA, m) { MANIFOLD_EXT_DIFFUSION_OPS(MANIFOLD_EXT_IMPL_CUDA) }
 
 }  // namespace diffusion
 }  // namespace manifold_ext

@@ -18,6 +18,20 @@
 #include "common/repr.h"
 #include "diffusion/diffusion.h"
 
+// The ops of this family, listed once: the CPU and CUDA files register a
+// kernel for each (common/registration.h); the schemas are in diffusion_schema.cpp.
+#define MANIFOLD_EXT_DIFFUSION_OPS(X) \
+  X(diffusion_nll_step)               \
+  X(diffusion_nll_step_backward)      \
+  X(diffusion_nll_step_and_forward)   \
+  X(diffusion_forward_step)           \
+  X(ddpm_step)                        \
+  X(ddim_step)                        \
+  X(large_step)                       \
+  X(diffusion_step_backward)          \
+  X(rk4_combine)                      \
+  X(rk4_update)
+
 namespace manifold_ext {
 namespace diffusion {
 

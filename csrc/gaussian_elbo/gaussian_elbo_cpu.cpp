@@ -16,6 +16,7 @@
 #include <tuple>
 
 #include "common/checks.h"
+#include "common/registration.h"
 #include "gaussian_elbo/gaussian_elbo.h"
 #include "gaussian_elbo/gaussian_elbo_host.h"
 
@@ -149,10 +150,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_elbo_backwar
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(manifold_ext, CPU, m) {
-  m.impl("gaussian_elbo", &gaussian_elbo_cpu);
-  m.impl("gaussian_elbo_backward", &gaussian_elbo_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(manifold_ext, CPU, m) { MANIFOLD_EXT_GAUSSIAN_ELBO_OPS(MANIFOLD_EXT_IMPL_CPU) }
 
 }  // namespace gaussian_elbo
 }  // namespace manifold_ext

@@ -25,6 +25,7 @@
 
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "common/registration.h"
 #include "gaussian_elbo/gaussian_elbo.h"
 #include "gaussian_elbo/gaussian_elbo_host.h"
 
@@ -253,10 +254,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_elbo_backwar
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(manifold_ext, CUDA, m) {
-  m.impl("gaussian_elbo", &gaussian_elbo_cuda);
-  m.impl("gaussian_elbo_backward", &gaussian_elbo_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(manifold_ext, CUDA, m) { MANIFOLD_EXT_GAUSSIAN_ELBO_OPS(MANIFOLD_EXT_IMPL_CUDA) }
 
 }  // namespace gaussian_elbo
 }  // namespace manifold_ext

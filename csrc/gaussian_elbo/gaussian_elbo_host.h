@@ -11,6 +11,12 @@
 
 #include "common/repr.h"
 
+// The ops of this family, listed once: the CPU and CUDA files register a
+// kernel for each (common/registration.h); the schemas are in gaussian_elbo_schema.cpp.
+#define MANIFOLD_EXT_GAUSSIAN_ELBO_OPS(X) \
+  X(gaussian_elbo)                        \
+  X(gaussian_elbo_backward)
+
 namespace manifold_ext {
 namespace gaussian_elbo {
 

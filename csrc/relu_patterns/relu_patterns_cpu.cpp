@@ -21,6 +21,7 @@
 
 #include "common/checks.h"
 #include "common/cpu_capability.h"
+#include "common/registration.h"
 #include "relu_patterns/relu_patterns_cpu_rows.h"
 #include "relu_patterns/relu_patterns_host.h"
 
@@ -222,14 +223,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> region_system_cpu(at:
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(manifold_ext, CPU, m) {
-  m.impl("activation_patterns", &activation_patterns_cpu);
-  m.impl("unpack_patterns", &unpack_patterns_cpu);
-  m.impl("pack_patterns", &pack_patterns_cpu);
-  m.impl("hamming_distance", &hamming_distance_cpu);
-  m.impl("hamming_topk", &hamming_topk_cpu);
-  m.impl("region_system", &region_system_cpu);
-}
+TORCH_LIBRARY_IMPL(manifold_ext, CPU, m) { MANIFOLD_EXT_RELU_PATTERNS_OPS(MANIFOLD_EXT_IMPL_CPU) }
 
 }  // namespace relu_patterns
 }  // namespace manifold_ext

@@ -30,6 +30,7 @@
 
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "common/registration.h"
 #include "relu_patterns/relu_patterns_host.h"
 
 namespace manifold_ext {
@@ -383,14 +384,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> region_system_cuda(at
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(manifold_ext, CUDA, m) {
-  m.impl("activation_patterns", &activation_patterns_cuda);
-  m.impl("unpack_patterns", &unpack_patterns_cuda);
-  m.impl("pack_patterns", &pack_patterns_cuda);
-  m.impl("hamming_distance", &hamming_distance_cuda);
-  m.impl("hamming_topk", &hamming_topk_cuda);
-  m.impl("region_system", &region_system_cuda);
-}
+TORCH_LIBRARY_IMPL(manifold_ext, CUDA, m) { MANIFOLD_EXT_RELU_PATTERNS_OPS(MANIFOLD_EXT_IMPL_CUDA) }
 
 }  // namespace relu_patterns
 }  // namespace manifold_ext

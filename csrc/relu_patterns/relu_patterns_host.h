@@ -13,6 +13,16 @@
 
 #include "relu_patterns/relu_patterns.h"
 
+// The ops of this family, listed once: the CPU and CUDA files register a
+// kernel for each (common/registration.h); the schemas are in relu_patterns_schema.cpp.
+#define MANIFOLD_EXT_RELU_PATTERNS_OPS(X) \
+  X(activation_patterns)                  \
+  X(unpack_patterns)                      \
+  X(pack_patterns)                        \
+  X(hamming_distance)                     \
+  X(hamming_topk)                         \
+  X(region_system)
+
 namespace manifold_ext {
 namespace relu_patterns {
 
