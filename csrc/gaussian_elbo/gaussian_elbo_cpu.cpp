@@ -3,7 +3,8 @@
 // CUDA kernels).
 //
 // Determinism: each sample's sums run sequentially in one task, in double, so
-// results do not depend on the number of threads.
+// results do not depend on the number of threads. The per-sample loops are in
+// gaussian_elbo_cpu_vec.cpp (one copy per CPU ISA).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -18,6 +19,7 @@
 #include "common/checks.h"
 #include "common/registration.h"
 #include "gaussian_elbo/gaussian_elbo.h"
+#include "gaussian_elbo/gaussian_elbo_cpu_rows.h"
 #include "gaussian_elbo/gaussian_elbo_host.h"
 
 namespace manifold_ext {
@@ -31,24 +33,6 @@ int64_t sample_grain(const ElboGeometry& g) {
   return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, g.pixels + g.latents));
 }
 
-// Independent partial sums, so the per-sample reductions pipeline (and
-// vectorise) instead of waiting on one dependent chain of double adds; their
-// fixed combination order keeps the result deterministic.
-constexpr int kLanes = 8;
-
-template <typename scalar_t, typename TermFn>
-double lane_sum(int64_t n, TermFn term) {
-  double lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lanes[l] += term(i + l);
-  }
-  for (int l = 0; i < n; ++i, ++l) lanes[l] += term(i);
-  double total = 0.0;
-  for (int l = 0; l < kLanes; ++l) total += lanes[l];
-  return total;
-}
-
 std::tuple<at::Tensor, at::Tensor> gaussian_elbo_cpu(const at::Tensor& x_in, const at::Tensor& x_mean_in,
                                                      const at::Tensor& mu_in, const at::Tensor& logvar_in,
                                                      double decoder_logvar) {
@@ -60,10 +44,10 @@ std::tuple<at::Tensor, at::Tensor> gaussian_elbo_cpu(const at::Tensor& x_in, con
   const at::Tensor logvar = logvar_in.contiguous();     // [B, latents]
   at::Tensor elbo = at::empty({g.batch}, x.options());  // [B]
   at::Tensor kl = at::empty({g.batch}, x.options());    // [B]
-  const double inv_decoder_var_d = std::exp(-decoder_logvar);
+  const double inv_decoder_var = std::exp(-decoder_logvar);
 
+  const CpuIsa isa = cpu_isa();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gaussian_elbo_cpu", [&] {
-    const scalar_t inv_decoder_var = static_cast<scalar_t>(inv_decoder_var_d);
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     const scalar_t* x_mean_data = x_mean.const_data_ptr<scalar_t>();
     const scalar_t* mu_data = mu.const_data_ptr<scalar_t>();
@@ -71,24 +55,18 @@ std::tuple<at::Tensor, at::Tensor> gaussian_elbo_cpu(const at::Tensor& x_in, con
     scalar_t* elbo_data = elbo.mutable_data_ptr<scalar_t>();
     scalar_t* kl_data = kl.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, g.batch, sample_grain(g), [&](int64_t first, int64_t last) {
-      for (int64_t b = first; b < last; ++b) {
-        const scalar_t* xs = x_data + b * g.pixels;
-        const scalar_t* ms = x_mean_data + b * g.pixels;
-        // Terms in the input precision (float exp is several times cheaper
-        // than double), sums in double.
-        // sum_i (x_i - x_mean_i)^2 / sigma_x^2
-        const double residual_sum = lane_sum<scalar_t>(g.pixels, [&](int64_t i) {
-          return static_cast<double>(squared_residual<scalar_t>(xs[i], ms[i], inv_decoder_var));
-        });
-        const scalar_t* mus = mu_data + b * g.latents;
-        const scalar_t* lvs = logvar_data + b * g.latents;
-        const double kl_sum = lane_sum<scalar_t>(g.latents, [&](int64_t j) {  // 2 KL
-          return static_cast<double>(kl_term<scalar_t>(mus[j], lvs[j]));
-        });
-        const double kl_b = 0.5 * kl_sum;
-        kl_data[b] = static_cast<scalar_t>(kl_b);
-        elbo_data[b] = static_cast<scalar_t>(log_likelihood<double>(residual_sum, g.pixels, decoder_logvar) - kl_b);
-      }
+      const ElboRows<scalar_t> rows{x_data + first * g.pixels,
+                                    x_mean_data + first * g.pixels,
+                                    mu_data + first * g.latents,
+                                    logvar_data + first * g.latents,
+                                    elbo_data + first,
+                                    kl_data + first,
+                                    last - first,
+                                    g.pixels,
+                                    g.latents,
+                                    decoder_logvar,
+                                    inv_decoder_var};
+      MANIFOLD_EXT_CALL_CPU_ISA(isa, elbo_rows, rows);
     });
   });
   return {elbo, kl};
@@ -111,10 +89,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_elbo_backwar
   at::Tensor grad_x_mean = at::empty_like(x, at::MemoryFormat::Contiguous);
   at::Tensor grad_mu = at::empty_like(mu, at::MemoryFormat::Contiguous);
   at::Tensor grad_logvar = at::empty_like(mu, at::MemoryFormat::Contiguous);
-  const double inv_decoder_var_d = std::exp(-decoder_logvar);
+  const double inv_decoder_var = std::exp(-decoder_logvar);
 
+  const CpuIsa isa = cpu_isa();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gaussian_elbo_backward_cpu", [&] {
-    const scalar_t inv_decoder_var = static_cast<scalar_t>(inv_decoder_var_d);
     const scalar_t* ge = grad_elbo.const_data_ptr<scalar_t>();
     const scalar_t* gk = grad_kl.const_data_ptr<scalar_t>();
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
@@ -126,23 +104,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_elbo_backwar
     scalar_t* gmu_data = grad_mu.mutable_data_ptr<scalar_t>();
     scalar_t* glv_data = grad_logvar.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, g.batch, sample_grain(g), [&](int64_t first, int64_t last) {
-      for (int64_t b = first; b < last; ++b) {
-        const int64_t p0 = b * g.pixels;
-        const scalar_t grad_elbo_b = ge[b];
-        for (int64_t i = 0; i < g.pixels; ++i) {  // auto-vectorised: no reduction
-          const scalar_t gx =
-              grad_x_of_pixel<scalar_t>(grad_elbo_b, x_data[p0 + i], x_mean_data[p0 + i], inv_decoder_var);
-          gx_data[p0 + i] = gx;
-          gm_data[p0 + i] = -gx;
-        }
-        const int64_t l0 = b * g.latents;
-        const scalar_t kl_weight = gk[b] - grad_elbo_b;
-        for (int64_t j = 0; j < g.latents; ++j) {
-          const LatentGrads<scalar_t> lg = latent_grads<scalar_t>(kl_weight, mu_data[l0 + j], logvar_data[l0 + j]);
-          gmu_data[l0 + j] = lg.mu;
-          glv_data[l0 + j] = lg.logvar;
-        }
-      }
+      const int64_t p0 = first * g.pixels;
+      const int64_t l0 = first * g.latents;
+      const ElboGradRows<scalar_t> rows{ge + first,       gk + first,   x_data + p0,  x_mean_data + p0, mu_data + l0,
+                                        logvar_data + l0, gx_data + p0, gm_data + p0, gmu_data + l0,    glv_data + l0,
+                                        last - first,     g.pixels,     g.latents,    inv_decoder_var};
+      MANIFOLD_EXT_CALL_CPU_ISA(isa, elbo_grad_rows, rows);
     });
   });
   return {grad_x, grad_x_mean, grad_mu, grad_logvar};

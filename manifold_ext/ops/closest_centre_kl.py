@@ -105,7 +105,10 @@ def closest_centre_kl(
         ``1/sigma0^2`` in the compute dtype, so ``sigma0`` must keep it finite
         (float32: ``sigma0`` >= about 5.42e-20; float64: >= about 7.46e-155); a smaller
         one raises instead of giving ``0 * inf = NaN`` on a centre. The same
-        NaN/inf pattern on every CPU instruction set.
+        NaN/inf pattern on every CPU instruction set. The centres are those of
+        the reference bit for bit: the CPU kernels multiply by ``1/spacing``
+        only when ``spacing`` is a power of two (then the product and the
+        quotient are the same rounded number) and divide otherwise.
         Differentiable in ``mu`` and ``logvar`` (and in ``target`` where it is the
         centre) to any order: first derivatives by the fused backward op, second
         and higher exactly through the plain-PyTorch formulas of the reference.
