@@ -47,12 +47,12 @@ struct ElboGradRows {
   double inv_decoder_var;
 };
 
-#define MANIFOLD_EXT_DECLARE_ELBO_ROWS(ns)             \
-  namespace ns {                                       \
-  void elbo_rows(const ElboRows<float>& r);            \
-  void elbo_rows(const ElboRows<double>& r);           \
-  void elbo_grad_rows(const ElboGradRows<float>& r);   \
-  void elbo_grad_rows(const ElboGradRows<double>& r);  \
+#define MANIFOLD_EXT_DECLARE_ELBO_ROWS(ns)            \
+  namespace ns {                                      \
+  void elbo_rows(const ElboRows<float>& r);           \
+  void elbo_rows(const ElboRows<double>& r);          \
+  void elbo_grad_rows(const ElboGradRows<float>& r);  \
+  void elbo_grad_rows(const ElboGradRows<double>& r); \
   }
 
 MANIFOLD_EXT_FOR_EACH_CPU_ISA(MANIFOLD_EXT_DECLARE_ELBO_ROWS)

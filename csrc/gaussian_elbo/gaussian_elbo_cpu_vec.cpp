@@ -45,8 +45,9 @@ void elbo_rows_impl(const ElboRows<scalar_t>& r) {
     const scalar_t* ms = r.x_mean + b * r.pixels;
     // Terms in the input precision (float exp is several times cheaper than
     // double), sums in double: sum_i (x_i - x_mean_i)^2 / sigma_x^2
-    const double residual_sum = lane_sum(
-        r.pixels, [&](int64_t i) { return static_cast<double>(squared_residual<scalar_t>(xs[i], ms[i], inv_decoder_var)); });
+    const double residual_sum = lane_sum(r.pixels, [&](int64_t i) {
+      return static_cast<double>(squared_residual<scalar_t>(xs[i], ms[i], inv_decoder_var));
+    });
     const scalar_t* mus = r.mu + b * r.latents;
     const scalar_t* lvs = r.logvar + b * r.latents;
     const double kl_sum =
