@@ -32,22 +32,6 @@ namespace {
 // Elements per block of the gathered walk: its buffers (a few KiB each) stay in L1.
 constexpr int64_t kBlock = 1024;
 
-// Calls body(i, count) for the vectors covering elements [0, n): full ones
-// (count a compile-time V::size(), so masked loads and stores fold to plain
-// ones), then the partial last one.
-template <typename V, typename Body>
-inline void for_each_vector(int64_t n, Body&& body) {
-  int64_t i = 0;
-  for (; i + V::size() <= n; i += V::size()) body(i, std::integral_constant<int64_t, V::size()>{});
-  if (i < n) body(i, n - i);
-}
-
-// Lanes [0, count) of v, zeros elsewhere.
-template <typename V>
-inline V first_lanes(const V& v, int64_t count) {
-  return count == V::size() ? v : V::set(V(0), v, count);
-}
-
 // ---------------------------------------------------------------------------
 // Gather / scatter of the shifts and raw scales of `rows` short rows of L
 // elements starting at h (row k: shifts h[2kL ..], raws h[(2k+1)L ..]).

@@ -96,8 +96,7 @@ void block_terms(const scalar_t* mu, const scalar_t* logvar, const scalar_t* tar
   // and stores): a scalar tail would use libm's exp where the body uses the
   // vector exp, and which elements fall in a tail depends on where the thread
   // partition cuts the rows, so results would depend on the thread count.
-  for (int64_t i = 0; i < count; i += V::size()) {
-    const int64_t lanes = std::min<int64_t>(V::size(), count - i);
+  for_each_vector<V>(count, [&](int64_t i, auto lanes) {
     const V m = V::loadu(mu + i, lanes);
     V t(scalar_t(0));
     V g(scalar_t(0));
@@ -106,7 +105,7 @@ void block_terms(const scalar_t* mu, const scalar_t* logvar, const scalar_t* tar
     const V c = choose_centre<kSource>(m, t, g, pv.grid);
     if constexpr (kStoreCentre) c.store(centre + i, lanes);
     twice_kl_term(m, V::loadu(logvar + i, lanes), c, pv.prior).store(terms + i, lanes);
-  }
+  });
 }
 
 // Sum of n consecutive values: full vectors, then the last partial vector as
@@ -185,13 +184,12 @@ void backward_rows_impl(const BackwardRows<scalar_t>& rows, const KlParams& para
     const scalar_t* centre = rows.centre + offset;
     scalar_t* grad_mu = rows.grad_mu + offset;
     scalar_t* grad_logvar = rows.grad_logvar + offset;
-    for (int64_t i = 0; i < span.count; i += V::size()) {  // the partial last vector too (see block_terms)
-      const int64_t lanes = std::min<int64_t>(V::size(), span.count - i);
+    for_each_vector<V>(span.count, [&](int64_t i, auto lanes) {  // the partial last vector too (see block_terms)
       const KlGrads<V> g = kl_term_grads(V::loadu(grad + i, lanes), V::loadu(mu + i, lanes),
                                          V::loadu(logvar + i, lanes), V::loadu(centre + i, lanes), pv);
       g.mu.store(grad_mu + i, lanes);
       g.logvar.store(grad_logvar + i, lanes);
-    }
+    });
   });
 }
 

@@ -13,6 +13,8 @@
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#include <cstdint>
+#include <type_traits>
 
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
 #include <immintrin.h>
@@ -137,6 +139,25 @@ inline Ps exp_ps(Ps x) {
 
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
+
+// Calls body(i, count) for the vectors covering elements [0, n): full ones
+// with count a compile-time V::size(), so masked loads and stores fold to
+// plain ones, then the partial last one. (ATen's default, baseline copy of
+// V::loadu(p, count) / store(p, count) copies through memcpy: with a run-time
+// count that is a libc call per load and store even for whole vectors, which
+// made that copy's loops several times slower.)
+template <typename V, typename Body>
+inline void for_each_vector(int64_t n, Body&& body) {
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) body(i, std::integral_constant<int64_t, V::size()>{});
+  if (i < n) body(i, n - i);
+}
+
+// Lanes [0, count) of v, zeros elsewhere.
+template <typename V>
+inline V first_lanes(const V& v, int64_t count) {
+  return count == V::size() ? v : V::set(V(0), v, count);
+}
 
 #if defined(MANIFOLD_EXT_SSE2_MATH)
 namespace sse2 {

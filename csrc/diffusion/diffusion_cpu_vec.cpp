@@ -18,22 +18,6 @@ namespace diffusion {
 namespace MANIFOLD_EXT_CPU_NS {
 namespace {
 
-// Lanes [0, count) of v, zeros elsewhere.
-template <typename V>
-inline V first_lanes(const V& v, int64_t count) {
-  return count == V::size() ? v : V::set(V(0), v, count);
-}
-
-// Calls body(i, count) for the vectors covering elements [0, n): full ones
-// (count a compile-time V::size(), so masked loads and stores fold to plain
-// ones), then the partial last one.
-template <typename V, typename Body>
-inline void for_each_vector(int64_t n, Body&& body) {
-  int64_t i = 0;
-  for (; i + V::size() <= n; i += V::size()) body(i, std::integral_constant<int64_t, V::size()>{});
-  if (i < n) body(i, n - i);
-}
-
 template <typename V, typename scalar_t>
 StepCoefficients<V> broadcast(const StepCoefficients<scalar_t>& c) {
   return {V(c.x), V(c.eps), V(c.noise)};
