@@ -1,7 +1,7 @@
 // Vectorised loops of the closest-centre KL ops. Compiled once per instruction
 // set (cmake/ManifoldExtCpuIsa.cmake); MANIFOLD_EXT_CPU_NS names this copy's
 // namespace. The element math comes from closest_centre_kl.h, run on
-// at::vec::Vectorized lanes.
+// KernelVec lanes (at::vec::Vectorized; the baseline copy's float: Float4).
 //
 // Rows are short (n = 2 for the paper's 2-D grid, 40 for CelebA attributes),
 // so the loops walk the elements of a block of whole rows flat, as one stream,
@@ -84,7 +84,7 @@ inline T choose_centre(const T& mu, const T& target, const Guided& guided, const
 template <CentreSource kSource, bool kStoreCentre, typename scalar_t>
 void block_terms(const scalar_t* mu, const scalar_t* logvar, const scalar_t* target, const bool* mask, scalar_t* centre,
                  scalar_t* terms, int64_t count, const KlParams& params) {
-  using V = Vec<scalar_t>;
+  using V = KernelVec<scalar_t>;
   const LaneParams<V> pv = lane_params<V, scalar_t>(params);
   // Masked: the bool bytes as 0/1 lanes of the element type, so a lane-wise
   // compare turns them into blend masks.
@@ -112,7 +112,7 @@ void block_terms(const scalar_t* mu, const scalar_t* logvar, const scalar_t* tar
 // an overlapping load whose already-counted lanes are zeroed.
 template <typename scalar_t>
 scalar_t sum_run(const scalar_t* values, int64_t n) {
-  using V = Vec<scalar_t>;
+  using V = KernelVec<scalar_t>;
   if (n < V::size()) {
     scalar_t sum = 0;
     for (int64_t i = 0; i < n; ++i) sum += values[i];
@@ -170,7 +170,7 @@ void forward_rows_impl(const ForwardRows<scalar_t>& rows, const KlParams& params
 
 template <typename scalar_t>
 void backward_rows_impl(const BackwardRows<scalar_t>& rows, const KlParams& params) {
-  using V = Vec<scalar_t>;
+  using V = KernelVec<scalar_t>;
   const PriorVariance<V> pv = lane_params<V, scalar_t>(params).prior;
   alignas(64) scalar_t grad[kBlock];  // each element's row gradient
   const int64_t n = rows.n;
@@ -208,12 +208,12 @@ constexpr int kLaneVecs = 2;
 
 template <typename scalar_t>
 constexpr int64_t centres_per_block() {
-  return kLaneVecs * Vec<scalar_t>::size();
+  return kLaneVecs * KernelVec<scalar_t>::size();
 }
 
 template <int kSamples, typename scalar_t>
 void nearest_samples(const NearestRows<scalar_t>& rows, int64_t first_row) {
-  using V = Vec<scalar_t>;
+  using V = KernelVec<scalar_t>;
   constexpr int64_t kW = V::size();
   const int64_t n = rows.n;
   const scalar_t* mu = rows.mu + first_row * n;
@@ -239,7 +239,7 @@ void nearest_samples(const NearestRows<scalar_t>& rows, int64_t first_row) {
         const V m(mu[s * n + i]);
         for (int v = 0; v < kLaneVecs; ++v) {
           const V d = m - c[v];
-          dist[s][v] = at::vec::fmadd(d, d, dist[s][v]);  // += squared_gap(m, c)
+          dist[s][v] = hd_fmadd(d, d, dist[s][v]);  // += squared_gap(m, c)
         }
       }
     }
