@@ -143,10 +143,22 @@ MANIFOLD_EXT_HD auto is_nearer(T dist, T best) {
 // smaller index.
 template <typename T>
 MANIFOLD_EXT_HD bool ranks_before(T dist_a, int64_t index_a, T dist_b, int64_t index_b) {
+  // Bitwise, without branches: a search's running minimum is replaced at
+  // unpredictable lanes, and mispredicted branches here were most of the time
+  // of a small search. Two NaN distances tie, as two equal ones do.
   const bool nan_a = dist_a != dist_a;
   const bool nan_b = dist_b != dist_b;
-  if (nan_a || nan_b) return nan_a && (!nan_b || index_a < index_b);
-  return dist_a < dist_b || (dist_a == dist_b && index_a < index_b);
+  const bool tie = (dist_a == dist_b) | (nan_a & nan_b);
+  return (dist_a < dist_b) | (nan_a & !nan_b) | (tie & (index_a < index_b));
+}
+
+// The same order for candidates held lane by lane, the indices as values of
+// T: a lane mask for CPU vectors (the search folds its lanes with it before
+// the scalar pass over what is left). Two NaN distances tie, as two equal ones.
+template <typename T>
+MANIFOLD_EXT_HD auto ranks_before_lanes(T dist_a, T index_a, T dist_b, T index_b) {
+  const auto tie = (dist_a == dist_b) | ((dist_a != dist_a) & (dist_b != dist_b));
+  return is_nearer(dist_a, dist_b) | (tie & (index_a < index_b));
 }
 
 }  // namespace closest_centre_kl

@@ -52,8 +52,8 @@ struct NearestRows {
   int64_t n;
 };
 
-// Declares the loops of one instruction-set namespace. centre_block() is how
-// many centres nearest_rows processes per block in that copy: the transposed
+// Declares the loops of one instruction-set namespace. centre_block() is the
+// lane count of that copy's vectors of centres in nearest_rows: the transposed
 // centre table must be padded to a multiple of it.
 #define MANIFOLD_EXT_DECLARE_CENTRE_KL_ROWS(ns)                                 \
   namespace ns {                                                                \

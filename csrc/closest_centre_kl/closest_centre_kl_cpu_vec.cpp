@@ -200,23 +200,60 @@ void backward_rows_impl(const BackwardRows<scalar_t>& rows, const KlParams& para
 // centre vector serves kSamples samples), then folded into a running per-lane
 // minimum and its centre index (kept as a floating-point lane, exact for the
 // K < 2^24 the host allows in float32). Lanes see their centres in increasing
-// order and replace only on a strictly smaller distance, and the final lane
+// order (blocks of kLaneVecs vectors, then single vectors) and replace only on
+// a strictly smaller distance, and the final lane
 // reduction prefers the smallest index among equal minima: the first nearest
-// centre wins, as torch.argmin.
+// centre wins, as torch.argmin. The table is padded to whole vectors, not
+// whole blocks: the last block may be one vector (the 6 x 6 grid's 36 centres
+// are 40 on AVX2, not 48).
 // ---------------------------------------------------------------------------
 constexpr int kLaneVecs = 2;
 
 template <typename scalar_t>
 constexpr int64_t centres_per_block() {
-  return kLaneVecs * KernelVec<scalar_t>::size();
+  return KernelVec<scalar_t>::size();  // the padding unit: one vector
+}
+
+// Folds the centres [k0, k0 + kVecs * kW) into the running minima of kSamples
+// samples (the first kVecs of their kLaneVecs lanes vectors).
+template <int kVecs, int kSamples, typename V, typename scalar_t>
+inline void fold_centre_block(const NearestRows<scalar_t>& rows, const scalar_t* mu, int64_t k0,
+                              V (&best)[kSamples][kLaneVecs], V (&best_index)[kSamples][kLaneVecs]) {
+  constexpr int64_t kW = V::size();
+  const int64_t n = rows.n;
+  V dist[kSamples][kVecs];
+  for (int s = 0; s < kSamples; ++s) {
+    for (int v = 0; v < kVecs; ++v) dist[s][v] = V(scalar_t(0));
+  }
+  const scalar_t* column = rows.centres_by_dim + k0;
+  for (int64_t i = 0; i < n; ++i, column += rows.padded_centres) {
+    V c[kVecs];
+    for (int v = 0; v < kVecs; ++v) c[v] = V::loadu(column + v * kW);
+    for (int s = 0; s < kSamples; ++s) {
+      const V m(mu[s * n + i]);
+      for (int v = 0; v < kVecs; ++v) {
+        const V d = m - c[v];
+        dist[s][v] = hd_fmadd(d, d, dist[s][v]);  // += squared_gap(m, c)
+      }
+    }
+  }
+  for (int v = 0; v < kVecs; ++v) {
+    const V lane_index = V::arange(static_cast<scalar_t>(k0 + v * kW), scalar_t(1));
+    // Padding columns (+inf) are never nearer, not even when mu is inf and (inf - inf)^2 is NaN.
+    const V real_centre = lane_index < V(static_cast<scalar_t>(rows.num_centres));
+    for (int s = 0; s < kSamples; ++s) {
+      const V closer = is_nearer(dist[s][v], best[s][v]) & real_centre;  // NaN rule: closest_centre_kl.h
+      best[s][v] = hd_where(closer, dist[s][v], best[s][v]);
+      best_index[s][v] = hd_where(closer, lane_index, best_index[s][v]);
+    }
+  }
 }
 
 template <int kSamples, typename scalar_t>
 void nearest_samples(const NearestRows<scalar_t>& rows, int64_t first_row) {
   using V = KernelVec<scalar_t>;
   constexpr int64_t kW = V::size();
-  const int64_t n = rows.n;
-  const scalar_t* mu = rows.mu + first_row * n;
+  const scalar_t* mu = rows.mu + first_row * rows.n;
   const scalar_t inf = std::numeric_limits<scalar_t>::infinity();
   V best[kSamples][kLaneVecs];
   V best_index[kSamples][kLaneVecs];
@@ -226,48 +263,32 @@ void nearest_samples(const NearestRows<scalar_t>& rows, int64_t first_row) {
       best_index[s][v] = V(scalar_t(0));
     }
   }
-  for (int64_t k0 = 0; k0 < rows.padded_centres; k0 += kLaneVecs * kW) {
-    V dist[kSamples][kLaneVecs];
-    for (int s = 0; s < kSamples; ++s) {
-      for (int v = 0; v < kLaneVecs; ++v) dist[s][v] = V(scalar_t(0));
-    }
-    const scalar_t* column = rows.centres_by_dim + k0;
-    for (int64_t i = 0; i < n; ++i, column += rows.padded_centres) {
-      V c[kLaneVecs];
-      for (int v = 0; v < kLaneVecs; ++v) c[v] = V::loadu(column + v * kW);
-      for (int s = 0; s < kSamples; ++s) {
-        const V m(mu[s * n + i]);
-        for (int v = 0; v < kLaneVecs; ++v) {
-          const V d = m - c[v];
-          dist[s][v] = hd_fmadd(d, d, dist[s][v]);  // += squared_gap(m, c)
-        }
-      }
-    }
-    for (int v = 0; v < kLaneVecs; ++v) {
-      const V lane_index = V::arange(static_cast<scalar_t>(k0 + v * kW), scalar_t(1));
-      // Padding columns (+inf) are never nearer, not even when mu is inf and (inf - inf)^2 is NaN.
-      const V real_centre = lane_index < V(static_cast<scalar_t>(rows.num_centres));
-      for (int s = 0; s < kSamples; ++s) {
-        const V closer = is_nearer(dist[s][v], best[s][v]) & real_centre;  // NaN rule: closest_centre_kl.h
-        best[s][v] = hd_where(closer, dist[s][v], best[s][v]);
-        best_index[s][v] = hd_where(closer, lane_index, best_index[s][v]);
-      }
-    }
+  int64_t k0 = 0;
+  for (; k0 + kLaneVecs * kW <= rows.padded_centres; k0 += kLaneVecs * kW) {
+    fold_centre_block<kLaneVecs>(rows, mu, k0, best, best_index);
   }
+  for (; k0 < rows.padded_centres; k0 += kW) fold_centre_block<1>(rows, mu, k0, best, best_index);
   for (int s = 0; s < kSamples; ++s) {
-    alignas(64) scalar_t values[kLaneVecs * kW];
-    alignas(64) scalar_t indices[kLaneVecs * kW];
-    for (int v = 0; v < kLaneVecs; ++v) {
-      best[s][v].store(values + v * kW);
-      best_index[s][v].store(indices + v * kW);
+    // Fold the kLaneVecs vectors lane by lane, then the kW lanes one by one
+    // (the scalar pass, branchy, was most of the time of a small search).
+    V value = best[s][0];
+    V index = best_index[s][0];
+    for (int v = 1; v < kLaneVecs; ++v) {
+      const auto first = ranks_before_lanes(best[s][v], best_index[s][v], value, index);
+      value = hd_where(first, best[s][v], value);
+      index = hd_where(first, best_index[s][v], index);
     }
+    alignas(64) scalar_t values[kW];
+    alignas(64) scalar_t indices[kW];
+    value.store(values);
+    index.store(indices);
     scalar_t min_value = values[0];
     scalar_t min_index = indices[0];
-    for (int64_t l = 1; l < kLaneVecs * kW; ++l) {
-      if (ranks_before(values[l], static_cast<int64_t>(indices[l]), min_value, static_cast<int64_t>(min_index))) {
-        min_value = values[l];
-        min_index = indices[l];
-      }
+    for (int64_t l = 1; l < kW; ++l) {
+      const bool first =
+          ranks_before(values[l], static_cast<int64_t>(indices[l]), min_value, static_cast<int64_t>(min_index));
+      min_value = first ? values[l] : min_value;  // selects, not branches
+      min_index = first ? indices[l] : min_index;
     }
     rows.index[first_row + s] = static_cast<int64_t>(min_index);
   }
