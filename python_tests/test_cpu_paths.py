@@ -386,6 +386,37 @@ def test_grid_centres_bit_exact_with_and_without_reciprocal_spacing(isa):
     assert not any(result["mismatches"].values()), f"{isa}: centres differ from the reference: {result['mismatches']}"
 
 
+NEAREST_SCRIPT = r"""
+import json, torch, manifold_ext
+from manifold_ext.ops import nearest_centre_kl
+from manifold_ext.reference import nearest_centre_kl_reference
+torch.manual_seed(0)
+mismatches = []
+for dtype in (torch.float32, torch.float64):
+    for K in list(range(1, 70)) + [100, 1000]:
+        for n in (1, 2, 5):
+            # integer and half-integer coordinates: many exactly tied distances, decided by the lower index
+            centres = torch.randint(-3, 4, (K, n)).to(dtype)
+            mu = (torch.randint(-3, 4, (37, n)) + 0.5 * torch.randint(0, 2, (37, n))).to(dtype)
+            mu[3, 0] = float('nan')
+            index = nearest_centre_kl(mu, torch.zeros_like(mu), centres)[1]
+            index_ref = nearest_centre_kl_reference(mu, torch.zeros_like(mu), centres, 1.0)[1]
+            if not torch.equal(index, index_ref):
+                mismatches.append(f'{dtype} K={K} n={n}')
+print(json.dumps({'isa': manifold_ext.build_info()['cpu_isa_in_use'], 'mismatches': mismatches}))
+"""
+
+
+@pytest.mark.parametrize("isa", _isas())
+def test_nearest_centre_search_ties_nan_and_block_tails_on_every_isa_copy(isa):
+    """The search runs blocks of two vectors of centres, then single vectors, and folds its lanes before a scalar
+    pass: every K from 1 to 69 (whole blocks, a one-vector tail, padding) must pick torch.argmin's centre, the first
+    of tied ones, and the first centre for a NaN sample, as the reference does. (Not an infinite sample: the
+    reference's cdist may expand the distance and make some of its infinite distances NaN.)"""
+    result = _run_on_isa(NEAREST_SCRIPT, isa)
+    assert not result["mismatches"], f"{isa}: indices differ from the reference: {result['mismatches']}"
+
+
 @pytest.mark.parametrize("length", [1, 2, 4, 12])
 def test_nll_step_per_sample_extreme_schedules(length):
     """Per-sample schedules reaching below 1e-18 (kFloat32SimdCoefficientAbar): float32 SIMD coefficients would
