@@ -100,25 +100,27 @@ CoefVector<Coef> per_sample_coefficients(const AbarPair& pair, Fn&& coefficients
 // (five divisions, two square roots and a log per sample would otherwise cost
 // more than the step's memory pass on short samples).
 // In float32 that is exact to rounding only down to kFloat32SimdCoefficientAbar
-// (diffusion.h); a schedule reaching below it has its coefficients computed in
-// double, pair by pair, as the shared-schedule path does.
+// (diffusion.h): the same pass counts the pairs below it, and a schedule
+// reaching below it has its coefficients computed again in double, pair by
+// pair, as the shared-schedule path does. (The pairs were checked valid before.)
 template <typename scalar_t>
 CoefVector<NllCoefficients<scalar_t>> nll_coefficients_for(const AbarPair& pair) {
   if (!pair.per_sample) return {cast_coefficients<scalar_t>(nll_coefficients(pair.a, pair.b))};
-  if (std::is_same_v<scalar_t, float> && pair.b_values.size(0) > 0 &&
-      pair.b_values.min().item<double>() < kFloat32SimdCoefficientAbar) {
-    return per_sample_coefficients<NllCoefficients<scalar_t>, scalar_t>(
-        pair, [](double a, double b) { return nll_coefficients(a, b); });
-  }
   const int64_t batch = pair.a_values.size(0);
   CoefVector<NllCoefficients<scalar_t>> out(static_cast<size_t>(batch));
   const double* a = pair.a_values.const_data_ptr<double>();
   const double* b = pair.b_values.const_data_ptr<double>();
   const CpuIsa isa = cpu_isa();
+  std::atomic<int64_t> uncleared_pairs{0};
   at::parallel_for(0, batch, 4096, [&](int64_t first, int64_t last) {
-    MANIFOLD_EXT_CALL_CPU_ISA(isa, nll_coefficient_span,
-                              NllCoefficientSpan<scalar_t>{a + first, b + first, out.data() + first, last - first});
+    uncleared_pairs +=
+        MANIFOLD_EXT_CALL_CPU_ISA(isa, nll_coefficient_span,
+                                  NllCoefficientSpan<scalar_t>{a + first, b + first, out.data() + first, last - first});
   });
+  if (std::is_same_v<scalar_t, float> && uncleared_pairs.load() > 0) {
+    return per_sample_coefficients<NllCoefficients<scalar_t>, scalar_t>(
+        pair, [](double a_value, double b_value) { return nll_coefficients(a_value, b_value); });
+  }
   return out;
 }
 
@@ -389,12 +391,11 @@ at::Tensor diffusion_nll_step_cpu(const at::Tensor& acc, const at::Tensor& x_t, 
   at::Tensor acc_new = at::empty_like(in.acc, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(in.x_t.scalar_type(), "diffusion_nll_step_cpu", [&] {
     if (one_pass) {
-      const int64_t uncleared_pairs = nll_step_short_per_sample<scalar_t>(in, acc_new);
-      if (uncleared_pairs == 0) return;
+      if (nll_step_short_per_sample<scalar_t>(in, acc_new) == 0) return;
+      // A pair was flagged: raise if it is invalid or its coefficients do not fit; otherwise some abar_next is
+      // below the level down to which the one-pass float32 coefficients are exact, and the call is computed
+      // again through the coefficient array (in double where needed, nll_coefficients_for).
       check_abar_samples(in.pair, ScheduleRule::Likelihood, in.x_t.scalar_type(), op, "abar_t", "abar_next");
-      // Every pair is valid and fits, but some abar_next is below the level down to which the one-pass
-      // float32 coefficients are exact: again, with coefficients in double (nll_coefficients_for).
-      if (!std::is_same_v<scalar_t, float>) return;
     }
     const CoefVector<NllCoefficients<scalar_t>> coef = nll_coefficients_for<scalar_t>(in.pair);
     nll_accumulate<scalar_t>(in, coef, nullptr, nullptr, nullptr, acc_new);

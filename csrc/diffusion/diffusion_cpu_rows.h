@@ -76,7 +76,10 @@ struct NllBackwardRows {
 };
 
 // out[i] = nll_coefficients(abar_t[i], abar_next[i]) for per-sample schedules,
-// evaluated SIMD-wide in double and then cast to scalar_t.
+// SIMD-wide: the gaps in double, Eq. 18-20 in scalar_t. nll_coefficient_span
+// returns how many pairs are not likelihood_pair_clear (diffusion.h): for
+// valid pairs, those whose float32 coefficients computed this way may be
+// inexact (the caller recomputes them in double).
 template <typename scalar_t>
 struct NllCoefficientSpan {
   const double* abar_t;     // [n]
@@ -90,9 +93,11 @@ struct NllCoefficientSpan {
 // is added to the accumulator, with the coefficients computed SIMD-wide on the
 // fly (no coefficient array in memory). nll_per_sample_rows returns how many
 // rows have a pair (abar_t, abar_next) that is not likelihood_pair_clear
-// (invalid, or so small that float32 coefficients may overflow): the schedule
-// is checked in the same pass, and the caller checks (and raises) on the host
-// only if some pair is not clear.
+// (invalid, or so small that float32 SIMD coefficients may be inexact): the
+// schedule is tested in the same pass, and only a call with such a pair is
+// checked on the host (which raises if a pair is invalid) and computed again
+// through the coefficient array (nll_coefficients_for). Rows of 3-8 elements
+// stop at the first block with such a pair; 1-2 elements finish their pass.
 template <typename scalar_t>
 struct NllPerSampleRows {
   const scalar_t* x_t;      // [rows * len]
@@ -118,20 +123,20 @@ struct Rk4Span {
   int64_t n;
 };
 
-#define MANIFOLD_EXT_DECLARE_DIFFUSION_ROWS(ns)                   \
-  namespace ns {                                                  \
-  void linear_step_rows(const LinearStepRows<float>& r);          \
-  void linear_step_rows(const LinearStepRows<double>& r);         \
-  void nll_rows(const NllRows<float>& r);                         \
-  void nll_rows(const NllRows<double>& r);                        \
-  void nll_backward_rows(const NllBackwardRows<float>& r);        \
-  void nll_backward_rows(const NllBackwardRows<double>& r);       \
-  void rk4_span(const Rk4Span<float>& s);                         \
-  void rk4_span(const Rk4Span<double>& s);                        \
-  void nll_coefficient_span(const NllCoefficientSpan<float>& s);  \
-  void nll_coefficient_span(const NllCoefficientSpan<double>& s); \
-  int64_t nll_per_sample_rows(const NllPerSampleRows<float>& r);  \
-  int64_t nll_per_sample_rows(const NllPerSampleRows<double>& r); \
+#define MANIFOLD_EXT_DECLARE_DIFFUSION_ROWS(ns)                      \
+  namespace ns {                                                     \
+  void linear_step_rows(const LinearStepRows<float>& r);             \
+  void linear_step_rows(const LinearStepRows<double>& r);            \
+  void nll_rows(const NllRows<float>& r);                            \
+  void nll_rows(const NllRows<double>& r);                           \
+  void nll_backward_rows(const NllBackwardRows<float>& r);           \
+  void nll_backward_rows(const NllBackwardRows<double>& r);          \
+  void rk4_span(const Rk4Span<float>& s);                            \
+  void rk4_span(const Rk4Span<double>& s);                           \
+  int64_t nll_coefficient_span(const NllCoefficientSpan<float>& s);  \
+  int64_t nll_coefficient_span(const NllCoefficientSpan<double>& s); \
+  int64_t nll_per_sample_rows(const NllPerSampleRows<float>& r);     \
+  int64_t nll_per_sample_rows(const NllPerSampleRows<double>& r);    \
   }
 
 MANIFOLD_EXT_FOR_EACH_CPU_ISA(MANIFOLD_EXT_DECLARE_DIFFUSION_ROWS)

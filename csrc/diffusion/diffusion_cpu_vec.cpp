@@ -373,12 +373,16 @@ void store_lane_coefficients(const NllCoefficients<Vec<scalar_t>>& c, int64_t co
 
 // Per-sample coefficients into an array, V::size() samples at a time; every
 // sample goes through the same vector code whatever the chunk boundaries.
+// Returns how many pairs are not likelihood_pair_clear.
 template <typename scalar_t>
-void nll_coefficient_span_impl(const NllCoefficientSpan<scalar_t>& s) {
+int64_t nll_coefficient_span_impl(const NllCoefficientSpan<scalar_t>& s) {
   using V = Vec<scalar_t>;
+  int64_t uncleared_pairs = 0;
   for_each_sample_vector<V>(s.n, [&](int64_t i, auto count) {
-    store_lane_coefficients(lane_coefficients<scalar_t>(s.abar_t + i, s.abar_next + i, count), count, s.out + i);
+    store_lane_coefficients(lane_coefficients<scalar_t>(s.abar_t + i, s.abar_next + i, count, &uncleared_pairs), count,
+                            s.out + i);
   });
+  return uncleared_pairs;
 }
 
 // Samples of one or two elements with a per-sample schedule (2-D points at
@@ -408,18 +412,13 @@ template <typename scalar_t>
 int64_t nll_per_sample_rows_impl(const NllPerSampleRows<scalar_t>& r) {
   if (r.len == 1) return nll_per_sample_tiny_rows<1>(r);
   if (r.len == 2) return nll_per_sample_tiny_rows<2>(r);
-  int64_t invalid_pairs = 0;
-  int64_t uncleared_pairs = 0;
-  for (int64_t row = 0; row < r.rows; ++row) {
-    invalid_pairs += !schedule_ok(ScheduleRule::Likelihood, r.abar_t[row], r.abar_next[row]);
-    uncleared_pairs += !likelihood_pair_clear(r.abar_t[row], r.abar_next[row]);
-  }
-  if (invalid_pairs > 0) return uncleared_pairs;  // the caller raises: no need to compute
   constexpr int64_t kBlockRows = 128;
   NllCoefficients<scalar_t> coef[kBlockRows];
   for (int64_t row0 = 0; row0 < r.rows; row0 += kBlockRows) {
     const int64_t rows = r.rows - row0 < kBlockRows ? r.rows - row0 : kBlockRows;
-    nll_coefficient_span_impl(NllCoefficientSpan<scalar_t>{r.abar_t + row0, r.abar_next + row0, coef, rows});
+    const int64_t uncleared_pairs =
+        nll_coefficient_span_impl(NllCoefficientSpan<scalar_t>{r.abar_t + row0, r.abar_next + row0, coef, rows});
+    if (uncleared_pairs > 0) return uncleared_pairs;  // the caller checks, then computes the call again
     for (int64_t k = 0; k < rows; ++k) {
       const NllCoefficients<scalar_t>& c = coef[k];
       const int64_t base = (row0 + k) * r.len;
@@ -428,15 +427,15 @@ int64_t nll_per_sample_rows_impl(const NllPerSampleRows<scalar_t>& r) {
       add_to_accumulator(r.acc, row0 + k, static_cast<double>(r.len) * static_cast<double>(c.log_norm) + sum);
     }
   }
-  return uncleared_pairs;
+  return 0;
 }
 
 }  // namespace
 
 int64_t nll_per_sample_rows(const NllPerSampleRows<float>& r) { return nll_per_sample_rows_impl(r); }
 int64_t nll_per_sample_rows(const NllPerSampleRows<double>& r) { return nll_per_sample_rows_impl(r); }
-void nll_coefficient_span(const NllCoefficientSpan<float>& s) { nll_coefficient_span_impl(s); }
-void nll_coefficient_span(const NllCoefficientSpan<double>& s) { nll_coefficient_span_impl(s); }
+int64_t nll_coefficient_span(const NllCoefficientSpan<float>& s) { return nll_coefficient_span_impl(s); }
+int64_t nll_coefficient_span(const NllCoefficientSpan<double>& s) { return nll_coefficient_span_impl(s); }
 
 void linear_step_rows(const LinearStepRows<float>& r) {
   r.noise ? linear_step_rows_impl<true>(r) : linear_step_rows_impl<false>(r);
