@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from manifold_ext.ops._checks import as_bool, as_float, check_device, empty_contiguous_like
+from manifold_ext.ops._dispatch import call_op
 from manifold_ext.ops._second_order import differentiable_leaf, register_backward_op_autograd, vjp
 
 COUPLING_SCALES = ("glow", "exp", "softclamp")
@@ -75,7 +76,8 @@ def affine_coupling(
             devices (a meta tensor mixed with real ones included).
     """
     op = "affine_coupling"
-    return torch.ops.manifold_ext.affine_coupling.default(
+    return call_op(
+        torch.ops.manifold_ext.affine_coupling.default,
         x,
         h,
         _check_name(scale, "scale", op),
@@ -167,7 +169,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y, grad_logdet):
     x, h = ctx.saved_tensors
-    grad_x, grad_h = torch.ops.manifold_ext.affine_coupling_backward.default(grad_y, grad_logdet, x, h, *ctx.mode)
+    grad_x, grad_h = call_op(
+        torch.ops.manifold_ext.affine_coupling_backward.default, grad_y, grad_logdet, x, h, *ctx.mode
+    )
     return grad_x, grad_h, None, None, None, None
 
 

@@ -27,6 +27,7 @@ from manifold_ext.ops._checks import (
     compute_dtype,
     empty_contiguous_like,
 )
+from manifold_ext.ops._dispatch import call_op
 from manifold_ext.ops._second_order import differentiable_leaf, register_backward_op_autograd, vjp
 
 DEFAULT_SIGMA0 = 1.0 / 16.0  # paper 000 §4.2, Eq. 27: "sigma0 = 1/16 in some of our experiments"
@@ -123,7 +124,8 @@ def closest_centre_kl(
             ``mask``; float16/bfloat16 on CPU.
     """
     op = "closest_centre_kl"
-    return torch.ops.manifold_ext.closest_centre_kl.default(
+    return call_op(
+        torch.ops.manifold_ext.closest_centre_kl.default,
         mu,
         logvar,
         target,
@@ -183,7 +185,9 @@ def nearest_centre_kl(
             more than 2^24 centres in float32; float16/bfloat16 on CPU.
     """
     op = "nearest_centre_kl"
-    return torch.ops.manifold_ext.nearest_centre_kl.default(mu, logvar, centres, as_float(sigma0, "sigma0", op))
+    return call_op(
+        torch.ops.manifold_ext.nearest_centre_kl.default, mu, logvar, centres, as_float(sigma0, "sigma0", op)
+    )
 
 
 def _kl_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -319,8 +323,8 @@ def _closest_backward(ctx, grad_kl, grad_centre):
         # A second derivative will be taken: hand the backward op the centre as a function of target
         # (the same values), so that d(grad_mu)/d(target) is part of the graph.
         centre = target if mask is None else torch.where(mask, target, centre)
-    grad_mu, grad_logvar = torch.ops.manifold_ext.closest_centre_kl_backward.default(
-        grad_kl, mu, logvar, centre, ctx.sigma0
+    grad_mu, grad_logvar = call_op(
+        torch.ops.manifold_ext.closest_centre_kl_backward.default, grad_kl, mu, logvar, centre, ctx.sigma0
     )
     grad_target = None
     if ctx.needs_input_grad[2]:  # dKL/dc = -dKL/dmu where c = target
@@ -353,8 +357,8 @@ def _nearest_backward(ctx, grad_kl, grad_index):
     mu, logvar, centres, index = ctx.saved_tensors
     if grad_kl is None:
         return None, None, None, None
-    grad_mu, grad_logvar = torch.ops.manifold_ext.nearest_centre_kl_backward.default(
-        grad_kl, mu, logvar, centres, index, ctx.sigma0
+    grad_mu, grad_logvar = call_op(
+        torch.ops.manifold_ext.nearest_centre_kl_backward.default, grad_kl, mu, logvar, centres, index, ctx.sigma0
     )
     grad_centres = None
     if ctx.needs_input_grad[2]:  # each sample pulls its own centre: -dKL/dmu summed per centre

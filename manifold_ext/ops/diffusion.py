@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from manifold_ext.ops._checks import as_float, check_device, empty_contiguous_like
+from manifold_ext.ops._dispatch import call_op
 from manifold_ext.ops._docs import fill_doc
 from manifold_ext.ops._second_order import differentiable_leaf, refuse_gradient, register_backward_op_autograd, vjp
 
@@ -116,8 +117,14 @@ def diffusion_nll_step(
         NotDifferentiableError: a gradient requested for ``abar``.
     """
     op = "diffusion_nll_step"
-    return torch.ops.manifold_ext.diffusion_nll_step.default(
-        acc, x_t, x_next, eps, _abar(abar_t, "abar_t", op), _abar(abar_next, "abar_next", op)
+    return call_op(
+        torch.ops.manifold_ext.diffusion_nll_step.default,
+        acc,
+        x_t,
+        x_next,
+        eps,
+        _abar(abar_t, "abar_t", op),
+        _abar(abar_next, "abar_next", op),
     )
 
 
@@ -161,7 +168,8 @@ def diffusion_nll_step_and_forward(
         RuntimeError if ``noise`` does not match ``x_t``.
     """
     op = "diffusion_nll_step_and_forward"
-    return torch.ops.manifold_ext.diffusion_nll_step_and_forward.default(
+    return call_op(
+        torch.ops.manifold_ext.diffusion_nll_step_and_forward.default,
         acc,
         x_t,
         x_next,
@@ -196,8 +204,12 @@ def diffusion_forward_step(x_t: torch.Tensor, noise: torch.Tensor, abar_t: Abar,
         NotDifferentiableError: a gradient requested for ``abar``.
     """
     op = "diffusion_forward_step"
-    return torch.ops.manifold_ext.diffusion_forward_step.default(
-        x_t, noise, _abar(abar_t, "abar_t", op), _abar(abar_next, "abar_next", op)
+    return call_op(
+        torch.ops.manifold_ext.diffusion_forward_step.default,
+        x_t,
+        noise,
+        _abar(abar_t, "abar_t", op),
+        _abar(abar_next, "abar_next", op),
     )
 
 
@@ -246,8 +258,13 @@ def ddpm_step(
     {sections}
     """
     op = "ddpm_step"
-    return torch.ops.manifold_ext.ddpm_step.default(
-        x_t, eps, _abar(abar_t, "abar_t", op), _abar(abar_prev, "abar_prev", op), noise
+    return call_op(
+        torch.ops.manifold_ext.ddpm_step.default,
+        x_t,
+        eps,
+        _abar(abar_t, "abar_t", op),
+        _abar(abar_prev, "abar_prev", op),
+        noise,
     )
 
 
@@ -270,8 +287,14 @@ def ddim_step(
     {sections}
     """
     op = "ddim_step"
-    return torch.ops.manifold_ext.ddim_step.default(
-        x_t, eps, _abar(abar_t, "abar_t", op), _abar(abar_prev, "abar_prev", op), as_float(eta, "eta", op), noise
+    return call_op(
+        torch.ops.manifold_ext.ddim_step.default,
+        x_t,
+        eps,
+        _abar(abar_t, "abar_t", op),
+        _abar(abar_prev, "abar_prev", op),
+        as_float(eta, "eta", op),
+        noise,
     )
 
 
@@ -291,8 +314,13 @@ def large_step(
     {sections}
     """
     op = "large_step"
-    return torch.ops.manifold_ext.large_step.default(
-        x_t, eps, _abar(abar_t, "abar_t", op), _abar(abar_prev, "abar_prev", op), noise
+    return call_op(
+        torch.ops.manifold_ext.large_step.default,
+        x_t,
+        eps,
+        _abar(abar_t, "abar_t", op),
+        _abar(abar_prev, "abar_prev", op),
+        noise,
     )
 
 
@@ -321,7 +349,7 @@ def rk4_combine(k1: torch.Tensor, k2: torch.Tensor, k3: torch.Tensor, k4: torch.
 
     {sections}
     """
-    return torch.ops.manifold_ext.rk4_combine.default(k1, k2, k3, k4)
+    return call_op(torch.ops.manifold_ext.rk4_combine.default, k1, k2, k3, k4)
 
 
 @fill_doc(
@@ -337,7 +365,7 @@ def rk4_update(
 
     {sections}
     """
-    return torch.ops.manifold_ext.rk4_update.default(x, k1, k2, k3, k4, as_float(h, "h", "rk4_update"))
+    return call_op(torch.ops.manifold_ext.rk4_update.default, x, k1, k2, k3, k4, as_float(h, "h", "rk4_update"))
 
 
 # ---------------------------------------------------------------------------
@@ -513,8 +541,8 @@ def _nll_backward(ctx, grad_acc):
     x_t, x_next, eps, abar_t, abar_next = ctx.saved_tensors
     grads = (None, None, None)
     if any(ctx.needs_input_grad[1:4]):
-        grads = torch.ops.manifold_ext.diffusion_nll_step_backward.default(
-            grad_acc, x_t, x_next, eps, abar_t, abar_next
+        grads = call_op(
+            torch.ops.manifold_ext.diffusion_nll_step_backward.default, grad_acc, x_t, x_next, eps, abar_t, abar_next
         )
     return grad_acc, *grads, None, None
 
@@ -534,12 +562,12 @@ def _nll_forward_backward(ctx, grad_acc, grad_after):
     x_t, x_next, eps, abar_t, abar_next, abar_after = ctx.saved_tensors
     grad_x_t = grad_x_next = grad_eps = grad_noise = None
     if any(ctx.needs_input_grad[1:4]):
-        grad_x_t, grad_x_next, grad_eps = torch.ops.manifold_ext.diffusion_nll_step_backward.default(
-            grad_acc, x_t, x_next, eps, abar_t, abar_next
+        grad_x_t, grad_x_next, grad_eps = call_op(
+            torch.ops.manifold_ext.diffusion_nll_step_backward.default, grad_acc, x_t, x_next, eps, abar_t, abar_next
         )
     if ctx.needs_input_grad[2] or ctx.needs_input_grad[4]:
-        through_x_next, grad_noise, _ = torch.ops.manifold_ext.diffusion_step_backward.default(
-            grad_after, "forward", abar_next, abar_after, 0.0
+        through_x_next, grad_noise, _ = call_op(
+            torch.ops.manifold_ext.diffusion_step_backward.default, grad_after, "forward", abar_next, abar_after, 0.0
         )
         grad_x_next = through_x_next if grad_x_next is None else grad_x_next + through_x_next
     return grad_acc, grad_x_t, grad_x_next, grad_eps, grad_noise, None, None, None
@@ -562,8 +590,8 @@ def _register_linear_step(name: str, step: str, has_eta: bool, has_noise: bool):
     def backward(ctx, grad):
         refuse_gradient(ctx, (2, 3), abar_names, name, _NOT_IN_ABAR)
         abar_a, abar_b = ctx.saved_tensors
-        grad_x, grad_eps, grad_noise = torch.ops.manifold_ext.diffusion_step_backward.default(
-            grad, step, abar_a, abar_b, ctx.eta
+        grad_x, grad_eps, grad_noise = call_op(
+            torch.ops.manifold_ext.diffusion_step_backward.default, grad, step, abar_a, abar_b, ctx.eta
         )
         if not has_noise:  # diffusion_forward_step(x_t, noise, ...): the noise sits in the eps slot
             return grad_x, grad_eps, None, None

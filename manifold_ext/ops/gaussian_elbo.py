@@ -7,6 +7,7 @@ import math
 import torch
 
 from manifold_ext.ops._checks import as_float, check_device, compute_dtype, empty_contiguous_like
+from manifold_ext.ops._dispatch import call_op
 from manifold_ext.ops._second_order import differentiable_leaf, register_backward_op_autograd, vjp
 
 
@@ -65,8 +66,13 @@ def gaussian_elbo(
         RuntimeError: shapes, dtypes or devices that do not match; rank < 2;
             float16/bfloat16 on CPU.
     """
-    return torch.ops.manifold_ext.gaussian_elbo.default(
-        x, x_mean, mu, logvar, as_float(decoder_logvar, "decoder_logvar", "gaussian_elbo")
+    return call_op(
+        torch.ops.manifold_ext.gaussian_elbo.default,
+        x,
+        x_mean,
+        mu,
+        logvar,
+        as_float(decoder_logvar, "decoder_logvar", "gaussian_elbo"),
     )
 
 
@@ -150,8 +156,15 @@ def _backward(ctx, grad_elbo, grad_kl):
         grad_elbo = torch.zeros(x.shape[0], dtype=_output_dtype(x.dtype), device=x.device)
     if grad_kl is None:
         grad_kl = torch.zeros(x.shape[0], dtype=_output_dtype(x.dtype), device=x.device)
-    grads = torch.ops.manifold_ext.gaussian_elbo_backward.default(
-        grad_elbo, grad_kl, x, x_mean, mu, logvar, ctx.decoder_logvar
+    grads = call_op(
+        torch.ops.manifold_ext.gaussian_elbo_backward.default,
+        grad_elbo,
+        grad_kl,
+        x,
+        x_mean,
+        mu,
+        logvar,
+        ctx.decoder_logvar,
     )
     return (*grads, None)
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from manifold_ext.ops._dispatch import call_op
+
 
 def region_clip_2d(
     A: torch.Tensor, c: torch.Tensor, ignore: torch.Tensor, box: torch.Tensor | None, tol: float
@@ -63,7 +65,7 @@ def region_clip_2d(
         ValueError: a shape, dtype or device other than the above, non-finite values, a box with
             ``lo >= hi``, or ``tol`` not a finite number ``> 0``.
     """
-    return torch.ops.manifold_ext.region_clip_2d.default(A, c, ignore, box, float(tol))
+    return call_op(torch.ops.manifold_ext.region_clip_2d.default, A, c, ignore, box, float(tol))
 
 
 @torch.library.register_fake("manifold_ext::region_clip_2d")

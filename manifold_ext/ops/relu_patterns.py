@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 
 from manifold_ext.ops._checks import as_int, check_device
+from manifold_ext.ops._dispatch import call_op
 from manifold_ext.ops._docs import fill_doc
 from manifold_ext.ops._second_order import NotDifferentiableError
 
@@ -79,7 +80,7 @@ def activation_patterns(
             dtypes or devices, a non-floating dtype, a NaN pre-activation.
         RuntimeError: float16/bfloat16 on CPU.
     """
-    return torch.ops.manifold_ext.activation_patterns.default(x, list(weights), list(biases))
+    return call_op(torch.ops.manifold_ext.activation_patterns.default, x, list(weights), list(biases))
 
 
 @fill_doc(devices=_PACKED_DEVICES)
@@ -102,7 +103,9 @@ def unpack_patterns(packed: torch.Tensor, num_units: int) -> torch.Tensor:
         TypeError: ``num_units`` not an integer (``69.9``, ``True``; NumPy
             integers are accepted).
     """
-    return torch.ops.manifold_ext.unpack_patterns.default(packed, as_int(num_units, "num_units", "unpack_patterns"))
+    return call_op(
+        torch.ops.manifold_ext.unpack_patterns.default, packed, as_int(num_units, "num_units", "unpack_patterns")
+    )
 
 
 @fill_doc(devices=_PACKED_DEVICES)
@@ -122,7 +125,7 @@ def pack_patterns(bits: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: ``bits`` not a bool tensor of rank 2.
     """
-    return torch.ops.manifold_ext.pack_patterns.default(bits)
+    return call_op(torch.ops.manifold_ext.pack_patterns.default, bits)
 
 
 @fill_doc(devices=_PACKED_DEVICES)
@@ -146,7 +149,7 @@ def hamming_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: not ``int64 [N, W]``; different ``W``; different devices.
     """
-    return torch.ops.manifold_ext.hamming_distance.default(a, b)
+    return call_op(torch.ops.manifold_ext.hamming_distance.default, a, b)
 
 
 @fill_doc(devices=_PACKED_DEVICES)
@@ -174,7 +177,7 @@ def hamming_topk(query: torch.Tensor, ref: torch.Tensor, k: int) -> tuple[torch.
         TypeError: ``k`` not an integer (``2.7``, ``True``; NumPy integers are
             accepted).
     """
-    return torch.ops.manifold_ext.hamming_topk.default(query, ref, as_int(k, "k", "hamming_topk"))
+    return call_op(torch.ops.manifold_ext.hamming_topk.default, query, ref, as_int(k, "k", "hamming_topk"))
 
 
 def region_system(
@@ -215,7 +218,7 @@ def region_system(
             words or with bits set past the last unit.
         RuntimeError: float16/bfloat16 on CPU.
     """
-    return torch.ops.manifold_ext.region_system.default(list(weights), list(biases), patterns)
+    return call_op(torch.ops.manifold_ext.region_system.default, list(weights), list(biases), patterns)
 
 
 # ---------------------------------------------------------------------------

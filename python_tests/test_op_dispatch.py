@@ -1,0 +1,76 @@
+"""The wrappers' dispatch below the Python autograd layer when no gradient can flow (ops/_dispatch.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from manifold_ext import ops
+from manifold_ext.ops._dispatch import _needs_autograd_layer, call_op
+
+
+def _kl_inputs(requires_grad: bool):
+    generator = torch.Generator().manual_seed(0)
+    mu = torch.randn(6, 3, generator=generator, dtype=torch.float64).requires_grad_(requires_grad)
+    logvar = (0.3 * torch.randn(6, 3, generator=generator, dtype=torch.float64)).requires_grad_(requires_grad)
+    return mu, logvar
+
+
+def test_no_grad_call_skips_the_autograd_layer_and_gives_the_same_bits(monkeypatch):
+    mu, logvar = _kl_inputs(requires_grad=False)
+    through_autograd = torch.ops.manifold_ext.closest_centre_kl.default(
+        mu, logvar, None, None, 0.5, 1.0, 0.0, None, None
+    )
+    entered = []
+    original = torch._C._AutoDispatchBelowAutograd
+
+    def recording_guard():
+        entered.append(True)
+        return original()
+
+    monkeypatch.setattr(torch._C, "_AutoDispatchBelowAutograd", recording_guard)
+    fast = ops.closest_centre_kl(mu, logvar, sigma0=0.5)
+    assert entered, "a call without gradients should dispatch below the autograd layer"
+    for a, b in zip(fast, through_autograd):
+        assert torch.equal(a, b)
+        assert not a.requires_grad and a.grad_fn is None
+
+
+def test_gradients_still_recorded_when_an_input_requires_grad():
+    mu, logvar = _kl_inputs(requires_grad=True)
+    kl, _ = ops.closest_centre_kl(mu, logvar, sigma0=0.5)
+    assert kl.grad_fn is not None
+    (grad_mu,) = torch.autograd.grad(kl.sum(), mu)
+    centre = torch.round(mu.detach())
+    torch.testing.assert_close(grad_mu, (mu.detach() - centre) / 0.25)  # dKL/dmu = (mu - c) / sigma0^2
+
+
+def test_no_grad_mode_records_nothing_even_for_inputs_requiring_grad():
+    mu, logvar = _kl_inputs(requires_grad=True)
+    with torch.no_grad():
+        kl, _ = ops.closest_centre_kl(mu, logvar, sigma0=0.5)
+    assert kl.grad_fn is None and not kl.requires_grad
+
+
+def test_torch_func_transforms_and_tracing_keep_the_autograd_layer():
+    """Inside torch.func transforms and while torch.compile traces, calls take the registered path unchanged."""
+    mu, _ = _kl_inputs(requires_grad=False)
+    seen = []
+
+    def probe(m):
+        seen.append(_needs_autograd_layer((m,)))
+        return m.sum()
+
+    torch.func.grad(probe)(mu)
+    torch.func.vmap(probe)(mu)
+    torch.compile(probe, backend="eager", fullgraph=True)(mu)
+    assert seen == [True, True, True]
+    assert not _needs_autograd_layer((mu,))
+
+
+def test_call_op_passes_non_tensor_arguments_through():
+    x = torch.randn(5, 2)
+    noise = torch.randn(5, 2)
+    op = torch.ops.manifold_ext.diffusion_forward_step.default
+    abar_t = torch.tensor(0.9, dtype=torch.float64)
+    abar_next = torch.tensor(0.5, dtype=torch.float64)
+    assert torch.equal(call_op(op, x, noise, abar_t, abar_next), op(x, noise, abar_t, abar_next))
