@@ -74,3 +74,34 @@ def test_call_op_passes_non_tensor_arguments_through():
     abar_t = torch.tensor(0.9, dtype=torch.float64)
     abar_next = torch.tensor(0.5, dtype=torch.float64)
     assert torch.equal(call_op(op, x, noise, abar_t, abar_next), op(x, noise, abar_t, abar_next))
+
+
+def test_float_schedules_reuse_one_tensor_per_value_safely():
+    """_abar keeps one 0-dim tensor per schedule value: made outside inference mode (so a value first used under
+    torch.inference_mode still works where autograd saves it), never under fake tensors, never for 0 or NaN."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from manifold_ext.ops.diffusion import _abar, _abar_constant
+
+    value = 0.812345678901  # a value no other test uses
+    with torch.inference_mode():
+        x = torch.randn(3, 2)
+        noise = torch.randn(3, 2)
+        first = ops.diffusion_forward_step(x, noise, value, 0.5)
+    x = torch.randn(3, 2, requires_grad=True)
+    noise = torch.randn(3, 2)
+    out = ops.diffusion_forward_step(x, noise, value, 0.5)  # saves the cached abar for backward
+    out.sum().backward()
+    # d out / d x = sqrt(abar_next / abar_t)
+    torch.testing.assert_close(x.grad, torch.full_like(x, (0.5 / value) ** 0.5))
+    assert first.shape == out.shape
+    assert _abar(value, "abar_t", "test") is _abar(value, "abar_t", "test")
+    assert not _abar(value, "abar_t", "test").is_inference()
+
+    cached_before = _abar_constant.cache_info().currsize
+    with FakeTensorMode():
+        fake = _abar(0.123456789, "abar_t", "test")
+    assert _abar_constant.cache_info().currsize == cached_before
+    assert type(fake) is not torch.Tensor  # a fake tensor, made fresh
+    assert _abar(-0.0, "abar_t", "test") is not _abar(-0.0, "abar_t", "test")
+    assert str(_abar(-0.0, "abar_t", "test").item()) == "-0.0"
