@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from manifold_ext import ops
@@ -105,3 +106,15 @@ def test_float_schedules_reuse_one_tensor_per_value_safely():
     assert type(fake) is not torch.Tensor  # a fake tensor, made fresh
     assert _abar(-0.0, "abar_t", "test") is not _abar(-0.0, "abar_t", "test")
     assert str(_abar(-0.0, "abar_t", "test").item()) == "-0.0"
+
+
+def test_dual_tensors_are_refused_rather_than_losing_their_tangent():
+    import torch.autograd.forward_ad as forward_ad
+
+    mu, logvar = _kl_inputs(requires_grad=False)
+    with forward_ad.dual_level():
+        dual_mu = forward_ad.make_dual(mu, torch.ones_like(mu))
+        with pytest.raises(NotImplementedError, match="closest_centre_kl.*forward-mode AD"):
+            ops.closest_centre_kl(dual_mu, logvar, sigma0=0.5)
+        kl, _ = ops.closest_centre_kl(mu, logvar, sigma0=0.5)  # no dual input: an ordinary call
+    assert torch.equal(kl, ops.closest_centre_kl(mu, logvar, sigma0=0.5)[0])
