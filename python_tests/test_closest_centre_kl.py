@@ -415,3 +415,32 @@ def test_grid_vae_passes_its_prior_sigma_to_the_op():
     assert GridPrior().sigma == GRID_PRIOR_SIGMA
     model = GridVAE()
     assert model.sigma0 == model.prior.sigma == GRID_PRIOR_SIGMA
+
+
+def _nan_centre_inputs():
+    """A NaN in centre 2 and a NaN in sample 1: by the NaN rule (as torch.argmin) a NaN distance counts as nearest,
+    so every sample picks its first centre with a NaN distance: centre 2, and centre 0 for sample 1."""
+    generator = torch.Generator().manual_seed(3)
+    mu = torch.randn(6, 3, generator=generator)
+    mu[1, 0] = float("nan")
+    centres = torch.randn(5, 3, generator=generator)
+    centres[2, 1] = float("nan")
+    return mu, torch.zeros_like(mu), centres
+
+
+def test_nearest_centre_nan_centre_is_chosen_on_cpu():
+    mu, logvar, centres = _nan_centre_inputs()
+    kl, index = nearest_centre_kl(mu, logvar, centres)
+    assert index.tolist() == [2, 0, 2, 2, 2, 2]
+    assert torch.isnan(kl).all()
+    assert torch.equal(index, torch.argmin(((mu[:, None] - centres[None]) ** 2).sum(-1), dim=1))
+
+
+@pytest.mark.cuda
+def test_nearest_centre_nan_rule_cuda_matches_cpu():
+    """The CUDA search applies the shared is_nearer rule too (it once compared with `<`, skipping NaN centres)."""
+    mu, logvar, centres = _nan_centre_inputs()
+    kl_cpu, index_cpu = nearest_centre_kl(mu, logvar, centres)
+    kl_cuda, index_cuda = nearest_centre_kl(mu.cuda(), logvar.cuda(), centres.cuda())
+    assert torch.equal(index_cuda.cpu(), index_cpu)
+    torch.testing.assert_close(kl_cuda.cpu(), kl_cpu, equal_nan=True)

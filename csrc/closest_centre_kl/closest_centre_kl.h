@@ -140,23 +140,14 @@ MANIFOLD_EXT_HD auto is_nearer(T dist, T best) {
 
 // The same order between two (distance, index) candidates found separately
 // (search lanes or threads): NaN first, then the smaller distance, then the
-// smaller index.
-template <typename T>
-MANIFOLD_EXT_HD bool ranks_before(T dist_a, int64_t index_a, T dist_b, int64_t index_b) {
-  // Bitwise, without branches: a search's running minimum is replaced at
-  // unpredictable lanes, and mispredicted branches here were most of the time
-  // of a small search. Two NaN distances tie, as two equal ones do.
-  const bool nan_a = dist_a != dist_a;
-  const bool nan_b = dist_b != dist_b;
-  const bool tie = (dist_a == dist_b) | (nan_a & nan_b);
-  return (dist_a < dist_b) | (nan_a & !nan_b) | (tie & (index_a < index_b));
-}
-
-// The same order for candidates held lane by lane, the indices as values of
-// T: a lane mask for CPU vectors (the search folds its lanes with it before
-// the scalar pass over what is left). Two NaN distances tie, as two equal ones.
-template <typename T>
-MANIFOLD_EXT_HD auto ranks_before_lanes(T dist_a, T index_a, T dist_b, T index_b) {
+// smaller index; two NaN distances tie, as two equal ones do. For scalars
+// (int64 indices) a bool; for CPU vectors, whose indices are lanes of T, a
+// lane mask (the search folds its lane vectors with it before a scalar pass
+// over the lanes left). Bitwise, without branches: a search's running minimum
+// is replaced at unpredictable places, and mispredicted branches here were
+// most of the time of a small search.
+template <typename T, typename Index>
+MANIFOLD_EXT_HD auto ranks_before(T dist_a, Index index_a, T dist_b, Index index_b) {
   const auto tie = (dist_a == dist_b) | ((dist_a != dist_a) & (dist_b != dist_b));
   return is_nearer(dist_a, dist_b) | (tie & (index_a < index_b));
 }

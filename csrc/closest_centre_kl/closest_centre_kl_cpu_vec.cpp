@@ -274,7 +274,7 @@ void nearest_samples(const NearestRows<scalar_t>& rows, int64_t first_row) {
     V value = best[s][0];
     V index = best_index[s][0];
     for (int v = 1; v < kLaneVecs; ++v) {
-      const auto first = ranks_before_lanes(best[s][v], best_index[s][v], value, index);
+      const auto first = ranks_before(best[s][v], best_index[s][v], value, index);
       value = hd_where(first, best[s][v], value);
       index = hd_where(first, best_index[s][v], index);
     }

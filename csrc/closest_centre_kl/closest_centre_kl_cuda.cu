@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(kThreads) nearest_centre_kernel(const scalar_t
       const scalar_t* centre = centres + k * n;
       acc_t dist = 0;
       for (int64_t i = 0; i < n; ++i) dist += squared_gap(static_cast<acc_t>(mu_row[i]), static_cast<acc_t>(centre[i]));
-      if (dist < best) {  // strict: the first nearest centre wins
+      if (is_nearer(dist, best)) {  // NaN rule of closest_centre_kl.h; strict: the first nearest centre wins
         best = dist;
         best_index = k;
       }
