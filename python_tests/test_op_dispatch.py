@@ -1,4 +1,5 @@
-"""The wrappers' dispatch below the Python autograd layer when no gradient can flow (ops/_dispatch.py)."""
+"""How the wrappers call the ops (ops/_dispatch.py): below the autograd layer when no gradient can flow, through
+an eager autograd.Function built from the registered formulas when one can, as registered when traced."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from manifold_ext import ops
-from manifold_ext.ops._dispatch import _needs_autograd_layer, call_op
+from manifold_ext.ops._dispatch import _EAGER_AUTOGRAD, _is_traced_or_transformed, call_op
 
 
 def _kl_inputs(requires_grad: bool):
@@ -58,14 +59,14 @@ def test_torch_func_transforms_and_tracing_keep_the_autograd_layer():
     seen = []
 
     def probe(m):
-        seen.append(_needs_autograd_layer((m,)))
+        seen.append(_is_traced_or_transformed())
         return m.sum()
 
     torch.func.grad(probe)(mu)
     torch.func.vmap(probe)(mu)
     torch.compile(probe, backend="eager", fullgraph=True)(mu)
     assert seen == [True, True, True]
-    assert not _needs_autograd_layer((mu,))
+    assert not _is_traced_or_transformed()
 
 
 def test_call_op_passes_non_tensor_arguments_through():
@@ -118,3 +119,40 @@ def test_dual_tensors_are_refused_rather_than_losing_their_tangent():
             ops.closest_centre_kl(dual_mu, logvar, sigma0=0.5)
         kl, _ = ops.closest_centre_kl(mu, logvar, sigma0=0.5)  # no dual input: an ordinary call
     assert torch.equal(kl, ops.closest_centre_kl(mu, logvar, sigma0=0.5)[0])
+
+
+def test_eager_function_gives_the_registered_kernels_values_and_gradients_bit_for_bit():
+    """A wrapper call with gradients runs the eager Function; the op called directly runs torch.library's
+    Autograd kernel. Same setup_context and backward, so the same bits, first and second order."""
+    mu, logvar = _kl_inputs(requires_grad=True)
+    target = torch.randn(6, 3, dtype=torch.float64).requires_grad_()
+    mask = torch.tensor([True, False, True])
+    eager = ops.closest_centre_kl(mu, logvar, sigma0=0.5, target=target, mask=mask)
+    registered = torch.ops.manifold_ext.closest_centre_kl.default(mu, logvar, target, mask, 0.5, 1.0, 0.0, None, None)
+    assert type(eager[0].grad_fn).__name__ == "Eager_closest_centre_klBackward"
+    assert "Eager" not in type(registered[0].grad_fn).__name__
+    weights = torch.linspace(0.5, 1.5, 6, dtype=torch.float64)
+    results = []
+    for kl, centre in (eager, registered):
+        assert not centre.requires_grad
+        first = torch.autograd.grad((kl * weights).sum(), (mu, logvar, target), create_graph=True)
+        second = torch.autograd.grad(sum(g.square().sum() for g in first), (mu, logvar, target))
+        results.append((kl, centre, *first, *second))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_every_op_with_a_formula_has_an_eager_function_except_tensor_list_ops():
+    names = {op._opname for op in _EAGER_AUTOGRAD}
+    assert {"closest_centre_kl", "closest_centre_kl_backward", "affine_coupling", "gaussian_elbo"} <= names
+    assert {"diffusion_nll_step", "ddpm_step", "rk4_update", "diffusion_step_backward"} <= names
+    assert "region_system" not in names  # Tensor[] arguments: torch.library's kernel unpacks the lists
+
+
+def test_backward_op_called_with_create_graph_goes_through_its_eager_function():
+    mu, logvar = _kl_inputs(requires_grad=True)
+    kl, _ = ops.closest_centre_kl(mu, logvar, sigma0=0.5)
+    (grad_mu,) = torch.autograd.grad(kl.sum(), mu, create_graph=True)
+    assert type(grad_mu.grad_fn).__name__ == "Eager_closest_centre_kl_backwardBackward"
+    (hessian_diagonal,) = torch.autograd.grad(grad_mu.sum(), mu)
+    torch.testing.assert_close(hessian_diagonal, torch.full_like(mu, 1 / 0.25))  # d2KL/dmu2 = 1 / sigma0^2

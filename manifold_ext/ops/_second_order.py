@@ -22,6 +22,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from manifold_ext.ops._dispatch import register_autograd
+
 
 class NotDifferentiableError(RuntimeError):
     """A gradient was requested for an argument the op is not differentiable in."""
@@ -116,4 +118,4 @@ def register_backward_op_autograd(
             grads[position] = grad
         return tuple(grads)
 
-    torch.library.register_autograd(f"manifold_ext::{op}", backward, setup_context=setup_context)
+    register_autograd(op, backward, setup_context)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from manifold_ext.ops._checks import as_bool, as_float, check_device, empty_contiguous_like
-from manifold_ext.ops._dispatch import call_op
+from manifold_ext.ops._dispatch import call_op, register_autograd
 from manifold_ext.ops._second_order import differentiable_leaf, register_backward_op_autograd, vjp
 
 COUPLING_SCALES = ("glow", "exp", "softclamp")
@@ -175,7 +175,7 @@ def _backward(ctx, grad_y, grad_logdet):
     return grad_x, grad_h, None, None, None, None
 
 
-torch.library.register_autograd("manifold_ext::affine_coupling", _backward, setup_context=_setup_context)
+register_autograd("affine_coupling", _backward, _setup_context)
 
 
 def _backward_composite(grad_y, grad_logdet, x, h, scale, layout, clamp, reverse):

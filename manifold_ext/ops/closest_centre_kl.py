@@ -27,7 +27,7 @@ from manifold_ext.ops._checks import (
     compute_dtype,
     empty_contiguous_like,
 )
-from manifold_ext.ops._dispatch import call_op
+from manifold_ext.ops._dispatch import call_op, register_autograd
 from manifold_ext.ops._second_order import differentiable_leaf, register_backward_op_autograd, vjp
 
 DEFAULT_SIGMA0 = 1.0 / 16.0  # paper 000 §4.2, Eq. 27: "sigma0 = 1/16 in some of our experiments"
@@ -366,12 +366,8 @@ def _nearest_backward(ctx, grad_kl, grad_index):
     return grad_mu, grad_logvar, grad_centres, None
 
 
-torch.library.register_autograd(
-    "manifold_ext::closest_centre_kl", _closest_backward, setup_context=_closest_setup_context
-)
-torch.library.register_autograd(
-    "manifold_ext::nearest_centre_kl", _nearest_backward, setup_context=_nearest_setup_context
-)
+register_autograd("closest_centre_kl", _closest_backward, _closest_setup_context)
+register_autograd("nearest_centre_kl", _nearest_backward, _nearest_setup_context)
 
 
 # Second order: the backward ops' own VJPs, through the reference's KL.

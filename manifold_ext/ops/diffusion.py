@@ -17,7 +17,7 @@ import functools
 import torch
 
 from manifold_ext.ops._checks import as_float, check_device, empty_contiguous_like
-from manifold_ext.ops._dispatch import call_op
+from manifold_ext.ops._dispatch import call_op, register_autograd
 from manifold_ext.ops._docs import fill_doc
 from manifold_ext.ops._second_order import differentiable_leaf, refuse_gradient, register_backward_op_autograd, vjp
 
@@ -573,7 +573,7 @@ def _nll_backward(ctx, grad_acc):
     return grad_acc, *grads, None, None
 
 
-torch.library.register_autograd("manifold_ext::diffusion_nll_step", _nll_backward, setup_context=_nll_setup)
+register_autograd("diffusion_nll_step", _nll_backward, _nll_setup)
 
 
 def _nll_forward_setup(ctx, inputs, output):
@@ -599,9 +599,7 @@ def _nll_forward_backward(ctx, grad_acc, grad_after):
     return grad_acc, grad_x_t, grad_x_next, grad_eps, grad_noise, None, None, None
 
 
-torch.library.register_autograd(
-    "manifold_ext::diffusion_nll_step_and_forward", _nll_forward_backward, setup_context=_nll_forward_setup
-)
+register_autograd("diffusion_nll_step_and_forward", _nll_forward_backward, _nll_forward_setup)
 
 
 def _register_linear_step(name: str, step: str, has_eta: bool, has_noise: bool):
@@ -627,7 +625,7 @@ def _register_linear_step(name: str, step: str, has_eta: bool, has_noise: bool):
         grads.append(grad_noise if ctx.noise_given else None)
         return tuple(grads)
 
-    torch.library.register_autograd(f"manifold_ext::{name}", backward, setup_context=setup)
+    register_autograd(name, backward, setup)
 
 
 _register_linear_step("diffusion_forward_step", "forward", has_eta=False, has_noise=False)
@@ -647,7 +645,7 @@ def _rk4_combine_backward(ctx, grad):
     return sixth, third, third, sixth
 
 
-torch.library.register_autograd("manifold_ext::rk4_combine", _rk4_combine_backward, setup_context=_rk4_combine_setup)
+register_autograd("rk4_combine", _rk4_combine_backward, _rk4_combine_setup)
 
 
 def _rk4_update_setup(ctx, inputs, output):
@@ -659,7 +657,7 @@ def _rk4_update_backward(ctx, grad):
     return grad, sixth, third, third, sixth, None
 
 
-torch.library.register_autograd("manifold_ext::rk4_update", _rk4_update_backward, setup_context=_rk4_update_setup)
+register_autograd("rk4_update", _rk4_update_backward, _rk4_update_setup)
 
 
 # Second order. The likelihood step's backward: the VJP of the reference.
@@ -705,6 +703,4 @@ def _step_backward_backward(ctx, v_x, v_eps, v_noise):
     return grad, None, None, None, None
 
 
-torch.library.register_autograd(
-    "manifold_ext::diffusion_step_backward", _step_backward_backward, setup_context=_step_backward_setup
-)
+register_autograd("diffusion_step_backward", _step_backward_backward, _step_backward_setup)

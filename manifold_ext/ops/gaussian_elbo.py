@@ -7,7 +7,7 @@ import math
 import torch
 
 from manifold_ext.ops._checks import as_float, check_device, compute_dtype, empty_contiguous_like
-from manifold_ext.ops._dispatch import call_op
+from manifold_ext.ops._dispatch import call_op, register_autograd
 from manifold_ext.ops._second_order import differentiable_leaf, register_backward_op_autograd, vjp
 
 
@@ -169,7 +169,7 @@ def _backward(ctx, grad_elbo, grad_kl):
     return (*grads, None)
 
 
-torch.library.register_autograd("manifold_ext::gaussian_elbo", _backward, setup_context=_setup_context)
+register_autograd("gaussian_elbo", _backward, _setup_context)
 
 
 def _backward_composite(grad_elbo, grad_kl, x, x_mean, mu, logvar, decoder_logvar):

@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 
 from manifold_ext.ops._checks import as_int, check_device
-from manifold_ext.ops._dispatch import call_op
+from manifold_ext.ops._dispatch import call_op, register_autograd
 from manifold_ext.ops._docs import fill_doc
 from manifold_ext.ops._second_order import NotDifferentiableError
 
@@ -413,6 +413,4 @@ def _region_system_backward(ctx, *grads):
     )
 
 
-torch.library.register_autograd(
-    "manifold_ext::region_system", _region_system_backward, setup_context=_region_system_setup
-)
+register_autograd("region_system", _region_system_backward, _region_system_setup)
