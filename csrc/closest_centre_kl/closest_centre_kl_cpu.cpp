@@ -54,7 +54,9 @@ std::tuple<at::Tensor, at::Tensor> closest_centre_kl_cpu(const at::Tensor& mu_in
   const at::Tensor mu = mu_in.contiguous();          // [B, n]
   const at::Tensor logvar = logvar_in.contiguous();  // [B, n]
   const at::Tensor target = options.source != CentreSource::Rounded ? target_in->contiguous() : at::Tensor();
-  const at::Tensor mask = options.source == CentreSource::Masked ? mask_per_element(*mask_in, mu) : at::Tensor();
+  // A mask per dimension ([n]) is not expanded to [B, n]: the loops tile it.
+  const at::Tensor mask = options.source == CentreSource::Masked ? mask_in->contiguous() : at::Tensor();
+  const bool mask_per_dimension = mask.defined() && mask.dim() == 1;
   const int64_t batch = mu.size(0);
   const int64_t n = mu.size(1);
   at::Tensor kl = at::empty({batch}, mu.options());                      // [B]
@@ -74,11 +76,12 @@ std::tuple<at::Tensor, at::Tensor> closest_centre_kl_cpu(const at::Tensor& mu_in
       const ForwardRows<scalar_t> rows{mu_data + start,
                                        logvar_data + start,
                                        target_data ? target_data + start : nullptr,
-                                       mask_data ? mask_data + start : nullptr,
+                                       mask_data && !mask_per_dimension ? mask_data + start : mask_data,
                                        centre_data + start,
                                        kl_data + first,
                                        last - first,
-                                       n};
+                                       n,
+                                       mask_per_dimension};
       MANIFOLD_EXT_CALL_CPU_ISA(isa, forward_rows, rows, params);
     });
   });

@@ -22,11 +22,12 @@ struct ForwardRows {
   const scalar_t* mu;      // [rows, n]
   const scalar_t* logvar;  // [rows, n]
   const scalar_t* target;  // [rows, n] centres given (Target / Masked), else null
-  const bool* mask;        // [rows, n] guided elements (Masked), else null
+  const bool* mask;        // guided elements (Masked), else null: [rows, n], or [n] when mask_per_dimension
   scalar_t* centre;        // [rows, n] chosen centres (output), or null when not wanted
   scalar_t* kl;            // [rows] output
   int64_t rows;
   int64_t n;
+  bool mask_per_dimension = false;  // one mask row for every sample (mask of shape [n])
 };
 
 template <typename scalar_t>

@@ -79,19 +79,21 @@ inline T choose_centre(const T& mu, const T& target, const Guided& guided, const
   }
 }
 
+// The mask as 0/1 lanes of the element type, so that a lane-wise compare
+// turns it into blend masks.
+template <typename scalar_t>
+void mask_as_lanes(const bool* mask, int64_t count, scalar_t* guided) {
+  for (int64_t i = 0; i < count; ++i) guided[i] = mask[i] ? scalar_t(1) : scalar_t(0);
+}
+
 // Twice-KL terms of `count` consecutive elements into terms[0..count), and
-// their centres into centre[0..count) when kStoreCentre.
+// their centres into centre[0..count) when kStoreCentre. `guided` (Masked
+// only): the elements' mask as 0/1 lanes.
 template <CentreSource kSource, bool kStoreCentre, typename scalar_t>
-void block_terms(const scalar_t* mu, const scalar_t* logvar, const scalar_t* target, const bool* mask, scalar_t* centre,
-                 scalar_t* terms, int64_t count, const KlParams& params) {
+void block_terms(const scalar_t* mu, const scalar_t* logvar, const scalar_t* target, const scalar_t* guided,
+                 scalar_t* centre, scalar_t* terms, int64_t count, const KlParams& params) {
   using V = KernelVec<scalar_t>;
   const LaneParams<V> pv = lane_params<V, scalar_t>(params);
-  // Masked: the bool bytes as 0/1 lanes of the element type, so a lane-wise
-  // compare turns them into blend masks.
-  alignas(64) scalar_t guided[kSource == CentreSource::Masked ? kBlock : 1];
-  if constexpr (kSource == CentreSource::Masked) {
-    for (int64_t i = 0; i < count; ++i) guided[i] = mask[i] ? scalar_t(1) : scalar_t(0);
-  }
   // The last, partial vector goes through the same vector code (partial loads
   // and stores): a scalar tail would use libm's exp where the body uses the
   // vector exp, and which elements fall in a tail depends on where the thread
@@ -151,13 +153,22 @@ void sum_rows(const scalar_t* terms, int64_t rows, int64_t n, scalar_t* out) {
 template <CentreSource kSource, bool kStoreCentre, typename scalar_t>
 void forward_rows_impl(const ForwardRows<scalar_t>& rows, const KlParams& params) {
   alignas(64) scalar_t terms[kBlock];
+  alignas(64) scalar_t guided[kSource == CentreSource::Masked ? kBlock : 1];
   const int64_t n = rows.n;
+  // A mask per dimension over blocks of whole rows: every block starts a row,
+  // so one tiled copy serves them all.
+  const bool tiled_mask = kSource == CentreSource::Masked && rows.mask_per_dimension && n > 0 && n <= kBlock;
+  if (tiled_mask) {
+    for (int64_t r = 0; r + n <= kBlock; r += n) mask_as_lanes(rows.mask, n, guided + r);
+  }
   scalar_t long_row_sum = 0;  // rows longer than a block: running sum over its blocks
   for_each_block(rows.rows, n, [&](const BlockSpan& span) {
     const int64_t offset = span.first_row * n + span.begin;
+    if (kSource == CentreSource::Masked && !tiled_mask) {
+      mask_as_lanes(rows.mask + (rows.mask_per_dimension ? span.begin : offset), span.count, guided);
+    }
     block_terms<kSource, kStoreCentre>(rows.mu + offset, rows.logvar + offset,
-                                       rows.target ? rows.target + offset : nullptr,
-                                       rows.mask ? rows.mask + offset : nullptr,
+                                       rows.target ? rows.target + offset : nullptr, guided,
                                        kStoreCentre ? rows.centre + offset : nullptr, terms, span.count, params);
     if (n <= kBlock) {
       sum_rows(terms, span.rows, n, rows.kl + span.first_row);

@@ -718,13 +718,15 @@ CLOSEST_CENTRE_KL = op_case(
         dict(shape=(3, 0), mode="guided"),
         dict(shape=(0, 4), mode="partial-dim"),
         dict(shape=(3, 1500), mode="partial-elem"),
+        dict(shape=(61, 40), mode="partial-dim"),  # a per-dimension mask tiled over blocks of whole rows
+        dict(shape=(2, 1500), mode="partial-dim"),  # ... and over pieces of rows longer than a block
         dict(shape=(1, 1), mode="unguided", sigma0=1 / 3),
     ],
     gradcheck_params=[
         dict(shape=(3, 4), mode=mode, near_centres=True, sigma0=0.5)
         for mode in ("unguided", "clipped", "guided", "partial-elem")
     ],
-    big_params=[dict(shape=(4099, 40), mode="partial-elem")],
+    big_params=[dict(shape=(4099, 40), mode="partial-elem"), dict(shape=(4099, 40), mode="partial-dim")],
     check=_closest_check,
     strategy=_closest_strategy,
     differentiable_outputs=1,
