@@ -27,33 +27,6 @@ namespace {
 // Elements per block: whole rows when n <= kBlock, else pieces of one row.
 constexpr int64_t kBlock = 1024;
 
-// A block: `rows` whole rows of n elements, or (rows == 1) the part
-// [begin, begin + count) of one longer row.
-struct BlockSpan {
-  int64_t first_row;
-  int64_t rows;
-  int64_t begin;  // element offset inside the row (0 for whole rows)
-  int64_t count;  // elements in the block
-};
-
-// Calls fn(span) for consecutive blocks covering `rows` rows of n elements.
-template <typename Fn>
-void for_each_block(int64_t rows, int64_t n, Fn&& fn) {
-  if (n <= kBlock) {
-    const int64_t rows_per_block = n == 0 ? rows : kBlock / n;
-    for (int64_t r = 0; r < rows; r += rows_per_block) {
-      const int64_t block_rows = std::min(rows_per_block, rows - r);
-      fn(BlockSpan{r, block_rows, 0, block_rows * n});
-    }
-  } else {
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t begin = 0; begin < n; begin += kBlock) {
-        fn(BlockSpan{r, 1, begin, std::min(kBlock, n - begin)});
-      }
-    }
-  }
-}
-
 template <typename scalar_t>
 struct LaneParams {
   Grid<scalar_t> grid;
@@ -162,7 +135,7 @@ void forward_rows_impl(const ForwardRows<scalar_t>& rows, const KlParams& params
     for (int64_t r = 0; r + n <= kBlock; r += n) mask_as_lanes(rows.mask, n, guided + r);
   }
   scalar_t long_row_sum = 0;  // rows longer than a block: running sum over its blocks
-  for_each_block(rows.rows, n, [&](const BlockSpan& span) {
+  for_each_row_block<kBlock>(rows.rows, n, [&](const RowBlock& span) {
     const int64_t offset = span.first_row * n + span.begin;
     if (kSource == CentreSource::Masked && !tiled_mask) {
       mask_as_lanes(rows.mask + (rows.mask_per_dimension ? span.begin : offset), span.count, guided);
@@ -185,7 +158,7 @@ void backward_rows_impl(const BackwardRows<scalar_t>& rows, const KlParams& para
   const PriorVariance<V> pv = lane_params<V, scalar_t>(params).prior;
   alignas(64) scalar_t grad[kBlock];  // each element's row gradient
   const int64_t n = rows.n;
-  for_each_block(rows.rows, n, [&](const BlockSpan& span) {
+  for_each_row_block<kBlock>(rows.rows, n, [&](const RowBlock& span) {
     for (int64_t r = 0; r < span.rows; ++r) {
       std::fill(grad + r * n, grad + r * n + std::min(n, span.count), rows.grad_kl[span.first_row + r]);
     }

@@ -13,6 +13,7 @@
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -152,6 +153,36 @@ inline void for_each_vector(int64_t n, Body&& body) {
   int64_t i = 0;
   for (; i + V::size() <= n; i += V::size()) body(i, std::integral_constant<int64_t, V::size()>{});
   if (i < n) body(i, n - i);
+}
+
+// A block of the flat element stream of [rows, n] data: `rows` whole rows, or
+// (rows == 1) the part [begin, begin + count) of one row longer than a block.
+struct RowBlock {
+  int64_t first_row;
+  int64_t rows;
+  int64_t begin;  // element offset inside the row (0 for whole rows)
+  int64_t count;  // elements in the block
+};
+
+// Calls fn(block) for consecutive blocks of at most kBlock elements covering
+// `rows` rows of n elements: whole rows when n <= kBlock, else pieces of one
+// row. The loops over short rows (a few latents per sample) run SIMD-wide over
+// a block as one stream, through a kBlock-element buffer that stays in L1, and
+// a block always starts a row, so which rows share a block never changes a
+// row's result.
+template <int64_t kBlock, typename Fn>
+inline void for_each_row_block(int64_t rows, int64_t n, Fn&& fn) {
+  if (n <= kBlock) {
+    const int64_t rows_per_block = n == 0 ? rows : kBlock / n;
+    for (int64_t r = 0; r < rows; r += rows_per_block) {
+      const int64_t block_rows = std::min(rows_per_block, rows - r);
+      fn(RowBlock{r, block_rows, 0, block_rows * n});
+    }
+  } else {
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t begin = 0; begin < n; begin += kBlock) fn(RowBlock{r, 1, begin, std::min(kBlock, n - begin)});
+    }
+  }
 }
 
 // Lanes [0, count) of v, zeros elsewhere.

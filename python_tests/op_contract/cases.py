@@ -845,6 +845,8 @@ GAUSSIAN_ELBO = op_case(
         dict(x_shape=(5, 13), z_shape=(5, 3), decoder_logvar=1.7),
         dict(x_shape=(2, 2, 3, 4, 5), z_shape=(2, 2, 3)),
         dict(x_shape=(4, 3, 33, 31), z_shape=(4, 300)),
+        dict(x_shape=(300, 1, 4, 4), z_shape=(300, 8)),  # the latents of many samples over several blocks
+        dict(x_shape=(3, 5), z_shape=(3, 2500)),  # samples with more latents than a block, in pieces
     ],
     gradcheck_params=[dict(x_shape=(3, 2, 3), z_shape=(3, 4), decoder_logvar=-1.0)],
     big_params=[dict(x_shape=(64, 3, 32, 32), z_shape=(64, 16))],
