@@ -1,7 +1,9 @@
 // Vectorised row loops of the diffusion ops. Compiled once per instruction set
 // (cmake/ManifoldExtCpuIsa.cmake); MANIFOLD_EXT_CPU_NS names this copy's
-// namespace. The element math comes from diffusion.h, run on at::vec lanes for
-// the body of each row and on scalars for its tail.
+// namespace. The element math comes from diffusion.h, run on KernelVec lanes
+// (at::vec::Vectorized; the baseline copy's float: Float4); the per-sample
+// coefficient and 2-D point loops, which need ATen's conversions and
+// deinterleave, on at::vec::Vectorized.
 #include "common/cpu_vec_math.h"  // before the family header: vector hd_* overloads
 
 #include <algorithm>
@@ -51,7 +53,7 @@ inline void put_row(const NllRows<scalar_t>& r, int64_t row, double element_sum,
 
 template <bool kNoise, typename scalar_t>
 void linear_step_rows_impl(const LinearStepRows<scalar_t>& r) {
-  using V = Vec<scalar_t>;
+  using V = KernelVec<scalar_t>;
   for (int64_t row = 0; row < r.rows; ++row) {
     const StepCoefficients<scalar_t>& c = r.coef[row * r.coef_stride];
     const StepCoefficients<V> cv = broadcast<V>(c);
@@ -77,7 +79,7 @@ template <bool kFused, typename scalar_t>
 double nll_span(const scalar_t* x_t, const scalar_t* x_next, const scalar_t* eps, const scalar_t* noise,
                 scalar_t* x_after, int64_t n, const NllCoefficients<scalar_t>& c,
                 const StepCoefficients<scalar_t>& fc) {
-  using V = Vec<scalar_t>;
+  using V = KernelVec<scalar_t>;
   const NllCoefficients<V> cv = broadcast<V>(c);
   const StepCoefficients<V> fcv = broadcast<V>(fc);
   // Two lane accumulators halve the add latency chain.
@@ -189,7 +191,7 @@ void nll_tiny_rows_shared(const NllRows<scalar_t>& r) {
 // summed row by row.
 template <bool kFused, typename scalar_t>
 void nll_short_rows_shared(const NllRows<scalar_t>& r) {
-  using V = Vec<scalar_t>;
+  using V = KernelVec<scalar_t>;
   if (r.len == 1) return nll_tiny_rows_shared<1, kFused>(r);
   if (r.len == 2) return nll_tiny_rows_shared<2, kFused>(r);
   constexpr int64_t kBlock = 1024;
@@ -221,7 +223,7 @@ void nll_short_rows_shared(const NllRows<scalar_t>& r) {
 // at mixed times in the fused step): one masked vector per row.
 template <bool kFused, typename scalar_t>
 void nll_short_rows_per_sample(const NllRows<scalar_t>& r) {
-  using V = Vec<scalar_t>;
+  using V = KernelVec<scalar_t>;
   for (int64_t row = 0; row < r.rows; ++row) {
     const NllCoefficients<scalar_t>& c = r.coef[row];
     const int64_t base = row * r.len;
@@ -237,7 +239,7 @@ void nll_short_rows_per_sample(const NllRows<scalar_t>& r) {
 
 template <bool kFused, typename scalar_t>
 void nll_rows_impl(const NllRows<scalar_t>& r) {
-  using V = Vec<scalar_t>;
+  using V = KernelVec<scalar_t>;
   if (r.coef_stride == 0 && r.len < 4 * V::size() && r.len > 0) {
     nll_short_rows_shared<kFused>(r);
     return;
@@ -259,7 +261,7 @@ void nll_rows_impl(const NllRows<scalar_t>& r) {
 
 template <typename scalar_t>
 void nll_backward_rows_impl(const NllBackwardRows<scalar_t>& r) {
-  using V = Vec<scalar_t>;
+  using V = KernelVec<scalar_t>;
   for (int64_t row = 0; row < r.rows; ++row) {
     const NllCoefficients<scalar_t>& c = r.coef[row * r.coef_stride];
     const NllCoefficients<V> cv = broadcast<V>(c);
@@ -286,7 +288,7 @@ void nll_backward_rows_impl(const NllBackwardRows<scalar_t>& r) {
 
 template <bool kWithX, typename scalar_t>
 void rk4_span_impl(const Rk4Span<scalar_t>& s) {
-  using V = Vec<scalar_t>;
+  using V = KernelVec<scalar_t>;
   // Local copies: stores through `out` could alias the span in the compiler's view.
   const scalar_t *x = s.x, *k1 = s.k1, *k2 = s.k2, *k3 = s.k3, *k4 = s.k4;
   scalar_t* out = s.out;
