@@ -22,6 +22,26 @@ namespace relu_patterns {
 namespace MANIFOLD_EXT_CPU_NS {
 namespace {
 
+// Set bits of one XORed word. The AVX2 / AVX-512 copies inline popcount64
+// into POPCNT targets: one instruction. Baseline x86-64 has no POPCNT, where
+// __builtin_popcountll is a libgcc call per word that also keeps the loop
+// scalar (4.4x slower than the AVX2 copy at H = 1024); there the SWAR count
+// below uses only 64-bit shifts, ands and adds, which SSE2 has, so the loop
+// over references vectorises two words per register.
+__attribute__((always_inline)) inline int word_bit_count(uint64_t x) {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  return popcount64(x);
+#else
+  x = x - ((x >> 1) & 0x5555555555555555ULL);                            // 2-bit counts
+  x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);  // 4-bit counts
+  x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;                            // byte counts
+  x += x >> 8;                                                           // no 64-bit multiply in SSE2:
+  x += x >> 16;                                                          // fold the bytes with shifts
+  x += x >> 32;
+  return static_cast<int>(x & 0x7F);
+#endif
+}
+
 // Body shared by the copies below (inlined into each, so each gets its own
 // target's popcount instruction).
 __attribute__((always_inline)) inline void hamming_tile_body(const int64_t* __restrict__ query,
@@ -33,7 +53,7 @@ __attribute__((always_inline)) inline void hamming_tile_body(const int64_t* __re
     const uint64_t q = static_cast<uint64_t>(query[w]);
     const int64_t* __restrict__ column = refs_word_major + w * ref_stride;
     for (int64_t r = 0; r < count; ++r) {
-      dist[r] += static_cast<int32_t>(popcount64(q ^ static_cast<uint64_t>(column[r])));
+      dist[r] += static_cast<int32_t>(word_bit_count(q ^ static_cast<uint64_t>(column[r])));
     }
   }
 }
