@@ -51,6 +51,8 @@ def as_int(value, name: str, op: str) -> int:
 
 def as_float(value, name: str, op: str) -> float:
     """``value`` as a Python float: real numbers (NumPy's included) and 0-dim real tensors; not bools."""
+    if type(value) is float:  # the common case first: the checks below cost about 0.3 µs of a 5 µs call
+        return value
     if _is_bool(value):
         raise TypeError(f"{op}: {name} must be a real number, got the bool {value!r}")
     if isinstance(value, torch.Tensor):
