@@ -19,6 +19,7 @@ device-to-device copy, timed like everything else with CUDA events).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import statistics
 import time
@@ -167,15 +168,21 @@ def judge_target(row: dict, has_target: bool = True, target_vs_eager: float | No
     row["target"] = "met" if (beats_compile or near_bound) and beats_eager else "not met"
 
 
+@contextlib.contextmanager
+def _on_threads(threads: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _thread_scaling(fn: Callable[[], Any], device: torch.device, settings: BenchSettings, rounds: int) -> float:
     """Median ms per call of ``fn`` on ``settings.scaling_threads`` threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(settings.scaling_threads)
-    try:
+    with _on_threads(settings.scaling_threads):
         fn()  # let the thread pool settle at its new size
         return _interleaved_medians({"ours": fn}, device, rounds, settings.min_round_seconds)["ours"]
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run_case(case: BenchCase, device: torch.device, settings: BenchSettings) -> dict:
@@ -212,6 +219,11 @@ def run_case(case: BenchCase, device: torch.device, settings: BenchSettings) -> 
         row["scaling_threads"] = settings.scaling_threads
         row["ours_ms_scaling_threads"] = _thread_scaling(impls["ours"], device, settings, rounds)
         row["thread_scaling"] = row["ours_ms_scaling_threads"] / ms["ours"]
+        if case.bytes_moved:
+            # How far the memory system itself scales: a case at the bound cannot scale further than its copy.
+            with _on_threads(settings.scaling_threads):
+                few_threads_bandwidth = copy_bandwidth(case.bytes_moved, device, settings)
+            row["copy_thread_scaling"] = row["copy_bandwidth_GBps"] * 1e9 / few_threads_bandwidth
     return row
 
 
@@ -246,6 +258,8 @@ def one_line(row: dict) -> str:
         parts.append(f"| {row['ours_vs_bound']:.2f}× the bandwidth bound")
     if row.get("thread_scaling"):
         parts.append(f"| {row['thread_scaling']:.2f}× over {row['scaling_threads']} thread(s)")
+        if row.get("copy_thread_scaling"):
+            parts.append(f"(copy_ {row['copy_thread_scaling']:.2f}×)")
     if row.get("target"):
         parts.append(f"| target {row['target']}")
     return " ".join(parts)

@@ -105,7 +105,8 @@ def _note_cell(row: dict) -> str:
 def _scaling_cell(row: dict) -> str:
     if row.get("thread_scaling") is None:
         return "–"
-    return f"{row['thread_scaling']:.2f}×"
+    copy = row.get("copy_thread_scaling")
+    return f"{row['thread_scaling']:.2f}×" + (f" (copy {copy:.2f}×)" if copy else "")
 
 
 def markdown_table(data: dict) -> str:
@@ -124,7 +125,8 @@ def markdown_table(data: dict) -> str:
         "*ours / bound* of 1.0 means at the bound. *Target*: ours ≥ "
         f"{TARGET_VS_COMPILE}× torch.compile, or, where compile is already within {TARGET_VS_COMPILE}× of the bound "
         f"(*compile at bound*), ours within {TARGET_VS_BOUND}× of the bound. *N→1 thread* is how many times "
-        "faster ours runs on all threads than on one (large cases, `--scaling`).",
+        "faster ours runs on all threads than on one (large cases, `--scaling`); in brackets, the same for the "
+        "bound's `copy_`: a memory-bound case cannot scale further than the copy does.",
         "",
         "| family | case | shape | dtype | eager ms | compile ms | ours ms | vs eager | vs compile | bound ms "
         "| ours / bound | N→1 thread | target | note |",
