@@ -6,11 +6,23 @@ committed number says where it was measured.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
 
 import torch
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block (or, as a decorator, the function) on ``n`` intra-op threads, then restore the count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def cpu_model() -> str:

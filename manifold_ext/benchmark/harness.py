@@ -19,7 +19,6 @@ device-to-device copy, timed like everything else with CUDA events).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import statistics
 import time
@@ -27,6 +26,8 @@ from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
+
+from manifold_ext._machine import torch_threads
 
 IMPLS = ("eager", "compile", "ours")
 
@@ -168,19 +169,9 @@ def judge_target(row: dict, has_target: bool = True, target_vs_eager: float | No
     row["target"] = "met" if (beats_compile or near_bound) and beats_eager else "not met"
 
 
-@contextlib.contextmanager
-def _on_threads(threads: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _thread_scaling(fn: Callable[[], Any], device: torch.device, settings: BenchSettings, rounds: int) -> float:
     """Median ms per call of ``fn`` on ``settings.scaling_threads`` threads."""
-    with _on_threads(settings.scaling_threads):
+    with torch_threads(settings.scaling_threads):
         fn()  # let the thread pool settle at its new size
         return _interleaved_medians({"ours": fn}, device, rounds, settings.min_round_seconds)["ours"]
 
@@ -221,7 +212,7 @@ def run_case(case: BenchCase, device: torch.device, settings: BenchSettings) -> 
         row["thread_scaling"] = row["ours_ms_scaling_threads"] / ms["ours"]
         if case.bytes_moved:
             # How far the memory system itself scales: a case at the bound cannot scale further than its copy.
-            with _on_threads(settings.scaling_threads):
+            with torch_threads(settings.scaling_threads):
                 few_threads_bandwidth = copy_bandwidth(case.bytes_moved, device, settings)
             row["copy_thread_scaling"] = row["copy_bandwidth_GBps"] * 1e9 / few_threads_bandwidth
     return row

@@ -25,6 +25,7 @@ import time
 import numpy as np
 import torch
 
+from manifold_ext._machine import torch_threads
 from manifold_ext.datasets import two_digit_digits, two_digit_mnist
 from manifold_ext.demos.common import add_common_arguments, paper_row, pyplot, run_record, seed_everything, write_json
 from manifold_ext.vae import GridVAE, cluster_report, dimension_control, train_grid_vae
@@ -157,12 +158,8 @@ def run(args: argparse.Namespace) -> dict:
     started = time.time()
     generator = seed_everything(args.seed)
     device = torch.device(args.device)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, args.threads))
-    try:
+    with torch_threads(max(1, args.threads)):
         return _run(args, generator, device, started)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _train_and_measure(args, train, test, guidance: str, generator, device) -> tuple[GridVAE, dict]:

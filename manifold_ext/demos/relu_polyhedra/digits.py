@@ -19,11 +19,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from manifold_ext._machine import torch_threads
 from manifold_ext._optional import require
 from manifold_ext.attacks import fgsm
 from manifold_ext.demos.relu_polyhedra.paper import STRUCTURES
 from manifold_ext.demos.relu_polyhedra.toy import one_bit_guarantee
-from manifold_ext.demos.relu_polyhedra.training import torch_threads
 from manifold_ext.ops.relu_patterns import hamming_distance
 from manifold_ext.relu_geometry import (
     HammingNearestNeighbour,

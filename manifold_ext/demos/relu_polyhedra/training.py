@@ -27,7 +27,6 @@ per-step overhead dominates, so S nets cost little more than one.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import itertools
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from manifold_ext._machine import torch_threads
 from manifold_ext.relu_geometry import ReLUNetwork
 
 # Section 4.1.1 and 4.1.3: the target is sum(x_i^2) minus this constant.
@@ -99,18 +99,6 @@ class TrainedNets:
     @property
     def name(self) -> str:
         return f"{len(self.widths)}x{self.widths[0]}"
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Train tiny networks on ``n`` threads: with a few hundred parameters, intra-op threads only add
-    synchronisation (27x slower on a busy 2-core machine, measured)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def sample_datasets(seeds: list[int], d: int, n_points: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,6 +194,8 @@ def _lr_factor(recipe: Recipe, step: int) -> float:
     return warm * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+# One intra-op thread: with a few hundred parameters, more threads only add synchronisation
+# (27x slower on a busy 2-core machine, measured).
 @torch_threads(1)
 def train_networks(
     widths: list[int], d: int, seeds: list[int], recipe: Recipe = Recipe(), n_points: int | None = None
