@@ -159,9 +159,7 @@ void backward_rows_impl(const BackwardRows<scalar_t>& rows, const KlParams& para
   alignas(64) scalar_t grad[kBlock];  // each element's row gradient
   const int64_t n = rows.n;
   for_each_row_block<kBlock>(rows.rows, n, [&](const RowBlock& span) {
-    for (int64_t r = 0; r < span.rows; ++r) {
-      std::fill(grad + r * n, grad + r * n + std::min(n, span.count), rows.grad_kl[span.first_row + r]);
-    }
+    spread_per_row(span, n, grad, [&](int64_t row) { return rows.grad_kl[row]; });
     const int64_t offset = span.first_row * n + span.begin;
     const scalar_t* mu = rows.mu + offset;
     const scalar_t* logvar = rows.logvar + offset;

@@ -114,9 +114,10 @@ inline ClosestCentreOptions parse_closest_centre(const at::Tensor& mu, const at:
   return options;
 }
 
-// The mask as a contiguous [B, n] bool tensor (a per-dimension mask [n] is
-// repeated for every sample: n bytes per row, against 4-8 bytes per element
-// of each floating-point stream).
+// The mask as a contiguous [B, n] bool tensor for the CUDA kernels (a
+// per-dimension mask [n] is repeated for every sample: n bytes per row,
+// against 2-8 bytes per element of each floating-point stream). The CPU loops
+// take a per-dimension mask as it is and tile it themselves.
 inline at::Tensor mask_per_element(const at::Tensor& mask, const at::Tensor& mu) {
   return mask.dim() == 1 ? mask.expand({mu.size(0), mu.size(1)}).contiguous() : mask.contiguous();
 }

@@ -185,6 +185,17 @@ inline void for_each_row_block(int64_t rows, int64_t n, Fn&& fn) {
   }
 }
 
+// Fills buffer[0, block.count) with value_of(row) over the elements of each
+// row of the block (a per-row factor as one value per element, so the element
+// loop that reads it runs SIMD-wide across row boundaries).
+template <typename T, typename ValueOf>
+inline void spread_per_row(const RowBlock& block, int64_t n, T* buffer, ValueOf&& value_of) {
+  const int64_t per_row = std::min(n, block.count);
+  for (int64_t r = 0; r < block.rows; ++r) {
+    std::fill(buffer + r * per_row, buffer + (r + 1) * per_row, value_of(block.first_row + r));
+  }
+}
+
 // Lanes [0, count) of v, zeros elsewhere.
 template <typename V>
 inline V first_lanes(const V& v, int64_t count) {

@@ -199,24 +199,22 @@ void nll_short_rows_shared(const NllRows<scalar_t>& r) {
   const NllCoefficients<scalar_t>& c = r.coef[0];
   const NllCoefficients<V> cv = broadcast<V>(c);
   const StepCoefficients<V> fcv = kFused ? broadcast<V>(*r.forward_coef) : StepCoefficients<V>{};
-  const int64_t rows_per_block = kBlock / r.len;
-  for (int64_t row0 = 0; row0 < r.rows; row0 += rows_per_block) {
-    const int64_t rows = row0 + rows_per_block <= r.rows ? rows_per_block : r.rows - row0;
-    const int64_t n = rows * r.len;
-    const int64_t base = row0 * r.len;
-    for_each_vector<V>(n, [&](int64_t i, auto count) {
+  // r.len < 4 vectors here, so every block holds whole rows.
+  for_each_row_block<kBlock>(r.rows, r.len, [&](const RowBlock& block) {
+    const int64_t base = block.first_row * r.len;
+    for_each_vector<V>(block.count, [&](int64_t i, auto count) {
       const V xn = V::loadu(r.x_next + base + i, count);
       nll_element(V::loadu(r.x_t + base + i, count), xn, V::loadu(r.eps + base + i, count), cv).store(terms + i, count);
       if constexpr (kFused) {
         linear_step_without_noise(xn, V::loadu(r.noise + base + i, count), fcv).store(r.x_after + base + i, count);
       }
     });
-    for (int64_t row = 0; row < rows; ++row) {
+    for (int64_t row = 0; row < block.rows; ++row) {
       double sum = 0;
       for (int64_t k = 0; k < r.len; ++k) sum += terms[row * r.len + k];
-      put_row(r, row0 + row, sum, c.log_norm);
+      put_row(r, block.first_row + row, sum, c.log_norm);
     }
-  }
+  });
 }
 
 // Rows shorter than one vector with per-sample coefficients (e.g. 2-D points

@@ -114,11 +114,7 @@ void elbo_grad_rows_impl(const ElboGradRows<scalar_t>& r) {
   // elements, then one SIMD stream over the block.
   alignas(64) scalar_t weights[kLatentBlock];
   for_each_row_block<kLatentBlock>(r.rows, r.latents, [&](const RowBlock& block) {
-    const int64_t per_row = std::min(r.latents, block.count);
-    for (int64_t k = 0; k < block.rows; ++k) {
-      const int64_t b = block.first_row + k;
-      std::fill(weights + k * per_row, weights + (k + 1) * per_row, r.grad_kl[b] - r.grad_elbo[b]);
-    }
+    spread_per_row(block, r.latents, weights, [&](int64_t b) { return r.grad_kl[b] - r.grad_elbo[b]; });
     const int64_t offset = block.first_row * r.latents + block.begin;
     for_each_vector<V>(block.count, [&](int64_t i, auto lanes) {
       const LatentGrads<V> lg = latent_grads(V::loadu(weights + i, lanes), V::loadu(r.mu + offset + i, lanes),

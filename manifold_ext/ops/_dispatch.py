@@ -17,8 +17,9 @@ formula (:func:`register_autograd`), instead of through the Autograd kernel
 that ``torch.library`` generates: that kernel converts every argument into
 Python and back and wraps the formulas in checks, about 50 µs more per
 forward and 15 µs more per backward on the build machine (the closest-centre
-KL on 256 x 40: forward with gradients 75 -> 26 µs). Ops with tensor-list arguments keep the registered kernel
-(a plain Function does not see the tensors inside a list).
+KL on 256 x 40: forward with gradients 75 -> 26 µs). Ops with tensor-list
+arguments keep the registered kernel (a plain Function does not see the
+tensors inside a list).
 
 Forward-mode AD (``torch.autograd.forward_ad`` dual tensors) is not
 implemented for these ops; on either path its tangent would be dropped
