@@ -80,11 +80,13 @@ struct Ops<__m128> {
   static Pi half_int(Pi n) { return _mm_srai_epi32(n, 1); }
   static __m128 float_bits(Pi n) { return _mm_castsi128_ps(_mm_slli_epi32(n, 23)); }
   static __m128 exponent_bits_of_low_mantissa(__m128 x) { return float_bits(_mm_castps_si128(x)); }
-  static bool all_between(__m128 x, float low, float high) {  // false if any lane is NaN
-    const __m128 inside = _mm_and_ps(_mm_cmpge_ps(x, _mm_set1_ps(low)), _mm_cmple_ps(x, _mm_set1_ps(high)));
-    return _mm_movemask_ps(inside) == 0xF;
-  }
 };
+
+// Whether low <= x <= high in every lane (false if any lane is NaN).
+inline bool all_lanes_between(__m128 x, float low, float high) {
+  const __m128 inside = _mm_and_ps(_mm_cmpge_ps(x, _mm_set1_ps(low)), _mm_cmple_ps(x, _mm_set1_ps(high)));
+  return _mm_movemask_ps(inside) == 0xF;
+}
 #endif
 
 // The AVX2 and AVX-512 registers, from one definition: P is the intrinsics'
@@ -108,7 +110,6 @@ struct Ops<__m128> {
     static Pi half_int(Pi n) { return P##_srai_epi32(n, 1); }                                    \
     static Ps float_bits(Pi n) { return P##_castsi##BITS##_ps(P##_slli_epi32(n, 23)); }          \
     static Ps exponent_bits_of_low_mantissa(Ps x) { return float_bits(P##_castps_si##BITS(x)); } \
-    static bool all_between(Ps x, float low, float high);                                        \
   };                                                                                             \
   inline Ps max_of(Ps a, Ps b) { return P##_max_ps(a, b); }                                      \
   inline Pd max_of(Pd a, Pd b) { return P##_max_pd(a, b); }                                      \
@@ -117,7 +118,7 @@ struct Ops<__m128> {
 
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
 MANIFOLD_EXT_SIMD_FLOAT_OPS(__m256, __m256i, __m256d, _mm256, 256)
-inline bool Ops<__m256>::all_between(__m256 x, float low, float high) {  // false if any lane is NaN
+inline bool all_lanes_between(__m256 x, float low, float high) {  // false if any lane is NaN
   const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_set1_ps(low), _CMP_GE_OQ),
                                       _mm256_cmp_ps(x, _mm256_set1_ps(high), _CMP_LE_OQ));
   return _mm256_movemask_ps(inside) == 0xFF;
@@ -142,6 +143,22 @@ inline Ps exp_shifted(Ps x) {
   return O::fmadd(x, O::set1(1.44269504088896341f), O::set1(kExpShifter));
 }
 
+// n as a float, from `shifted` (exact: both are integers below 2^24).
+template <typename Ps>
+inline Ps exp_n_float(Ps shifted) {
+  using O = Ops<Ps>;
+  return O::sub(shifted, O::set1(kExpShifter));
+}
+
+// x clamped to [-104, 89], where exp(x) goes from below the subnormals to
+// +inf: keeps r finite for infinite x; NaN stays NaN (x86 max/min return
+// their second operand, x, when it is NaN).
+template <typename Ps>
+inline Ps exp_clamped(Ps x) {
+  using O = Ops<Ps>;
+  return O::min(O::set1(89.0f), O::max(O::set1(-104.0f), x));
+}
+
 // exp(x) / 2^n for n_float = n: r = x - n ln 2 in two parts (Cody-Waite:
 // n * 0.693359375 is exact), then the polynomial.
 template <typename Ps>
@@ -158,17 +175,15 @@ inline Ps exp_reduced(Ps x, Ps n_float) {
   return O::add(O::fmadd(p, O::mul(r, r), r), O::set1(1.0f));
 }
 
-// Any float: the clamp keeps r finite for infinite x, and 2^n is applied in
-// two halves, 2^(n/2) * 2^(n - n/2), so that results down in the subnormals
+// Any float: clamped, and 2^n applied in two halves, 2^(n/2) * 2^(n - n/2), so that results down in the subnormals
 // (n to -150) and at overflow (n = 128, 129 give +inf) come out right. Where
 // 2^n is a normal float the two multiplications round as the one of the short
 // path below does (the first is exact), so both paths agree bit for bit.
 template <typename Ps>
 inline Ps exp_any_range(Ps x) {
   using O = Ops<Ps>;
-  const Ps clamped = O::min(O::set1(89.0f), O::max(O::set1(-104.0f), x));
-  const Ps shifted = exp_shifted(clamped);
-  const Ps n_float = O::sub(shifted, O::set1(kExpShifter));
+  const Ps clamped = exp_clamped(x);
+  const Ps n_float = exp_n_float(exp_shifted(clamped));
   const Ps p = exp_reduced(clamped, n_float);
   const auto n = O::to_int(n_float);  // exact: n_float is an integer (NaN lanes: p is NaN anyway)
   const auto half = O::half_int(n);
@@ -182,9 +197,8 @@ inline Ps exp_any_range(Ps x) {
 // AVX-512 scales by 2^n in one instruction (vscalefps), which rounds
 // subnormal and overflowing results itself: no split scale, no branch.
 inline __m512 exp_ps(__m512 x) {
-  using O = Ops<__m512>;
-  const __m512 clamped = O::min(O::set1(89.0f), O::max(O::set1(-104.0f), x));
-  const __m512 n_float = O::sub(exp_shifted(clamped), O::set1(kExpShifter));
+  const __m512 clamped = exp_clamped(x);
+  const __m512 n_float = exp_n_float(exp_shifted(clamped));
   return _mm512_scalef_ps(exp_reduced(clamped, n_float), n_float);
 }
 #endif
@@ -197,9 +211,9 @@ inline __m512 exp_ps(__m512 x) {
 template <typename Ps>
 inline Ps exp_ps(Ps x) {
   using O = Ops<Ps>;
-  if (!O::all_between(x, -87.0f, 88.0f)) return exp_any_range(x);
+  if (!all_lanes_between(x, -87.0f, 88.0f)) return exp_any_range(x);
   const Ps shifted = exp_shifted(x);
-  const Ps p = exp_reduced(x, O::sub(shifted, O::set1(kExpShifter)));
+  const Ps p = exp_reduced(x, exp_n_float(shifted));
   return O::mul(p, O::exponent_bits_of_low_mantissa(shifted));
 }
 
